@@ -1,0 +1,42 @@
+"""Prometheus metrics of the API process."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from prometheus_client import Counter, Gauge, Histogram
+
+from worker import db
+from worker.errors import LedgerUnavailableError
+from worker.models import jobs
+from worker.states import JobState
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("medic_api_requests_total", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram("medic_api_request_seconds", "HTTP request latency", ["method", "route"])
+JOBS_ACCEPTED = Counter("medic_jobs_accepted_total", "Jobs accepted by the API", ["type", "queue"])
+JOBS = Gauge("medic_jobs", "Live jobs in the ledger by state and queue", ["state", "queue"])
+LEDGER_UP = Gauge("medic_ledger_up", "1 if the last ledger query of this process succeeded")
+
+LIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
+
+
+def refresh_ledger_gauges() -> None:
+    """Counts of live jobs only: an index range, cheap whatever the ledger's size."""
+    try:
+        with db.connect() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.state, jobs.c.queue, sa.func.count())
+                .where(jobs.c.state.in_(LIVE_STATES))
+                .group_by(jobs.c.state, jobs.c.queue)
+            ).all()
+    except LedgerUnavailableError as exc:
+        LEDGER_UP.set(0)
+        log.warning("metrics: ledger unavailable: %s", exc)
+        return
+    LEDGER_UP.set(1)
+    JOBS.clear()
+    for state, queue, count in rows:
+        JOBS.labels(state=state, queue=queue).set(count)

@@ -1,0 +1,155 @@
+"""Job routes. Every query is scoped to the caller's tenant: another tenant's job is a 404."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api import metrics
+from api.deps import AdminKey, ReadKey, SubmitKey
+from api.schemas import BatchCreate, BatchPublic, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
+from worker import db, ledger
+from worker.celery_app import app as celery_app
+from worker.clock import utcnow
+from worker.enqueue import JobRequest, enqueue_many
+from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
+from worker.publish import BROKER_ERRORS, publish
+from worker.settings import get_settings
+from worker.states import JobState
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _request(body: JobCreate, idempotency_key: str | None) -> JobRequest:
+    return JobRequest(
+        type=body.type,
+        args=body.args,
+        queue=body.queue,
+        priority=body.priority,
+        timeout=body.timeout,
+        max_attempts=body.max_attempts,
+        idempotency_key=idempotency_key if idempotency_key is not None else body.idempotency_key,
+    )
+
+
+def _count_accepted(rows: list[ledger.JobRow]) -> None:
+    for row in rows:
+        metrics.JOBS_ACCEPTED.labels(row.type, row.queue).inc()
+
+
+@router.post("", status_code=202, response_model=JobPublic, responses={200: {"description": "Idempotent replay"}})
+def submit_job(
+    body: JobCreate,
+    key: SubmitKey,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    """Accept a job: 202 once it is durably queued (even if the broker is down: it is published later)."""
+    if body.idempotency_key is not None:
+        raise InvalidArgsError("single jobs take the Idempotency-Key header, not a body field")
+    done = enqueue_many([_request(body, idempotency_key)], tenant=key.tenant, actor=f"api:{key.id}")[0]
+    _count_accepted([done.job] if done.created else [])
+    if not done.created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/jobs/{done.job.id}"
+    return JobPublic.of(done.job, published=done.published)
+
+
+@router.post("/batch", status_code=202, response_model=BatchPublic)
+def submit_batch(body: BatchCreate, key: SubmitKey) -> BatchPublic:
+    """Accept many jobs in one transaction; all or none are written."""
+    limit = get_settings().max_batch_size
+    if len(body.jobs) > limit:
+        raise InvalidArgsError(f"a batch holds at most {limit} jobs", limit=limit)
+    done = enqueue_many([_request(j, None) for j in body.jobs], tenant=key.tenant, actor=f"api:{key.id}")
+    _count_accepted([d.job for d in done if d.created])
+    return BatchPublic(jobs=[JobPublic.of(d.job, published=d.published) for d in done])
+
+
+def _encode_cursor(created_at: dt.datetime, job_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        stamp, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return dt.datetime.fromisoformat(stamp), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgsError("invalid cursor") from None
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    key: ReadKey,
+    state: JobState | None = None,
+    type: str | None = None,
+    queue: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> JobsPublic:
+    """The caller's jobs, newest first, keyset-paginated."""
+    before = _decode_cursor(cursor) if cursor else None
+    with db.connect() as conn:
+        rows = ledger.list_jobs(
+            conn, key.tenant, state=state.value if state else None, type_=type, queue=queue, limit=limit, before=before
+        )
+    next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+    return JobsPublic(jobs=[JobPublic.of(r) for r in rows], next_cursor=next_cursor)
+
+
+def _owned(job_id: uuid.UUID, tenant: str) -> ledger.JobRow:
+    with db.connect() as conn:
+        row = ledger.get_job(conn, job_id, tenant)
+    if row is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    return row
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: uuid.UUID, key: ReadKey) -> JobPublic:
+    return JobPublic.of(_owned(job_id, key.tenant))
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic)
+def get_events(job_id: uuid.UUID, key: ReadKey) -> EventsPublic:
+    """Every state change of the job: who moved it, when, and why."""
+    _owned(job_id, key.tenant)
+    with db.connect() as conn:
+        events = ledger.get_events(conn, job_id)
+    return EventsPublic(job_id=job_id, events=[EventPublic.model_validate(e._asdict()) for e in events])
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: uuid.UUID, key: SubmitKey) -> JobPublic:
+    """Cancel a queued or running job; a running one is also terminated on its worker."""
+    with db.begin() as conn:
+        done = ledger.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
+    if done is None:
+        row = _owned(job_id, key.tenant)
+        raise InvalidTransitionError(f"a {row.state} job cannot be cancelled", state=row.state)
+    left, row = done
+    if left == JobState.RUNNING:
+        try:
+            celery_app.control.revoke(str(row.delivery_id), terminate=True, signal="SIGTERM")
+        except BROKER_ERRORS as exc:  # the ledger already says cancelled; the result will be discarded
+            log.warning("could not revoke job %s on its worker: %s", job_id, exc)
+    return JobPublic.of(row)
+
+
+@router.post("/{job_id}/retry", response_model=JobPublic, status_code=202)
+def retry_job(job_id: uuid.UUID, key: AdminKey) -> JobPublic:
+    """Run a dead job again, with a fresh set of attempts."""
+    with db.begin() as conn:
+        row = ledger.retry_dead(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
+    if row is None:
+        current = _owned(job_id, key.tenant)
+        raise InvalidTransitionError(f"only dead jobs can be retried; this one is {current.state}", state=current.state)
+    publish([row])
+    return JobPublic.of(row)

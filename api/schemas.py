@@ -1,0 +1,85 @@
+"""Request and response models: JobCreate in, JobPublic / JobsPublic out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=200, description="A registered job type, e.g. examples.echo.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the job function.")
+    queue: str | None = Field(None, min_length=1, max_length=200, description="Overrides the job type's queue.")
+    priority: int = Field(0, ge=0, le=9, description="0..9, higher is served first.")
+    timeout: float | None = Field(None, gt=0, le=86400, description="Seconds before the job is timed out.")
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=200, description="Batch items only; single jobs use the Idempotency-Key header."
+    )
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobCreate] = Field(min_length=1)
+
+
+class JobPublic(BaseModel):
+    id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    state: str
+    attempts: int
+    max_attempts: int
+    timeout_s: float
+    args: dict[str, Any]
+    result: Any = None
+    error: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    created_at: dt.datetime
+    published_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    heartbeat_at: dt.datetime | None = None
+    lease_expires_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    not_before: dt.datetime | None = None
+    worker: str | None = None
+    worker_pid: int | None = None
+
+    @classmethod
+    def of(cls, row: Any, *, published: bool = True) -> JobPublic:
+        public = cls.model_validate(row._asdict())
+        if not published:
+            public.published_at = None
+        return public
+
+
+class JobsPublic(BaseModel):
+    jobs: list[JobPublic]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next (older) page.")
+
+
+class BatchPublic(BaseModel):
+    jobs: list[JobPublic]
+
+
+class EventPublic(BaseModel):
+    at: dt.datetime
+    from_state: str | None
+    to_state: str
+    actor: str
+    reason: str
+    delivery_id: uuid.UUID | None
+    attempt: int
+    detail: str | None = None
+
+
+class EventsPublic(BaseModel):
+    job_id: uuid.UUID
+    events: list[EventPublic]

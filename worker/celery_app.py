@@ -1,0 +1,71 @@
+"""The Celery app. Configured on first use from the settings, never at import time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker.settings import Settings, get_settings
+
+CONTROL_QUEUE = "medic.control"
+
+app = Celery("medic")
+
+
+def celery_config(s: Settings) -> dict[str, Any]:
+    """Celery settings that the ledger's guarantees rely on."""
+    transport: dict[str, Any] = {
+        # The ledger's leases find lost jobs in seconds; kombu's own redelivery of unacked
+        # messages would only duplicate long-running jobs (the claim drops such copies).
+        "visibility_timeout": 12 * 3600,
+    }
+    if s.broker_key_prefix:
+        transport["global_keyprefix"] = s.broker_key_prefix
+    return {
+        "broker_url": s.redis_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_connection_timeout": 2.0,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure": True,
+        "task_acks_on_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": s.default_queue,
+        "task_create_missing_queues": True,
+        # Fail fast when Redis is down: the ledger keeps the job, reconcile publishes it later.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "imports": list(s.job_modules),
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(get_settings()))
+    try:
+        from beat_schedule import beat_schedule
+    except ImportError:  # running without the top-level module installed
+        return
+    sender.conf.beat_schedule = beat_schedule(get_settings())
+
+
+def reconfigure() -> None:
+    """Apply changed settings to an app that was already configured (tests, the CLI)."""
+    if app.configured:
+        _configure(app)
+        app.pool.force_close_all()

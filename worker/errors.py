@@ -1,0 +1,67 @@
+"""One error root. Retryable errors are worth trying again; permanent ones are not.
+
+HTTP status codes are chosen in ``api/errors.py`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MedicError(Exception):
+    """Root of every error medic raises on purpose."""
+
+    code = "medic_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class RetryableError(MedicError):
+    """A dependency is briefly unavailable; the same call may succeed later."""
+
+
+class PermanentError(MedicError):
+    """The request itself is wrong; repeating it will not help."""
+
+
+class LedgerUnavailableError(RetryableError):
+    code = "ledger_unavailable"
+
+
+class BrokerUnavailableError(RetryableError):
+    code = "broker_unavailable"
+
+
+class UnknownJobTypeError(PermanentError):
+    code = "unknown_job_type"
+
+
+class InvalidArgsError(PermanentError):
+    code = "invalid_args"
+
+
+class PayloadTooLargeError(PermanentError):
+    code = "payload_too_large"
+
+
+class JobNotFoundError(PermanentError):
+    code = "job_not_found"
+
+
+class InvalidTransitionError(PermanentError):
+    """A state change the state machine does not allow (a programming error or a race lost)."""
+
+    code = "invalid_state"
+
+
+class IdempotencyConflictError(PermanentError):
+    """The idempotency key was used before for a different job."""
+
+    code = "idempotency_conflict"
+
+
+class DuplicateJobNameError(PermanentError):
+    code = "duplicate_job_name"

@@ -1,0 +1,46 @@
+"""Example jobs, loaded by default: the README's tour, the demo and the tests use them."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from billiard.exceptions import SoftTimeLimitExceeded
+
+from worker.registry import job
+
+
+@job("examples.echo")
+def echo(message: str) -> dict[str, str]:
+    """Return its input."""
+    return {"message": message}
+
+
+@job("examples.sleep")
+def sleep(seconds: float) -> dict[str, float]:
+    """Sleep, then return how long it slept."""
+    started = time.monotonic()
+    time.sleep(seconds)
+    return {"slept": round(time.monotonic() - started, 3)}
+
+
+@job("examples.fail", backoff=0.5)
+def fail(message: str = "failed on purpose") -> None:
+    """Always raise."""
+    raise RuntimeError(message)
+
+
+@job("examples.crash", backoff=0.0)
+def crash() -> None:
+    """Kill its own process, as a segfault or an OOM kill would."""
+    os._exit(13)
+
+
+@job("examples.hang", timeout=30.0)
+def hang() -> None:
+    """Loop forever, swallowing the soft time limit: only a hard kill ends it."""
+    while True:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            continue

@@ -1,0 +1,100 @@
+"""One heartbeat thread per worker process: it extends the leases of every job the process runs
+in one statement, and keeps the process's presence key alive in Redis.
+
+Started lazily on the first job a process runs, so it works the same in a prefork child, a solo
+worker or a test; a forked child never inherits its parent's thread (the pid is checked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+
+from worker import db, keys, ledger
+from worker.clock import utcnow
+from worker.errors import LedgerUnavailableError
+from worker.redis_client import get_redis
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Leases of the jobs one process holds, kept alive while they run."""
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.pid = os.getpid()
+        self._held: dict[uuid.UUID, uuid.UUID] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="medic-heartbeat", daemon=True)
+        self._thread.start()
+
+    def track(self, job_id: uuid.UUID, delivery_id: uuid.UUID) -> None:
+        with self._lock:
+            self._held[job_id] = delivery_id
+        self.announce()
+
+    def untrack(self, job_id: uuid.UUID) -> None:
+        with self._lock:
+            self._held.pop(job_id, None)
+
+    def held(self) -> dict[uuid.UUID, uuid.UUID]:
+        with self._lock:
+            return dict(self._held)
+
+    def announce(self) -> None:
+        """Refresh this process's presence key; a Redis outage is logged, never fatal."""
+        s = get_settings()
+        value = json.dumps({"worker": self.worker, "pid": self.pid, "jobs": len(self._held)})
+        try:
+            get_redis().set(
+                keys.worker_presence(self.worker, self.pid), value, px=int(s.presence_ttl_seconds * 1000)
+            )
+        except Exception as exc:  # noqa: BLE001 - presence is best effort; the lease is the truth
+            log.warning("presence refresh failed: %s", exc)
+
+    def beat(self) -> int:
+        """Extend every held lease now; returns how many rows were extended."""
+        held = self.held()
+        self.announce()
+        if not held:
+            return 0
+        s = get_settings()
+        try:
+            with db.begin() as conn:
+                return ledger.extend_leases(conn, held, now=utcnow(), lease_s=s.lease_seconds)
+        except LedgerUnavailableError as exc:
+            log.warning("lease extension failed (ledger down?): %s", exc)
+            return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        interval = get_settings().heartbeat_seconds
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - the thread must outlive any one failure
+                log.exception("heartbeat failed")
+            self._wake.wait(interval)
+
+
+_instance: Heartbeat | None = None
+_instance_lock = threading.Lock()
+
+
+def get_heartbeat(worker: str) -> Heartbeat:
+    """This process's heartbeat, started on first use."""
+    global _instance
+    with _instance_lock:
+        if _instance is None or _instance.pid != os.getpid():
+            _instance = Heartbeat(worker)
+        return _instance

@@ -1,0 +1,78 @@
+"""Publishing deliveries to the broker: the second half of the outbox.
+
+The row is committed first (with `published_at` set to the intended publish time), then the
+message is sent. A refused publish clears `published_at` so the reconcile loop re-sends it; a
+crash between commit and send leaves a queued row whose message never arrived, which the
+reconcile loop's lost-message rule finds. Either way the job is never lost, and since every
+message carries the job's current delivery_id, a duplicate publish is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis.exceptions
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from worker import db, ledger
+from worker.celery_app import app
+from worker.clock import utcnow
+from worker.errors import LedgerUnavailableError
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+BROKER_ERRORS = (KombuOperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def kombu_priority(priority: int) -> int:
+    """medic priority (0..9, higher is more urgent) -> kombu's Redis priority (lower is served first)."""
+    return 9 - max(0, min(9, priority))
+
+
+def send(row: Any, producer: Any = None) -> None:
+    """Send one delivery of `row`: the message names the job and carries its fencing token."""
+    s = get_settings()
+    options: dict[str, Any] = {
+        "args": [str(row.id), str(row.delivery_id)],
+        "task_id": str(row.delivery_id),
+        "queue": row.queue,
+        "priority": kombu_priority(row.priority),
+        "soft_time_limit": row.timeout_s,
+        "time_limit": row.timeout_s + s.timeout_grace_seconds,
+    }
+    if row.not_before is not None and row.not_before > utcnow():
+        options["eta"] = row.not_before
+    if producer is not None:
+        options["producer"] = producer
+    app.send_task(row.type, **options)
+
+
+def publish(rows: Sequence[Any]) -> list[uuid.UUID]:
+    """Send a delivery for each row; returns the job ids the broker refused."""
+    if not rows:
+        return []
+    failed: list[Any] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for i, row in enumerate(rows):
+                try:
+                    send(row, producer)
+                except BROKER_ERRORS as exc:
+                    # One refusal means the broker is down: do not pay the retry delay for each row.
+                    log.warning("broker refused %d deliveries: %s", len(rows) - i, exc)
+                    failed = list(rows[i:])
+                    break
+    except BROKER_ERRORS as exc:
+        log.warning("broker unavailable for %d deliveries: %s", len(rows), exc)
+        failed = list(rows)
+    if failed:
+        try:
+            with db.begin() as conn:
+                ledger.mark_unpublished(conn, [(r.id, r.delivery_id) for r in failed])
+        except LedgerUnavailableError:
+            log.warning("could not mark %d jobs unpublished; reconcile will find them as lost", len(failed))
+    return [r.id for r in failed]

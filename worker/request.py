@@ -1,0 +1,104 @@
+"""The worker's main process sees a child die or hit its hard time limit before anyone else.
+
+`MedicRequest` turns those moments into ledger transitions at once (worker_lost / timeout),
+instead of waiting for a lease to expire. It runs in the main process, off its event loop (a
+thread), and every write is fenced on the delivery, so a report that comes late changes nothing.
+If the report never lands, the recovery loops find the job by its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import WorkerLostError
+from celery.worker.request import Request
+
+from worker import db, ledger
+from worker.clock import utcnow
+from worker.errors import LedgerUnavailableError
+from worker.ledger import JobRow
+from worker.publish import publish
+from worker.runtime import with_ledger_retry
+from worker.settings import get_settings
+from worker.states import JobState
+
+log = logging.getLogger(__name__)
+
+
+def _job_ids(args: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
+    try:
+        return uuid.UUID(args[0]), uuid.UUID(args[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def report_lost(job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, reason: str, actor: str) -> JobRow | None:
+    """A delivery's process is gone: give the job back (retry or dead) and publish the retry."""
+    s = get_settings()
+
+    def write() -> JobRow | None:
+        with db.begin() as conn:
+            job = ledger.get_job(conn, job_id)
+            if job is None or job.state != JobState.RUNNING or job.delivery_id != delivery_id:
+                return None
+            if pid is not None and job.worker_pid not in (None, pid):
+                return None
+            now = utcnow()
+            if reason == "timeout":
+                detail = f"hard time limit of {job.timeout_s + s.timeout_grace_seconds:.0f}s exceeded"
+                return ledger.time_out(conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=detail)
+            return ledger.give_back(
+                conn,
+                job,
+                reason=reason,
+                actor=actor,
+                now=now,
+                max_backoff_s=s.max_backoff_seconds,
+                immediate=True,
+                error={"type": "WorkerLost", "message": f"process {pid} died while running the job", "traceback": None},
+            )
+
+    after = with_ledger_retry(write, budget_s=s.finalize_retry_seconds, what=reason)
+    if after is not None and after.state == JobState.QUEUED:
+        publish([after])
+    return after
+
+
+def _report_in_background(request: Request, reason: str) -> None:
+    ids = _job_ids(request.args)
+    if ids is None:
+        return
+    actor = f"{request.hostname}:{os.getpid()}"
+    pid = request.worker_pid
+
+    def run() -> None:
+        try:
+            report_lost(ids[0], ids[1], pid, reason=reason, actor=actor)
+        except LedgerUnavailableError:
+            log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0])
+        except Exception:  # noqa: BLE001 - a failing hook is logged, never fatal to the worker
+            log.exception("recording %s of job %s failed", reason, ids[0])
+
+    threading.Thread(target=run, name=f"medic-{reason}", daemon=True).start()
+
+
+class MedicRequest(Request):  # type: ignore[misc]
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if not soft:
+            _report_in_background(self, "timeout")
+
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        lost = isinstance(exc, WorkerLostError) or (
+            isinstance(exc, (SystemExit, KeyboardInterrupt)) and not (self._already_cancelled or self._already_revoked)
+        )
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        if lost:
+            _report_in_background(self, "worker_lost")
+

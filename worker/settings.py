@@ -1,0 +1,90 @@
+"""One settings object for every process; environment variables prefixed ``MEDIC_``.
+
+Settings are read when first asked for (``get_settings()``), never at import time, so tests and
+the CLI can set the environment first.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/medic"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret"}
+
+
+class Settings(BaseSettings):
+    """Every threshold of the platform, with a production default."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDIC_", extra="ignore")
+
+    # where things live
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the job ledger.")
+    redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis: broker and medic's own keys.")
+    key_prefix: str = Field("medic:", description="Prefix of every key medic writes in Redis.")
+    broker_key_prefix: str = Field(
+        "", description="kombu global_keyprefix in front of every broker key (queues, unacked)."
+    )
+    job_modules: list[str] = Field(
+        default_factory=lambda: ["worker.examples", "worker.control.tasks"],
+        description="Modules imported at start so their @job functions are registered.",
+    )
+
+    # liveness
+    lease_seconds: float = Field(10.0, gt=0, description="How long a heartbeat keeps a job's lease.")
+    heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker extends its leases.")
+    presence_ttl_seconds: float = Field(
+        6.0, gt=0, description="TTL of a worker process's presence key in Redis."
+    )
+    timeout_grace_seconds: float = Field(
+        5.0, ge=0, description="Added to a job's timeout for the hard time limit."
+    )
+
+    # control loops
+    beat_alive_seconds: float = Field(5.0, gt=0, description="Period of the beat/control liveness tick.")
+
+    # job defaults
+    default_queue: str = Field("default", description="Queue of a job that names none.")
+    default_timeout_seconds: float = Field(300.0, gt=0, description="Timeout of a job that sets none.")
+    default_max_attempts: int = Field(3, ge=1, description="Attempts of a job that sets none.")
+    default_backoff_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles.")
+    max_backoff_seconds: float = Field(300.0, ge=0, description="Cap of the retry delay.")
+    finalize_retry_seconds: float = Field(
+        60.0, ge=0, description="How long a worker retries recording a result while the ledger is down."
+    )
+
+    # API
+    max_payload_bytes: int = Field(65536, gt=0, description="Largest JSON args of one job.")
+    max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest HTTP request body.")
+    max_batch_size: int = Field(1000, gt=0, description="Most jobs in one POST /jobs/batch.")
+    api_key_cache_seconds: float = Field(30.0, ge=0, description="How long the API trusts a checked key.")
+    ledger_retry_after_seconds: int = Field(5, gt=0, description="Retry-After when the ledger is down.")
+
+    # Flower
+    flower_user: str = Field("medic", description="Flower basic-auth user.")
+    flower_password: str = Field("medic-dev", description="Flower basic-auth password.")
+
+    @field_validator("flower_password")
+    @classmethod
+    def _refuse_placeholder(cls, value: str) -> str:
+        if value.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("MEDIC_FLOWER_PASSWORD is a placeholder; set a real one")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,40 @@
+"""The job state machine, written down once."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    TIMED_OUT = "timed_out"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+
+# from-state -> the states it may move to. `timed_out` is a passing state: the job moves on to
+# `queued` or `dead` in the same transaction, and the reason stays in its events.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.QUEUED}),
+    JobState.RUNNING: frozenset(
+        {
+            JobState.SUCCEEDED,
+            JobState.QUEUED,  # failed with attempts left, or worker lost
+            JobState.DEAD,
+            JobState.TIMED_OUT,
+            JobState.CANCELLED,
+        }
+    ),
+    JobState.TIMED_OUT: frozenset({JobState.QUEUED, JobState.DEAD}),
+    JobState.DEAD: frozenset({JobState.QUEUED}),  # manual retry
+    JobState.SUCCEEDED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+def is_allowed(frm: JobState, to: JobState) -> bool:
+    return to in TRANSITIONS[frm]
