@@ -19,6 +19,15 @@ from worker.errors import LedgerUnavailableError
 from worker.settings import get_settings
 
 _lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    # A thread of the parent may hold the lock at the moment of fork(); the child would wait forever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _engine_url: str | None = None

@@ -91,6 +91,15 @@ _instance: Heartbeat | None = None
 _instance_lock = threading.Lock()
 
 
+def _reset_after_fork() -> None:
+    # A thread of the parent may hold the lock at the moment of fork(); the child would wait forever.
+    global _instance_lock
+    _instance_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def get_heartbeat(worker: str) -> Heartbeat:
     """This process's heartbeat, started on first use."""
     global _instance

@@ -10,6 +10,15 @@ import redis
 from worker.settings import get_settings
 
 _lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    # A thread of the parent may hold the lock at the moment of fork(); the child would wait forever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 _client: redis.Redis | None = None
 _client_key: tuple[int, str] | None = None
 

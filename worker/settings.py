@@ -8,18 +8,37 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, field_validator
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/medic"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret"}
 
+# `MEDIC_PROFILE=fast`: short leases and periods so tests and demos see recovery in seconds.
+# Only defaults change; a variable set explicitly always wins.
+FAST_PROFILE: dict[str, Any] = {
+    "lease_seconds": 3.0,
+    "heartbeat_seconds": 0.5,
+    "presence_ttl_seconds": 1.5,
+    "timeout_grace_seconds": 1.0,
+    "default_backoff_seconds": 0.2,
+    "finalize_retry_seconds": 20.0,
+    "api_key_cache_seconds": 1.0,
+    "beat_alive_seconds": 1.0,
+}
+
 
 class Settings(BaseSettings):
     """Every threshold of the platform, with a production default."""
 
     model_config = SettingsConfigDict(env_prefix="MEDIC_", extra="ignore")
+
+    profile: Literal["production", "fast"] = Field(
+        "production", description="`fast` shortens leases and loop periods (tests, demos)."
+    )
 
     # where things live
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the job ledger.")
@@ -66,6 +85,13 @@ class Settings(BaseSettings):
     # Flower
     flower_user: str = Field("medic", description="Flower basic-auth user.")
     flower_password: str = Field("medic-dev", description="Flower basic-auth password.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("profile") == "fast":
+            return {**FAST_PROFILE, **data}
+        return data
 
     @field_validator("flower_password")
     @classmethod

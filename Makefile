@@ -1,0 +1,33 @@
+# Every target creates or reuses .venv by itself.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test test-fast lint format bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## the whole stack on this machine's PostgreSQL and Redis
+	$(VENV)/bin/medic up
+
+test: $(STAMP)  ## the whole suite: unit, ledger, integration and chaos
+	$(PY) -m pytest
+
+test-fast: $(STAMP)  ## without the chaos suite
+	$(PY) -m pytest -m "not chaos"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,124 @@
+"""Test harness: every run gets its own PostgreSQL database and its own Redis key prefixes,
+created here and dropped at the end, so two runs on one machine never collide."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import sqlalchemy as sa
+
+from tests.harness import ROOT, Processes
+
+RUN_ID = uuid.uuid4().hex[:10]
+PG_ADMIN_URL = os.environ.get("MEDIC_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("MEDIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+JOB_MODULES = ["worker.examples", "worker.control.tasks", "tests.testjobs"]
+
+
+def _database_url(name: str) -> str:
+    return str(sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False))
+
+
+def _admin_execute(sql: str) -> None:
+    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(sql))
+    finally:
+        engine.dispose()
+
+
+def _delete_keys(client: redis.Redis, prefix: str) -> None:
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment of this run: its database, its key prefixes, the fast profile."""
+    db_name = f"medic_test_{RUN_ID}"
+    env = {
+        "MEDIC_DATABASE_URL": _database_url(db_name),
+        "MEDIC_REDIS_URL": REDIS_URL,
+        "MEDIC_KEY_PREFIX": f"mt{RUN_ID}:",
+        "MEDIC_BROKER_KEY_PREFIX": f"mtb{RUN_ID}:",
+        "MEDIC_PROFILE": "fast",
+        "MEDIC_JOB_MODULES": json.dumps(JOB_MODULES),
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)
+    from worker.celery_app import reconfigure
+    from worker.migrate import upgrade
+    from worker.registry import load_job_modules
+    from worker.settings import reset_settings
+
+    reset_settings()
+    reconfigure()
+    load_job_modules(JOB_MODULES)
+    upgrade(env["MEDIC_DATABASE_URL"])
+    yield {**os.environ, **env}
+
+    from worker.db import dispose_engine
+
+    dispose_engine()
+    _admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    client = redis.Redis.from_url(REDIS_URL)
+    _delete_keys(client, env["MEDIC_KEY_PREFIX"])
+    _delete_keys(client, env["MEDIC_BROKER_KEY_PREFIX"])
+
+
+@pytest.fixture(scope="session")
+def pg_engine(medic_env: dict[str, str]) -> sa.Engine:
+    from worker.db import get_engine
+
+    return get_engine()
+
+
+@pytest.fixture
+def procs(medic_env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
+    """Real processes owned by one test."""
+    p = Processes(medic_env, tmp_path)
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture(scope="session")
+def stack(medic_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One API and one worker (2 prefork children) shared by the integration tests; returns the API URL."""
+    p = Processes(medic_env, tmp_path_factory.mktemp("stack"))
+    p.worker("shared", queues="default", concurrency=2)
+    _, url = p.api("shared-api")
+    yield url
+    p.stop_all()
+
+
+KeyFactory = Callable[..., tuple[str, str]]
+
+
+@pytest.fixture
+def make_key(medic_env: dict[str, str]) -> KeyFactory:
+    """Create an API key for a fresh tenant: returns (tenant, key)."""
+    from worker import apikeys, db
+
+    def make(scopes: str = "submit,read,admin", tenant: str | None = None) -> tuple[str, str]:
+        tenant = tenant or f"t-{uuid.uuid4().hex[:8]}"
+        with db.begin() as conn:
+            return tenant, apikeys.create_key(conn, tenant, apikeys.parse_scopes(scopes))
+
+    return make
+
+
+@pytest.fixture
+def client(stack: str, make_key: KeyFactory) -> Iterator[httpx.Client]:
+    """An HTTP client of the shared API, authenticated as a fresh tenant (`client.tenant`)."""
+    tenant, key = make_key()
+    with httpx.Client(base_url=stack, headers={"Authorization": f"Bearer {key}"}, timeout=15) as c:
+        c.tenant = tenant  # type: ignore[attr-defined]
+        yield c

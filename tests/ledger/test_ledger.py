@@ -1,0 +1,215 @@
+"""The ledger's state machine on PostgreSQL and SQLite: transitions, fences, events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from tests.ledger.conftest import NewJob
+from worker import ledger
+from worker.clock import utcnow
+from worker.errors import InvalidTransitionError
+from worker.models import job_events, jobs
+from worker.states import JobState
+
+LEASE = 10.0
+CAP = 300.0
+
+
+def _claim(engine: sa.Engine, job: ledger.JobRow, delivery: uuid.UUID | None = None) -> ledger.JobRow | None:
+    with engine.begin() as conn:
+        return ledger.claim(
+            conn, job.id, delivery or job.delivery_id, worker="w@test", pid=1, now=utcnow(), lease_s=LEASE
+        )
+
+
+def _events(engine: sa.Engine, job_id: uuid.UUID) -> list[tuple[str | None, str, str]]:
+    with engine.connect() as conn:
+        return [(e.from_state, e.to_state, e.reason) for e in ledger.get_events(conn, job_id)]
+
+
+def test_created_job_is_queued_with_an_event(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job()
+    assert job.state == JobState.QUEUED
+    assert job.attempts == 0
+    assert _events(engine, job.id) == [(None, "queued", "enqueued")]
+
+
+def test_claim_needs_the_current_delivery_and_happens_once(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job()
+    assert _claim(engine, job, uuid.uuid4()) is None, "a stale delivery must not claim"
+    claimed = _claim(engine, job)
+    assert claimed is not None
+    assert claimed.state == JobState.RUNNING
+    assert claimed.attempts == 1
+    assert claimed.lease_expires_at > claimed.started_at
+    assert _claim(engine, job) is None, "a duplicate delivery must not claim"
+    assert _events(engine, job.id)[-1] == ("queued", "running", "claimed")
+
+
+def test_transition_refuses_what_the_state_machine_forbids(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job()
+    with engine.begin() as conn, pytest.raises(InvalidTransitionError):
+        ledger.transition(conn, job.id, JobState.QUEUED, JobState.SUCCEEDED, actor="t", reason="r", now=utcnow())
+
+
+def test_transition_from_the_wrong_state_changes_nothing(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job()
+    with engine.begin() as conn:
+        assert ledger.succeed(conn, job.id, job.delivery_id, 1, actor="t", now=utcnow()) is None
+    assert _events(engine, job.id) == [(None, "queued", "enqueued")]
+
+
+def test_failure_with_attempts_left_requeues_with_backoff_and_a_new_delivery(
+    engine: sa.Engine, new_job: NewJob
+) -> None:
+    job = new_job(max_attempts=2, backoff_s=4.0)
+    running = _claim(engine, job)
+    assert running is not None
+    now = utcnow()
+    with engine.begin() as conn:
+        after = ledger.give_back(conn, running, reason="error", actor="t", now=now, max_backoff_s=CAP, error={"type": "E"})
+    assert after is not None
+    assert after.state == JobState.QUEUED
+    assert after.delivery_id != running.delivery_id
+    assert after.not_before == now + dt.timedelta(seconds=4.0)
+    assert after.error == {"type": "E"}
+    # the old delivery cannot claim the requeued job; the new one can
+    assert _claim(engine, job) is None
+    again = _claim(engine, after)
+    assert again is not None and again.attempts == 2
+    with engine.begin() as conn:
+        final = ledger.give_back(conn, again, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP)
+    assert final is not None and final.state == JobState.DEAD
+    assert final.finished_at is not None
+
+
+def test_a_late_report_of_an_old_delivery_changes_nothing(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job(max_attempts=3)
+    first = _claim(engine, job)
+    assert first is not None
+    with engine.begin() as conn:
+        requeued = ledger.give_back(conn, first, reason="worker_lost", actor="t", now=utcnow(), max_backoff_s=CAP)
+    assert requeued is not None
+    second = _claim(engine, requeued)
+    assert second is not None
+    with engine.begin() as conn:  # the first delivery reports again, late
+        assert ledger.give_back(conn, first, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP) is None
+        assert ledger.succeed(conn, job.id, first.delivery_id, "late", actor="t", now=utcnow()) is None
+    with engine.connect() as conn:
+        current = ledger.get_job(conn, job.id)
+    assert current is not None and current.state == JobState.RUNNING and current.delivery_id == second.delivery_id
+
+
+def test_time_out_passes_through_timed_out(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job(max_attempts=1)
+    running = _claim(engine, job)
+    assert running is not None
+    with engine.begin() as conn:
+        after = ledger.time_out(conn, running, actor="t", now=utcnow(), max_backoff_s=CAP, detail="too slow")
+    assert after is not None and after.state == JobState.DEAD
+    assert _events(engine, job.id)[-2:] == [("running", "timed_out", "timeout"), ("timed_out", "dead", "timeout")]
+
+
+def test_cancel_is_tenant_scoped_and_only_for_live_jobs(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job(tenant="a")
+    with engine.begin() as conn:
+        assert ledger.cancel(conn, job.id, "b", actor="t", now=utcnow()) is None
+        done = ledger.cancel(conn, job.id, "a", actor="t", now=utcnow())
+    assert done is not None and done[0] == JobState.QUEUED and done[1].state == JobState.CANCELLED
+    with engine.begin() as conn:
+        assert ledger.cancel(conn, job.id, "a", actor="t", now=utcnow()) is None
+
+    running = _claim(engine, new_job(tenant="a"))
+    assert running is not None
+    with engine.begin() as conn:
+        done = ledger.cancel(conn, running.id, "a", actor="t", now=utcnow())
+    assert done is not None and done[0] == JobState.RUNNING
+    with engine.begin() as conn:  # the worker's result arrives after the cancel: discarded
+        assert ledger.succeed(conn, running.id, running.delivery_id, 1, actor="t", now=utcnow()) is None
+
+
+def test_manual_retry_of_a_dead_job_gives_fresh_attempts(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job(max_attempts=1)
+    running = _claim(engine, job)
+    assert running is not None
+    with engine.begin() as conn:
+        ledger.give_back(conn, running, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP)
+        assert ledger.retry_dead(conn, job.id, "someone-else", actor="t", now=utcnow()) is None
+        again = ledger.retry_dead(conn, job.id, "ledger-tests", actor="t", now=utcnow())
+    assert again is not None and again.state == JobState.QUEUED and again.attempts == 0
+    assert again.delivery_id != running.delivery_id
+    assert _events(engine, job.id)[-1] == ("dead", "queued", "manual_retry")
+
+
+def test_leases_extend_only_for_the_delivery_held(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job()
+    running = _claim(engine, job)
+    assert running is not None
+    later = utcnow() + dt.timedelta(seconds=30)
+    with engine.begin() as conn:
+        assert ledger.extend_leases(conn, {job.id: uuid.uuid4()}, now=later, lease_s=LEASE) == 0
+        assert ledger.extend_leases(conn, {job.id: running.delivery_id}, now=later, lease_s=LEASE) == 1
+        row = ledger.get_job(conn, job.id)
+    assert row is not None and row.lease_expires_at == later + dt.timedelta(seconds=LEASE)
+
+
+def test_idempotent_create_returns_none_for_a_repeat(engine: sa.Engine, new_job: NewJob) -> None:
+    first = new_job(idempotency_key="k1")
+    row = {c.name: getattr(first, c.name) for c in jobs.c if c.name != "state"}
+    row.update(id=uuid.uuid4(), delivery_id=uuid.uuid4())
+    with engine.begin() as conn:
+        assert ledger.create_job_once(conn, row, actor="t", now=utcnow()) is None
+        found = ledger.find_by_idempotency_key(conn, "ledger-tests", "k1")
+        count = conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.idempotency_key == "k1"))
+    assert found is not None and found.id == first.id
+    assert count == 1
+
+
+def test_keyset_pagination_walks_every_job_once(engine: sa.Engine, new_job: NewJob) -> None:
+    tenant = f"page-{uuid.uuid4().hex[:6]}"
+    made = {new_job(tenant=tenant).id for _ in range(7)}
+    seen: list[uuid.UUID] = []
+    before = None
+    with engine.connect() as conn:
+        while True:
+            page = ledger.list_jobs(conn, tenant, limit=3, before=before)
+            seen += [r.id for r in page]
+            if len(page) < 3:
+                break
+            before = (page[-1].created_at, page[-1].id)
+    assert len(seen) == len(set(seen)) == 7
+    assert set(seen) == made
+
+
+def test_events_are_deleted_with_their_job(engine: sa.Engine, new_job: NewJob) -> None:
+    job = new_job()
+    with engine.begin() as conn:
+        conn.execute(sa.delete(jobs).where(jobs.c.id == job.id))
+        left = conn.scalar(sa.select(sa.func.count()).select_from(job_events).where(job_events.c.job_id == job.id))
+    assert left == 0
+
+
+def test_concurrent_claims_of_one_delivery_have_one_winner(engine: sa.Engine, new_job: NewJob) -> None:
+    """Ten threads race to claim the same delivery: exactly one gets it."""
+    job = new_job()
+    wins: list[ledger.JobRow] = []
+    barrier = threading.Barrier(10)
+
+    def race() -> None:
+        barrier.wait()
+        row = _claim(engine, job)
+        if row is not None:
+            wins.append(row)
+
+    threads = [threading.Thread(target=race) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert _events(engine, job.id).count(("queued", "running", "claimed")) == 1
