@@ -83,11 +83,13 @@ class PrivateRedis:
                 time.sleep(0.05)
         raise RuntimeError("private redis-server did not start")
 
-    def stop(self) -> None:
+    def stop(self, *, keep_dir: bool = False) -> None:
+        """Stop the server (it keeps nothing: no persistence); `keep_dir` allows a restart on the same port."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def choose_redis() -> tuple[str, PrivateRedis | None]:
