@@ -28,12 +28,12 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _BodyTooLargeError
             return message
 
         try:
             await self.app(scope, counting_receive, send)
-        except _TooLarge:
+        except _BodyTooLargeError:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
@@ -50,5 +50,5 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
+class _BodyTooLargeError(Exception):
     pass

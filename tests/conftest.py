@@ -3,7 +3,6 @@ created here and dropped at the end, so two runs on one machine never collide.""
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from tests.harness import ROOT, Processes
 RUN_ID = uuid.uuid4().hex[:10]
 PG_ADMIN_URL = os.environ.get("MEDIC_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("MEDIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-JOB_MODULES = ["worker.examples", "worker.control.tasks", "tests.testjobs"]
+JOB_MODULES = ["worker.examples", "tests.testjobs"]
 
 
 def _database_url(name: str) -> str:
@@ -50,7 +49,7 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "MEDIC_KEY_PREFIX": f"mt{RUN_ID}:",
         "MEDIC_BROKER_KEY_PREFIX": f"mtb{RUN_ID}:",
         "MEDIC_PROFILE": "fast",
-        "MEDIC_JOB_MODULES": json.dumps(JOB_MODULES),
+        "MEDIC_JOB_MODULES": ",".join(JOB_MODULES),
         "PYTHONPATH": str(ROOT),
     }
     os.environ.update(env)

@@ -3,6 +3,7 @@ run's environment, stopped by PID (their own process group) at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,10 +66,8 @@ class Proc:
             return []
 
     def kill_group(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.alive():

@@ -9,6 +9,7 @@ from celery import Celery
 from worker.settings import Settings, get_settings
 
 CONTROL_QUEUE = "medic.control"
+CONTROL_TASKS = "worker.control.tasks"
 
 app = Celery("medic")
 
@@ -48,7 +49,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        "imports": list(s.job_modules),
+        "imports": [CONTROL_TASKS, *s.job_modules],
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
     }

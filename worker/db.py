@@ -37,9 +37,7 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 10.0) -> 
     """An engine that survives ledger restarts: stale connections are tested and replaced."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
-        )
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True)
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -122,9 +120,7 @@ def ensure_database(url: str) -> bool:
     admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            exists = conn.scalar(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
-            )
+            exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database})
             if exists:
                 return False
             quoted = admin.dialect.identifier_preparer.quote(parsed.database)

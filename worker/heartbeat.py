@@ -53,9 +53,7 @@ class Heartbeat:
         s = get_settings()
         value = json.dumps({"worker": self.worker, "pid": self.pid, "jobs": len(self._held)})
         try:
-            get_redis().set(
-                keys.worker_presence(self.worker, self.pid), value, px=int(s.presence_ttl_seconds * 1000)
-            )
+            get_redis().set(keys.worker_presence(self.worker, self.pid), value, px=int(s.presence_ttl_seconds * 1000))
         except Exception as exc:  # noqa: BLE001 - presence is best effort; the lease is the truth
             log.warning("presence refresh failed: %s", exc)
 
@@ -82,7 +80,7 @@ class Heartbeat:
         while not self._stop.is_set():
             try:
                 self.beat()
-            except Exception:  # noqa: BLE001 - the thread must outlive any one failure
+            except Exception:
                 log.exception("heartbeat failed")
             self._wake.wait(interval)
 

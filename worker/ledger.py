@@ -51,9 +51,7 @@ def _created_events(rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.da
     ]
 
 
-def create_jobs(
-    conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime
-) -> list[JobRow]:
+def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime) -> list[JobRow]:
     """Insert new `queued` jobs and their creation events (the only write of an initial state)."""
     if not rows:
         return []
@@ -254,7 +252,9 @@ def time_out(
     )
 
 
-def cancel(conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime) -> tuple[JobState, JobRow] | None:
+def cancel(
+    conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime
+) -> tuple[JobState, JobRow] | None:
     """Cancel a queued or running job of `tenant`; returns the state it left and the new row."""
     for frm in (JobState.QUEUED, JobState.RUNNING):
         row = transition(
@@ -319,9 +319,7 @@ def mark_unpublished(conn: Connection, pairs: Sequence[tuple[uuid.UUID, uuid.UUI
         )
 
 
-def extend_leases(
-    conn: Connection, held: Mapping[uuid.UUID, uuid.UUID], *, now: dt.datetime, lease_s: float
-) -> int:
+def extend_leases(conn: Connection, held: Mapping[uuid.UUID, uuid.UUID], *, now: dt.datetime, lease_s: float) -> int:
     """One statement for every job this process runs: push their leases forward."""
     if not held:
         return 0

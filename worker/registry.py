@@ -41,9 +41,7 @@ class JobSpec:
         try:
             model = self.args_model.model_validate(dict(args or {}))
         except ValidationError as exc:
-            problems = [
-                {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()
-            ]
+            problems = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()]
             raise InvalidArgsError(f"args do not fit {self.name}", problems=problems) from None
         return model.model_dump(mode="json")
 
@@ -76,6 +74,11 @@ def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
     return create_model(model_name, __config__=config, **fields)
 
 
+def _origin(func: Callable[..., Any]) -> tuple[str, str]:
+    """Where a function was defined: re-importing a module re-registers, it is no duplicate."""
+    return func.__module__, func.__qualname__
+
+
 def job(
     name: str | None = None,
     *,
@@ -89,9 +92,8 @@ def job(
     def decorate(func: F) -> F:
         job_name = name or f"{func.__module__.rsplit('.', 1)[-1]}.{func.__name__}"
         existing = _REGISTRY.get(job_name)
-        if existing is not None and existing.func is not func:
-            if getattr(existing.func, "__qualname__", None) != func.__qualname__:
-                raise DuplicateJobNameError(f"job {job_name!r} is registered twice")
+        if existing is not None and _origin(existing.func) != _origin(func):
+            raise DuplicateJobNameError(f"job {job_name!r} is registered twice")
         spec = JobSpec(
             name=job_name,
             func=func,

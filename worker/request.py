@@ -37,7 +37,9 @@ def _job_ids(args: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
         return None
 
 
-def report_lost(job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, reason: str, actor: str) -> JobRow | None:
+def report_lost(
+    job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, reason: str, actor: str
+) -> JobRow | None:
     """A delivery's process is gone: give the job back (retry or dead) and publish the retry."""
     s = get_settings()
 
@@ -51,7 +53,9 @@ def report_lost(job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, r
             now = utcnow()
             if reason == "timeout":
                 detail = f"hard time limit of {job.timeout_s + s.timeout_grace_seconds:.0f}s exceeded"
-                return ledger.time_out(conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=detail)
+                return ledger.time_out(
+                    conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=detail
+                )
             return ledger.give_back(
                 conn,
                 job,
@@ -81,7 +85,7 @@ def _report_in_background(request: Request, reason: str) -> None:
             report_lost(ids[0], ids[1], pid, reason=reason, actor=actor)
         except LedgerUnavailableError:
             log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0])
-        except Exception:  # noqa: BLE001 - a failing hook is logged, never fatal to the worker
+        except Exception:
             log.exception("recording %s of job %s failed", reason, ids[0])
 
     threading.Thread(target=run, name=f"medic-{reason}", daemon=True).start()
@@ -101,4 +105,3 @@ class MedicRequest(Request):  # type: ignore[misc]
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         if lost:
             _report_in_background(self, "worker_lost")
-

@@ -6,12 +6,12 @@ the CLI can set the environment first.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
-
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/medic"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -47,20 +47,16 @@ class Settings(BaseSettings):
     broker_key_prefix: str = Field(
         "", description="kombu global_keyprefix in front of every broker key (queues, unacked)."
     )
-    job_modules: list[str] = Field(
-        default_factory=lambda: ["worker.examples", "worker.control.tasks"],
-        description="Modules imported at start so their @job functions are registered.",
+    job_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["worker.examples"],
+        description="Comma-separated modules imported at start so their @job functions register.",
     )
 
     # liveness
     lease_seconds: float = Field(10.0, gt=0, description="How long a heartbeat keeps a job's lease.")
     heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker extends its leases.")
-    presence_ttl_seconds: float = Field(
-        6.0, gt=0, description="TTL of a worker process's presence key in Redis."
-    )
-    timeout_grace_seconds: float = Field(
-        5.0, ge=0, description="Added to a job's timeout for the hard time limit."
-    )
+    presence_ttl_seconds: float = Field(6.0, gt=0, description="TTL of a worker process's presence key in Redis.")
+    timeout_grace_seconds: float = Field(5.0, ge=0, description="Added to a job's timeout for the hard time limit.")
 
     # control loops
     beat_alive_seconds: float = Field(5.0, gt=0, description="Period of the beat/control liveness tick.")
@@ -92,6 +88,14 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and data.get("profile") == "fast":
             return {**FAST_PROFILE, **data}
         return data
+
+    @field_validator("job_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [m.strip() for m in text.split(",") if m.strip()]
+        return value
 
     @field_validator("flower_password")
     @classmethod

@@ -17,7 +17,7 @@ import redis
 import sqlalchemy as sa
 
 from worker import processes
-from worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, get_settings, reset_settings
+from worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, get_settings, reset_settings
 from worker.supervisor import Child, Supervisor
 
 log = logging.getLogger("medic.up")
@@ -39,9 +39,8 @@ def _postgres_answers(url: str) -> bool:
         with engine.connect():
             return True
     except sa.exc.OperationalError as exc:
-        if "does not exist" in str(exc):  # the server answers; `medic db upgrade` creates the database
-            return True
-        return False
+        # "database does not exist" means the server answers: `medic db upgrade` creates it
+        return "does not exist" in str(exc)
     finally:
         engine.dispose()
 
@@ -123,6 +122,46 @@ def _wait_for_api(url: str, timeout: float = 30.0) -> bool:
     return False
 
 
+def _children(
+    s: Settings, *, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool
+) -> list[Child]:
+    children = [Child("api", processes.api_cmd("127.0.0.1", api_port))]
+    children += [
+        Child(f"worker-{i}", processes.worker_cmd(s.default_queue, concurrency, f"worker-{i}"))
+        for i in range(1, workers + 1)
+    ]
+    children += [Child("control", processes.control_cmd()), Child("beat", processes.beat_cmd())]
+    if flower:
+        children.append(Child("flower", processes.flower_cmd(s, flower_port)))
+    return children
+
+
+def _banner(s: Settings, *, api_url: str, flower_port: int | None, dev_key: str) -> str:
+    lines = ["", "medic is up", f"  API      {api_url}", f"  docs     {api_url}/docs"]
+    if flower_port is not None:
+        lines.append(f"  Flower   http://127.0.0.1:{flower_port}  (user {s.flower_user}, MEDIC_FLOWER_PASSWORD)")
+    lines += [
+        f"  ledger   {sa.engine.make_url(s.database_url).render_as_string(hide_password=True)}",
+        f"  broker   {s.redis_url}",
+        "  dev API key (tenant 'dev', scopes submit,read,admin):",
+        dev_key,
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def _prepare_ledger(database_url: str) -> str:
+    """Migrate, and create this session's dev key."""
+    from worker import apikeys, db
+    from worker.migrate import upgrade
+
+    upgrade(database_url)
+    with db.begin() as conn:
+        dev_key = apikeys.create_key(conn, "dev", apikeys.parse_scopes("submit,read,admin"), "medic up")
+    db.dispose_engine()  # the children open their own connections
+    return dev_key
+
+
 def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool) -> int:
     database_url = choose_database()
     redis_url, private_redis = choose_redis()
@@ -131,40 +170,19 @@ def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int
     reset_settings()
     s = get_settings()
     try:
-        from worker import apikeys, db
-        from worker.migrate import upgrade
-
-        upgrade(database_url)
-        with db.begin() as conn:
-            dev_key = apikeys.create_key(conn, "dev", apikeys.parse_scopes("submit,read,admin"), "medic up")
-        db.dispose_engine()
-
-        children = [Child("api", processes.api_cmd("127.0.0.1", api_port))]
-        children += [
-            Child(f"worker-{i}", processes.worker_cmd(s.default_queue, concurrency, f"worker-{i}"))
-            for i in range(1, workers + 1)
-        ]
-        children += [Child("control", processes.control_cmd()), Child("beat", processes.beat_cmd())]
-        if flower:
-            children.append(Child("flower", processes.flower_cmd(s, flower_port)))
-        supervisor = Supervisor(children)
+        dev_key = _prepare_ledger(database_url)
+        supervisor = Supervisor(
+            _children(
+                s, api_port=api_port, flower_port=flower_port, workers=workers, concurrency=concurrency, flower=flower
+            )
+        )
         supervisor.start_all()
         api_url = f"http://127.0.0.1:{api_port}"
         if not _wait_for_api(api_url):
             print("medic: the API did not answer within 30 s; see the log above")
             supervisor.stop()
             return EXIT_API_DID_NOT_START
-        print(
-            f"\nmedic is up\n"
-            f"  API      {api_url}\n"
-            f"  docs     {api_url}/docs\n"
-            + (f"  Flower   http://127.0.0.1:{flower_port}  (user {s.flower_user}, password from MEDIC_FLOWER_PASSWORD)\n" if flower else "")
-            + f"  ledger   {sa.engine.make_url(database_url).render_as_string(hide_password=True)}\n"
-            f"  broker   {redis_url}\n"
-            f"  dev API key (tenant 'dev', scopes submit,read,admin):\n{dev_key}\n"
-            f"Ctrl-C stops everything.\n",
-            flush=True,
-        )  # fmt: skip
+        print(_banner(s, api_url=api_url, flower_port=flower_port if flower else None, dev_key=dev_key), flush=True)
         supervisor.run()
         return EXIT_OK
     finally:

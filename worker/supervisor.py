@@ -6,6 +6,7 @@ whole process group, so prefork children go too) and wait for them, escalating t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -41,10 +42,8 @@ class Child:
     def signal_group(self, sig: signal.Signals, *, stragglers: bool = False) -> None:
         """Signal the child's process group; `stragglers` also after the leader has exited."""
         if self.proc is not None and (stragglers or self.proc.poll() is None):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 class Supervisor:
@@ -97,7 +96,7 @@ class Supervisor:
             for hook in on_tick or []:
                 try:
                     hook()
-                except Exception:  # noqa: BLE001 - a failing hook is logged, never fatal
+                except Exception:
                     log.exception("supervisor hook failed")
             time.sleep(0.5)
         self.stop()

@@ -15,7 +15,9 @@ def submit(client: httpx.Client, type_: str, args: dict[str, Any] | None = None,
     return dict(response.json())
 
 
-def wait_state(client: httpx.Client, job_id: str, states: set[str] | None = None, timeout: float = 30) -> dict[str, Any]:
+def wait_state(
+    client: httpx.Client, job_id: str, states: set[str] | None = None, timeout: float = 30
+) -> dict[str, Any]:
     wanted = states or TERMINAL
 
     def reached() -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -26,7 +27,12 @@ BAD_INPUTS: list[tuple[str, dict[str, object], int, str]] = [
     ("wrong type", {"type": "examples.sleep", "args": {"seconds": "soon"}}, 422, "invalid_args"),
     ("args not an object", {"type": "examples.echo", "args": ["x"]}, 422, "invalid_request"),
     ("unknown field", {"type": "examples.echo", "args": {"message": "x"}, "colour": "red"}, 422, "invalid_request"),
-    ("priority out of range", {"type": "examples.echo", "args": {"message": "x"}, "priority": 10}, 422, "invalid_request"),
+    (
+        "priority out of range",
+        {"type": "examples.echo", "args": {"message": "x"}, "priority": 10},
+        422,
+        "invalid_request",
+    ),
     ("zero timeout", {"type": "examples.echo", "args": {"message": "x"}, "timeout": 0}, 422, "invalid_request"),
     ("no attempts", {"type": "examples.echo", "args": {"message": "x"}, "max_attempts": 0}, 422, "invalid_request"),
     ("args over the limit", {"type": "examples.echo", "args": {"message": "x" * 70_000}}, 413, "payload_too_large"),
@@ -77,7 +83,11 @@ def test_batch_enqueues_all_in_one_go(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("headers", "code"),
-    [({}, "unauthorized"), ({"Authorization": "Bearer mk_nope"}, "unauthorized"), ({"Authorization": "Basic x"}, "unauthorized")],
+    [
+        ({}, "unauthorized"),
+        ({"Authorization": "Bearer mk_nope"}, "unauthorized"),
+        ({"Authorization": "Basic x"}, "unauthorized"),
+    ],
 )
 def test_missing_or_invalid_key_is_401(stack: str, headers: dict[str, str], code: str) -> None:
     for method, path in [("POST", "/jobs"), ("GET", "/jobs"), ("GET", f"/jobs/{uuid.uuid4()}")]:

@@ -72,7 +72,9 @@ def test_failure_with_attempts_left_requeues_with_backoff_and_a_new_delivery(
     assert running is not None
     now = utcnow()
     with engine.begin() as conn:
-        after = ledger.give_back(conn, running, reason="error", actor="t", now=now, max_backoff_s=CAP, error={"type": "E"})
+        after = ledger.give_back(
+            conn, running, reason="error", actor="t", now=now, max_backoff_s=CAP, error={"type": "E"}
+        )
     assert after is not None
     assert after.state == JobState.QUEUED
     assert after.delivery_id != running.delivery_id
