@@ -1,16 +1,20 @@
 """The worker's main process sees a child die or hit its hard time limit before anyone else.
 
 `MedicRequest` turns those moments into ledger transitions at once (worker_lost / timeout),
-instead of waiting for a lease to expire. It runs in the main process, off its event loop (a
-thread), and every write is fenced on the delivery, so a report that comes late changes nothing.
-If the report never lands, the recovery loops find the job by its lease.
+instead of waiting for a lease to expire. Every write is fenced on the delivery, so a report that
+comes late changes nothing; a report that fails (ledger down) is left to the recovery loops,
+which find the job by its expired lease.
+
+The report runs in the main thread, with one attempt and no retries. It must not run in a
+thread: billiard forks the replacement child right after a child dies, and a fork taken while
+another thread holds an import lock (the first `import psycopg2` of the process, say) leaves the
+child deadlocked on its first job. Seen here in a test, with py-spy, before this was synchronous.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
 from typing import Any
 
@@ -38,7 +42,7 @@ def _job_ids(args: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
 
 
 def report_lost(
-    job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, reason: str, actor: str
+    job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, reason: str, actor: str, budget_s: float
 ) -> JobRow | None:
     """A delivery's process is gone: give the job back (retry or dead) and publish the retry."""
     s = get_settings()
@@ -67,35 +71,31 @@ def report_lost(
                 error={"type": "WorkerLost", "message": f"process {pid} died while running the job", "traceback": None},
             )
 
-    after = with_ledger_retry(write, budget_s=s.finalize_retry_seconds, what=reason)
+    after = with_ledger_retry(write, budget_s=budget_s, what=reason)
     if after is not None and after.state == JobState.QUEUED:
         publish([after])
     return after
 
 
-def _report_in_background(request: Request, reason: str) -> None:
+def _report(request: Request, reason: str) -> None:
     ids = _job_ids(request.args)
     if ids is None:
         return
-    actor = f"{request.hostname}:{os.getpid()}"
-    pid = request.worker_pid
-
-    def run() -> None:
-        try:
-            report_lost(ids[0], ids[1], pid, reason=reason, actor=actor)
-        except LedgerUnavailableError:
-            log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0])
-        except Exception:
-            log.exception("recording %s of job %s failed", reason, ids[0])
-
-    threading.Thread(target=run, name=f"medic-{reason}", daemon=True).start()
+    try:
+        report_lost(
+            ids[0], ids[1], request.worker_pid, reason=reason, actor=f"{request.hostname}:{os.getpid()}", budget_s=0
+        )
+    except LedgerUnavailableError:
+        log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0])
+    except Exception:  # a failing hook is logged, never fatal to the worker
+        log.exception("recording %s of job %s failed", reason, ids[0])
 
 
 class MedicRequest(Request):  # type: ignore[misc]
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
         if not soft:
-            _report_in_background(self, "timeout")
+            _report(self, "timeout")
 
     def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
@@ -104,4 +104,4 @@ class MedicRequest(Request):  # type: ignore[misc]
         )
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         if lost:
-            _report_in_background(self, "worker_lost")
+            _report(self, "worker_lost")
