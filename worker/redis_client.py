@@ -19,11 +19,11 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
-_client: redis.Redis | None = None
+_client: redis.Redis[str] | None = None
 _client_key: tuple[int, str] | None = None
 
 
-def get_redis() -> redis.Redis:
+def get_redis() -> redis.Redis[str]:
     """A per-process client with short timeouts, so an outage fails fast instead of hanging."""
     global _client, _client_key
     url = get_settings().redis_url
