@@ -1,7 +1,8 @@
 """The beat schedule: every control loop, its period and its queue.
 
 All loops run on the dedicated `medic.control` queue, so a backlog of application jobs can never
-delay recovery. `expires` drops a run that missed its slot instead of piling them up.
+delay recovery. `expires` drops a run that missed its slot instead of piling runs up; each loop
+also takes a Redis lock, so two beats or two control workers never act twice.
 """
 
 from __future__ import annotations
@@ -22,5 +23,9 @@ def _entry(task: str, period: float) -> dict[str, Any]:
 
 def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
     return {
+        "recover-stuck": _entry("medic.control.recover_stuck", s.recover_period_seconds),
+        "enforce-timeouts": _entry("medic.control.enforce_timeouts", s.timeout_period_seconds),
+        "reconcile-broker": _entry("medic.control.reconcile_broker", s.reconcile_period_seconds),
+        "prune": _entry("medic.control.prune", s.prune_period_seconds),
         "beat-alive": _entry("medic.control.beat_alive", s.beat_alive_seconds),
     }

@@ -3,6 +3,7 @@ created here and dropped at the end, so two runs on one machine never collide.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,6 +51,7 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "MEDIC_BROKER_KEY_PREFIX": f"mtb{RUN_ID}:",
         "MEDIC_PROFILE": "fast",
         "MEDIC_JOB_MODULES": ",".join(JOB_MODULES),
+        "MEDIC_TEST_RECORD_REDIS_URL": REDIS_URL,
         "PYTHONPATH": str(ROOT),
     }
     os.environ.update(env)
@@ -121,3 +123,48 @@ def client(stack: str, make_key: KeyFactory) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack, headers={"Authorization": f"Bearer {key}"}, timeout=15) as c:
         c.tenant = tenant  # type: ignore[attr-defined]
         yield c
+
+
+@contextlib.contextmanager
+def switched_env(overrides: dict[str, str]) -> Iterator[None]:
+    """Point this test process at other settings (a database, a Redis, prefixes), then back."""
+    from worker.celery_app import reconfigure
+    from worker.db import dispose_engine
+    from worker.settings import reset_settings
+
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    reset_settings()
+    reconfigure()
+    try:
+        yield
+    finally:
+        dispose_engine()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_settings()
+        reconfigure()
+
+
+@pytest.fixture(scope="module")
+def private_ledger(medic_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A database and key prefixes of this module's own, for tests whose loops scan every job."""
+    suffix = uuid.uuid4().hex[:6]
+    db_name = f"medic_test_{RUN_ID}_{suffix}"
+    env = {
+        "MEDIC_DATABASE_URL": _database_url(db_name),
+        "MEDIC_KEY_PREFIX": f"mt{RUN_ID}{suffix}:",
+        "MEDIC_BROKER_KEY_PREFIX": f"mtb{RUN_ID}{suffix}:",
+    }
+    from worker.migrate import upgrade
+
+    upgrade(env["MEDIC_DATABASE_URL"])
+    with switched_env(env):
+        yield {**medic_env, **env}
+    _admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    client = redis.Redis.from_url(REDIS_URL)
+    _delete_keys(client, env["MEDIC_KEY_PREFIX"])
+    _delete_keys(client, env["MEDIC_BROKER_KEY_PREFIX"])

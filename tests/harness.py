@@ -4,7 +4,9 @@ run's environment, stopped by PID (their own process group) at the end."""
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -133,3 +135,42 @@ class Processes:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster on its own port, run as the `postgres` user (PostgreSQL
+    refuses root), so a test can restart it without touching the shared server."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="medic-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        shutil.chown(self.dir, "postgres", "postgres")
+        self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/medic"
+
+    def _as_postgres(self, argv: list[str]) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=120)
+
+    def _ctl(self, *args: str) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", *args])
+
+    def start(self) -> None:
+        self._ctl("-l", str(self.dir / "server.log"), "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

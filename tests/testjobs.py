@@ -1,5 +1,8 @@
 """Jobs used only by the tests. Each execution is recorded in Redis so tests can prove how many
-times a job really ran, and that no two executions of one job overlapped."""
+times a job really ran, and that no two executions of one job overlapped.
+
+Records go to `MEDIC_TEST_RECORD_REDIS_URL` (the shared Redis), not to the broker's Redis, so a
+chaos test that restarts the broker keeps them."""
 
 from __future__ import annotations
 
@@ -7,13 +10,31 @@ import json
 import os
 import time
 
-from worker.redis_client import get_redis
+import redis
+
 from worker.registry import job
 from worker.settings import get_settings
+
+_clients: dict[tuple[int, str], redis.Redis[str]] = {}
+
+
+def get_redis() -> redis.Redis[str]:
+    url = os.environ.get("MEDIC_TEST_RECORD_REDIS_URL") or get_settings().redis_url
+    key = (os.getpid(), url)
+    if key not in _clients:
+        _clients[key] = redis.Redis.from_url(url, decode_responses=True)
+    return _clients[key]
 
 
 def _log_key(tag: str) -> str:
     return f"{get_settings().key_prefix}test:executions:{tag}"
+
+
+def overlapping(runs: list[dict[str, float | int | str]]) -> bool:
+    """True if two executions overlapped in time (an execution whose process died has end 0:
+    it is taken to run until the next one started, which cannot be checked)."""
+    spans = sorted((float(r["start"]), float(r["end"]) or float(r["start"])) for r in runs)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
 
 def executions(tag: str) -> list[dict[str, float | int | str]]:

@@ -7,16 +7,14 @@ worker or a test; a forked child never inherits its parent's thread (the pid is 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import uuid
 
-from worker import db, keys, ledger
+from worker import db, ledger, presence
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
-from worker.redis_client import get_redis
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -50,10 +48,8 @@ class Heartbeat:
 
     def announce(self) -> None:
         """Refresh this process's presence key; a Redis outage is logged, never fatal."""
-        s = get_settings()
-        value = json.dumps({"worker": self.worker, "pid": self.pid, "jobs": len(self._held)})
         try:
-            get_redis().set(keys.worker_presence(self.worker, self.pid), value, px=int(s.presence_ttl_seconds * 1000))
+            presence.announce(self.worker, self.pid, ttl_s=get_settings().presence_ttl_seconds, jobs=len(self._held))
         except Exception as exc:  # noqa: BLE001 - presence is best effort; the lease is the truth
             log.warning("presence refresh failed: %s", exc)
 

@@ -23,9 +23,19 @@ def control_lock(loop: str) -> str:
     return f"{_p()}lock:{loop}"
 
 
+def control_stats(loop: str) -> str:
+    """Hash of one control loop's runs: count, totals, the last run."""
+    return f"{_p()}control:{loop}"
+
+
 def broker_run_id() -> str:
-    """The Redis run_id seen when jobs were last published; a change means the broker restarted."""
+    """The Redis run_id reconcile last saw; missing or different means the broker lost its state."""
     return f"{_p()}broker:run_id"
+
+
+def broker_republish_before() -> str:
+    """After a broker restart: queued jobs published before this time still need a new message."""
+    return f"{_p()}broker:republish_before"
 
 
 def beat_alive() -> str:

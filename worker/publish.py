@@ -76,3 +76,13 @@ def publish(rows: Sequence[Any]) -> list[uuid.UUID]:
         except LedgerUnavailableError:
             log.warning("could not mark %d jobs unpublished; reconcile will find them as lost", len(failed))
     return [r.id for r in failed]
+
+
+def revoke(delivery_ids: Sequence[uuid.UUID]) -> None:
+    """Kill these deliveries wherever they run (SIGKILL); best effort, the fence is the guarantee."""
+    if not delivery_ids:
+        return
+    try:
+        app.control.revoke([str(d) for d in delivery_ids], terminate=True, signal="SIGKILL")
+    except BROKER_ERRORS as exc:
+        log.warning("could not revoke %d deliveries: %s", len(delivery_ids), exc)

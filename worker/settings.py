@@ -28,6 +28,10 @@ FAST_PROFILE: dict[str, Any] = {
     "finalize_retry_seconds": 20.0,
     "api_key_cache_seconds": 1.0,
     "beat_alive_seconds": 1.0,
+    "recover_period_seconds": 1.0,
+    "timeout_period_seconds": 1.0,
+    "reconcile_period_seconds": 1.0,
+    "lost_after_seconds": 5.0,
 }
 
 
@@ -60,6 +64,18 @@ class Settings(BaseSettings):
 
     # control loops
     beat_alive_seconds: float = Field(5.0, gt=0, description="Period of the beat/control liveness tick.")
+    recover_period_seconds: float = Field(5.0, gt=0, description="Period of recover_stuck.")
+    timeout_period_seconds: float = Field(5.0, gt=0, description="Period of enforce_timeouts.")
+    reconcile_period_seconds: float = Field(15.0, gt=0, description="Period of reconcile_broker.")
+    prune_period_seconds: float = Field(3600.0, gt=0, description="Period of prune.")
+    lost_after_seconds: float = Field(
+        300.0, gt=0, description="A queued job older than this whose message is not in the broker is re-sent."
+    )
+    retention_days: float = Field(30.0, gt=0, description="Finished jobs and their events are kept this long.")
+    control_batch_size: int = Field(500, gt=0, description="Most jobs one control-loop run acts on.")
+    reconcile_scan_limit: int = Field(
+        100_000, gt=0, description="Longest queue reconcile scans for lost messages; longer ones are skipped."
+    )
 
     # job defaults
     default_queue: str = Field("default", description="Queue of a job that names none.")

@@ -1,0 +1,54 @@
+"""Chaos tests: real processes, real signals, private servers. Each module has its own ledger
+database and key prefixes (`private_ledger`), since the control loops scan every job."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Processes, wait_for
+from worker import db, ledger
+from worker.enqueue import enqueue
+from worker.ledger import JobRow
+
+pytestmark = pytest.mark.chaos
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/chaos/" in str(item.fspath):
+            item.add_marker(pytest.mark.chaos)
+
+
+@pytest.fixture
+def cprocs(private_ledger: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
+    p = Processes(private_ledger, tmp_path)
+    yield p
+    p.stop_all()
+
+
+def job(job_id: uuid.UUID) -> JobRow:
+    with db.connect() as conn:
+        row = ledger.get_job(conn, job_id)
+    assert row is not None
+    return row
+
+
+def reasons(job_id: uuid.UUID) -> list[str]:
+    with db.connect() as conn:
+        return [e.reason for e in ledger.get_events(conn, job_id)]
+
+
+def submit(type_: str, args: dict[str, Any], **options: Any) -> uuid.UUID:
+    return enqueue(type_, args, tenant="chaos", **options).job.id
+
+
+def wait_job(job_id: uuid.UUID, states: set[str], timeout: float = 60) -> JobRow:
+    return wait_for(lambda: (r := job(job_id)).state in states and r, timeout, 0.1, f"job {job_id} in {states}")
+
+
+TERMINAL = {"succeeded", "dead", "cancelled"}

@@ -1,0 +1,114 @@
+"""Workers die, jobs hang: every job still ends, and never runs twice at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+from tests.chaos.conftest import TERMINAL, job, reasons, submit, wait_job
+from tests.harness import Processes, wait_for
+from tests.testjobs import executions, overlapping
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigkill_of_a_whole_worker_reruns_its_job_elsewhere(cprocs: Processes) -> None:
+    """Given a job running on worker A, a second worker B and the control loops,
+    When A's whole process group is SIGKILLed,
+    Then the job is re-run on B and succeeds: attempts 2, a worker_lost event, no overlap."""
+    a = cprocs.worker("chaos-a", queues="chaos1", concurrency=1)
+    cprocs.control()
+    cprocs.beat()
+    tag = uuid.uuid4().hex
+    job_id = submit("tests.record", {"tag": tag, "seconds": 3}, queue="chaos1", max_attempts=3)
+    wait_for(lambda: executions(tag), 30, 0.05, "first execution started")
+    cprocs.worker("chaos-b", queues="chaos1", concurrency=1)
+    killed_at = time.time()
+    a.kill_group(signal.SIGKILL)
+
+    done = wait_job(job_id, TERMINAL, timeout=60)
+    assert done.state == "succeeded"
+    assert done.attempts == 2
+    assert done.worker is not None and done.worker.startswith("chaos-b@")
+    assert "worker_lost" in reasons(job_id)
+    runs = executions(tag)
+    assert len(runs) == 2
+    assert runs[0]["end"] == 0, "the first execution died with its worker"
+    assert float(runs[1]["start"]) > killed_at, "the re-run started only after the first was dead"
+
+
+def test_sigkill_of_only_the_prefork_child_reruns_the_job(cprocs: Processes) -> None:
+    """Given a job running in a prefork child, When only that child is SIGKILLed,
+    Then the worker reports the loss at once and the job is re-run and succeeds."""
+    w = cprocs.worker("chaos-child", queues="chaos2", concurrency=1)
+    cprocs.control()
+    cprocs.beat()
+    tag = uuid.uuid4().hex
+    job_id = submit("tests.record", {"tag": tag, "seconds": 3}, queue="chaos2", max_attempts=3)
+    first = wait_for(lambda: executions(tag), 30, 0.05, "first execution started")[0]
+    assert int(first["pid"]) in w.children()
+    killed_at = time.time()
+    os.kill(int(first["pid"]), signal.SIGKILL)
+
+    done = wait_job(job_id, TERMINAL, timeout=60)
+    assert done.state == "succeeded"
+    assert done.attempts == 2
+    assert "worker_lost" in reasons(job_id)
+    runs = executions(tag)
+    assert len(runs) == 2 and float(runs[1]["start"]) > killed_at
+    assert w.alive(), "the worker itself survives the loss of a child"
+
+
+def test_a_job_that_always_kills_its_process_is_dead_after_max_attempts(cprocs: Processes) -> None:
+    """Given examples.crash with max_attempts 3, When it runs, Then it is dead after exactly 3 attempts."""
+    cprocs.worker("chaos-crash", queues="chaos3", concurrency=1)
+    cprocs.control()
+    cprocs.beat()
+    job_id = submit("examples.crash", {}, queue="chaos3", max_attempts=3)
+    done = wait_job(job_id, TERMINAL, timeout=60)
+    assert done.state == "dead"
+    assert done.attempts == 3
+    assert reasons(job_id).count("claimed") == 3
+    assert reasons(job_id).count("worker_lost") == 3
+
+
+def test_a_hanging_job_is_killed_retried_and_finally_dead(cprocs: Processes) -> None:
+    """Given examples.hang with timeout 2 s and max_attempts 2, When it runs,
+    Then each attempt is timed_out and its process killed, and the job ends dead."""
+    cprocs.worker("chaos-hang", queues="chaos4", concurrency=1)
+    cprocs.control()
+    cprocs.beat()
+    job_id = submit("examples.hang", {}, queue="chaos4", timeout=2, max_attempts=2)
+    done = wait_job(job_id, TERMINAL, timeout=60)
+    assert done.state == "dead"
+    assert done.attempts == 2
+    assert reasons(job_id).count("timeout") == 4  # running -> timed_out -> queued|dead, twice
+    assert done.worker_pid is not None
+    wait_for(lambda: not _alive(done.worker_pid), 10, 0.1, "the hanging process was killed")
+
+
+def test_a_live_job_far_longer_than_its_lease_is_never_rerun(cprocs: Processes) -> None:
+    """Given a 10 s lease and the control loops, When a job runs for 60 s,
+    Then its heartbeat keeps the lease: one execution, attempts 1 (a short visibility timeout
+    in plain Celery would have re-delivered it)."""
+    env = {"MEDIC_LEASE_SECONDS": "10", "MEDIC_HEARTBEAT_SECONDS": "2", "MEDIC_PRESENCE_TTL_SECONDS": "6"}
+    cprocs.worker("chaos-long", queues="chaos11", concurrency=2, **env)
+    cprocs.control(**env)
+    cprocs.beat(**env)
+    tag = uuid.uuid4().hex
+    job_id = submit("tests.record", {"tag": tag, "seconds": 60}, queue="chaos11", timeout=120)
+    done = wait_job(job_id, TERMINAL, timeout=110)
+    assert done.state == "succeeded"
+    assert done.attempts == 1
+    runs = executions(tag)
+    assert len(runs) == 1 and not overlapping(runs)
+    assert "worker_lost" not in reasons(job_id)
+    assert job(job_id).heartbeat_at > job(job_id).started_at

@@ -1,0 +1,166 @@
+"""The control loops as plain functions, with the clock passed in: no waiting for leases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from worker import broker, db, keys, ledger, presence
+from worker.clock import seconds, utcnow
+from worker.control.loop import loop_stats, run_loop
+from worker.control.prune import prune
+from worker.control.reconcile import reconcile_broker
+from worker.control.recover import recover_stuck
+from worker.control.timeouts import enforce_timeouts
+from worker.enqueue import JobRequest, build_row
+from worker.ledger import JobRow
+from worker.models import job_events, jobs
+from worker.redis_client import get_redis
+from worker.settings import get_settings
+from worker.states import JobState
+
+pytestmark = pytest.mark.usefixtures("private_ledger")
+
+
+@pytest.fixture(autouse=True)
+def _empty_ledger() -> None:
+    with db.begin() as conn:
+        conn.execute(sa.delete(job_events))
+        conn.execute(sa.delete(jobs))
+    get_redis().delete(keys.broker_run_id(), keys.broker_republish_before())
+
+
+def _queued(queue: str | None = None, **row: Any) -> JobRow:
+    now = utcnow()
+    base = build_row(JobRequest("examples.echo", {"message": "x"}, queue=queue or f"q-{uuid.uuid4().hex[:6]}"),
+                     tenant="loops", s=get_settings(), now=now)  # fmt: skip
+    with db.begin() as conn:
+        return ledger.create_jobs(conn, [{**base, **row}], actor="test", now=now)[0]
+
+
+def _running(worker: str = "ghost@nowhere", pid: int = 4242, **row: Any) -> JobRow:
+    job = _queued(**row)
+    with db.begin() as conn:
+        claimed = ledger.claim(conn, job.id, job.delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=3)
+    assert claimed is not None
+    return claimed
+
+
+def _get(job_id: uuid.UUID) -> JobRow:
+    with db.connect() as conn:
+        row = ledger.get_job(conn, job_id)
+    assert row is not None
+    return row
+
+
+def _reasons(job_id: uuid.UUID) -> list[str]:
+    with db.connect() as conn:
+        return [e.reason for e in ledger.get_events(conn, job_id)]
+
+
+def test_recover_requeues_a_job_whose_lease_expired_and_worker_is_gone() -> None:
+    job = _running(max_attempts=3)
+    assert recover_stuck(utcnow()) == {"requeued": 0, "dead": 0, "lease_late": 0}, "lease still valid"
+    later = utcnow() + seconds(60)
+    assert recover_stuck(later) == {"requeued": 1, "dead": 0, "lease_late": 0}
+    after = _get(job.id)
+    assert after.state == JobState.QUEUED and after.delivery_id != job.delivery_id
+    assert _reasons(job.id)[-1] == "worker_lost"
+    assert broker.depth(after.queue) == 1, "the new delivery was published"
+    assert recover_stuck(later) == {"requeued": 0, "dead": 0, "lease_late": 0}, "acting twice is impossible"
+
+
+def test_recover_leaves_a_job_whose_worker_is_still_present() -> None:
+    job = _running(worker="alive@here", pid=77)
+    presence.announce("alive@here", 77, ttl_s=30, jobs=1)
+    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 0, "dead": 0, "lease_late": 1}
+    assert _get(job.id).state == JobState.RUNNING
+
+
+def test_recover_declares_dead_when_attempts_are_used_up() -> None:
+    job = _running(max_attempts=1)
+    assert recover_stuck(utcnow() + seconds(60))["dead"] == 1
+    assert _get(job.id).state == JobState.DEAD
+
+
+def test_enforce_timeouts_moves_overdue_jobs_through_timed_out() -> None:
+    job = _running(timeout_s=2.0, max_attempts=2)
+    assert enforce_timeouts(utcnow()) == {"requeued": 0, "dead": 0}
+    assert enforce_timeouts(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0}
+    after = _get(job.id)
+    assert after.state == JobState.QUEUED and after.attempts == 1
+    with db.connect() as conn:
+        states = [(e.from_state, e.to_state) for e in ledger.get_events(conn, job.id)][-2:]
+    assert states == [("running", "timed_out"), ("timed_out", "queued")]
+
+
+def test_reconcile_publishes_what_the_broker_refused() -> None:
+    job = _queued()
+    with db.begin() as conn:
+        ledger.mark_unpublished(conn, [(job.id, job.delivery_id)])
+    get_redis().set(keys.broker_run_id(), broker.run_id())
+    assert reconcile_broker(utcnow())["unpublished"] == 1
+    after = _get(job.id)
+    assert after.published_at is not None and after.delivery_id != job.delivery_id
+    assert broker.depth(job.queue) == 1
+
+
+def test_reconcile_resends_everything_after_a_broker_restart() -> None:
+    made = [_queued(queue="restart-q") for _ in range(5)]
+    get_redis().set(keys.broker_run_id(), "a-run-id-from-before-the-restart")
+    counts = reconcile_broker(utcnow() + seconds(1), limit=2)  # in batches of 2
+    assert counts["after_restart"] == 2
+    while reconcile_broker(utcnow() + seconds(1), limit=2)["after_restart"]:
+        pass
+    assert all(_get(j.id).delivery_id != j.delivery_id for j in made)
+    assert get_redis().get(keys.broker_run_id()) == broker.run_id()
+    assert get_redis().get(keys.broker_republish_before()) is None
+    assert reconcile_broker(utcnow() + seconds(1))["after_restart"] == 0
+
+
+def test_reconcile_resends_only_messages_the_broker_lost() -> None:
+    from worker.publish import send
+
+    get_redis().set(keys.broker_run_id(), broker.run_id())
+    kept = _queued(queue="lost-q")
+    send(kept)  # its message is in the queue
+    lost = _queued(queue="lost-q")  # never sent: its message is nowhere
+    much_later = utcnow() + seconds(get_settings().lost_after_seconds + 60)
+    assert reconcile_broker(much_later)["lost"] == 1
+    assert _get(kept.id).delivery_id == kept.delivery_id
+    assert _get(lost.id).delivery_id != lost.delivery_id
+    assert _reasons(lost.id)[-1] == "message_lost"
+
+
+def test_prune_deletes_old_finished_jobs_and_their_events_only() -> None:
+    old_done = _running()
+    with db.begin() as conn:
+        ledger.succeed(conn, old_done.id, old_done.delivery_id, 1, actor="t", now=utcnow())
+    still_running = _running()
+    retention = seconds(get_settings().retention_days * 86400)
+    assert prune(utcnow() + retention - dt.timedelta(hours=1)) == {"deleted": 0}
+    assert prune(utcnow() + retention + dt.timedelta(hours=1)) == {"deleted": 1}
+    with db.connect() as conn:
+        assert ledger.get_job(conn, old_done.id) is None
+        assert ledger.get_events(conn, old_done.id) == []
+        assert ledger.get_job(conn, still_running.id) is not None
+
+
+def test_a_loop_run_is_skipped_while_another_holds_its_lock() -> None:
+    calls: list[dt.datetime] = []
+
+    def fn(now: dt.datetime) -> dict[str, int]:
+        calls.append(now)
+        return {"done": 1}
+
+    get_redis().set(keys.control_lock("busy"), "someone-else", px=5000)
+    assert run_loop("busy", fn, lock_ttl_s=5) == {"skipped": "another run holds the lock"}
+    assert calls == []
+    record = run_loop("free", fn, lock_ttl_s=5)
+    assert record["done"] == 1
+    assert loop_stats("free")["runs"] == 1
+    assert loop_stats("free")["total:done"] == 1

@@ -1,0 +1,60 @@
+"""What every control loop shares: a singleton lock, a clock, and a record of each run.
+
+A loop is a plain function `fn(now) -> dict of counts`; `run_loop` takes a Redis lock so two
+control workers (or two beats) never run the same loop at once, and records the run so health
+checks and tests can see that loops are alive and what they did.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from worker import keys
+from worker.clock import utcnow
+from worker.redis_client import get_redis
+
+log = logging.getLogger(__name__)
+
+LoopFn = Callable[[dt.datetime], dict[str, int]]
+
+# Release the lock only if we still own it (it may have expired and been taken by another run).
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+def run_loop(name: str, fn: LoopFn, *, lock_ttl_s: float) -> dict[str, Any]:
+    """Run `fn` once if no other run of `name` holds the lock; returns what it did."""
+    r = get_redis()
+    token = uuid.uuid4().hex
+    if not r.set(keys.control_lock(name), token, nx=True, px=max(1, int(lock_ttl_s * 1000))):
+        return {"skipped": "another run holds the lock"}
+    started = time.monotonic()
+    try:
+        counts = fn(utcnow())
+    finally:
+        r.eval(_RELEASE, 1, keys.control_lock(name), token)  # type: ignore[no-untyped-call]
+    elapsed = round(time.monotonic() - started, 4)
+    record = {"at": time.time(), "seconds": elapsed, **counts}
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(keys.control_stats(name), mapping={"last": json.dumps(record)})
+    pipe.hincrby(keys.control_stats(name), "runs", 1)
+    for counter, value in counts.items():
+        if value:
+            pipe.hincrby(keys.control_stats(name), f"total:{counter}", value)
+    pipe.execute()
+    if any(counts.values()):
+        log.info("%s: %s", name, counts)
+    return record
+
+
+def loop_stats(name: str) -> dict[str, Any]:
+    raw = get_redis().hgetall(keys.control_stats(name))
+    stats: dict[str, Any] = {k: int(v) for k, v in raw.items() if k != "last"}
+    if "last" in raw:
+        stats["last"] = json.loads(raw["last"])
+    return stats

@@ -1,0 +1,91 @@
+"""reconcile_broker: queued jobs whose message the broker never got or lost -> a new delivery.
+
+Re-sending is always safe: the new delivery_id makes any older message of the job stale, and a
+stale message is dropped at the claim.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import sqlalchemy as sa
+
+from worker import broker, db, keys, ledger
+from worker.clock import seconds
+from worker.ledger import JobRow
+from worker.models import jobs
+from worker.publish import publish
+from worker.redis_client import get_redis
+from worker.settings import get_settings
+from worker.states import JobState
+
+log = logging.getLogger(__name__)
+ACTOR = "control:reconcile_broker"
+QUEUED = jobs.c.state == JobState.QUEUED.value
+
+
+def _republish(rows: list[JobRow], reason: str, now: dt.datetime) -> int:
+    fresh: list[JobRow] = []
+    with db.begin() as conn:
+        for row in rows:
+            after = ledger.republish(conn, row, actor=ACTOR, reason=reason, now=now)
+            if after is not None:
+                fresh.append(after)
+    publish(fresh)
+    return len(fresh)
+
+
+def _select(where: sa.ColumnElement[bool], limit: int) -> list[JobRow]:
+    with db.connect() as conn:
+        return list(conn.execute(sa.select(jobs).where(QUEUED, where).order_by(jobs.c.created_at).limit(limit)))
+
+
+def after_broker_restart(now: dt.datetime, limit: int) -> int:
+    """The Redis run_id changed (or our record of it is gone with the data): every message
+    published before now may be lost. Re-send those jobs, `limit` per run, until none is left."""
+    r = get_redis()
+    current = broker.run_id()
+    if r.get(keys.broker_run_id()) != current:
+        log.warning("broker run_id is %s (was %s): re-sending queued jobs", current, r.get(keys.broker_run_id()))
+        r.set(keys.broker_republish_before(), now.isoformat())
+        r.set(keys.broker_run_id(), current)
+    marker = r.get(keys.broker_republish_before())
+    if marker is None:
+        return 0
+    rows = _select(jobs.c.published_at < dt.datetime.fromisoformat(marker), limit)
+    if len(rows) < limit:
+        r.delete(keys.broker_republish_before())
+    return _republish(rows, "broker_restarted", now) if rows else 0
+
+
+def never_published(now: dt.datetime, limit: int) -> int:
+    """Jobs whose publish the broker refused (published_at cleared by the outbox)."""
+    rows = _select(jobs.c.published_at.is_(None), limit)
+    return _republish(rows, "unpublished", now) if rows else 0
+
+
+def lost_messages(now: dt.datetime, limit: int) -> int:
+    """Jobs queued for long whose message is in no queue and in no worker's prefetch."""
+    s = get_settings()
+    cutoff = now - seconds(s.lost_after_seconds)
+    rows = _select(
+        sa.and_(jobs.c.published_at < cutoff, sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before < cutoff)), limit
+    )
+    if not rows:
+        return 0
+    present = broker.delivery_ids({r.queue for r in rows}, s.reconcile_scan_limit)
+    if present is None:
+        log.info("reconcile: queues too long to scan for lost messages; skipped")
+        return 0
+    missing = [r for r in rows if str(r.delivery_id) not in present]
+    return _republish(missing, "message_lost", now) if missing else 0
+
+
+def reconcile_broker(now: dt.datetime, *, limit: int | None = None) -> dict[str, int]:
+    batch = limit or get_settings().control_batch_size
+    return {
+        "after_restart": after_broker_restart(now, batch),
+        "unpublished": never_published(now, batch),
+        "lost": lost_messages(now, batch),
+    }
