@@ -4,7 +4,6 @@ run's environment, stopped by PID (their own process group) at the end."""
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import os
 import shutil
 import signal

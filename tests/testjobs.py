@@ -6,6 +6,7 @@ chaos test that restarts the broker keeps them."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -34,7 +35,7 @@ def overlapping(runs: list[dict[str, float | int | str]]) -> bool:
     """True if two executions overlapped in time (an execution whose process died has end 0:
     it is taken to run until the next one started, which cannot be checked)."""
     spans = sorted((float(r["start"]), float(r["end"]) or float(r["start"])) for r in runs)
-    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
 
 
 def executions(tag: str) -> list[dict[str, float | int | str]]:
