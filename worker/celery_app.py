@@ -69,4 +69,8 @@ def reconfigure() -> None:
     """Apply changed settings to an app that was already configured (tests, the CLI)."""
     if app.configured:
         _configure(app)
-        app.pool.force_close_all()
+        if app._pool is not None:
+            app._pool.force_close_all()
+        # Drop the closed pools as Celery does after a fork, so the next publish opens new
+        # connections to the (possibly new) broker URL.
+        app._after_fork()

@@ -1,0 +1,178 @@
+"""Seconds from SIGKILL of a worker to its jobs succeeding: medic vs plain Celery, same run.
+
+Both sides: a worker A runs N sleeping jobs, a second worker B idles on the same queue, A's whole
+process group is SIGKILLed. medic runs on its production defaults (lease 10 s, heartbeat 2 s,
+recover_stuck every 5 s); plain Celery on acks_late + reject_on_worker_lost and its defaults.
+
+    .venv/bin/python bench/recovery.py --jobs 5 --cap 120
+
+Prints one JSON object. Needs PostgreSQL and Redis on 127.0.0.1 (like the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import Processes, wait_for  # noqa: E402
+
+PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+QUEUE = "bench-recovery"
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"min": round(min(values), 2), "median": round(statistics.median(values), 2), "max": round(max(values), 2)}
+
+
+def _admin(sql: str) -> None:
+    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(sql))
+    engine.dispose()
+
+
+def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    db_name = f"medic_bench_{run}"
+    env = {
+        **os.environ,
+        "MEDIC_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db_name}",
+        "MEDIC_REDIS_URL": REDIS_URL,
+        "MEDIC_KEY_PREFIX": f"bench{run}:",
+        "MEDIC_BROKER_KEY_PREFIX": f"benchb{run}:",
+        "MEDIC_PROFILE": "production",
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)
+    from worker import db, ledger
+    from worker.celery_app import reconfigure
+    from worker.enqueue import JobRequest, enqueue_many
+    from worker.migrate import upgrade
+    from worker.settings import get_settings, reset_settings
+
+    reset_settings()
+    reconfigure()
+    upgrade(env["MEDIC_DATABASE_URL"])
+    procs = Processes(env, log_dir)
+    try:
+        a = procs.worker("medic-a", queues=QUEUE, concurrency=n)
+        procs.control()
+        procs.beat()
+        done = enqueue_many([JobRequest("examples.sleep", {"seconds": job_seconds}, queue=QUEUE) for _ in range(n)])
+        ids = [d.job.id for d in done]
+
+        def rows() -> list[Any]:
+            with db.connect() as conn:
+                return [ledger.get_job(conn, i) for i in ids]
+
+        wait_for(lambda: all(r.state == "running" for r in rows()), 60, 0.05, "all jobs running on A")
+        procs.worker("medic-b", queues=QUEUE, concurrency=n)
+        killed = time.time()
+        a.kill_group(signal.SIGKILL)
+        deadline = time.time() + cap
+        while time.time() < deadline and not all(r.state == "succeeded" for r in rows()):
+            time.sleep(0.1)
+        final = rows()
+        ok = [r for r in final if r.state == "succeeded"]
+        s = get_settings()
+        return {
+            "recovered": len(ok),
+            "of": n,
+            "kill_to_rerun_start_s": summary([r.started_at.timestamp() - killed for r in ok]),
+            "kill_to_succeeded_s": summary([r.finished_at.timestamp() - killed for r in ok]),
+            "attempts": sorted(r.attempts for r in final),
+            "settings": {"lease_s": s.lease_seconds, "heartbeat_s": s.heartbeat_seconds,
+                         "presence_ttl_s": s.presence_ttl_seconds, "recover_period_s": s.recover_period_seconds},
+        }  # fmt: skip
+    finally:
+        procs.stop_all()
+        from worker.db import dispose_engine
+
+        dispose_engine()
+        _admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        _clean(env["MEDIC_KEY_PREFIX"])
+        _clean(env["MEDIC_BROKER_KEY_PREFIX"])
+
+
+def _clean(prefix: str) -> None:
+    r = redis.Redis.from_url(REDIS_URL)
+    for key in r.scan_iter(match=f"{prefix}*", count=1000):
+        r.delete(key)
+
+
+def bench_plain(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
+    prefix = f"bench-plain-{uuid.uuid4().hex[:8]}:"
+    env = {**os.environ, "BENCH_REDIS_URL": REDIS_URL, "BENCH_PLAIN_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
+    os.environ.update(env)
+    from bench.plain_celery_app import app, plain_sleep
+
+    app.conf.broker_transport_options = {"global_keyprefix": prefix}
+    records = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    cmd = [sys.executable, "-m", "celery", "-A", "bench.plain_celery_app:app", "worker", "-Q", QUEUE,
+           "-c", str(n), "--without-gossip", "--without-mingle", "--loglevel", "INFO"]  # fmt: skip
+    procs = Processes(env, log_dir)
+    try:
+        a = procs.start("plain-a", [*cmd, "-n", "plain-a@%h"])
+        tags = [uuid.uuid4().hex for _ in range(n)]
+        for tag in tags:
+            plain_sleep.apply_async((job_seconds, tag), queue=QUEUE)
+        wait_for(lambda: records.hlen(f"{prefix}started") == n, 60, 0.05, "all tasks started on A")
+        procs.start("plain-b", [*cmd, "-n", "plain-b@%h"])
+        killed = time.time()
+        a.kill_group(signal.SIGKILL)
+        deadline = time.time() + cap
+        while time.time() < deadline and records.hlen(f"{prefix}finished") < n:
+            time.sleep(0.2)
+        finished = {t: float(v) for t, v in records.hgetall(f"{prefix}finished").items()}
+        result: dict[str, Any] = {"recovered": len(finished), "of": n, "waited_s": cap}
+        if finished:
+            result["kill_to_succeeded_s"] = summary([v - killed for v in finished.values()])
+        if len(finished) < n:
+            result["result"] = f"{n - len(finished)} of {n} not recovered within {cap:.0f} s"
+        result["settings"] = {"acks_late": True, "reject_on_worker_lost": True, "visibility_timeout_s": 3600}
+        return result
+    finally:
+        procs.stop_all()
+        _clean(prefix)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5)
+    parser.add_argument("--job-seconds", type=float, default=8.0)
+    parser.add_argument("--cap", type=float, default=120.0, help="Longest wait for recovery, each side.")
+    args = parser.parse_args()
+    log_dir = Path(tempfile.mkdtemp(prefix="medic-bench-"))
+    report = {
+        "bench": "recovery",
+        "jobs": args.jobs,
+        "job_seconds": args.job_seconds,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "medic": bench_medic(args.jobs, args.job_seconds, args.cap, log_dir),
+        "plain_celery": bench_plain(args.jobs, args.job_seconds, args.cap, log_dir),
+        "logs": str(log_dir),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
