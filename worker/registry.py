@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from worker.errors import DuplicateJobNameError, InvalidArgsError, UnknownJobTypeError
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,9 +114,14 @@ def job(
 
 
 def get_spec(name: str) -> JobSpec:
-    """Raises:
-    UnknownJobTypeError: no job of that name is registered.
+    """The job type `name`; the configured job modules are imported on a first miss, so a
+    process that only enqueues need not import them itself.
+
+    Raises:
+        UnknownJobTypeError: no job of that name is registered.
     """
+    if name not in _REGISTRY:
+        load_job_modules(get_settings().job_modules)
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api import metrics
 from worker import db, keys
 from worker.celery_app import app as celery_app
+from worker.control.loop import loop_stats
 from worker.migrate import head_revision
 from worker.redis_client import get_redis
 
@@ -47,30 +48,42 @@ def _broker() -> dict[str, Any]:
 
 def _workers() -> dict[str, Any]:
     count = sum(1 for _ in get_redis().scan_iter(match=keys.worker_presence_pattern(), count=500))
-    # Informational: a fleet with no busy process is healthy; workers are judged by Flower/Celery.
-    return {"ok": True, "busy_processes": count}
+    return {"ok": True, "processes_with_heartbeat": count}
 
 
-CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
-    "ledger": _ledger,
-    "redis": _redis,
-    "broker": _broker,
-    "workers": _workers,
+def _control() -> dict[str, Any]:
+    """Beat and the control worker: the beat_alive tick is scheduled by beat, run by the control worker."""
+    tick = get_redis().get(keys.beat_alive())
+    age = round(time.time() - float(tick), 1) if tick else None
+    recover = loop_stats("recover_stuck").get("last", {})
+    return {"ok": tick is not None, "beat_tick_age_s": age, "recover_stuck_last": recover}
+
+
+# required: the API cannot accept work without it. The others are reported, and an API that
+# stops serving because beat is down would only turn one outage into two.
+CHECKS: dict[str, tuple[Callable[[], dict[str, Any]], bool]] = {
+    "ledger": (_ledger, True),
+    "redis": (_redis, True),
+    "broker": (_broker, True),
+    "workers": (_workers, False),
+    "control": (_control, False),
 }
 
 
 @router.get("/health/ready")
 def ready() -> JSONResponse:
-    """Every dependency the API needs to accept work: 200 if all answer, else 503 naming the failure."""
+    """200 if every dependency the API needs to accept work answers, else 503 naming the failure;
+    workers and the control plane are reported too, without failing readiness."""
     results: dict[str, Any] = {}
-    for name, check in CHECKS.items():
+    for name, (check, required) in CHECKS.items():
         started = time.perf_counter()
         try:
             results[name] = check()
         except Exception as exc:  # noqa: BLE001 - a failed check is a result, not an error
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        results[name]["required"] = required
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    ok = all(r["ok"] for r in results.values())
+    ok = all(r["ok"] for r in results.values() if r["required"])
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": results}, status_code=200 if ok else 503)
 
 

@@ -212,7 +212,8 @@ def test_health_and_metrics(stack: str, client: httpx.Client) -> None:
     assert httpx.get(stack + "/health/live").json() == {"status": "ok"}
     ready = httpx.get(stack + "/health/ready")
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) >= {"ledger", "redis", "broker"}
+    assert set(ready.json()["checks"]) >= {"ledger", "redis", "broker", "workers", "control"}
+    assert ready.json()["checks"]["control"]["required"] is False, "no beat here: reported, not fatal"
     submit(client, "examples.echo", {"message": "m"}, queue="nobody-consumes-this")
     text = httpx.get(stack + "/metrics").text
     assert 'medic_jobs{queue="nobody-consumes-this",state="queued"}' in text
