@@ -26,6 +26,8 @@ def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
         "recover-stuck": _entry("medic.control.recover_stuck", s.recover_period_seconds),
         "enforce-timeouts": _entry("medic.control.enforce_timeouts", s.timeout_period_seconds),
         "reconcile-broker": _entry("medic.control.reconcile_broker", s.reconcile_period_seconds),
+        "apply-backpressure": _entry("medic.control.apply_backpressure", s.backpressure_period_seconds),
+        "autoscale": _entry("medic.control.autoscale", s.autoscale_period_seconds),
         "prune": _entry("medic.control.prune", s.prune_period_seconds),
         "beat-alive": _entry("medic.control.beat_alive", s.beat_alive_seconds),
     }

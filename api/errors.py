@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from worker.admission import QueueFullError, TenantQuotaError
 from worker.db import is_connection_error
 from worker.errors import (
     BrokerUnavailableError,
@@ -51,6 +52,8 @@ STATUS: dict[type[MedicError], int] = {
     RequestTooLargeError: 413,
     UnknownJobTypeError: 422,
     InvalidArgsError: 422,
+    QueueFullError: 429,
+    TenantQuotaError: 429,
     LedgerUnavailableError: 503,
     BrokerUnavailableError: 503,
 }
@@ -73,7 +76,9 @@ def medic_error_response(exc: MedicError) -> JSONResponse:
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status == 503:
-        headers["Retry-After"] = str(get_settings().ledger_retry_after_seconds)
+        headers["Retry-After"] = str(exc.details.get("retry_after", get_settings().ledger_retry_after_seconds))
+    if status == 429:
+        headers["Retry-After"] = str(exc.details["retry_after"])
     return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=status, headers=headers)
 
 

@@ -52,3 +52,39 @@ class BodySizeLimit:
 
 class _BodyTooLargeError(Exception):
     pass
+
+
+class InflightLimit:
+    """At most `limit` requests in progress in this process; the next one gets 503 at once.
+
+    An overloaded API that queues requests behind an exhausted connection pool turns a slow
+    ledger into timeouts everywhere; refusing fast lets clients and load balancers back off.
+    Health probes are never refused.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, exempt_prefixes: tuple[str, ...] = ("/health",)) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt_prefixes
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.limit:
+            body = json.dumps({"error": "overloaded", "message": f"more than {self.limit} requests in progress"})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body.encode()})
+            return
+        self.inflight += 1  # one event loop per process: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1

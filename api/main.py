@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 
 from api import errors, metrics
-from api.limits import BodySizeLimit
-from api.routes import health, jobs
+from api.limits import BodySizeLimit, InflightLimit
+from api.routes import health, jobs, queues
 from worker.registry import load_job_modules
 from worker.settings import get_settings
 
@@ -24,6 +24,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.include_router(jobs.router)
+    app.include_router(queues.router)
     app.include_router(health.router)
 
     @app.middleware("http")
@@ -37,4 +38,5 @@ def create_app() -> FastAPI:
         return response
 
     app.add_middleware(BodySizeLimit, max_bytes=s.max_request_bytes)
+    app.add_middleware(InflightLimit, limit=s.api_max_inflight)  # outermost: refuse before any work
     return app

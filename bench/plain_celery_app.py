@@ -34,3 +34,13 @@ def plain_sleep(seconds: float, tag: str) -> None:
 @app.task(name="plain.noop")
 def plain_noop() -> None:
     return None
+
+
+@app.task(name="plain.noop_done")
+def plain_noop_done(tag: str) -> None:
+    """A no-op that records its completion (a count and a time, one round trip) so a bench can
+    time a whole batch from the first publish to the last completion."""
+    pipe = _records.pipeline(transaction=False)
+    pipe.incr(f"{PREFIX}done:{tag}")
+    pipe.rpush(f"{PREFIX}done_at:{tag}", time.time())
+    pipe.execute()

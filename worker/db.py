@@ -68,7 +68,8 @@ def get_engine() -> Engine:
             if _engine is not None and _engine_pid == os.getpid():
                 _engine.dispose()
             # A parent's pool is dropped without closing: its sockets belong to the parent.
-            _engine = make_engine(url)
+            s = get_settings()
+            _engine = make_engine(url, pool_size=s.db_pool_size, pool_timeout=s.db_pool_timeout_seconds)
             _engine_pid = os.getpid()
             _engine_url = url
         return _engine

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from worker.clock import utcnow
 from worker.errors import IdempotencyConflictError, InvalidArgsError, PayloadTooLargeError
 from worker.ledger import JobRow
 from worker.publish import publish
+from worker.queue_stats import record_arrivals
 from worker.registry import get_spec
 from worker.settings import Settings, get_settings
 
@@ -98,11 +100,20 @@ def _enqueue_once(conn: Connection, row: dict[str, Any], *, actor: str, now: Any
     return Enqueued(existing, False)
 
 
-def enqueue_many(requests: Sequence[JobRequest], *, tenant: str = DEFAULT_TENANT, actor: str = "api") -> list[Enqueued]:
-    """Enqueue all of `requests` in one transaction, then publish what is new in one go."""
+def prepare(requests: Sequence[JobRequest], *, tenant: str) -> list[dict[str, Any]]:
+    """Validate every request and build its row; nothing is written.
+
+    Raises:
+        UnknownJobTypeError, InvalidArgsError, PayloadTooLargeError
+    """
     s = get_settings()
     now = utcnow()
-    rows = [build_row(r, tenant=tenant, s=s, now=now) for r in requests]
+    return [build_row(r, tenant=tenant, s=s, now=now) for r in requests]
+
+
+def enqueue_rows(rows: Sequence[dict[str, Any]], *, actor: str) -> list[Enqueued]:
+    """Commit prepared rows in one transaction, then publish what is new in one pass."""
+    now = rows[0]["created_at"] if rows else utcnow()
     results: list[Enqueued | None] = [None] * len(rows)
     with db.begin() as conn:
         plain = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
@@ -113,8 +124,15 @@ def enqueue_many(requests: Sequence[JobRequest], *, tenant: str = DEFAULT_TENANT
             if r["idempotency_key"] is not None:
                 results[i] = _enqueue_once(conn, r, actor=actor, now=now)
     done = [e for e in results if e is not None]
-    refused = set(publish([e.job for e in done if e.created]))
+    new_jobs = [e.job for e in done if e.created]
+    refused = set(publish(new_jobs))
+    record_arrivals(Counter(job.queue for job in new_jobs))
     return [Enqueued(e.job, e.created, e.job.id not in refused) for e in done]
+
+
+def enqueue_many(requests: Sequence[JobRequest], *, tenant: str = DEFAULT_TENANT, actor: str = "api") -> list[Enqueued]:
+    """Enqueue all of `requests` in one transaction, then publish what is new in one go."""
+    return enqueue_rows(prepare(requests, tenant=tenant), actor=actor)
 
 
 def enqueue(

@@ -40,3 +40,33 @@ def broker_republish_before() -> str:
 
 def beat_alive() -> str:
     return f"{_p()}beat:alive"
+
+
+def known_queues() -> str:
+    """Set of every queue a job was ever enqueued to (the loops iterate over it)."""
+    return f"{_p()}queues"
+
+
+def queue_counter(queue: str, what: str) -> str:
+    """Monotonic counters per queue: `enqueued` (arrivals) and `finished` (completions)."""
+    return f"{_p()}queue:{queue}:{what}"
+
+
+def admission(queue: str) -> str:
+    """Hash published by apply_backpressure: state, depth, watermarks, retry_after; TTL'd."""
+    return f"{_p()}admission:{queue}"
+
+
+def admission_pending(queue: str) -> str:
+    """Jobs admitted by the API but not yet published: counted against the watermark."""
+    return f"{_p()}admission:{queue}:pending"
+
+
+def rates(queue: str) -> str:
+    """Hash of smoothed arrival and drain rates of a queue, and the counters they came from."""
+    return f"{_p()}rates:{queue}"
+
+
+def scale(queue: str) -> str:
+    """Hash of the autoscaler's state for a queue: desired, current, last change."""
+    return f"{_p()}scale:{queue}"

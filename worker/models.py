@@ -76,6 +76,8 @@ jobs = sa.Table(
     sa.Index("ix_jobs_state_lease", "state", "lease_expires_at"),
     sa.Index("ix_jobs_state_queue", "state", "queue"),
     sa.Index("ix_jobs_finished", "finished_at"),
+    # a tenant's queued-jobs quota, counted with a LIMIT
+    sa.Index("ix_jobs_tenant_state", "tenant", "state"),
 )
 
 job_events = sa.Table(
@@ -105,4 +107,17 @@ api_keys = sa.Table(
     sa.Column("name", sa.String(200), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+control_decisions = sa.Table(
+    "control_decisions",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # admission | scale
+    sa.Column("queue", sa.String(200), nullable=False),
+    sa.Column("summary", sa.String(300), nullable=False),
+    sa.Column("inputs", JSONType, nullable=False),
+    sa.Index("ix_control_decisions_queue", "queue", "kind", "id"),
+    sa.Index("ix_control_decisions_at", "at"),
 )

@@ -32,6 +32,9 @@ FAST_PROFILE: dict[str, Any] = {
     "timeout_period_seconds": 1.0,
     "reconcile_period_seconds": 1.0,
     "lost_after_seconds": 5.0,
+    "backpressure_period_seconds": 0.5,
+    "autoscale_period_seconds": 2.0,
+    "scale_down_cooldown_seconds": 5.0,
 }
 
 
@@ -76,6 +79,29 @@ class Settings(BaseSettings):
     reconcile_scan_limit: int = Field(
         100_000, gt=0, description="Longest queue reconcile scans for lost messages; longer ones are skipped."
     )
+
+    # admission control (backpressure)
+    backpressure_period_seconds: float = Field(2.0, gt=0, description="Period of apply_backpressure.")
+    high_watermark: int = Field(10_000, gt=0, description="Queue depth at which a queue starts shedding (429).")
+    low_watermark: int = Field(5_000, ge=0, description="Queue depth at which a shedding queue accepts again.")
+    queue_watermarks: dict[str, tuple[int, int]] = Field(
+        default_factory=dict, description='Per-queue overrides, JSON: {"queue": [high, low]}.'
+    )
+    critical_priority: int = Field(8, ge=0, le=9, description="Jobs at or above it are admitted while shedding.")
+    tenant_queued_quota: int = Field(100_000, gt=0, description="Most queued jobs one tenant may have.")
+    retry_after_min_seconds: int = Field(1, ge=1, description="Smallest Retry-After of a 429.")
+    retry_after_max_seconds: int = Field(300, ge=1, description="Largest Retry-After of a 429.")
+    api_max_inflight: int = Field(64, gt=0, description="Requests one API process serves at once; more get 503.")
+    db_pool_size: int = Field(10, gt=0, description="Ledger connections per process (as many again on overflow).")
+    db_pool_timeout_seconds: float = Field(2.0, gt=0, description="Longest wait for a ledger connection (then 503).")
+
+    # autoscaling
+    autoscale_period_seconds: float = Field(15.0, gt=0, description="Period of autoscale.")
+    scaler: Literal["celery", "process", "none"] = Field("none", description="Who applies scaling decisions.")
+    min_concurrency: int = Field(1, ge=0, description="Fewest worker slots per queue.")
+    max_concurrency: int = Field(8, ge=1, description="Most worker slots per queue.")
+    scale_down_cooldown_seconds: float = Field(120.0, ge=0, description="Quiet time before scaling down.")
+    target_drain_seconds: float = Field(30.0, gt=0, description="Backlog the autoscaler aims to clear within this.")
 
     # job defaults
     default_queue: str = Field("default", description="Queue of a job that names none.")

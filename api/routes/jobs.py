@@ -14,9 +14,11 @@ from api import metrics
 from api.deps import AdminKey, ReadKey, SubmitKey
 from api.schemas import BatchCreate, BatchPublic, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
 from worker import db, ledger
+from worker.admission import admit_rows, check_tenant_quota
+from worker.apikeys import ApiKey
 from worker.celery_app import app as celery_app
 from worker.clock import utcnow
-from worker.enqueue import JobRequest, enqueue_many
+from worker.enqueue import Enqueued, JobRequest, enqueue_rows, prepare
 from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
 from worker.publish import BROKER_ERRORS, publish
 from worker.settings import get_settings
@@ -38,6 +40,18 @@ def _request(body: JobCreate, idempotency_key: str | None) -> JobRequest:
     )
 
 
+def _admitted(requests: list[JobRequest], key: ApiKey) -> list[Enqueued]:
+    """Validate (4xx), check the tenant's quota and the queues' admission (429), then enqueue."""
+    rows = prepare(requests, tenant=key.tenant)
+    check_tenant_quota(key.tenant, len(rows))
+    reservations = admit_rows(rows)
+    try:
+        return enqueue_rows(rows, actor=f"api:{key.id}")
+    finally:
+        for reservation in reservations:
+            reservation.release()
+
+
 def _count_accepted(rows: list[ledger.JobRow]) -> None:
     for row in rows:
         metrics.JOBS_ACCEPTED.labels(row.type, row.queue).inc()
@@ -53,7 +67,7 @@ def submit_job(
     """Accept a job: 202 once it is durably queued (even if the broker is down: it is published later)."""
     if body.idempotency_key is not None:
         raise InvalidArgsError("single jobs take the Idempotency-Key header, not a body field")
-    done = enqueue_many([_request(body, idempotency_key)], tenant=key.tenant, actor=f"api:{key.id}")[0]
+    done = _admitted([_request(body, idempotency_key)], key)[0]
     _count_accepted([done.job] if done.created else [])
     if not done.created:
         response.status_code = 200
@@ -68,7 +82,7 @@ def submit_batch(body: BatchCreate, key: SubmitKey) -> BatchPublic:
     limit = get_settings().max_batch_size
     if len(body.jobs) > limit:
         raise InvalidArgsError(f"a batch holds at most {limit} jobs", limit=limit)
-    done = enqueue_many([_request(j, None) for j in body.jobs], tenant=key.tenant, actor=f"api:{key.id}")
+    done = _admitted([_request(j, None) for j in body.jobs], key)
     _count_accepted([d.job for d in done if d.created])
     return BatchPublic(jobs=[JobPublic.of(d.job, published=d.published) for d in done])
 

@@ -142,8 +142,8 @@ def test_prune_deletes_old_finished_jobs_and_their_events_only() -> None:
         ledger.succeed(conn, old_done.id, old_done.delivery_id, 1, actor="t", now=utcnow())
     still_running = _running()
     retention = seconds(get_settings().retention_days * 86400)
-    assert prune(utcnow() + retention - dt.timedelta(hours=1)) == {"deleted": 0}
-    assert prune(utcnow() + retention + dt.timedelta(hours=1)) == {"deleted": 1}
+    assert prune(utcnow() + retention - dt.timedelta(hours=1))["deleted"] == 0
+    assert prune(utcnow() + retention + dt.timedelta(hours=1))["deleted"] == 1
     with db.connect() as conn:
         assert ledger.get_job(conn, old_done.id) is None
         assert ledger.get_events(conn, old_done.id) == []

@@ -6,7 +6,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from worker import db
+from worker import db, decisions
 from worker.clock import seconds
 from worker.models import job_events, jobs
 from worker.settings import get_settings
@@ -35,4 +35,4 @@ def prune(now: dt.datetime, *, batch: int = 1000) -> dict[str, int]:
             deleted += len(ids)
         if len(ids) < batch:
             break
-    return {"deleted": deleted}
+    return {"deleted": deleted, "decisions_deleted": decisions.prune_before(cutoff)}

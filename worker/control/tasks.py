@@ -7,6 +7,8 @@ from typing import Any
 
 from worker import keys
 from worker.celery_app import app
+from worker.control.autoscale import autoscale
+from worker.control.backpressure import apply_backpressure
 from worker.control.loop import LoopFn, run_loop
 from worker.control.prune import prune
 from worker.control.reconcile import reconcile_broker
@@ -36,6 +38,16 @@ def enforce_timeouts_task() -> dict[str, Any]:
 @app.task(name="medic.control.reconcile_broker", ignore_result=True)
 def reconcile_broker_task() -> dict[str, Any]:
     return _run("reconcile_broker", reconcile_broker, get_settings().reconcile_period_seconds)
+
+
+@app.task(name="medic.control.apply_backpressure", ignore_result=True)
+def apply_backpressure_task() -> dict[str, Any]:
+    return _run("apply_backpressure", apply_backpressure, get_settings().backpressure_period_seconds)
+
+
+@app.task(name="medic.control.autoscale", ignore_result=True)
+def autoscale_task() -> dict[str, Any]:
+    return _run("autoscale", autoscale, get_settings().autoscale_period_seconds)
 
 
 @app.task(name="medic.control.prune", ignore_result=True)

@@ -1,0 +1,56 @@
+"""autoscale: desired concurrency per queue from backlog, arrival and drain rates; applied by
+the configured Scaler; every change (and every held scale-down) recorded with its inputs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import asdict
+
+from worker import broker, decisions, keys
+from worker.control.backpressure import ledger_counts
+from worker.queue_stats import current_rates, known_queues
+from worker.redis_client import get_redis
+from worker.scaling import ScaleInputs, desired_slots, get_scaler, scalable
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def autoscale(now: dt.datetime) -> dict[str, int]:
+    s = get_settings()
+    scaler = get_scaler(s.scaler)
+    counts = {"queues": 0, "up": 0, "down": 0, "held": 0}
+    r = get_redis()
+    for queue in filter(scalable, known_queues()):
+        state = r.hgetall(keys.scale(queue))
+        changed_at = float(state["changed_at"]) if "changed_at" in state else None
+        rates = current_rates(queue)
+        inputs = ScaleInputs(
+            depth=broker.depth(queue),
+            arrival=rates.arrival,
+            drain=rates.drain,
+            running=ledger_counts(queue)["running"],
+            current=scaler.current(queue),
+            min_slots=s.min_concurrency,
+            max_slots=s.max_concurrency,
+            target_drain_s=s.target_drain_seconds,
+            cooldown_s=s.scale_down_cooldown_seconds,
+            seconds_since_change=None if changed_at is None else now.timestamp() - changed_at,
+        )
+        desired, why = desired_slots(inputs)
+        counts["queues"] += 1
+        record = {"desired": desired, "current": inputs.current, "why": why, "scaler": scaler.name, "at": time.time()}
+        if desired != inputs.current:
+            outcome = scaler.apply(queue, inputs.current, desired)
+            counts["up" if desired > inputs.current else "down"] += 1
+            record["changed_at"] = now.timestamp()
+            summary = f"{inputs.current} -> {desired} slots ({scaler.name}): {why}; {outcome}"
+            log.info("autoscale %s: %s", queue, summary)
+            decisions.record(decisions.SCALE, queue, summary, {**asdict(inputs), "desired": desired}, now=now)
+        elif "held by cooldown" in why and "held by cooldown" not in state.get("why", ""):
+            counts["held"] += 1
+            decisions.record(decisions.SCALE, queue, f"hold at {desired}: {why}", asdict(inputs), now=now)
+        r.hset(keys.scale(queue), mapping=record)  # type: ignore[arg-type]
+    return counts
