@@ -17,6 +17,7 @@ import redis
 import sqlalchemy as sa
 
 from worker import processes
+from worker.autoscaled_pool import AutoscaledPool
 from worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, get_settings, reset_settings
 from worker.supervisor import Child, Supervisor
 
@@ -183,7 +184,8 @@ def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int
             supervisor.stop()
             return EXIT_API_DID_NOT_START
         print(_banner(s, api_url=api_url, flower_port=flower_port if flower else None, dev_key=dev_key), flush=True)
-        supervisor.run()
+        hooks = [AutoscaledPool(supervisor, s.default_queue)] if s.scaler == "process" else []
+        supervisor.run(on_tick=hooks)
         return EXIT_OK
     finally:
         if private_redis is not None:

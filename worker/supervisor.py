@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -90,10 +91,10 @@ class Supervisor:
                 child.restarts += 1
                 child.start()
 
-    def run(self, on_tick: list | None = None) -> None:  # type: ignore[type-arg]
+    def run(self, on_tick: Sequence[Callable[[], None]] = ()) -> None:
         while not self._stopping:
             self.tick()
-            for hook in on_tick or []:
+            for hook in on_tick:
                 try:
                     hook()
                 except Exception:
