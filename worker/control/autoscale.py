@@ -17,6 +17,11 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+# A change takes a moment to show: Celery's asynpool forks new children on its maintenance
+# timer (every 5 s; seen here: a pool_grow showed up in len(pool.processes) up to 5 s later), a
+# supervisor starts a process. Deciding again before then would count the old size and overshoot.
+SETTLE_S = 6.0
+
 
 def autoscale(now: dt.datetime) -> dict[str, int]:
     s = get_settings()
@@ -26,6 +31,8 @@ def autoscale(now: dt.datetime) -> dict[str, int]:
     for queue in filter(scalable, known_queues()):
         state = r.hgetall(keys.scale(queue))
         changed_at = float(state["changed_at"]) if "changed_at" in state else None
+        if changed_at is not None and now.timestamp() - changed_at < SETTLE_S:
+            continue
         rates = current_rates(queue)
         inputs = ScaleInputs(
             depth=broker.depth(queue),
@@ -41,7 +48,14 @@ def autoscale(now: dt.datetime) -> dict[str, int]:
         )
         desired, why = desired_slots(inputs)
         counts["queues"] += 1
-        record = {"desired": desired, "current": inputs.current, "why": why, "scaler": scaler.name, "at": time.time()}
+        record = {
+            **state,
+            "desired": desired,
+            "current": inputs.current,
+            "why": why,
+            "scaler": scaler.name,
+            "at": time.time(),
+        }
         if desired != inputs.current:
             outcome = scaler.apply(queue, inputs.current, desired)
             counts["up" if desired > inputs.current else "down"] += 1
