@@ -28,17 +28,8 @@ def control_stats(loop: str) -> str:
     return f"{_p()}control:{loop}"
 
 
-def broker_run_id() -> str:
-    """The Redis run_id reconcile last saw; missing or different means the broker lost its state."""
-    return f"{_p()}broker:run_id"
-
-
-def broker_republish_before() -> str:
-    """After a broker restart: queued jobs published before this time still need a new message."""
-    return f"{_p()}broker:republish_before"
-
-
 def beat_alive() -> str:
+    """Set by the beat_alive tick: its age tells whether beat and the control worker both run."""
     return f"{_p()}beat:alive"
 
 

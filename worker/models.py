@@ -121,3 +121,11 @@ control_decisions = sa.Table(
     sa.Index("ix_control_decisions_queue", "queue", "kind", "id"),
     sa.Index("ix_control_decisions_at", "at"),
 )
+
+control_state = sa.Table(
+    "control_state",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

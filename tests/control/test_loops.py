@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from worker import broker, db, keys, ledger, presence
+from worker import broker, control_state, db, keys, ledger, presence
 from worker.clock import seconds, utcnow
 from worker.control.loop import loop_stats, run_loop
 from worker.control.prune import prune
@@ -18,6 +18,7 @@ from worker.control.recover import recover_stuck
 from worker.control.timeouts import enforce_timeouts
 from worker.enqueue import JobRequest, build_row
 from worker.ledger import JobRow
+from worker.models import control_state as control_state_table
 from worker.models import job_events, jobs
 from worker.redis_client import get_redis
 from worker.settings import get_settings
@@ -31,7 +32,8 @@ def _empty_ledger() -> None:
     with db.begin() as conn:
         conn.execute(sa.delete(job_events))
         conn.execute(sa.delete(jobs))
-    get_redis().delete(keys.broker_run_id(), keys.broker_republish_before())
+        conn.execute(sa.delete(control_state_table))
+    control_state.put(control_state.BROKER_RUN_ID, broker.run_id(), now=utcnow())
 
 
 def _queued(queue: str | None = None, **row: Any) -> JobRow:
@@ -102,30 +104,37 @@ def test_reconcile_publishes_what_the_broker_refused() -> None:
     job = _queued()
     with db.begin() as conn:
         ledger.mark_unpublished(conn, [(job.id, job.delivery_id)])
-    get_redis().set(keys.broker_run_id(), broker.run_id())
     assert reconcile_broker(utcnow())["unpublished"] == 1
     after = _get(job.id)
     assert after.published_at is not None and after.delivery_id != job.delivery_id
     assert broker.depth(job.queue) == 1
 
 
+def test_a_first_start_is_not_taken_for_a_broker_restart() -> None:
+    job = _queued()
+    with db.begin() as conn:
+        conn.execute(sa.delete(control_state_table))
+    assert reconcile_broker(utcnow() + seconds(1))["after_restart"] == 0
+    assert _get(job.id).delivery_id == job.delivery_id
+    assert control_state.get(control_state.BROKER_RUN_ID) == broker.run_id()
+
+
 def test_reconcile_resends_everything_after_a_broker_restart() -> None:
     made = [_queued(queue="restart-q") for _ in range(5)]
-    get_redis().set(keys.broker_run_id(), "a-run-id-from-before-the-restart")
+    control_state.put(control_state.BROKER_RUN_ID, "a-run-id-from-before-the-restart", now=utcnow())
     counts = reconcile_broker(utcnow() + seconds(1), limit=2)  # in batches of 2
     assert counts["after_restart"] == 2
     while reconcile_broker(utcnow() + seconds(1), limit=2)["after_restart"]:
         pass
     assert all(_get(j.id).delivery_id != j.delivery_id for j in made)
-    assert get_redis().get(keys.broker_run_id()) == broker.run_id()
-    assert get_redis().get(keys.broker_republish_before()) is None
+    assert control_state.get(control_state.BROKER_RUN_ID) == broker.run_id()
+    assert control_state.get(control_state.REPUBLISH_BEFORE) is None
     assert reconcile_broker(utcnow() + seconds(1))["after_restart"] == 0
 
 
 def test_reconcile_resends_only_messages_the_broker_lost() -> None:
     from worker.publish import send
 
-    get_redis().set(keys.broker_run_id(), broker.run_id())
     kept = _queued(queue="lost-q")
     send(kept)  # its message is in the queue
     lost = _queued(queue="lost-q")  # never sent: its message is nowhere

@@ -11,12 +11,11 @@ import logging
 
 import sqlalchemy as sa
 
-from worker import broker, db, keys, ledger
+from worker import broker, control_state, db, ledger
 from worker.clock import seconds
 from worker.ledger import JobRow
 from worker.models import jobs
 from worker.publish import publish
-from worker.redis_client import get_redis
 from worker.settings import get_settings
 from worker.states import JobState
 
@@ -42,20 +41,22 @@ def _select(where: sa.ColumnElement[bool], limit: int) -> list[JobRow]:
 
 
 def after_broker_restart(now: dt.datetime, limit: int) -> int:
-    """The Redis run_id changed (or our record of it is gone with the data): every message
-    published before now may be lost. Re-send those jobs, `limit` per run, until none is left."""
-    r = get_redis()
+    """The Redis run_id differs from the one the ledger remembers: the broker restarted, and
+    every message published before now may be lost. Re-send those jobs, `limit` per run, until
+    none is left. The very first run only records the run_id (a fresh start is no restart)."""
     current = broker.run_id()
-    if r.get(keys.broker_run_id()) != current:
-        log.warning("broker run_id is %s (was %s): re-sending queued jobs", current, r.get(keys.broker_run_id()))
-        r.set(keys.broker_republish_before(), now.isoformat())
-        r.set(keys.broker_run_id(), current)
-    marker = r.get(keys.broker_republish_before())
+    seen = control_state.get(control_state.BROKER_RUN_ID)
+    if seen != current:
+        if seen is not None:
+            log.warning("broker run_id is %s (was %s): re-sending queued jobs", current, seen)
+            control_state.put(control_state.REPUBLISH_BEFORE, now.isoformat(), now=now)
+        control_state.put(control_state.BROKER_RUN_ID, current, now=now)
+    marker = control_state.get(control_state.REPUBLISH_BEFORE)
     if marker is None:
         return 0
     rows = _select(jobs.c.published_at < dt.datetime.fromisoformat(marker), limit)
     if len(rows) < limit:
-        r.delete(keys.broker_republish_before())
+        control_state.delete(control_state.REPUBLISH_BEFORE)
     return _republish(rows, "broker_restarted", now) if rows else 0
 
 

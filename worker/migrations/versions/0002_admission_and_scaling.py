@@ -1,4 +1,4 @@
-"""admission and scaling: control_decisions, the tenant quota index
+"""admission and scaling: control_decisions, control_state, the tenant quota index
 
 Revision ID: 0002
 Revises: 0001
@@ -33,9 +33,17 @@ def upgrade() -> None:
         batch_op.create_index("ix_control_decisions_at", ["at"], unique=False)
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index("ix_jobs_tenant_state", ["tenant", "state"], unique=False)
+    op.create_table(
+        "control_state",
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_control_state")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("control_state")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_tenant_state")
     with op.batch_alter_table("control_decisions", schema=None) as batch_op:

@@ -1,0 +1,208 @@
+"""Overload: a flood far above what the workers drain, against medic's admission control.
+
+One worker slot drains `examples.sleep(0.2)` (about 5 jobs/s); bounded clients on 127.0.0.1 submit
+as fast as the API answers for `--seconds`. Prints one JSON object (accepted and rejected per
+second, p50/p99 latency of 202 and 429 answers, peak depth vs the high watermark, admission
+transitions) and writes a PNG of depth, watermarks and admission state over time.
+
+    .venv/bin/python bench/overload.py --seconds 30 --plot docs/overload.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import Processes  # noqa: E402
+
+PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+JOB_S = 0.2
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.answers: list[tuple[float, int, float]] = []  # (t, status, latency)
+        self.samples: list[tuple[float, int, str]] = []  # (t, depth, admission)
+
+    def answer(self, t: float, status: int, latency: float) -> None:
+        with self.lock:
+            self.answers.append((t, status, latency))
+
+
+def flood(url: str, key: str, queue: str, rec: Recorder, t0: float, seconds: float, stop: threading.Event) -> None:
+    body = {"type": "examples.sleep", "args": {"seconds": JOB_S}, "queue": queue}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        for _ in range(100_000):  # bounded in count, and in time below
+            if stop.is_set() or time.monotonic() - t0 > seconds:
+                return
+            started = time.monotonic()
+            status = client.post("/jobs", json=body).status_code
+            rec.answer(started - t0, status, time.monotonic() - started)
+
+
+def sample(queue: str, rec: Recorder, t0: float, stop: threading.Event) -> None:
+    from worker import admission, broker
+
+    while not stop.is_set():
+        state = admission.published_state(queue).get("state", "unknown")
+        rec.samples.append((time.monotonic() - t0, broker.depth(queue), state))
+        time.sleep(0.1)
+
+
+def plot(rec: Recorder, high: int, low: int, hard: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s[0] for s in rec.samples]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[3, 1])
+    ax.plot(t, [s[1] for s in rec.samples], label="queue depth (LLEN, all priorities)", color="tab:blue")
+    for y, name, style in (
+        (hard, "hard limit (critical)", ":"),
+        (high, "high watermark", "--"),
+        (low, "low watermark", "-."),
+    ):
+        ax.axhline(y, color="tab:red" if y != low else "tab:green", linestyle=style, label=f"{name} {y}")
+    shedding = [s[2] == "shedding" for s in rec.samples]
+    ax.fill_between(t, 0, hard * 1.05, where=shedding, color="tab:red", alpha=0.08, label="shedding")
+    ax.set_ylabel("jobs waiting")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("medic under a flood: depth, watermarks and admission state")
+    seconds = int(max(a[0] for a in rec.answers)) + 1
+    ok = [sum(1 for a in rec.answers if int(a[0]) == i and a[1] == 202) for i in range(seconds)]
+    no = [sum(1 for a in rec.answers if int(a[0]) == i and a[1] == 429) for i in range(seconds)]
+    ax2.bar(range(seconds), ok, color="tab:green", label="202 accepted / s", align="edge")
+    ax2.bar(range(seconds), no, bottom=ok, color="tab:orange", label="429 rejected / s", align="edge")
+    ax2.set_xlabel("seconds")
+    ax2.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+
+
+def summarize(rec: Recorder, high: int, low: int, hard: int, seconds: float) -> dict[str, Any]:
+    ok = [a for a in rec.answers if a[1] == 202]
+    no = [a for a in rec.answers if a[1] == 429]
+    states = [s[2] for s in rec.samples]
+    transitions = sum(1 for a, b in itertools.pairwise(states) if a != b and "unknown" not in (a, b))
+    return {
+        "requests": len(rec.answers),
+        "other_statuses": sorted({a[1] for a in rec.answers} - {202, 429}),
+        "accepted_per_s": round(len(ok) / seconds, 1),
+        "rejected_per_s": round(len(no) / seconds, 1),
+        "latency_ms": {
+            "202": {"p50": percentile([a[2] for a in ok], 0.5), "p99": percentile([a[2] for a in ok], 0.99)},
+            "429": {"p50": percentile([a[2] for a in no], 0.5), "p99": percentile([a[2] for a in no], 0.99)},
+        },
+        "depth": {"peak": max(s[1] for s in rec.samples), "median": statistics.median(s[1] for s in rec.samples)},
+        "watermarks": {"high": high, "low": low, "hard_limit": hard},
+        "peak_over_high": max(s[1] for s in rec.samples) - high,
+        "admission_transitions": transitions,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--high", type=int, default=100)
+    parser.add_argument("--low", type=int, default=50)
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "overload.png")
+    args = parser.parse_args()
+
+    run = uuid.uuid4().hex[:8]
+    db_name = f"medic_bench_{run}"
+    queue = "flood"
+    env = {
+        **os.environ,
+        "MEDIC_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db_name}",
+        "MEDIC_REDIS_URL": REDIS_URL,
+        "MEDIC_KEY_PREFIX": f"bench{run}:",
+        "MEDIC_BROKER_KEY_PREFIX": f"benchb{run}:",
+        "MEDIC_PROFILE": "fast",
+        "MEDIC_QUEUE_WATERMARKS": json.dumps({queue: [args.high, args.low]}),
+        "MEDIC_API_MAX_INFLIGHT": "256",
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)
+    from worker import admission, apikeys, db
+    from worker.celery_app import reconfigure
+    from worker.migrate import upgrade
+    from worker.settings import reset_settings
+
+    reset_settings()
+    reconfigure()
+    upgrade(env["MEDIC_DATABASE_URL"])
+    with db.begin() as conn:
+        key = apikeys.create_key(conn, "bench", apikeys.parse_scopes("submit,read"))
+    wm = admission.watermarks(queue)
+    procs = Processes(env, Path(tempfile.mkdtemp(prefix="medic-overload-")))
+    rec, stop = Recorder(), threading.Event()
+    try:
+        _, url = procs.api("api")
+        procs.worker("w", queues=queue, concurrency=1)
+        procs.control()
+        procs.beat()
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=sample, args=(queue, rec, t0, stop))]
+        threads += [threading.Thread(target=flood, args=(url, key, queue, rec, t0, args.seconds, stop))
+                    for _ in range(args.clients)]  # fmt: skip
+        for t in threads:
+            t.start()
+        time.sleep(args.seconds + 10)  # the flood, then 10 s of draining on the plot
+        stop.set()
+        for t in threads:
+            t.join()
+        from worker.models import job_events
+
+        with db.connect() as conn:
+            reasons = dict(
+                conn.execute(sa.select(job_events.c.reason, sa.func.count()).group_by(job_events.c.reason)).all()
+            )
+    finally:
+        procs.stop_all()
+        db.dispose_engine()
+        engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        engine.dispose()
+        r = redis.Redis.from_url(REDIS_URL)
+        for prefix in (env["MEDIC_KEY_PREFIX"], env["MEDIC_BROKER_KEY_PREFIX"]):
+            for k in r.scan_iter(match=f"{prefix}*", count=1000):
+                r.delete(k)
+    plot(rec, wm.high, wm.low, wm.hard, args.plot)
+    report = {"bench": "overload", "seconds": args.seconds, "clients": args.clients, "job_seconds": JOB_S}
+    report["events_by_reason"] = reasons
+    report |= {"worker_slots": 1, **summarize(rec, wm.high, wm.low, wm.hard, args.seconds), "plot": str(args.plot)}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
