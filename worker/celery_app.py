@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.pools
 from celery import Celery
 
 from worker.settings import Settings, get_settings
@@ -71,6 +72,8 @@ def reconfigure() -> None:
         _configure(app)
         if app._pool is not None:
             app._pool.force_close_all()
-        # Drop the closed pools as Celery does after a fork, so the next publish opens new
-        # connections to the (possibly new) broker URL.
+        # Drop the closed pools as Celery does after a fork, and kombu's global producer pools
+        # (keyed by connection, they would hand out the closed one), so the next publish opens
+        # new connections to the (possibly new) broker URL.
         app._after_fork()
+        kombu.pools.reset()  # type: ignore[no-untyped-call]
