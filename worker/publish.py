@@ -78,11 +78,11 @@ def publish(rows: Sequence[Any]) -> list[uuid.UUID]:
     return [r.id for r in failed]
 
 
-def revoke(delivery_ids: Sequence[uuid.UUID]) -> None:
-    """Kill these deliveries wherever they run (SIGKILL); best effort, the fence is the guarantee."""
+def revoke(delivery_ids: Sequence[uuid.UUID], *, signal: str = "SIGKILL") -> None:
+    """Kill these deliveries wherever they run; best effort, the fence is the guarantee."""
     if not delivery_ids:
         return
     try:
-        app.control.revoke([str(d) for d in delivery_ids], terminate=True, signal="SIGKILL")
+        app.control.revoke([str(d) for d in delivery_ids], terminate=True, signal=signal)
     except BROKER_ERRORS as exc:
         log.warning("could not revoke %d deliveries: %s", len(delivery_ids), exc)

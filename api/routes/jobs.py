@@ -16,11 +16,10 @@ from api.schemas import BatchCreate, BatchPublic, EventPublic, EventsPublic, Job
 from worker import db, ledger
 from worker.admission import admit_rows, check_tenant_quota
 from worker.apikeys import ApiKey
-from worker.celery_app import app as celery_app
 from worker.clock import utcnow
 from worker.enqueue import Enqueued, JobRequest, enqueue_rows, prepare
 from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
-from worker.publish import BROKER_ERRORS, publish
+from worker.publish import publish, revoke
 from worker.settings import get_settings
 from worker.states import JobState
 
@@ -150,10 +149,8 @@ def cancel_job(job_id: uuid.UUID, key: SubmitKey) -> JobPublic:
         raise InvalidTransitionError(f"a {row.state} job cannot be cancelled", state=row.state)
     left, row = done
     if left == JobState.RUNNING:
-        try:
-            celery_app.control.revoke(str(row.delivery_id), terminate=True, signal="SIGTERM")
-        except BROKER_ERRORS as exc:  # the ledger already says cancelled; the result will be discarded
-            log.warning("could not revoke job %s on its worker: %s", job_id, exc)
+        # SIGTERM lets the job clean up; if it finishes anyway, the fence discards its result.
+        revoke([row.delivery_id], signal="SIGTERM")
     return JobPublic.of(row)
 
 

@@ -12,12 +12,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from worker import keys
 from worker.clock import utcnow
+from worker.ledger import JobRow
 from worker.redis_client import get_redis
+from worker.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +60,10 @@ def loop_stats(name: str) -> dict[str, Any]:
     if "last" in raw:
         stats["last"] = json.loads(raw["last"])
     return stats
+
+
+def sort_outcomes(after: Iterable[JobRow | None]) -> tuple[list[JobRow], dict[str, int]]:
+    """Jobs a loop gave back: those requeued (to publish) and the counts of requeued and dead."""
+    done = [row for row in after if row is not None]
+    requeued = [row for row in done if row.state == JobState.QUEUED]
+    return requeued, {"requeued": len(requeued), "dead": sum(row.state == JobState.DEAD for row in done)}

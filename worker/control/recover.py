@@ -9,6 +9,7 @@ import uuid
 import sqlalchemy as sa
 
 from worker import db, ledger, presence
+from worker.control.loop import sort_outcomes
 from worker.ledger import JobRow
 from worker.models import jobs
 from worker.publish import publish, revoke
@@ -39,38 +40,27 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
     second execution.
     """
     s = get_settings()
-    counts = {"requeued": 0, "dead": 0, "lease_late": 0}
-    requeued: list[JobRow] = []
+    late = 0
+    after: list[JobRow | None] = []
     taken: list[uuid.UUID] = []
     with db.begin() as conn:
         rows = expired_leases(conn, now, limit or s.control_batch_size)
-        if not rows:
-            return counts
-        present = presence.alive([(r.worker, r.worker_pid) for r in rows])
+        present = presence.alive([(r.worker, r.worker_pid) for r in rows]) if rows else []
         for row, is_present in zip(rows, present, strict=True):
             if is_present:
-                counts["lease_late"] += 1
+                late += 1
                 continue
-            after = ledger.give_back(
-                conn,
-                row,
-                reason="worker_lost",
-                actor=ACTOR,
-                now=now,
-                max_backoff_s=s.max_backoff_seconds,
-                immediate=True,
-                error={"type": "WorkerLost", "message": f"lease expired and {row.worker}:{row.worker_pid} is gone"},
-            )
-            if after is None:
-                continue
-            taken.append(row.delivery_id)
-            if after.state == JobState.QUEUED:
-                requeued.append(after)
-                counts["requeued"] += 1
-            else:
-                counts["dead"] += 1
+            error = {"type": "WorkerLost", "message": f"lease expired and {row.worker}:{row.worker_pid} is gone"}
+            given = ledger.give_back(
+                conn, row, reason="worker_lost", actor=ACTOR, now=now, max_backoff_s=s.max_backoff_seconds,
+                immediate=True, error=error,
+            )  # fmt: skip
+            if given is not None:
+                taken.append(row.delivery_id)
+                after.append(given)
     # A process that lost its presence but still runs (a stalled heartbeat) must not finish
     # a second execution: kill the old delivery wherever it is.
     revoke(taken)
+    requeued, counts = sort_outcomes(after)
     publish(requeued)
-    return counts
+    return {**counts, "lease_late": late}

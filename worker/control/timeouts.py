@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from worker import db, ledger
 from worker.clock import seconds
+from worker.control.loop import sort_outcomes
 from worker.ledger import JobRow
 from worker.models import jobs
 from worker.publish import publish, revoke
@@ -32,23 +33,19 @@ def enforce_timeouts(now: dt.datetime, *, limit: int | None = None) -> dict[str,
     limits, a report that never reached the ledger).
     """
     s = get_settings()
-    counts = {"requeued": 0, "dead": 0}
     with db.connect() as conn:
         late = overdue(conn, now, 2 * s.timeout_grace_seconds, limit or s.control_batch_size)
     if not late:
-        return counts
+        return {"requeued": 0, "dead": 0}
     revoke([r.delivery_id for r in late])
-    requeued: list[JobRow] = []
     with db.begin() as conn:
-        for row in late:
-            detail = f"running for more than {row.timeout_s:.0f}s + grace; killed by {ACTOR}"
-            after = ledger.time_out(conn, row, actor=ACTOR, now=now, max_backoff_s=s.max_backoff_seconds, detail=detail)
-            if after is None:
-                continue
-            if after.state == JobState.QUEUED:
-                requeued.append(after)
-                counts["requeued"] += 1
-            else:
-                counts["dead"] += 1
+        after = [
+            ledger.time_out(
+                conn, row, actor=ACTOR, now=now, max_backoff_s=s.max_backoff_seconds,
+                detail=f"running for more than {row.timeout_s:.0f}s + grace; killed by {ACTOR}",
+            )
+            for row in late
+        ]  # fmt: skip
+    requeued, counts = sort_outcomes(after)
     publish(requeued)
     return counts
