@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import metrics
 from worker.admission import QueueFullError, TenantQuotaError
 from worker.db import is_connection_error
 from worker.errors import (
@@ -79,6 +80,7 @@ def medic_error_response(exc: MedicError) -> JSONResponse:
         headers["Retry-After"] = str(exc.details.get("retry_after", get_settings().ledger_retry_after_seconds))
     if status == 429:
         headers["Retry-After"] = str(exc.details["retry_after"])
+        metrics.JOBS_REJECTED.labels(exc.details.get("queue", ""), exc.code).inc()
     return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=status, headers=headers)
 
 

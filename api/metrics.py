@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 REQUESTS = Counter("medic_api_requests_total", "HTTP requests answered", ["method", "route", "status"])
 LATENCY = Histogram("medic_api_request_seconds", "HTTP request latency", ["method", "route"])
 JOBS_ACCEPTED = Counter("medic_jobs_accepted_total", "Jobs accepted by the API", ["type", "queue"])
+JOBS_REJECTED = Counter("medic_jobs_rejected_total", "Submissions refused with 429", ["queue", "reason"])
 JOBS = Gauge("medic_jobs", "Live jobs in the ledger by state and queue", ["state", "queue"])
 LEDGER_UP = Gauge("medic_ledger_up", "1 if the last ledger query of this process succeeded")
 

@@ -56,6 +56,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_writes_nothing(procs: Pro
         other = client.post("/jobs", json=_job(f"{queue}-other"))
         assert other.status_code == 202, "only the full queue sheds"
 
+        assert f'medic_jobs_rejected_total{{queue="{queue}",reason="queue_full"}} 3.0' in client.get("/metrics").text
         report = {q["queue"]: q for q in client.get("/queues").json()["queues"]}
         assert report[queue]["depth"] == 40
         assert report[queue]["ready"] == 40
