@@ -7,11 +7,12 @@
     (c) end to end: N no-op jobs through one worker each (prefork, same concurrency, acks_late),
         from the first publish to the last completion (medic: the ledger's finished_at; plain:
         each task records its completion time in Redis);
-    then profiles (py-spy, wall clock incl. I/O waits) of medic's single enqueue and of its
-    worker processes during (c), and the CPU each process group spends per job in (c).
+    then py-spy profiles of medic's single and batch enqueue and of its worker processes during
+    (c) (wall clock, I/O waits included), of its API process during (b) (the GIL holder), and the
+    CPU each process group spends per job in (b) and (c), summed up in "where_time_goes".
 
-    .venv/bin/python bench/throughput.py            # full run, a few minutes
-    .venv/bin/python bench/throughput.py --quick    # tiny sizes: a smoke test
+    .venv/bin/python bench/throughput.py            # full run, about 3 minutes on 2 cores
+    .venv/bin/python bench/throughput.py --quick    # tiny sizes, about 25 s: a smoke test
 
 Sides run alternately (medic, plain, medic, plain), each after a warm-up; the ledger table and
 the queues are emptied before every measurement. Every load loop is bounded in count and time and
@@ -81,15 +82,37 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=3, warmup_s=0.5, enqueue_s=3.0, enqueue_cap=50_000, batch_size=100,
-    http_requests=1500, http_s=10.0, http_threads=6, http_warmup=150,
-    e2e_jobs=2000, e2e_warmup=200, e2e_cap_s=90.0, concurrency=2, profile_s=6.0,
-)  # fmt: skip
+    rounds=3,
+    warmup_s=0.5,
+    enqueue_s=3.0,
+    enqueue_cap=50_000,
+    batch_size=100,
+    http_requests=1200,
+    http_s=8.0,
+    http_threads=6,
+    http_warmup=150,
+    e2e_jobs=2000,
+    e2e_warmup=200,
+    e2e_cap_s=90.0,
+    concurrency=2,
+    profile_s=6.0,
+)
 QUICK = Sizes(
-    rounds=2, warmup_s=0.1, enqueue_s=0.3, enqueue_cap=2_000, batch_size=20,
-    http_requests=60, http_s=3.0, http_threads=4, http_warmup=10,
-    e2e_jobs=60, e2e_warmup=10, e2e_cap_s=30.0, concurrency=2, profile_s=1.0,
-)  # fmt: skip
+    rounds=2,
+    warmup_s=0.1,
+    enqueue_s=0.3,
+    enqueue_cap=2_000,
+    batch_size=20,
+    http_requests=60,
+    http_s=3.0,
+    http_threads=4,
+    http_warmup=10,
+    e2e_jobs=60,
+    e2e_warmup=10,
+    e2e_cap_s=30.0,
+    concurrency=2,
+    profile_s=1.0,
+)
 
 
 # ---------------------------------------------------------------------------------------- stats
@@ -165,7 +188,7 @@ def _pids_named(comm: str) -> list[int]:
 
 
 def _machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat (all cores)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]  # idle + iowait
     return (sum(values) - idle) / CLK_TCK, sum(values) / CLK_TCK
@@ -190,7 +213,7 @@ class CpuMeter:
 
     def stop(self) -> dict[str, Any]:
         after = self._snapshot()
-        busy, total = _machine_busy()
+        busy, _ = _machine_busy()
         wall = time.monotonic() - self._t0
         used = {
             name: sum(cpu - self._before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items())
@@ -206,12 +229,13 @@ class CpuMeter:
 # ------------------------------------------------------------------------------------- py-spy
 
 
-def spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy on `pid` for `seconds`: wall clock (--idle, so I/O waits count), collapsed stacks."""
-    argv = [
-        str(PY_SPY), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "100",
-        "--idle", "--threads", "--full-filenames", "--format", "raw", "--output", str(out),
-    ]  # fmt: skip
+def spy(pid: int, seconds: float, out: Path, *, gil: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy on `pid` for `seconds`, collapsed stacks per thread. Default: wall clock (--idle: a
+    thread waiting on a socket counts). gil=True: only the thread holding the GIL, i.e. where a
+    GIL-bound process spends its one core."""
+    argv = [str(PY_SPY), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "100"]
+    argv += ["--gil"] if gil else ["--idle"]
+    argv += ["--threads", "--full-filenames", "--format", "raw", "--output", str(out)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -240,11 +264,22 @@ def read_stacks(path: Path, thread: str | None = "MainThread") -> list[tuple[lis
     return stacks
 
 
+def _is(name: str, func: str) -> bool:
+    """py-spy qualifies names (`Heartbeat.track`, `execute.<locals>.do_claim`): match the last part."""
+    return name == func or name.endswith("." + func)
+
+
 def has(func: str | None = None, file: str | None = None) -> Callable[[list[Frame]], bool]:
+    """Some frame of the stack is `func` (in a file whose path contains `file`)."""
+
     def match(frames: list[Frame]) -> bool:
-        return any((func is None or f == func) and (file is None or file in p) for f, p in frames)
+        return any((func is None or _is(f, func)) and (file is None or file in p) for f, p in frames)
 
     return match
+
+
+def anyof(*preds: Callable[[list[Frame]], bool]) -> Callable[[list[Frame]], bool]:
+    return lambda frames: any(p(frames) for p in preds)
 
 
 def every(*preds: Callable[[list[Frame]], bool]) -> Callable[[list[Frame]], bool]:
@@ -258,7 +293,7 @@ def leaf_in(*files: str, funcs: Iterable[str] | None = None) -> Callable[[list[F
         if not frames:
             return False
         func, path = frames[-1]
-        return any(f in path for f in files) and (wanted is None or func in wanted)
+        return any(f in path for f in files) and (wanted is None or any(_is(func, w) for w in wanted))
 
     return match
 
@@ -266,91 +301,161 @@ def leaf_in(*files: str, funcs: Iterable[str] | None = None) -> Callable[[list[F
 Rule = tuple[str, Callable[[list[Frame]], bool]]
 
 
-def categorize(stacks: list[tuple[list[Frame], int]], rules: list[Rule], rest: str) -> tuple[int, dict[str, int]]:
-    """Samples per category: the first rule a stack matches, else `rest`."""
+def categorize(
+    stacks: list[tuple[list[Frame], int]], rules: list[Rule], rest: str
+) -> tuple[int, dict[str, int], dict[str, Counter[str]]]:
+    """Samples per category (the first rule a stack matches, else `rest`), and per category the
+    samples by kind of work (where the leaf frame is)."""
     counts: Counter[str] = Counter()
+    kinds: dict[str, Counter[str]] = {}
     for frames, n in stacks:
-        counts[next((label for label, pred in rules if pred(frames)), rest)] += n
-    return sum(counts.values()), dict(counts)
+        label = next((label for label, pred in rules if pred(frames)), rest)
+        counts[label] += n
+        kinds.setdefault(label, Counter())[leaf_kind(frames)] += n
+    return sum(counts.values()), dict(counts), kinds
 
 
-def shares(total: int, counts: dict[str, int], top: int | None = None, ms_per_job: float | None = None) -> list[dict[str, Any]]:
+def shares(
+    total: int,
+    counts: dict[str, int],
+    top: int | None = None,
+    ms_per_job: float | None = None,
+    kinds: dict[str, Counter[str]] | None = None,
+) -> list[dict[str, Any]]:
     rows = sorted(counts.items(), key=lambda kv: -kv[1])
     out = []
     for label, n in rows[:top]:
         row: dict[str, Any] = {"what": label, "share": round(n / total, 3) if total else 0.0}
         if ms_per_job is not None:
             row["ms_per_job"] = round(ms_per_job * n / total, 3) if total else 0.0
+        if kinds and n:
+            row["of_which"] = {k: round(c / n, 2) for k, c in kinds[label].most_common(3) if c / n >= 0.1}
         out.append(row)
     return out
 
 
+MEDIC = str(ROOT / "worker") + "/"  # medic's own files, never celery/worker/...
+PLAIN_TASKS = str(ROOT / "bench" / "plain_celery_app.py")
+
 # Where a sample's innermost Python frame is, by kind of work (the leaf of the stack).
 LEAF_RULES: list[Rule] = [
-    ("postgres round trip: statement (cursor.execute)", leaf_in("sqlalchemy/engine/default.py", funcs=["do_execute", "do_executemany"])),
-    ("postgres round trip: COMMIT", leaf_in("sqlalchemy/", funcs=["do_commit"])),
-    ("postgres round trip: pool_pre_ping", leaf_in("sqlalchemy/", funcs=["do_ping", "_do_ping_w_event"])),
-    ("postgres round trip: ROLLBACK / reset on return", leaf_in("sqlalchemy/", funcs=["do_rollback", "_reset"])),
-    ("redis client (socket I/O + reply parsing)", leaf_in("/redis/")),
-    ("SQLAlchemy Python (compile, params, rows)", leaf_in("/sqlalchemy/")),
-    ("kombu / celery Python (message build, serialize)", leaf_in("/kombu/", "/celery/", "/amqp/", "/vine/")),
-    ("billiard (pool pipes)", leaf_in("/billiard/")),
+    ("postgres: statement round trip", leaf_in("sqlalchemy/engine/default.py", funcs=["do_execute", "do_executemany"])),
+    ("postgres: COMMIT round trip", leaf_in("sqlalchemy/", funcs=["do_commit"])),
+    ("postgres: pool_pre_ping round trip", leaf_in("sqlalchemy/", funcs=["do_ping"])),
+    ("postgres: ROLLBACK round trip (reset on return)", leaf_in("sqlalchemy/", funcs=["do_rollback"])),
+    ("redis: socket I/O", leaf_in("/redis/", funcs=["_read_from_socket", "send_packed_command", "sendall", "recv"])),
+    ("redis-py: Python", leaf_in("/redis/")),
+    ("SQLAlchemy/psycopg2: Python", leaf_in("/sqlalchemy/", "/psycopg2/")),
+    ("kombu/celery: Python", leaf_in("/kombu/", "/celery/", "/amqp/", "/vine/")),
+    ("billiard: pipe I/O", leaf_in("/billiard/")),
     ("pydantic", leaf_in("/pydantic/", "/pydantic_core/")),
-    ("medic code itself", leaf_in(str(ROOT / "worker"), str(ROOT / "api"))),
-]  # fmt: skip
+    ("json", leaf_in("/json/")),
+    ("logging", leaf_in("/logging/")),
+    ("medic code", leaf_in(MEDIC, str(ROOT / "api"))),
+]
+LEAF_REST = "other Python / stdlib"
+
+
+def leaf_kind(frames: list[Frame]) -> str:
+    return next((label for label, pred in LEAF_RULES if pred(frames)), LEAF_REST)
+
 
 ENQUEUE_RULES: list[Rule] = [
-    ("ledger: pool checkout incl. pool_pre_ping SELECT 1", every(has(file="sqlalchemy/pool/"), has(func="begin", file="worker/db.py"))),
+    (
+        "ledger: connection checkout incl. pool_pre_ping SELECT 1",
+        every(has(file="sqlalchemy/pool/"), has(func="begin", file=MEDIC + "db.py")),
+    ),
     ("ledger: COMMIT (WAL flush, synchronous_commit=on)", has(func="do_commit")),
-    ("ledger: INSERT jobs RETURNING + INSERT job_events", has(func="create_jobs")),
+    (
+        "ledger: INSERT jobs RETURNING + INSERT job_events (SQLAlchemy + 2 round trips)",
+        has(func="create_jobs", file=MEDIC),
+    ),
     ("celery: task-sent event (task_send_sent_event=True), a 2nd Redis publish per job", has(file="celery/events/")),
-    ("celery/kombu: publish the task message (send_task)", has(file="worker/publish.py")),
-    ("redis: queue arrival counters (queue_stats.record_arrivals)", has(file="worker/queue_stats.py")),
-    ("validation + row build (pydantic, uuid, json size check)", has(func="build_row")),
-    ("ledger: transaction begin/close, connection return (rollback-reset)", has(func="begin", file="worker/db.py")),
-]  # fmt: skip
+    ("celery/kombu: publish the task message (send_task, producer pool)", has(file=MEDIC + "publish.py")),
+    ("redis: queue arrival counters (queue_stats.record_arrivals)", has(file=MEDIC + "queue_stats.py")),
+    ("validation + row build (pydantic, uuid4, json size check)", has(func="build_row", file=MEDIC)),
+    ("ledger: transaction begin/end, connection return (rollback-reset)", has(func="begin", file=MEDIC + "db.py")),
+]
+
+API_RULES: list[Rule] = [
+    (
+        "tenant quota: COUNT of the tenant's queued jobs on every request (admission.check_tenant_quota)",
+        has(func="check_tenant_quota", file=MEDIC),
+    ),
+    (
+        "admission: Redis EVAL (queue depth + pending) and DECRBY release (admission.py)",
+        has(file=MEDIC + "admission.py"),
+    ),
+    *ENQUEUE_RULES,
+    ("response: JobPublic.of (api/schemas.py)", has(file=str(ROOT / "api" / "schemas.py"))),
+    (
+        "other medic code in the route (api/routes/jobs.py, worker/)",
+        anyof(has(file=str(ROOT / "api")), has(file=MEDIC)),
+    ),
+    ("API key dependency (api/deps.py, cached)", has(file=str(ROOT / "api" / "deps.py"))),
+    ("metrics (prometheus_client)", has(file="prometheus_client")),
+    (
+        "threadpool hand-offs: the sync route and each sync dependency run in an anyio worker thread",
+        anyof(has(func="run_sync_in_worker_thread"), leaf_in("/queue.py", "/threading.py")),
+    ),
+    ("FastAPI: request parsing/validation, dependency solving, response serialization", has(file="/fastapi/")),
+    ("uvicorn / starlette: HTTP parsing, middleware", anyof(has(file="/uvicorn/"), has(file="/starlette/"))),
+]
 
 CHILD_RULES: list[Rule] = [
-    ("ledger claim: UPDATE queued->running RETURNING + event row + COMMIT", has(func="do_claim")),
-    ("ledger finalize: UPDATE running->succeeded RETURNING + event row + COMMIT", has(func="_finalize")),
-    ("presence SET in Redis at every job start (Heartbeat.track -> announce)", has(func="track", file="worker/heartbeat.py")),
-    ("redis: drain counter INCR per job (queue_stats.record_drained)", has(file="worker/queue_stats.py")),
-    ("job function + loading its args (pydantic)", has(func="_run", file="worker/runtime.py")),
-    ("task body (plain: INCR + RPUSH completion record)", has(file="bench/plain_celery_app.py")),
-    ("other medic code in the task (execute: uuid parsing, get_heartbeat, logging)", has(func="execute", file="worker/runtime.py")),
-    ("celery per-task overhead in the child (tracer, task-started/succeeded events, result to parent)", has(file="celery/")),
-]  # fmt: skip
+    ("ledger claim: UPDATE queued->running RETURNING + event row + COMMIT", has(func="do_claim", file=MEDIC)),
+    ("ledger finalize: UPDATE running->succeeded RETURNING + event row + COMMIT", has(func="_finalize", file=MEDIC)),
+    (
+        "presence SET in Redis at every job start (Heartbeat.track -> announce)",
+        has(func="track", file=MEDIC + "heartbeat.py"),
+    ),
+    ("redis: drain counter INCR per job (queue_stats.record_drained)", has(file=MEDIC + "queue_stats.py")),
+    ("job function + loading its args (pydantic)", has(func="_run", file=MEDIC + "runtime.py")),
+    ("plain task body: INCR + RPUSH completion record (1 Redis round trip)", has(file=PLAIN_TASKS)),
+    ("other medic code in the task (uuid parsing, get_heartbeat, logging)", has(file=MEDIC)),
+    ("celery tracer in the child (task state, signals, logging)", has(file="celery/app/trace.py")),
+    ("sending the result to the main process (billiard pipe)", has(func="put", file="billiard/queues.py")),
+]
+CHILD_REST = "idle: waiting for the next task from the main process (billiard pipe)"
 
 PARENT_RULES: list[Rule] = [
-    ("task events (-E: received/started/succeeded) published to Redis", has(file="celery/events/")),
-    ("ack of the message after the task (acks_late)", has(func="ack")),
-    ("receiving messages from Redis (BRPOP, parse, QoS)", has(file="kombu/transport/redis.py")),
-    ("medic request hooks (worker.request)", has(file="worker/request.py")),
-    ("handing tasks to the pool / reading results (asynpool, billiard)", every(lambda fr: not has(func="poll")(fr[-1:]), has(file="celery/concurrency/"))),
+    ("task events (-E: task-received/started/succeeded) published to Redis", has(file="celery/events/")),
+    ("ack after the task (acks_late: unacked hash/zset cleanup)", has(func="ack")),
+    ("medic request hooks (worker.request)", has(file=MEDIC + "request.py")),
+    ("receiving from Redis (BRPOP, unacked bookkeeping, message decode)", has(file="kombu/transport/")),
+    ("handing tasks to the pool / reading results (asynpool, billiard)", has(file="celery/concurrency/")),
     ("celery consumer: strategy, Request objects, logging", has(file="celery/worker/")),
-]  # fmt: skip
+]
+PARENT_REST = "other (event loop bookkeeping)"
 
 
 def idle_rule(frames: list[Frame]) -> bool:
-    """The worker's event loop waiting in epoll/select: nothing to do."""
-    return bool(frames) and frames[-1][0] in {"poll", "_poll", "select", "_select"}
+    """The worker's event loop waiting in epoll: nothing to do."""
+    return bool(frames) and _is(frames[-1][0], "poll") and "eventio" in frames[-1][1]
 
 
 def profile_report(
-    path: Path, rules: list[Rule], rest: str, *, top: int = 6, ms_per_job: float | None = None,
-    must: Callable[[list[Frame]], bool] | None = None, idle_label: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    stacks = read_stacks(path)
+    path: Path,
+    rules: list[Rule],
+    rest: str,
+    *,
+    top: int = 6,
+    ms_per_job: float | None = None,
+    must: Callable[[list[Frame]], bool] | None = None,
+    idle_label: str | None = None,
+    thread: str | None = "MainThread",
+) -> dict[str, Any]:
+    stacks = read_stacks(path, thread)
     if must is not None:
         stacks = [(f, n) for f, n in stacks if must(f)]
     all_rules = ([(idle_label, idle_rule)] if idle_label else []) + rules
-    total, counts = categorize(stacks, all_rules, rest)
+    total, counts, kinds = categorize(stacks, all_rules, rest)
     busy_stacks = [(f, n) for f, n in stacks if not (idle_label and idle_rule(f))]
-    busy, leaf = categorize(busy_stacks, LEAF_RULES, "other Python / stdlib")
+    busy, leaf, _ = categorize(busy_stacks, LEAF_RULES, LEAF_REST)
     report: dict[str, Any] = {
         "samples": total,
-        "by_step": shares(total, counts, top, ms_per_job),
-        "by_kind_of_work": shares(busy, leaf, 5),
+        "by_step": shares(total, counts, top, ms_per_job, kinds),
+        "by_kind_of_work": shares(busy, leaf, 6),
         "raw_stacks": str(path),
     }
     if idle_label:
@@ -489,11 +594,11 @@ class Bench:
             "ratio_batch_vs_plain": ratio(batch, plain, 2.0),
         }
 
-    def profile_enqueue(self, single_rate: float | None) -> dict[str, Any]:
-        """py-spy on this very process while it runs the single-enqueue loop."""
+    def profile_enqueue(self, mode: str, rate: float | None) -> dict[str, Any]:
+        """py-spy on this very process while it runs the `mode` enqueue loop."""
         s = self.sizes
-        step = self._enqueue_steps()["medic_single"]
-        out = self.log_dir / "profile-enqueue-single.txt"
+        step = self._enqueue_steps()[mode]
+        out = self.log_dir / f"profile-enqueue-{mode}.txt"
         self.reset(Q_ENQUEUE)
         proc = spy(os.getpid(), s.profile_s, out)
         n = 0
@@ -506,19 +611,24 @@ class Bench:
             proc.kill()
         proc.wait()
         self.reset(Q_ENQUEUE)
-        ms = 1000 / single_rate if single_rate else None
         report = profile_report(
-            out, ENQUEUE_RULES, "other: Python glue (JobRequest, Enqueued, Row objects), GC",
-            ms_per_job=ms, must=has(func="profile_enqueue"), top=8,
-        )  # fmt: skip
+            out,
+            ENQUEUE_RULES,
+            "other: Python glue (JobRequest, Enqueued, Row objects), GC",
+            ms_per_job=1000 / rate if rate else None,
+            must=has(func="profile_enqueue"),
+            top=9,
+        )
         report["jobs_during_profile"] = n
         report["rate_under_profiler_jobs_per_s"] = round(n / elapsed, 1)
-        report["ms_per_job_basis"] = "median unprofiled single-enqueue rate"
+        report["ms_per_job_basis"] = f"median unprofiled {mode} rate"
         return report
 
     # -- (b) HTTP
 
-    def _http_load(self, url: str, body: dict[str, Any], headers: dict[str, str], n: int, seconds: float) -> dict[str, Any]:
+    def _http_load(
+        self, url: str, body: dict[str, Any], headers: dict[str, str], n: int, seconds: float
+    ) -> dict[str, Any]:
         assert url.startswith(f"http://{HOST}:"), url
         counter = itertools.count()
         deadline = time.monotonic() + seconds
@@ -565,8 +675,18 @@ class Bench:
         port = free_port()
         plain_proc = self.procs.start(
             "plain-api",
-            [sys.executable, "-m", "uvicorn", "bench.plain_api:app", "--host", HOST, "--port", str(port), "--no-access-log"],
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.plain_api:app",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+        )
         plain_url = f"http://{HOST}:{port}"
 
         def plain_up() -> bool:
@@ -580,10 +700,24 @@ class Bench:
         wait_for(plain_up, 30, 0.1, "plain api up")
         assert plain_proc.alive(), plain_proc.log()
         sides = {
-            "medic": (medic_url, {"type": "examples.echo", "args": ECHO_ARGS, "queue": Q_HTTP},
-                      {"Authorization": f"Bearer {key}"}),
+            "medic": (
+                medic_url,
+                {"type": "examples.echo", "args": ECHO_ARGS, "queue": Q_HTTP},
+                {"Authorization": f"Bearer {key}"},
+            ),
             "plain": (plain_url, {"type": "plain.noop", "args": {}, "queue": Q_HTTP}, {}),
-        }  # fmt: skip
+        }
+        bench_pid = os.getpid()
+        meter = CpuMeter(
+            lambda: {
+                "medic_api": [medic_proc.pid],
+                "plain_api": [plain_proc.pid],
+                "postgres_all": _pids_named("postgres"),
+                "redis_server": _pids_named("redis-server"),
+                "bench_client": [bench_pid],
+            }
+        )
+        profile: dict[str, Any] | None = None
         try:
             for url, body, headers in sides.values():
                 self.reset(Q_HTTP)
@@ -592,7 +726,12 @@ class Bench:
             for _ in range(s.rounds):
                 for name, (url, body, headers) in sides.items():
                     self.reset(Q_HTTP)
-                    runs[name].append(self._http_load(url, body, headers, s.http_requests, s.http_s))
+                    meter.start()
+                    result = self._http_load(url, body, headers, s.http_requests, s.http_s)
+                    result["cpu"] = meter.stop()
+                    runs[name].append(result)
+            if self.profile:
+                profile = self._profile_api(medic_proc, *sides["medic"])
             self.reset(Q_HTTP)
         finally:
             self.stop(plain_proc)
@@ -600,20 +739,51 @@ class Bench:
         out: dict[str, Any] = {
             "unit": "requests/s (2xx only), latency ms",
             "client": f"httpx, {s.http_threads} threads with keep-alive, {s.http_requests} requests "
-                      f"or {s.http_s} s per run, to {HOST} only",
+            f"or {s.http_s} s per run, to {HOST} only",
             "order": f"{s.rounds} rounds of medic, plain; empty table and queue before each run",
             "medic_body": sides["medic"][1],
             "plain_endpoint": "bench/plain_api.py: sync FastAPI route, pydantic body, apply_async, no auth",
-        }  # fmt: skip
+        }
         for name, rs in runs.items():
             out[name] = {
                 "rps": summary([x["rps"] for x in rs]),
                 "p50_ms": summary([x["p50_ms"] for x in rs], higher_is_better=False, digits=2),
                 "p99_ms": summary([x["p99_ms"] for x in rs], higher_is_better=False, digits=2),
                 "errors": dict(sum((Counter(x["errors"]) for x in rs), Counter())),
+                "cpu_ms_per_request_median": {
+                    group: round(statistics.median(x["cpu"]["cpu_s"][group] * 1000 / max(1, x["ok"]) for x in rs), 3)
+                    for group in rs[0]["cpu"]["cpu_s"]
+                    if not group.startswith("plain" if name == "medic" else "medic")
+                },
+                "api_process_cores_median": statistics.median(
+                    x["cpu"]["cpu_s"][f"{name}_api"] / x["cpu"]["wall_s"] for x in rs
+                ),
+                "machine_busy_cores_median": statistics.median(x["cpu"]["machine_busy_cores"] for x in rs),
             }
         out["ratio_rps_medic_vs_plain"] = ratio(out["medic"]["rps"], out["plain"]["rps"], 0.6)
+        if profile is not None:
+            out["profile_medic_api"] = profile
         return out
+
+    def _profile_api(self, proc: Proc, url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        """py-spy (GIL holder) on medic's API process under the same load: where its CPU goes."""
+        s = self.sizes
+        out = self.log_dir / "profile-medic-api.txt"
+        self.reset(Q_HTTP)
+        with _background(lambda: self._http_load(url, body, headers, 100_000, s.profile_s + 2)):
+            time.sleep(0.5)
+            sp = spy(proc.pid, s.profile_s, out, gil=True)
+            try:
+                sp.wait(timeout=s.profile_s + 20)
+            except subprocess.TimeoutExpired:
+                sp.kill()
+                sp.wait()
+        report = profile_report(out, API_RULES, "other (event loop, GC)", top=10, thread=None)
+        report["note"] = (
+            "samples of whichever thread holds the GIL (py-spy --gil): the API process is one Python process, "
+            "so this is where its one core goes; compare cpu_ms_per_request_median"
+        )
+        return report
 
     # -- (c) end to end
 
@@ -621,9 +791,23 @@ class Bench:
         c = self.sizes.concurrency
         medic = self.procs.worker("medic-e2e", queues=Q_E2E, concurrency=c)
         cmd = [
-            sys.executable, "-m", "celery", "-A", "bench.plain_celery_app:app", "worker", "-Q", Q_E2E,
-            "-c", str(c), "-n", "plain-e2e@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.plain_celery_app:app",
+            "worker",
+            "-Q",
+            Q_E2E,
+            "-c",
+            str(c),
+            "-n",
+            "plain-e2e@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ]
         plain = self.procs.start("plain-e2e", cmd)
         wait_for(lambda: "ready." in plain.log() or not plain.alive(), 30, 0.1, "plain worker ready")
         assert plain.alive(), plain.log()
@@ -712,13 +896,13 @@ class Bench:
             "unit": "jobs/s from the first publish to the last completion",
             "jobs_per_run": s.e2e_jobs,
             "workers": f"one worker per side, prefork -c {s.concurrency}, prefetch 1, acks_late, INFO logging; "
-                       "medic also -E (task events) as medic's worker_cmd does",
+            "medic also -E (task events) as medic's worker_cmd does",
             "medic_job": "examples.echo {'message': 'x'}, published with enqueue_many in batches of "
-                         f"{s.batch_size}; completion = every row succeeded (ledger finished_at)",
+            f"{s.batch_size}; completion = every row succeeded (ledger finished_at)",
             "plain_task": "plain.noop_done(tag), published with apply_async in a loop; completion = "
-                          "its INCR + RPUSH(time) in Redis",
+            "its INCR + RPUSH(time) in Redis",
             "order": f"{s.rounds} rounds of medic, plain after a warm-up of {s.e2e_warmup} jobs each",
-        }  # fmt: skip
+        }
         for name, rs in runs.items():
             rates = [r["jobs_per_s"] for r in rs if r["jobs_per_s"]]
             cpu_ms = {
@@ -747,11 +931,9 @@ class Bench:
             # a backlog that keeps the worker busy through the whole profile, and not much longer
             n = max(50, min(20_000, int(rates[name] * (s.profile_s + 2))))
             self.reset(Q_E2E)
-            files = {"main": self.log_dir / f"profile-{name}-worker-main.txt"}
-            files.update({f"child{i}": self.log_dir / f"profile-{name}-worker-child{i}.txt"
-                          for i, _ in enumerate(proc.children())})  # fmt: skip
             pids = {"main": proc.pid, **{f"child{i}": pid for i, pid in enumerate(proc.children())}}
-            with _background(lambda run=run: run(n, s.e2e_cap_s)) as result:
+            files = {k: self.log_dir / f"profile-{name}-worker-{k}.txt" for k in pids}
+            with _background(lambda run=run, n=n: run(n, s.e2e_cap_s)) as result:
                 time.sleep(0.5)  # the backlog is building: the worker is busy
                 spies = [spy(pids[k], s.profile_s, files[k]) for k in files]
                 for sp in spies:
@@ -765,13 +947,10 @@ class Bench:
             merged = self.log_dir / f"profile-{name}-worker-children.txt"
             merged.write_text("".join(p.read_text(errors="replace") for p in child_stacks if p.exists()))
             out[name] = {
-                "children_main_thread": profile_report(
-                    merged, CHILD_RULES, "waiting for / receiving the next task (billiard pool loop)", top=7
-                ),
+                "children_main_thread": profile_report(merged, CHILD_RULES, CHILD_REST, top=8),
                 "main_process": profile_report(
-                    files["main"], PARENT_RULES, "other (celery/kombu event loop bookkeeping)", top=6,
-                    idle_label="idle: event loop waiting in epoll",
-                ),  # fmt: skip
+                    files["main"], PARENT_RULES, PARENT_REST, top=6, idle_label="idle: event loop waiting in epoll"
+                ),
                 "drain_during_profile": {k: drained.get(k) for k in ("completed", "of", "jobs_per_s")},
             }
         self.reset(Q_E2E)
@@ -791,11 +970,16 @@ def _background(fn: Callable[[], Any]) -> Iterator[dict[str, Any]]:
 
 
 def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    """The code measured: HEAD, and the files outside bench/ that differ from it."""
 
-    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/")]
-    return {"head": git("rev-parse", "--short", "HEAD"), "uncommitted_core_files": dirty}
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if len(line) > 3]
+    return {
+        "head": git("rev-parse", "--short", "HEAD").strip(),
+        "uncommitted_files_outside_bench": [f for f in changed if not f.startswith("bench/")],
+    }
 
 
 def main() -> None:
@@ -820,8 +1004,9 @@ def main() -> None:
         bench.setup()
         report["enqueue"] = bench.enqueue()
         if not args.skip_profile:
-            single = report["enqueue"]["medic_single"]["median"]
-            report["profile_enqueue_single"] = bench.profile_enqueue(single)
+            for mode in ("medic_single", "medic_batch"):
+                rate = report["enqueue"][mode]["median"]
+                report[f"profile_enqueue_{mode.removeprefix('medic_')}"] = bench.profile_enqueue(mode, rate)
         report["http"] = bench.http()
         report["end_to_end"] = bench.e2e()
     finally:
@@ -832,29 +1017,37 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
+def _top_lines(section: dict[str, Any] | None, n: int = 4) -> list[str]:
+    """The `n` largest steps of a profile as one line each: share, step, ms/job, dominant kind of work."""
+    lines = []
+    for r in (section or {}).get("by_step", [])[:n]:
+        notes = [f"{r['ms_per_job']} ms/job"] if "ms_per_job" in r else []
+        notes += [f"{share:.0%} {kind}" for kind, share in r.get("of_which", {}).items() if share >= 0.3][:1]
+        lines.append(f"{r['share']:.0%} {r['what']}" + (f" [{'; '.join(notes)}]" if notes else ""))
+    return lines
+
+
 def where_time_goes(report: dict[str, Any]) -> dict[str, Any]:
     """The few largest costs of each profile, in one place."""
-
-    def top(section: dict[str, Any] | None, n: int = 4) -> list[str]:
-        if not section:
-            return []
-        rows = section.get("by_step", [])[:n]
-        return [f"{r['share']:.0%} {r['what']}" + (f" ({r['ms_per_job']} ms/job)" if "ms_per_job" in r else "")
-                for r in rows]  # fmt: skip
-
-    out: dict[str, Any] = {}
-    if "profile_enqueue_single" in report:
-        out["enqueue_single (bench process, wall clock)"] = top(report["profile_enqueue_single"], 6)
-    profiles = report.get("end_to_end", {}).get("profiles", {})
-    for side in ("medic", "plain"):
-        p = profiles.get(side)
-        if p:
-            out[f"end_to_end {side} worker children (wall clock)"] = top(p["children_main_thread"])
-            out[f"end_to_end {side} worker main process (wall clock)"] = top(p["main_process"])
     e2e = report.get("end_to_end", {})
+    profiles = e2e.get("profiles", {})
+    sections: list[tuple[str, dict[str, Any] | None, int]] = [
+        ("enqueue_single (bench process, wall clock)", report.get("profile_enqueue_single"), 6),
+        ("enqueue_batch (bench process, wall clock)", report.get("profile_enqueue_batch"), 5),
+        ("http medic API process (GIL holder)", report.get("http", {}).get("profile_medic_api"), 7),
+    ]
+    for side in ("medic", "plain"):
+        p = profiles.get(side, {})
+        sections.append((f"end_to_end {side} worker children (wall clock)", p.get("children_main_thread"), 4))
+        sections.append((f"end_to_end {side} worker main process (wall clock)", p.get("main_process"), 4))
+    out: dict[str, Any] = {title: _top_lines(section, n) for title, section, n in sections if section}
     for side in ("medic", "plain"):
         if side in e2e:
             out[f"end_to_end {side} CPU ms per job by process group"] = e2e[side]["cpu_ms_per_job_median"]
+    http = report.get("http", {})
+    for side in ("medic", "plain"):
+        if side in http:
+            out[f"http {side} CPU ms per request by process group"] = http[side]["cpu_ms_per_request_median"]
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,28 +142,50 @@ def admit(queue: str, n: int, priority: int) -> Reservation:
     return Reservation(queue, n)
 
 
+_quota_cache: dict[str, tuple[int, float]] = {}
+QUOTA_CACHE_S = 1.0
+
+
+def _queued_count(tenant: str, quota: int) -> int:
+    """The tenant's queued jobs (counted up to quota + 1), cached for a second per process:
+    the count costs in proportion to the backlog (15 ms at 100k queued, measured), and a quota
+    is a guard rail, not a fence."""
+    hit = _quota_cache.get(tenant)
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    with db.connect() as conn:
+        queued = int(
+            conn.scalar(
+                sa.select(sa.func.count()).select_from(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value)
+                    .limit(quota + 1)
+                    .subquery()
+                )
+            )
+            or 0
+        )
+    _quota_cache[tenant] = (queued, time.monotonic() + QUOTA_CACHE_S)
+    return queued
+
+
 def check_tenant_quota(tenant: str, n: int) -> None:
     """Raises:
     TenantQuotaError: the tenant's queued jobs plus `n` would pass its quota.
     """
     s = get_settings()
     quota = s.tenant_queued_quota
-    with db.connect() as conn:
-        queued = conn.scalar(
-            sa.select(sa.func.count()).select_from(
-                sa.select(jobs.c.id)
-                .where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value)
-                .limit(quota + 1)
-                .subquery()
-            )
-        )
-    if (queued or 0) + n > quota:
+    queued = _queued_count(tenant, quota)
+    if queued + n > quota:
         raise TenantQuotaError(
             f"tenant {tenant!r} has {queued} queued jobs; its quota is {quota}",
             queued=queued,
             quota=quota,
             retry_after=min(30, s.retry_after_max_seconds),
         )
+    hit = _quota_cache.get(tenant)
+    if hit is not None:  # count what this process admits until the next real count
+        _quota_cache[tenant] = (hit[0] + n, hit[1])
 
 
 def published_state(queue: str) -> dict[str, Any]:

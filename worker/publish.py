@@ -25,6 +25,7 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+PUBLISH_BATCH = 1000  # messages per Redis pipeline
 BROKER_ERRORS = (KombuOperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -52,30 +53,27 @@ def send(row: Any, producer: Any = None) -> None:
 
 
 def publish(rows: Sequence[Any]) -> list[uuid.UUID]:
-    """Send a delivery for each row; returns the job ids the broker refused."""
+    """Send a delivery for each row, all in one Redis pipeline; returns the job ids refused.
+
+    kombu's `producer.batch()` sends when the block ends, so a broker error refuses the whole
+    batch: every row is marked unpublished and reconcile re-sends it. A message that did land
+    before the error is then stale (new delivery_id) and dropped at the claim.
+    """
     if not rows:
         return []
-    failed: list[Any] = []
     try:
-        with app.producer_or_acquire() as producer:
-            for i, row in enumerate(rows):
-                try:
-                    send(row, producer)
-                except BROKER_ERRORS as exc:
-                    # One refusal means the broker is down: do not pay the retry delay for each row.
-                    log.warning("broker refused %d deliveries: %s", len(rows) - i, exc)
-                    failed = list(rows[i:])
-                    break
+        with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
+            for row in rows:
+                send(row, producer)
+        return []
     except BROKER_ERRORS as exc:
-        log.warning("broker unavailable for %d deliveries: %s", len(rows), exc)
-        failed = list(rows)
-    if failed:
-        try:
-            with db.begin() as conn:
-                ledger.mark_unpublished(conn, [(r.id, r.delivery_id) for r in failed])
-        except LedgerUnavailableError:
-            log.warning("could not mark %d jobs unpublished; reconcile will find them as lost", len(failed))
-    return [r.id for r in failed]
+        log.warning("broker refused %d deliveries: %s", len(rows), exc)
+    try:
+        with db.begin() as conn:
+            ledger.mark_unpublished(conn, [(r.id, r.delivery_id) for r in rows])
+    except LedgerUnavailableError:
+        log.warning("could not mark %d jobs unpublished; reconcile will find them as lost", len(rows))
+    return [r.id for r in rows]
 
 
 def revoke(delivery_ids: Sequence[uuid.UUID], *, signal: str = "SIGKILL") -> None:
