@@ -36,11 +36,17 @@ def record_arrivals(per_queue: Mapping[str, int]) -> None:
         log.debug("arrival counters not updated: %s", exc)
 
 
-def record_drained(queue: str) -> None:
+def record_drained(per_queue: Mapping[str, int]) -> None:
+    """Jobs claimed per queue since the last call (workers flush it with each heartbeat)."""
+    if not per_queue:
+        return
     try:
-        get_redis().incr(keys.queue_counter(queue, DRAINED))
+        pipe = get_redis().pipeline(transaction=False)
+        for queue, n in per_queue.items():
+            pipe.incrby(keys.queue_counter(queue, DRAINED), n)
+        pipe.execute()
     except Exception as exc:  # noqa: BLE001
-        log.debug("drain counter not updated: %s", exc)
+        log.debug("drain counters not updated: %s", exc)
 
 
 def known_queues() -> list[str]:

@@ -26,7 +26,6 @@ from worker.errors import LedgerUnavailableError
 from worker.heartbeat import get_heartbeat
 from worker.ledger import JobRow
 from worker.publish import publish
-from worker.queue_stats import record_drained
 from worker.registry import JobSpec
 from worker.settings import get_settings
 from worker.states import JobState
@@ -93,9 +92,8 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
         log.info("dropping stale or duplicate delivery %s of job %s", delivery_id, job_id)
         return
 
-    record_drained(job.queue)
     heartbeat = get_heartbeat(worker)
-    heartbeat.track(job_id, delivery_id)
+    heartbeat.track(job_id, delivery_id, job.queue)
     try:
         outcome = _run(spec, job)
         after = with_ledger_retry(
