@@ -309,6 +309,31 @@ def republish(conn: Connection, job: JobRow, *, actor: str, reason: str, now: dt
     )
 
 
+def give_up_undeliverable(conn: Connection, job: JobRow, *, actor: str, now: dt.datetime, detail: str) -> JobRow | None:
+    """queued -> dead: its message keeps vanishing (e.g. no worker has its job type registered)."""
+    return transition(
+        conn,
+        job.id,
+        JobState.QUEUED,
+        JobState.DEAD,
+        actor=actor,
+        reason="undeliverable",
+        now=now,
+        where=[jobs.c.delivery_id == job.delivery_id],
+        values={"finished_at": now, "error": {"type": "Undeliverable", "message": detail, "traceback": None}},
+        detail=detail,
+    )
+
+
+def count_events(conn: Connection, job_ids: Sequence[uuid.UUID], reason: str) -> dict[uuid.UUID, int]:
+    rows = conn.execute(
+        sa.select(job_events.c.job_id, sa.func.count())
+        .where(job_events.c.job_id.in_(list(job_ids)), job_events.c.reason == reason)
+        .group_by(job_events.c.job_id)
+    ).all()
+    return {job_id: int(n) for job_id, n in rows}
+
+
 def mark_unpublished(conn: Connection, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> None:
     """The broker refused these deliveries: leave them for the reconcile loop to publish."""
     for job_id, delivery_id in pairs:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     lost_after_seconds: float = Field(
         300.0, gt=0, description="A queued job older than this whose message is not in the broker is re-sent."
     )
+    max_redeliveries: int = Field(
+        5, ge=1, description="A job re-sent this often as lost is dead (undeliverable: no worker knows it?)."
+    )
     retention_days: float = Field(30.0, gt=0, description="Finished jobs and their events are kept this long.")
     control_batch_size: int = Field(500, gt=0, description="Most jobs one control-loop run acts on.")
     reconcile_scan_limit: int = Field(

@@ -19,7 +19,8 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELL
 # from-state -> the states it may move to. `timed_out` is a passing state: the job moves on to
 # `queued` or `dead` in the same transaction, and the reason stays in its events.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.QUEUED}),
+    # queued -> dead: given up, its message could not be delivered however often it was re-sent
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.QUEUED, JobState.DEAD}),
     JobState.RUNNING: frozenset(
         {
             JobState.SUCCEEDED,

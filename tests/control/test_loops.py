@@ -145,6 +145,24 @@ def test_reconcile_resends_only_messages_the_broker_lost() -> None:
     assert _reasons(lost.id)[-1] == "message_lost"
 
 
+def test_a_job_whose_message_keeps_vanishing_ends_dead_not_queued_for_ever() -> None:
+    """E.g. no worker has its job type registered: Celery drops the message every time."""
+    job = _queued(queue="void-q")
+    later = utcnow()
+    for _ in range(get_settings().max_redeliveries):
+        later += seconds(get_settings().lost_after_seconds + 60)
+        assert reconcile_broker(later)["lost"] == 1
+        broker_keys = broker.queue_keys("void-q")
+        get_redis().delete(*broker_keys)  # the message vanishes again
+    later += seconds(get_settings().lost_after_seconds + 60)
+    assert reconcile_broker(later)["lost"] == 0
+    dead = _get(job.id)
+    assert dead.state == JobState.DEAD
+    assert dead.error["type"] == "Undeliverable"
+    assert _reasons(job.id).count("message_lost") == get_settings().max_redeliveries
+    assert _reasons(job.id)[-1] == "undeliverable"
+
+
 def test_prune_deletes_old_finished_jobs_and_their_events_only() -> None:
     old_done = _running()
     with db.begin() as conn:

@@ -27,7 +27,8 @@ def test_timed_out_is_a_passing_state() -> None:
         (JobState.SUCCEEDED, JobState.QUEUED, False),
         (JobState.CANCELLED, JobState.QUEUED, False),
         (JobState.RUNNING, JobState.TIMED_OUT, True),
-        (JobState.QUEUED, JobState.DEAD, False),
+        (JobState.QUEUED, JobState.DEAD, True),  # undeliverable
+        (JobState.SUCCEEDED, JobState.DEAD, False),
     ],
 )
 def test_transition_table(frm: JobState, to: JobState, ok: bool) -> None:

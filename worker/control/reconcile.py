@@ -80,7 +80,20 @@ def lost_messages(now: dt.datetime, limit: int) -> int:
         log.info("reconcile: queues too long to scan for lost messages; skipped")
         return 0
     missing = [r for r in rows if str(r.delivery_id) not in present]
-    return _republish(missing, "message_lost", now) if missing else 0
+    if not missing:
+        return 0
+    with db.begin() as conn:
+        resent = ledger.count_events(conn, [r.id for r in missing], "message_lost")
+        hopeless = [r for r in missing if resent.get(r.id, 0) >= s.max_redeliveries]
+        for row in hopeless:
+            detail = (
+                f"its message was lost {resent[row.id]} times; does any worker consume {row.queue!r} with {row.type!r}?"
+            )
+            log.error("job %s is undeliverable: %s", row.id, detail)
+            ledger.give_up_undeliverable(conn, row, actor=ACTOR, now=now, detail=detail)
+    given_up = {r.id for r in hopeless}
+    retry = [r for r in missing if r.id not in given_up]
+    return _republish(retry, "message_lost", now) if retry else 0
 
 
 def reconcile_broker(now: dt.datetime, *, limit: int | None = None) -> dict[str, int]:
