@@ -168,8 +168,7 @@ def main() -> None:
     try:
         _, url = procs.api("api")
         procs.worker("w", queues=queue, concurrency=1)
-        procs.control()
-        procs.beat()
+        procs.control_plane()
         t0 = time.monotonic()
         threads = [threading.Thread(target=sample, args=(queue, rec, t0, stop))]
         threads += [threading.Thread(target=flood, args=(url, key, queue, rec, t0, args.seconds, stop))

@@ -75,8 +75,7 @@ def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
     procs = Processes(env, log_dir)
     try:
         a = procs.worker("medic-a", queues=QUEUE, concurrency=n)
-        procs.control()
-        procs.beat()
+        procs.control_plane()
         done = enqueue_many([JobRequest("examples.sleep", {"seconds": job_seconds}, queue=QUEUE) for _ in range(n)])
         ids = [d.job.id for d in done]
 

@@ -113,6 +113,10 @@ class Processes:
     def beat(self, name: str = "beat", **env: str) -> Proc:
         return self.start(name, processes.beat_cmd("INFO"), **env)
 
+    def control_plane(self, **env: str) -> tuple[Proc, Proc]:
+        """A control worker and beat: the control loops, running on their schedule."""
+        return self.control(**env), self.beat(**env)
+
     def api(self, name: str = "api", **env: str) -> tuple[Proc, str]:
         port = free_port()
         proc = self.start(name, processes.api_cmd("127.0.0.1", port), **env)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import logging
 import uuid
 from typing import Annotated
 
@@ -23,7 +22,6 @@ from worker.publish import publish, revoke
 from worker.settings import get_settings
 from worker.states import JobState
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Processes, wait_for
-from worker import db, ledger
+from tests.ledger_view import job
 from worker.enqueue import enqueue
 from worker.ledger import JobRow
 
@@ -29,18 +29,6 @@ def cprocs(private_ledger: dict[str, str], tmp_path: Path) -> Iterator[Processes
     p = Processes(private_ledger, tmp_path)
     yield p
     p.stop_all()
-
-
-def job(job_id: uuid.UUID) -> JobRow:
-    with db.connect() as conn:
-        row = ledger.get_job(conn, job_id)
-    assert row is not None
-    return row
-
-
-def reasons(job_id: uuid.UUID) -> list[str]:
-    with db.connect() as conn:
-        return [e.reason for e in ledger.get_events(conn, job_id)]
 
 
 def submit(type_: str, args: dict[str, Any], **options: Any) -> uuid.UUID:

@@ -46,8 +46,7 @@ def test_a_broker_restart_loses_no_queued_job(cprocs: Processes, private_redis: 
     succeed, none twice."""
     env = {"MEDIC_REDIS_URL": private_redis.url}
     cprocs.worker("chaos-broker", queues="chaos5", concurrency=2, **env)
-    cprocs.control(**env)
-    cprocs.beat(**env)
+    cprocs.control_plane(**env)
     tags = [uuid.uuid4().hex for _ in range(200)]
     done = enqueue_many(
         [JobRequest("tests.record", {"tag": t, "seconds": 0.05}, queue="chaos5") for t in tags], tenant="chaos"
@@ -72,8 +71,7 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_is_back(
     env = {"MEDIC_REDIS_URL": private_redis.url}
     _, url = cprocs.api("chaos-api", **env)
     cprocs.worker("chaos-outbox", queues="chaos6", concurrency=2, **env)
-    cprocs.control(**env)
-    cprocs.beat(**env)
+    cprocs.control_plane(**env)
     _, key = make_key()
     private_redis.stop(keep_dir=True)
 

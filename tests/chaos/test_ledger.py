@@ -11,9 +11,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.chaos.conftest import TERMINAL, job, wait_job
+from tests.chaos.conftest import TERMINAL, wait_job
 from tests.conftest import KeyFactory, switched_env
 from tests.harness import PrivatePostgres, Processes, wait_for
+from tests.ledger_view import job
 from tests.testjobs import executions
 from worker import db
 from worker.migrate import upgrade
@@ -38,8 +39,7 @@ def test_a_ledger_restart_mid_run_loses_nothing_and_never_500s(
     env = {"MEDIC_DATABASE_URL": private_pg.url}
     _, url = cprocs.api("chaos-api-pg", **env)
     cprocs.worker("chaos-pg", queues="chaos7", concurrency=2, **env)
-    cprocs.control(**env)
-    cprocs.beat(**env)
+    cprocs.control_plane(**env)
     _, key = make_key()
     accepted: list[str] = []
     statuses: list[int] = []

@@ -7,8 +7,9 @@ import signal
 import time
 import uuid
 
-from tests.chaos.conftest import TERMINAL, job, reasons, submit, wait_job
+from tests.chaos.conftest import TERMINAL, submit, wait_job
 from tests.harness import Processes, wait_for
+from tests.ledger_view import job, reasons
 from tests.testjobs import executions, overlapping
 
 
@@ -25,8 +26,7 @@ def test_sigkill_of_a_whole_worker_reruns_its_job_elsewhere(cprocs: Processes) -
     When A's whole process group is SIGKILLed,
     Then the job is re-run on B and succeeds: attempts 2, a worker_lost event, no overlap."""
     a = cprocs.worker("chaos-a", queues="chaos1", concurrency=1)
-    cprocs.control()
-    cprocs.beat()
+    cprocs.control_plane()
     tag = uuid.uuid4().hex
     job_id = submit("tests.record", {"tag": tag, "seconds": 3}, queue="chaos1", max_attempts=3)
     wait_for(lambda: executions(tag), 30, 0.05, "first execution started")
@@ -49,8 +49,7 @@ def test_sigkill_of_only_the_prefork_child_reruns_the_job(cprocs: Processes) -> 
     """Given a job running in a prefork child, When only that child is SIGKILLed,
     Then the worker reports the loss at once and the job is re-run and succeeds."""
     w = cprocs.worker("chaos-child", queues="chaos2", concurrency=1)
-    cprocs.control()
-    cprocs.beat()
+    cprocs.control_plane()
     tag = uuid.uuid4().hex
     job_id = submit("tests.record", {"tag": tag, "seconds": 3}, queue="chaos2", max_attempts=3)
     first = wait_for(lambda: executions(tag), 30, 0.05, "first execution started")[0]
@@ -70,8 +69,7 @@ def test_sigkill_of_only_the_prefork_child_reruns_the_job(cprocs: Processes) -> 
 def test_a_job_that_always_kills_its_process_is_dead_after_max_attempts(cprocs: Processes) -> None:
     """Given examples.crash with max_attempts 3, When it runs, Then it is dead after exactly 3 attempts."""
     cprocs.worker("chaos-crash", queues="chaos3", concurrency=1)
-    cprocs.control()
-    cprocs.beat()
+    cprocs.control_plane()
     job_id = submit("examples.crash", {}, queue="chaos3", max_attempts=3)
     done = wait_job(job_id, TERMINAL, timeout=60)
     assert done.state == "dead"
@@ -84,8 +82,7 @@ def test_a_hanging_job_is_killed_retried_and_finally_dead(cprocs: Processes) -> 
     """Given examples.hang with timeout 2 s and max_attempts 2, When it runs,
     Then each attempt is timed_out and its process killed, and the job ends dead."""
     cprocs.worker("chaos-hang", queues="chaos4", concurrency=1)
-    cprocs.control()
-    cprocs.beat()
+    cprocs.control_plane()
     job_id = submit("examples.hang", {}, queue="chaos4", timeout=2, max_attempts=2)
     done = wait_job(job_id, TERMINAL, timeout=60)
     assert done.state == "dead"
@@ -101,8 +98,7 @@ def test_a_live_job_far_longer_than_its_lease_is_never_rerun(cprocs: Processes) 
     in plain Celery would have re-delivered it)."""
     env = {"MEDIC_LEASE_SECONDS": "10", "MEDIC_HEARTBEAT_SECONDS": "2", "MEDIC_PRESENCE_TTL_SECONDS": "6"}
     cprocs.worker("chaos-long", queues="chaos11", concurrency=2, **env)
-    cprocs.control(**env)
-    cprocs.beat(**env)
+    cprocs.control_plane(**env)
     tag = uuid.uuid4().hex
     job_id = submit("tests.record", {"tag": tag, "seconds": 60}, queue="chaos11", timeout=120)
     done = wait_job(job_id, TERMINAL, timeout=110)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests import ledger_view
 from worker import broker, control_state, db, keys, ledger, presence
 from worker.clock import seconds, utcnow
 from worker.control.loop import loop_stats, run_loop
@@ -52,26 +53,14 @@ def _running(worker: str = "ghost@nowhere", pid: int = 4242, **row: Any) -> JobR
     return claimed
 
 
-def _get(job_id: uuid.UUID) -> JobRow:
-    with db.connect() as conn:
-        row = ledger.get_job(conn, job_id)
-    assert row is not None
-    return row
-
-
-def _reasons(job_id: uuid.UUID) -> list[str]:
-    with db.connect() as conn:
-        return [e.reason for e in ledger.get_events(conn, job_id)]
-
-
 def test_recover_requeues_a_job_whose_lease_expired_and_worker_is_gone() -> None:
     job = _running(max_attempts=3)
     assert recover_stuck(utcnow()) == {"requeued": 0, "dead": 0, "lease_late": 0}, "lease still valid"
     later = utcnow() + seconds(60)
     assert recover_stuck(later) == {"requeued": 1, "dead": 0, "lease_late": 0}
-    after = _get(job.id)
+    after = ledger_view.job(job.id)
     assert after.state == JobState.QUEUED and after.delivery_id != job.delivery_id
-    assert _reasons(job.id)[-1] == "worker_lost"
+    assert ledger_view.reasons(job.id)[-1] == "worker_lost"
     assert broker.depth(after.queue) == 1, "the new delivery was published"
     assert recover_stuck(later) == {"requeued": 0, "dead": 0, "lease_late": 0}, "acting twice is impossible"
 
@@ -80,20 +69,20 @@ def test_recover_leaves_a_job_whose_worker_is_still_present() -> None:
     job = _running(worker="alive@here", pid=77)
     presence.announce("alive@here", 77, ttl_s=30, jobs=1)
     assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 0, "dead": 0, "lease_late": 1}
-    assert _get(job.id).state == JobState.RUNNING
+    assert ledger_view.job(job.id).state == JobState.RUNNING
 
 
 def test_recover_declares_dead_when_attempts_are_used_up() -> None:
     job = _running(max_attempts=1)
     assert recover_stuck(utcnow() + seconds(60))["dead"] == 1
-    assert _get(job.id).state == JobState.DEAD
+    assert ledger_view.job(job.id).state == JobState.DEAD
 
 
 def test_enforce_timeouts_moves_overdue_jobs_through_timed_out() -> None:
     job = _running(timeout_s=2.0, max_attempts=2)
     assert enforce_timeouts(utcnow()) == {"requeued": 0, "dead": 0}
     assert enforce_timeouts(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0}
-    after = _get(job.id)
+    after = ledger_view.job(job.id)
     assert after.state == JobState.QUEUED and after.attempts == 1
     with db.connect() as conn:
         states = [(e.from_state, e.to_state) for e in ledger.get_events(conn, job.id)][-2:]
@@ -105,7 +94,7 @@ def test_reconcile_publishes_what_the_broker_refused() -> None:
     with db.begin() as conn:
         ledger.mark_unpublished(conn, [(job.id, job.delivery_id)])
     assert reconcile_broker(utcnow())["unpublished"] == 1
-    after = _get(job.id)
+    after = ledger_view.job(job.id)
     assert after.published_at is not None and after.delivery_id != job.delivery_id
     assert broker.depth(job.queue) == 1
 
@@ -115,7 +104,7 @@ def test_a_first_start_is_not_taken_for_a_broker_restart() -> None:
     with db.begin() as conn:
         conn.execute(sa.delete(control_state_table))
     assert reconcile_broker(utcnow() + seconds(1))["after_restart"] == 0
-    assert _get(job.id).delivery_id == job.delivery_id
+    assert ledger_view.job(job.id).delivery_id == job.delivery_id
     assert control_state.get(control_state.BROKER_RUN_ID) == broker.run_id()
 
 
@@ -126,7 +115,7 @@ def test_reconcile_resends_everything_after_a_broker_restart() -> None:
     assert counts["after_restart"] == 2
     while reconcile_broker(utcnow() + seconds(1), limit=2)["after_restart"]:
         pass
-    assert all(_get(j.id).delivery_id != j.delivery_id for j in made)
+    assert all(ledger_view.job(j.id).delivery_id != j.delivery_id for j in made)
     assert control_state.get(control_state.BROKER_RUN_ID) == broker.run_id()
     assert control_state.get(control_state.REPUBLISH_BEFORE) is None
     assert reconcile_broker(utcnow() + seconds(1))["after_restart"] == 0
@@ -140,9 +129,9 @@ def test_reconcile_resends_only_messages_the_broker_lost() -> None:
     lost = _queued(queue="lost-q")  # never sent: its message is nowhere
     much_later = utcnow() + seconds(get_settings().lost_after_seconds + 60)
     assert reconcile_broker(much_later)["lost"] == 1
-    assert _get(kept.id).delivery_id == kept.delivery_id
-    assert _get(lost.id).delivery_id != lost.delivery_id
-    assert _reasons(lost.id)[-1] == "message_lost"
+    assert ledger_view.job(kept.id).delivery_id == kept.delivery_id
+    assert ledger_view.job(lost.id).delivery_id != lost.delivery_id
+    assert ledger_view.reasons(lost.id)[-1] == "message_lost"
 
 
 def test_a_job_whose_message_keeps_vanishing_ends_dead_not_queued_for_ever() -> None:
@@ -156,11 +145,11 @@ def test_a_job_whose_message_keeps_vanishing_ends_dead_not_queued_for_ever() -> 
         get_redis().delete(*broker_keys)  # the message vanishes again
     later += seconds(get_settings().lost_after_seconds + 60)
     assert reconcile_broker(later)["lost"] == 0
-    dead = _get(job.id)
+    dead = ledger_view.job(job.id)
     assert dead.state == JobState.DEAD
     assert dead.error["type"] == "Undeliverable"
-    assert _reasons(job.id).count("message_lost") == get_settings().max_redeliveries
-    assert _reasons(job.id)[-1] == "undeliverable"
+    assert ledger_view.reasons(job.id).count("message_lost") == get_settings().max_redeliveries
+    assert ledger_view.reasons(job.id)[-1] == "undeliverable"
 
 
 def test_prune_deletes_old_finished_jobs_and_their_events_only() -> None:

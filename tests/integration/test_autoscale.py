@@ -47,8 +47,7 @@ def test_celery_scaler_grows_the_pool_to_the_max_and_shrinks_it_after_the_cooldo
     queue = f"scale-{uuid.uuid4().hex[:6]}"
     env = {**SCALE_ENV, "MEDIC_SCALER": "celery"}
     procs.worker("scaled", queues=queue, concurrency=1, **env)
-    procs.control(**env)
-    procs.beat(**env)
+    procs.control_plane(**env)
     scaler = CeleryScaler()
     assert scaler.current(queue) == 1
     enqueue_many([JobRequest("examples.sleep", {"seconds": 1.0}, queue=queue) for _ in range(60)], tenant="scale")

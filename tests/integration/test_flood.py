@@ -77,8 +77,7 @@ def test_a_flood_is_shed_at_the_door_and_nothing_accepted_is_lost(procs: Process
     env = {"MEDIC_QUEUE_WATERMARKS": json.dumps({queue: [HIGH, LOW]})}
     _, url = procs.api("api-flood", **env)
     procs.worker("flood-worker", queues=queue, concurrency=1, **env)
-    procs.control(**env)
-    procs.beat(**env)
+    procs.control_plane(**env)
     _, key = make_key()
     headers = {"Authorization": f"Bearer {key}"}
 
