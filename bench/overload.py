@@ -24,15 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import Processes  # noqa: E402
+from tests.harness import Processes, delete_keys, pg_admin_execute  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 JOB_S = 0.2
 
@@ -188,14 +186,9 @@ def main() -> None:
     finally:
         procs.stop_all()
         db.dispose_engine()
-        engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        engine.dispose()
-        r = redis.Redis.from_url(REDIS_URL)
+        pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         for prefix in (env["MEDIC_KEY_PREFIX"], env["MEDIC_BROKER_KEY_PREFIX"]):
-            for k in r.scan_iter(match=f"{prefix}*", count=1000):
-                r.delete(k)
+            delete_keys(REDIS_URL, prefix)
     plot(rec, wm.high, wm.low, wm.hard, args.plot)
     report = {"bench": "overload", "seconds": args.seconds, "clients": args.clients, "job_seconds": JOB_S}
     report["events_by_reason"] = reasons

@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import Processes, wait_for  # noqa: E402
+from tests.harness import Processes, delete_keys, pg_admin_execute, wait_for  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 QUEUE = "bench-recovery"
 
@@ -41,13 +39,6 @@ def summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     return {"min": round(min(values), 2), "median": round(statistics.median(values), 2), "max": round(max(values), 2)}
-
-
-def _admin(sql: str) -> None:
-    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(sql))
-    engine.dispose()
 
 
 def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
@@ -107,15 +98,9 @@ def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
         from worker.db import dispose_engine
 
         dispose_engine()
-        _admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        _clean(env["MEDIC_KEY_PREFIX"])
-        _clean(env["MEDIC_BROKER_KEY_PREFIX"])
-
-
-def _clean(prefix: str) -> None:
-    r = redis.Redis.from_url(REDIS_URL)
-    for key in r.scan_iter(match=f"{prefix}*", count=1000):
-        r.delete(key)
+        pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        delete_keys(REDIS_URL, env["MEDIC_KEY_PREFIX"])
+        delete_keys(REDIS_URL, env["MEDIC_BROKER_KEY_PREFIX"])
 
 
 def bench_plain(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
@@ -151,7 +136,7 @@ def bench_plain(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
         return result
     finally:
         procs.stop_all()
-        _clean(prefix)
+        delete_keys(REDIS_URL, prefix)
 
 
 def main() -> None:

@@ -50,9 +50,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import Proc, Processes, free_port, wait_for  # noqa: E402
+from tests.harness import Proc, Processes, free_port, pg_admin_execute, wait_for  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HOST = "127.0.0.1"
 Q_ENQUEUE = "bench-tp-enqueue"  # (a): nobody consumes it; emptied before every measurement
@@ -147,15 +146,6 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ resources
-
-
-def _admin(sql: str) -> None:
-    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(sql))
-    finally:
-        engine.dispose()
 
 
 def _delete_prefix(r: redis.Redis, prefix: str) -> int:  # type: ignore[type-arg]
@@ -517,7 +507,7 @@ class Bench:
                 dispose_engine()
             with contextlib.suppress(Exception):
                 self.plain.app.pool.force_close_all()
-            _admin(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            pg_admin_execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
             for prefix in (self.medic_prefix, self.broker_prefix, self.plain_prefix):
                 _delete_prefix(self.r, prefix)
 
@@ -673,32 +663,10 @@ class Bench:
             key = create_key(conn, "bench", frozenset({Scope.SUBMIT}), name="bench-throughput")
         medic_proc, medic_url = self.procs.api("medic-api")
         port = free_port()
-        plain_proc = self.procs.start(
-            "plain-api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.plain_api:app",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-        )
         plain_url = f"http://{HOST}:{port}"
-
-        def plain_up() -> bool:
-            if not plain_proc.alive():
-                return True
-            try:
-                return httpx.get(f"{plain_url}/health/live", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(plain_up, 30, 0.1, "plain api up")
-        assert plain_proc.alive(), plain_proc.log()
+        plain_argv = [sys.executable, "-m", "uvicorn", "bench.plain_api:app", "--host", HOST, "--port", str(port),
+                      "--no-access-log"]  # fmt: skip
+        plain_proc = self.procs.http_server("plain-api", plain_argv, plain_url)
         sides = {
             "medic": (
                 medic_url,

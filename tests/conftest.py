@@ -11,33 +11,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 
-from tests.harness import ROOT, Processes
+from tests.harness import PG_ADMIN_URL, ROOT, Processes, delete_keys, pg_admin_execute
 
 RUN_ID = uuid.uuid4().hex[:10]
-PG_ADMIN_URL = os.environ.get("MEDIC_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("MEDIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 JOB_MODULES = ["worker.examples", "tests.testjobs"]
 
 
 def _database_url(name: str) -> str:
     return str(sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False))
-
-
-def _admin_execute(sql: str) -> None:
-    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(sql))
-    finally:
-        engine.dispose()
-
-
-def _delete_keys(client: redis.Redis, prefix: str) -> None:
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +53,9 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     from worker.db import dispose_engine
 
     dispose_engine()
-    _admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-    client = redis.Redis.from_url(REDIS_URL)
-    _delete_keys(client, env["MEDIC_KEY_PREFIX"])
-    _delete_keys(client, env["MEDIC_BROKER_KEY_PREFIX"])
+    pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    delete_keys(REDIS_URL, env["MEDIC_KEY_PREFIX"])
+    delete_keys(REDIS_URL, env["MEDIC_BROKER_KEY_PREFIX"])
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +147,6 @@ def private_ledger(medic_env: dict[str, str]) -> Iterator[dict[str, str]]:
     upgrade(env["MEDIC_DATABASE_URL"])
     with switched_env(env):
         yield {**medic_env, **env}
-    _admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-    client = redis.Redis.from_url(REDIS_URL)
-    _delete_keys(client, env["MEDIC_KEY_PREFIX"])
-    _delete_keys(client, env["MEDIC_BROKER_KEY_PREFIX"])
+    pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    delete_keys(REDIS_URL, env["MEDIC_KEY_PREFIX"])
+    delete_keys(REDIS_URL, env["MEDIC_BROKER_KEY_PREFIX"])

@@ -15,11 +15,31 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import redis
+import sqlalchemy as sa
 
 from worker import processes
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("MEDIC_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def pg_admin_execute(sql: str) -> None:
+    """Run one statement on the maintenance database (CREATE / DROP DATABASE)."""
+    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(sql))
+    finally:
+        engine.dispose()
+
+
+def delete_keys(redis_url: str, prefix: str) -> None:
+    """Remove every Redis key of one run's prefix."""
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
@@ -98,17 +118,17 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def worker(self, name: str, queues: str = "default", concurrency: int = 2, **env: str) -> Proc:
-        proc = self.start(name, processes.worker_cmd(queues, concurrency, name, "INFO"), **env)
-        wait_for(lambda: "ready." in proc.log() or not proc.alive(), 30, 0.1, f"worker {name} ready")
+    def _celery(self, name: str, argv: list[str], **env: str) -> Proc:
+        proc = self.start(name, argv, **env)
+        wait_for(lambda: "ready." in proc.log() or not proc.alive(), 30, 0.1, f"{name} ready")
         assert proc.alive(), proc.log()
         return proc
 
+    def worker(self, name: str, queues: str = "default", concurrency: int = 2, **env: str) -> Proc:
+        return self._celery(name, processes.worker_cmd(queues, concurrency, name, "INFO"), **env)
+
     def control(self, name: str = "control", **env: str) -> Proc:
-        proc = self.start(name, processes.control_cmd(name, "INFO"), **env)
-        wait_for(lambda: "ready." in proc.log() or not proc.alive(), 30, 0.1, f"control {name} ready")
-        assert proc.alive(), proc.log()
-        return proc
+        return self._celery(name, processes.control_cmd(name, "INFO"), **env)
 
     def beat(self, name: str = "beat", **env: str) -> Proc:
         return self.start(name, processes.beat_cmd("INFO"), **env)
@@ -117,10 +137,9 @@ class Processes:
         """A control worker and beat: the control loops, running on their schedule."""
         return self.control(**env), self.beat(**env)
 
-    def api(self, name: str = "api", **env: str) -> tuple[Proc, str]:
-        port = free_port()
-        proc = self.start(name, processes.api_cmd("127.0.0.1", port), **env)
-        url = f"http://127.0.0.1:{port}"
+    def http_server(self, name: str, argv: list[str], url: str, **env: str) -> Proc:
+        """Start an HTTP server and wait until its /health/live answers."""
+        proc = self.start(name, argv, **env)
 
         def up() -> bool:
             if not proc.alive():
@@ -130,9 +149,14 @@ class Processes:
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, 30, 0.1, "api up")
+        wait_for(up, 30, 0.1, f"{name} up")
         assert proc.alive(), proc.log()
-        return proc, url
+        return proc
+
+    def api(self, name: str = "api", **env: str) -> tuple[Proc, str]:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        return self.http_server(name, processes.api_cmd("127.0.0.1", port), url, **env), url
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):

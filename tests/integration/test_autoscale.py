@@ -13,8 +13,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.conftest import REDIS_URL, _admin_execute, _database_url, _delete_keys, switched_env
-from tests.harness import ROOT, Processes, free_port, wait_for
+from tests.conftest import REDIS_URL, _database_url, switched_env
+from tests.harness import ROOT, Processes, delete_keys, free_port, pg_admin_execute, wait_for
 from worker import db
 from worker.enqueue import JobRequest, enqueue_many
 from worker.models import control_decisions
@@ -99,9 +99,6 @@ def test_process_scaler_under_medic_up_starts_and_stops_workers(medic_env: dict[
             except subprocess.TimeoutExpired:
                 os.killpg(up.pid, signal.SIGKILL)
         log.close()
-        _admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        _delete_keys(client, env["MEDIC_KEY_PREFIX"])
-        _delete_keys(client, env["MEDIC_BROKER_KEY_PREFIX"])
+        pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        delete_keys(REDIS_URL, env["MEDIC_KEY_PREFIX"])
+        delete_keys(REDIS_URL, env["MEDIC_BROKER_KEY_PREFIX"])
