@@ -20,10 +20,11 @@ test: $(STAMP)  ## the whole suite: unit, ledger, integration and chaos
 test-fast: $(STAMP)  ## without the chaos suite
 	$(PY) -m pytest -m "not chaos"
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, mypy strict, the import layers, docs/configuration.md up to date
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -8,9 +8,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header
 
-from api.errors import ForbiddenError, UnauthorizedError
-from worker import apikeys, db
-from worker.apikeys import ApiKey, Scope
+from worker.errors import ForbiddenError, UnauthorizedError
+from worker.ledger import apikeys, db
+from worker.ledger.apikeys import ApiKey, Scope
 from worker.settings import get_settings
 
 _cache: dict[str, tuple[ApiKey, float]] = {}

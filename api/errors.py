@@ -12,10 +12,9 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import metrics
-from worker.admission import QueueFullError, TenantQuotaError
-from worker.db import is_connection_error
 from worker.errors import (
     BrokerUnavailableError,
+    ForbiddenError,
     IdempotencyConflictError,
     InvalidArgsError,
     InvalidTransitionError,
@@ -24,23 +23,16 @@ from worker.errors import (
     MedicError,
     PayloadTooLargeError,
     PermanentError,
+    QueueFullError,
+    RequestTooLargeError,
+    TenantQuotaError,
+    UnauthorizedError,
     UnknownJobTypeError,
 )
+from worker.ledger.db import is_connection_error
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-
-class UnauthorizedError(PermanentError):
-    code = "unauthorized"
-
-
-class ForbiddenError(PermanentError):
-    code = "forbidden"
-
-
-class RequestTooLargeError(PermanentError):
-    code = "request_too_large"
 
 
 STATUS: dict[type[MedicError], int] = {

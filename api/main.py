@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from api import errors, metrics
 from api.limits import BodySizeLimit, InflightLimit
 from api.routes import health, jobs, queues
-from worker.registry import load_job_modules
+from worker.runtime.registry import load_job_modules
 from worker.settings import get_settings
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import sqlalchemy as sa
 from prometheus_client import Counter, Gauge, Histogram
 
-from worker import db
 from worker.errors import LedgerUnavailableError
-from worker.models import jobs
-from worker.states import JobState
+from worker.ledger import db, queries
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +18,12 @@ JOBS_REJECTED = Counter("medic_jobs_rejected_total", "Submissions refused with 4
 JOBS = Gauge("medic_jobs", "Live jobs in the ledger by state and queue", ["state", "queue"])
 LEDGER_UP = Gauge("medic_ledger_up", "1 if the last ledger query of this process succeeded")
 
-LIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
-
 
 def refresh_ledger_gauges() -> None:
     """Counts of live jobs only: an index range, cheap whatever the ledger's size."""
     try:
         with db.connect() as conn:
-            rows = conn.execute(
-                sa.select(jobs.c.state, jobs.c.queue, sa.func.count())
-                .where(jobs.c.state.in_(LIVE_STATES))
-                .group_by(jobs.c.state, jobs.c.queue)
-            ).all()
+            rows = queries.live_counts_by_queue(conn)
     except LedgerUnavailableError as exc:
         LEDGER_UP.set(0)
         log.warning("metrics: ledger unavailable: %s", exc)

@@ -5,7 +5,7 @@ as fast as the API answers for `--seconds`. Prints one JSON object (accepted and
 second, p50/p99 latency of 202 and 429 answers, peak depth vs the high watermark, admission
 transitions) and writes a PNG of depth, watermarks and admission state over time.
 
-    .venv/bin/python bench/overload.py --seconds 30 --plot docs/overload.png
+    .venv/bin/python -m bench.overload --seconds 30 --plot docs/overload.png
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,10 +25,11 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from worker.testing.processes import Processes
+from worker.testing.servers import delete_keys, pg_admin_execute
 
-from tests.harness import Processes, delete_keys, pg_admin_execute  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 JOB_S = 0.2
@@ -65,11 +65,12 @@ def flood(url: str, key: str, queue: str, rec: Recorder, t0: float, seconds: flo
 
 
 def sample(queue: str, rec: Recorder, t0: float, stop: threading.Event) -> None:
-    from worker import admission, broker
+    from worker.broker import inspect
+    from worker.control import admission
 
     while not stop.is_set():
         state = admission.published_state(queue).get("state", "unknown")
-        rec.samples.append((time.monotonic() - t0, broker.depth(queue), state))
+        rec.samples.append((time.monotonic() - t0, inspect.depth(queue), state))
         time.sleep(0.1)
 
 
@@ -150,9 +151,10 @@ def main() -> None:
         "PYTHONPATH": str(ROOT),
     }
     os.environ.update(env)
-    from worker import admission, apikeys, db
-    from worker.celery_app import reconfigure
-    from worker.migrate import upgrade
+    from worker.broker.celery_app import reconfigure
+    from worker.control import admission
+    from worker.ledger import apikeys, db
+    from worker.ledger.migrate import upgrade
     from worker.settings import reset_settings
 
     reset_settings()
@@ -177,7 +179,7 @@ def main() -> None:
         stop.set()
         for t in threads:
             t.join()
-        from worker.models import job_events
+        from worker.ledger.models import job_events
 
         with db.connect() as conn:
             reasons = dict(

@@ -4,7 +4,7 @@ Both sides: a worker A runs N sleeping jobs, a second worker B idles on the same
 process group is SIGKILLed. medic runs on its production defaults (lease 10 s, heartbeat 2 s,
 recover_stuck every 5 s); plain Celery on acks_late + reject_on_worker_lost and its defaults.
 
-    .venv/bin/python bench/recovery.py --jobs 5 --cap 120
+    .venv/bin/python -m bench.recovery --jobs 5 --cap 120
 
 Prints one JSON object. Needs PostgreSQL and Redis on 127.0.0.1 (like the tests).
 """
@@ -26,10 +26,11 @@ from typing import Any
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from worker.testing.processes import Processes, wait_for
+from worker.testing.servers import delete_keys, pg_admin_execute
 
-from tests.harness import Processes, delete_keys, pg_admin_execute, wait_for  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 QUEUE = "bench-recovery"
@@ -54,11 +55,11 @@ def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
         "PYTHONPATH": str(ROOT),
     }
     os.environ.update(env)
-    from worker import db, ledger
-    from worker.celery_app import reconfigure
-    from worker.enqueue import JobRequest, enqueue_many
-    from worker.migrate import upgrade
+    from worker.broker.celery_app import reconfigure
+    from worker.ledger import db, queries
+    from worker.ledger.migrate import upgrade
     from worker.settings import get_settings, reset_settings
+    from worker.submit import JobRequest, enqueue_many
 
     reset_settings()
     reconfigure()
@@ -72,7 +73,7 @@ def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
 
         def rows() -> list[Any]:
             with db.connect() as conn:
-                return [ledger.get_job(conn, i) for i in ids]
+                return [queries.get_job(conn, i) for i in ids]
 
         wait_for(lambda: all(r.state == "running" for r in rows()), 60, 0.05, "all jobs running on A")
         procs.worker("medic-b", queues=QUEUE, concurrency=n)
@@ -95,7 +96,7 @@ def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
         }  # fmt: skip
     finally:
         procs.stop_all()
-        from worker.db import dispose_engine
+        from worker.ledger.db import dispose_engine
 
         dispose_engine()
         pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')

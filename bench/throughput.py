@@ -11,8 +11,8 @@
     (c) (wall clock, I/O waits included), of its API process during (b) (the GIL holder), and the
     CPU each process group spends per job in (b) and (c), summed up in "where_time_goes".
 
-    .venv/bin/python bench/throughput.py            # full run, about 3 minutes on 2 cores
-    .venv/bin/python bench/throughput.py --quick    # tiny sizes, about 25 s: a smoke test
+    .venv/bin/python -m bench.throughput            # full run, about 3 minutes on 2 cores
+    .venv/bin/python -m bench.throughput --quick    # tiny sizes, about 25 s: a smoke test
 
 Sides run alternately (medic, plain, medic, plain), each after a warm-up; the ledger table and
 the queues are emptied before every measurement. Every load loop is bounded in count and time and
@@ -47,10 +47,11 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from worker.testing.processes import Proc, Processes, free_port, wait_for
+from worker.testing.servers import pg_admin_execute
 
-from tests.harness import Proc, Processes, free_port, pg_admin_execute, wait_for  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HOST = "127.0.0.1"
@@ -485,8 +486,8 @@ class Bench:
     # -- setup / teardown
 
     def setup(self) -> None:
-        from worker.celery_app import reconfigure
-        from worker.migrate import upgrade
+        from worker.broker.celery_app import reconfigure
+        from worker.ledger.migrate import upgrade
         from worker.settings import reset_settings
 
         reset_settings()
@@ -502,7 +503,7 @@ class Bench:
             self.procs.stop_all()
         finally:
             with contextlib.suppress(Exception):
-                from worker.db import dispose_engine
+                from worker.ledger.db import dispose_engine
 
                 dispose_engine()
             with contextlib.suppress(Exception):
@@ -517,7 +518,7 @@ class Bench:
 
     def reset(self, *queues: str) -> None:
         """An empty ledger and empty queues before each measurement, so every run starts alike."""
-        from worker import db
+        from worker.ledger import db
 
         with db.begin() as conn:
             conn.execute(sa.text("TRUNCATE jobs CASCADE"))
@@ -530,7 +531,7 @@ class Bench:
     # -- (a) enqueue from Python
 
     def _enqueue_steps(self) -> dict[str, Callable[[], int]]:
-        from worker.enqueue import JobRequest, enqueue, enqueue_many
+        from worker.submit import JobRequest, enqueue, enqueue_many
 
         b = self.sizes.batch_size
         noop = self.plain.plain_noop
@@ -577,8 +578,8 @@ class Bench:
             "unit": "jobs/s",
             "each_run": f"{s.enqueue_s} s or {s.enqueue_cap} jobs, whichever first; empty table and queue",
             "order": f"{s.rounds} rounds of medic_single, plain, medic_batch, plain (plain measured twice per round)",
-            "medic_single": {**single, "call": "worker.enqueue.enqueue('examples.echo', {'message': 'x'})"},
-            "medic_batch": {**batch, "call": f"worker.enqueue.enqueue_many([...{s.batch_size} JobRequests...])"},
+            "medic_single": {**single, "call": "worker.enqueue('examples.echo', {'message': 'x'})"},
+            "medic_batch": {**batch, "call": f"worker.enqueue_many([...{s.batch_size} JobRequests...])"},
             "plain_apply_async": {**plain, "call": "plain.noop.apply_async()"},
             "ratio_single_vs_plain": ratio(single, plain, 0.5),
             "ratio_batch_vs_plain": ratio(batch, plain, 2.0),
@@ -655,8 +656,8 @@ class Bench:
         }
 
     def http(self) -> dict[str, Any]:
-        from worker import db
-        from worker.apikeys import Scope, create_key
+        from worker.ledger import db
+        from worker.ledger.apikeys import Scope, create_key
 
         s = self.sizes
         with db.begin() as conn:
@@ -782,8 +783,8 @@ class Bench:
         return medic, plain
 
     def _medic_e2e(self, n: int, cap_s: float) -> dict[str, Any]:
-        from worker import db
-        from worker.enqueue import JobRequest, enqueue_many
+        from worker.ledger import db
+        from worker.submit import JobRequest, enqueue_many
 
         b = self.sizes.batch_size
         started = time.time()

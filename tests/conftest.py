@@ -13,7 +13,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.harness import PG_ADMIN_URL, ROOT, Processes, delete_keys, pg_admin_execute
+from tests import ROOT
+from worker.testing.processes import Processes
+from worker.testing.servers import PG_ADMIN_URL, delete_keys, pg_admin_execute
 
 RUN_ID = uuid.uuid4().hex[:10]
 REDIS_URL = os.environ.get("MEDIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -39,9 +41,9 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "PYTHONPATH": str(ROOT),
     }
     os.environ.update(env)
-    from worker.celery_app import reconfigure
-    from worker.migrate import upgrade
-    from worker.registry import load_job_modules
+    from worker.broker.celery_app import reconfigure
+    from worker.ledger.migrate import upgrade
+    from worker.runtime.registry import load_job_modules
     from worker.settings import reset_settings
 
     reset_settings()
@@ -50,7 +52,7 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     upgrade(env["MEDIC_DATABASE_URL"])
     yield {**os.environ, **env}
 
-    from worker.db import dispose_engine
+    from worker.ledger.db import dispose_engine
 
     dispose_engine()
     pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
@@ -60,7 +62,7 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
 @pytest.fixture(scope="session")
 def pg_engine(medic_env: dict[str, str]) -> sa.Engine:
-    from worker.db import get_engine
+    from worker.ledger.db import get_engine
 
     return get_engine()
 
@@ -89,7 +91,7 @@ KeyFactory = Callable[..., tuple[str, str]]
 @pytest.fixture
 def make_key(medic_env: dict[str, str]) -> KeyFactory:
     """Create an API key for a fresh tenant: returns (tenant, key)."""
-    from worker import apikeys, db
+    from worker.ledger import apikeys, db
 
     def make(scopes: str = "submit,read,admin", tenant: str | None = None) -> tuple[str, str]:
         tenant = tenant or f"t-{uuid.uuid4().hex[:8]}"
@@ -111,8 +113,8 @@ def client(stack: str, make_key: KeyFactory) -> Iterator[httpx.Client]:
 @contextlib.contextmanager
 def switched_env(overrides: dict[str, str]) -> Iterator[None]:
     """Point this test process at other settings (a database, a Redis, prefixes), then back."""
-    from worker.celery_app import reconfigure
-    from worker.db import dispose_engine
+    from worker.broker.celery_app import reconfigure
+    from worker.ledger.db import dispose_engine
     from worker.settings import reset_settings
 
     saved = {k: os.environ.get(k) for k in overrides}
@@ -142,7 +144,7 @@ def private_ledger(medic_env: dict[str, str]) -> Iterator[dict[str, str]]:
         "MEDIC_KEY_PREFIX": f"mt{RUN_ID}{suffix}:",
         "MEDIC_BROKER_KEY_PREFIX": f"mtb{RUN_ID}{suffix}:",
     }
-    from worker.migrate import upgrade
+    from worker.ledger.migrate import upgrade
 
     upgrade(env["MEDIC_DATABASE_URL"])
     with switched_env(env):

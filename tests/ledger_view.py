@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import uuid
 
-from worker import db, ledger
-from worker.ledger import JobRow
+from worker.ledger import db, queries
+from worker.ledger.models import JobRow
 
 
 def job(job_id: uuid.UUID) -> JobRow:
     with db.connect() as conn:
-        row = ledger.get_job(conn, job_id)
+        row = queries.get_job(conn, job_id)
     assert row is not None
     return row
 
 
 def reasons(job_id: uuid.UUID) -> list[str]:
     with db.connect() as conn:
-        return [e.reason for e in ledger.get_events(conn, job_id)]
+        return [e.reason for e in queries.get_events(conn, job_id)]

@@ -13,7 +13,7 @@ import time
 
 import redis
 
-from worker.registry import job
+from worker.runtime.registry import job
 from worker.settings import get_settings
 
 _clients: dict[tuple[int, str], redis.Redis[str]] = {}

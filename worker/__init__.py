@@ -1,8 +1,33 @@
-"""medic's platform core: settings, the job ledger, the job runtime and the control loops.
+"""medic's platform core, in rooms that import one way (checked by import-linter, `make lint`):
 
-`api` imports this package; nothing here imports `api`.
+    worker.ops      the `medic` command, `medic up` and its supervisor
+    worker.control  the control loops and admission
+    worker.submit   enqueue: validate, commit, publish (the library's and the API's way in)
+    worker.runtime  @job, the task body, heartbeat, worker signals
+    worker.broker   the Celery app, publishing, what the broker holds, Redis keys
+    worker.ledger   tables, the state machine, transitions (writes), queries (reads)
+
+`api` imports this package; nothing here imports `api`. The public surface is
+`from worker import job, enqueue, enqueue_many`.
 """
 
-from worker.registry import job
+from __future__ import annotations
 
-__all__ = ["job"]
+from typing import TYPE_CHECKING, Any
+
+from worker.runtime.registry import job
+
+if TYPE_CHECKING:
+    from worker.submit import enqueue, enqueue_many
+
+__all__ = ["enqueue", "enqueue_many", "job"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: enqueueing pulls in the broker and the ledger, which a process that
+    # only defines jobs (or reads settings) need not import.
+    if name in ("enqueue", "enqueue_many"):
+        from worker import submit as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

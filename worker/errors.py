@@ -65,3 +65,25 @@ class IdempotencyConflictError(PermanentError):
 
 class DuplicateJobNameError(PermanentError):
     code = "duplicate_job_name"
+
+
+class QueueFullError(RetryableError):
+    """A queue is shedding load or would pass its watermark; `retry_after` says when to come back."""
+
+    code = "queue_full"
+
+
+class TenantQuotaError(RetryableError):
+    code = "tenant_quota"
+
+
+class UnauthorizedError(PermanentError):
+    code = "unauthorized"
+
+
+class ForbiddenError(PermanentError):
+    code = "forbidden"
+
+
+class RequestTooLargeError(PermanentError):
+    code = "request_too_large"

@@ -7,7 +7,7 @@ import time
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from worker.registry import job
+from worker.runtime.registry import job
 
 
 @job("examples.echo")

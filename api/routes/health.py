@@ -6,17 +6,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import metrics
-from worker import db, keys
-from worker.celery_app import app as celery_app
+from worker.broker import redis_keys
+from worker.broker.celery_app import app as celery_app
+from worker.broker.redis_client import get_redis
 from worker.control.loop import loop_stats
-from worker.migrate import head_revision
-from worker.redis_client import get_redis
+from worker.ledger import db
+from worker.ledger.migrate import head_revision, revision_of
 
 router = APIRouter(tags=["health"])
 
@@ -29,8 +29,7 @@ def live() -> dict[str, str]:
 
 def _ledger() -> dict[str, Any]:
     with db.connect() as conn:
-        conn.execute(sa.text("SELECT 1"))
-        revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        revision = revision_of(conn)
     head = head_revision()
     return {"ok": revision == head, "revision": revision, "head": head}
 
@@ -47,13 +46,13 @@ def _broker() -> dict[str, Any]:
 
 
 def _workers() -> dict[str, Any]:
-    count = sum(1 for _ in get_redis().scan_iter(match=keys.worker_presence_pattern(), count=500))
+    count = sum(1 for _ in get_redis().scan_iter(match=redis_keys.worker_presence_pattern(), count=500))
     return {"ok": True, "processes_with_heartbeat": count}
 
 
 def _control() -> dict[str, Any]:
     """Beat and the control worker: the beat_alive tick is scheduled by beat, run by the control worker."""
-    tick = get_redis().get(keys.beat_alive())
+    tick = get_redis().get(redis_keys.beat_alive())
     age = round(time.time() - float(tick), 1) if tick else None
     recover = loop_stats("recover_stuck").get("last", {})
     return {"ok": tick is not None, "beat_tick_age_s": age, "recover_stuck_last": recover}

@@ -12,15 +12,16 @@ from fastapi import APIRouter, Header, Query, Response
 from api import metrics
 from api.deps import AdminKey, ReadKey, SubmitKey
 from api.schemas import BatchCreate, BatchPublic, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
-from worker import db, ledger
-from worker.admission import admit_rows, check_tenant_quota
-from worker.apikeys import ApiKey
+from worker.broker.publish import commit_then_publish, revoke_deliveries
 from worker.clock import utcnow
-from worker.enqueue import Enqueued, JobRequest, enqueue_rows, prepare
+from worker.control.admission import admit_rows, check_tenant_quota
 from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
-from worker.publish import publish, revoke
+from worker.ledger import db, queries, transitions
+from worker.ledger.apikeys import ApiKey
+from worker.ledger.models import JobRow
+from worker.ledger.states import JobState
 from worker.settings import get_settings
-from worker.states import JobState
+from worker.submit import Enqueued, JobRequest, enqueue_rows, prepare
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -49,7 +50,7 @@ def _admitted(requests: list[JobRequest], key: ApiKey) -> list[Enqueued]:
             reservation.release()
 
 
-def _count_accepted(rows: list[ledger.JobRow]) -> None:
+def _count_accepted(rows: list[JobRow]) -> None:
     for row in rows:
         metrics.JOBS_ACCEPTED.labels(row.type, row.queue).inc()
 
@@ -108,16 +109,16 @@ def list_jobs(
     """The caller's jobs, newest first, keyset-paginated."""
     before = _decode_cursor(cursor) if cursor else None
     with db.connect() as conn:
-        rows = ledger.list_jobs(
+        rows = queries.list_jobs(
             conn, key.tenant, state=state.value if state else None, type_=type, queue=queue, limit=limit, before=before
         )
     next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
     return JobsPublic(jobs=[JobPublic.of(r) for r in rows], next_cursor=next_cursor)
 
 
-def _owned(job_id: uuid.UUID, tenant: str) -> ledger.JobRow:
+def _owned(job_id: uuid.UUID, tenant: str) -> JobRow:
     with db.connect() as conn:
-        row = ledger.get_job(conn, job_id, tenant)
+        row = queries.get_job(conn, job_id, tenant)
     if row is None:
         raise JobNotFoundError(f"no job {job_id}")
     return row
@@ -133,7 +134,7 @@ def get_events(job_id: uuid.UUID, key: ReadKey) -> EventsPublic:
     """Every state change of the job: who moved it, when, and why."""
     _owned(job_id, key.tenant)
     with db.connect() as conn:
-        events = ledger.get_events(conn, job_id)
+        events = queries.get_events(conn, job_id)
     return EventsPublic(job_id=job_id, events=[EventPublic.model_validate(e._asdict()) for e in events])
 
 
@@ -141,24 +142,24 @@ def get_events(job_id: uuid.UUID, key: ReadKey) -> EventsPublic:
 def cancel_job(job_id: uuid.UUID, key: SubmitKey) -> JobPublic:
     """Cancel a queued or running job; a running one is also terminated on its worker."""
     with db.begin() as conn:
-        done = ledger.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
+        done = transitions.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
     if done is None:
         row = _owned(job_id, key.tenant)
         raise InvalidTransitionError(f"a {row.state} job cannot be cancelled", state=row.state)
     left, row = done
     if left == JobState.RUNNING:
         # SIGTERM lets the job clean up; if it finishes anyway, the fence discards its result.
-        revoke([row.delivery_id], signal="SIGTERM")
+        revoke_deliveries([row.delivery_id], signal="SIGTERM")
     return JobPublic.of(row)
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic, status_code=202)
 def retry_job(job_id: uuid.UUID, key: AdminKey) -> JobPublic:
     """Run a dead job again, with a fresh set of attempts."""
-    with db.begin() as conn:
-        row = ledger.retry_dead(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
+    [row] = commit_then_publish(
+        lambda conn: [transitions.retry_dead(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())]
+    )
     if row is None:
         current = _owned(job_id, key.tenant)
         raise InvalidTransitionError(f"only dead jobs can be retried; this one is {current.state}", state=current.state)
-    publish([row])
     return JobPublic.of(row)

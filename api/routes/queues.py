@@ -7,10 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import ReadKey
-from worker import admission, broker, decisions, keys
-from worker.control.backpressure import ledger_counts
-from worker.queue_stats import current_rates, known_queues
-from worker.redis_client import get_redis
+from worker.broker import inspect, redis_keys
+from worker.broker.counters import known_queues
+from worker.broker.redis_client import get_redis
+from worker.control import admission
+from worker.control.rates import current_rates
+from worker.ledger import db, decisions, queries
 
 router = APIRouter(tags=["queues"])
 
@@ -18,13 +20,15 @@ router = APIRouter(tags=["queues"])
 def queue_report(queue: str) -> dict[str, Any]:
     wm = admission.watermarks(queue)
     published = admission.published_state(queue)
-    scale = get_redis().hgetall(keys.scale(queue))
+    scale = get_redis().hgetall(redis_keys.scale(queue))
     rates = current_rates(queue)
     last = decisions.latest(queue, decisions.SCALE)
+    with db.connect() as conn:
+        counts = queries.live_counts(conn, queue)
     return {
         "queue": queue,
-        "depth": broker.depth(queue),
-        **ledger_counts(queue),
+        "depth": inspect.depth(queue),
+        **counts,
         # the loop's view; "unknown" when it has not published lately (the API then decides alone)
         "admission": published.get("state", "unknown"),
         "high_watermark": wm.high,

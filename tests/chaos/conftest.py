@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Processes, wait_for
 from tests.ledger_view import job
-from worker.enqueue import enqueue
-from worker.ledger import JobRow
+from worker.ledger.models import JobRow
+from worker.submit import enqueue
+from worker.testing.processes import Processes, wait_for
 
 pytestmark = pytest.mark.chaos
 

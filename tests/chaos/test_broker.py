@@ -11,12 +11,12 @@ import sqlalchemy as sa
 
 from tests.chaos.conftest import TERMINAL
 from tests.conftest import KeyFactory, switched_env
-from tests.harness import Processes, wait_for
 from tests.testjobs import executions
-from worker import db
-from worker.enqueue import JobRequest, enqueue_many
-from worker.models import jobs
-from worker.stack import PrivateRedis
+from worker.ledger import db
+from worker.ledger.models import jobs
+from worker.ops.stack import PrivateRedis
+from worker.submit import JobRequest, enqueue_many
+from worker.testing.processes import Processes, wait_for
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import uuid
 
 import sqlalchemy as sa
 
-from tests.harness import Processes, wait_for
-from worker import db, ledger
 from worker.clock import utcnow
 from worker.control.loop import loop_stats
-from worker.enqueue import JobRequest, enqueue_many
-from worker.models import job_events
+from worker.ledger import db, transitions
+from worker.ledger.models import job_events
+from worker.submit import JobRequest, enqueue_many
+from worker.testing.processes import Processes, wait_for
 
 
 def _stuck_jobs(n: int, queue: str) -> list[uuid.UUID]:
@@ -22,7 +22,7 @@ def _stuck_jobs(n: int, queue: str) -> list[uuid.UUID]:
     )
     with db.begin() as conn:
         for d in done:
-            claimed = ledger.claim(
+            claimed = transitions.claim(
                 conn, d.job.id, d.job.delivery_id, worker="gone@nowhere", pid=999_999, now=utcnow(), lease_s=-1
             )
             assert claimed is not None

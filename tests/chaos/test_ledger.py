@@ -13,11 +13,12 @@ import sqlalchemy as sa
 
 from tests.chaos.conftest import TERMINAL, wait_job
 from tests.conftest import KeyFactory, switched_env
-from tests.harness import PrivatePostgres, Processes, wait_for
 from tests.ledger_view import job
 from tests.testjobs import executions
-from worker import db
-from worker.migrate import upgrade
+from worker.ledger import db
+from worker.ledger.migrate import upgrade
+from worker.testing.processes import Processes, wait_for
+from worker.testing.servers import PrivatePostgres
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import time
 import uuid
 
 from tests.chaos.conftest import TERMINAL, submit, wait_job
-from tests.harness import Processes, wait_for
 from tests.ledger_view import job, reasons
 from tests.testjobs import executions, overlapping
+from worker.testing.processes import Processes, wait_for
 
 
 def _alive(pid: int) -> bool:

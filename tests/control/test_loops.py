@@ -10,20 +10,20 @@ import pytest
 import sqlalchemy as sa
 
 from tests import ledger_view
-from worker import broker, control_state, db, keys, ledger, presence
+from worker.broker import inspect, presence, redis_keys
+from worker.broker.redis_client import get_redis
 from worker.clock import seconds, utcnow
 from worker.control.loop import loop_stats, run_loop
 from worker.control.prune import prune
 from worker.control.reconcile import reconcile_broker
 from worker.control.recover import recover_stuck
 from worker.control.timeouts import enforce_timeouts
-from worker.enqueue import JobRequest, build_row
-from worker.ledger import JobRow
-from worker.models import control_state as control_state_table
-from worker.models import job_events, jobs
-from worker.redis_client import get_redis
+from worker.ledger import control_state, db, queries, transitions
+from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.models import control_state as control_state_table
+from worker.ledger.states import JobState
 from worker.settings import get_settings
-from worker.states import JobState
+from worker.submit import JobRequest, build_row
 
 pytestmark = pytest.mark.usefixtures("private_ledger")
 
@@ -34,7 +34,7 @@ def _empty_ledger() -> None:
         conn.execute(sa.delete(job_events))
         conn.execute(sa.delete(jobs))
         conn.execute(sa.delete(control_state_table))
-    control_state.put(control_state.BROKER_RUN_ID, broker.run_id(), now=utcnow())
+    control_state.put(control_state.BROKER_RUN_ID, inspect.run_id(), now=utcnow())
 
 
 def _queued(queue: str | None = None, **row: Any) -> JobRow:
@@ -42,13 +42,13 @@ def _queued(queue: str | None = None, **row: Any) -> JobRow:
     base = build_row(JobRequest("examples.echo", {"message": "x"}, queue=queue or f"q-{uuid.uuid4().hex[:6]}"),
                      tenant="loops", s=get_settings(), now=now)  # fmt: skip
     with db.begin() as conn:
-        return ledger.create_jobs(conn, [{**base, **row}], actor="test", now=now)[0]
+        return transitions.create_jobs(conn, [{**base, **row}], actor="test", now=now)[0]
 
 
 def _running(worker: str = "ghost@nowhere", pid: int = 4242, **row: Any) -> JobRow:
     job = _queued(**row)
     with db.begin() as conn:
-        claimed = ledger.claim(conn, job.id, job.delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=3)
+        claimed = transitions.claim(conn, job.id, job.delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=3)
     assert claimed is not None
     return claimed
 
@@ -61,7 +61,7 @@ def test_recover_requeues_a_job_whose_lease_expired_and_worker_is_gone() -> None
     after = ledger_view.job(job.id)
     assert after.state == JobState.QUEUED and after.delivery_id != job.delivery_id
     assert ledger_view.reasons(job.id)[-1] == "worker_lost"
-    assert broker.depth(after.queue) == 1, "the new delivery was published"
+    assert inspect.depth(after.queue) == 1, "the new delivery was published"
     assert recover_stuck(later) == {"requeued": 0, "dead": 0, "lease_late": 0}, "acting twice is impossible"
 
 
@@ -85,18 +85,18 @@ def test_enforce_timeouts_moves_overdue_jobs_through_timed_out() -> None:
     after = ledger_view.job(job.id)
     assert after.state == JobState.QUEUED and after.attempts == 1
     with db.connect() as conn:
-        states = [(e.from_state, e.to_state) for e in ledger.get_events(conn, job.id)][-2:]
+        states = [(e.from_state, e.to_state) for e in queries.get_events(conn, job.id)][-2:]
     assert states == [("running", "timed_out"), ("timed_out", "queued")]
 
 
 def test_reconcile_publishes_what_the_broker_refused() -> None:
     job = _queued()
     with db.begin() as conn:
-        ledger.mark_unpublished(conn, [(job.id, job.delivery_id)])
+        transitions.mark_unpublished(conn, [(job.id, job.delivery_id)])
     assert reconcile_broker(utcnow())["unpublished"] == 1
     after = ledger_view.job(job.id)
     assert after.published_at is not None and after.delivery_id != job.delivery_id
-    assert broker.depth(job.queue) == 1
+    assert inspect.depth(job.queue) == 1
 
 
 def test_a_first_start_is_not_taken_for_a_broker_restart() -> None:
@@ -105,7 +105,7 @@ def test_a_first_start_is_not_taken_for_a_broker_restart() -> None:
         conn.execute(sa.delete(control_state_table))
     assert reconcile_broker(utcnow() + seconds(1))["after_restart"] == 0
     assert ledger_view.job(job.id).delivery_id == job.delivery_id
-    assert control_state.get(control_state.BROKER_RUN_ID) == broker.run_id()
+    assert control_state.get(control_state.BROKER_RUN_ID) == inspect.run_id()
 
 
 def test_reconcile_resends_everything_after_a_broker_restart() -> None:
@@ -116,13 +116,13 @@ def test_reconcile_resends_everything_after_a_broker_restart() -> None:
     while reconcile_broker(utcnow() + seconds(1), limit=2)["after_restart"]:
         pass
     assert all(ledger_view.job(j.id).delivery_id != j.delivery_id for j in made)
-    assert control_state.get(control_state.BROKER_RUN_ID) == broker.run_id()
+    assert control_state.get(control_state.BROKER_RUN_ID) == inspect.run_id()
     assert control_state.get(control_state.REPUBLISH_BEFORE) is None
     assert reconcile_broker(utcnow() + seconds(1))["after_restart"] == 0
 
 
 def test_reconcile_resends_only_messages_the_broker_lost() -> None:
-    from worker.publish import send
+    from worker.broker.publish import send
 
     kept = _queued(queue="lost-q")
     send(kept)  # its message is in the queue
@@ -141,7 +141,7 @@ def test_a_job_whose_message_keeps_vanishing_ends_dead_not_queued_for_ever() -> 
     for _ in range(get_settings().max_redeliveries):
         later += seconds(get_settings().lost_after_seconds + 60)
         assert reconcile_broker(later)["lost"] == 1
-        broker_keys = broker.queue_keys("void-q")
+        broker_keys = redis_keys.queue_lists("void-q")
         get_redis().delete(*broker_keys)  # the message vanishes again
     later += seconds(get_settings().lost_after_seconds + 60)
     assert reconcile_broker(later)["lost"] == 0
@@ -155,15 +155,15 @@ def test_a_job_whose_message_keeps_vanishing_ends_dead_not_queued_for_ever() -> 
 def test_prune_deletes_old_finished_jobs_and_their_events_only() -> None:
     old_done = _running()
     with db.begin() as conn:
-        ledger.succeed(conn, old_done.id, old_done.delivery_id, 1, actor="t", now=utcnow())
+        transitions.succeed(conn, old_done.id, old_done.delivery_id, 1, actor="t", now=utcnow())
     still_running = _running()
     retention = seconds(get_settings().retention_days * 86400)
     assert prune(utcnow() + retention - dt.timedelta(hours=1))["deleted"] == 0
     assert prune(utcnow() + retention + dt.timedelta(hours=1))["deleted"] == 1
     with db.connect() as conn:
-        assert ledger.get_job(conn, old_done.id) is None
-        assert ledger.get_events(conn, old_done.id) == []
-        assert ledger.get_job(conn, still_running.id) is not None
+        assert queries.get_job(conn, old_done.id) is None
+        assert queries.get_events(conn, old_done.id) == []
+        assert queries.get_job(conn, still_running.id) is not None
 
 
 def test_a_loop_run_is_skipped_while_another_holds_its_lock() -> None:
@@ -173,7 +173,7 @@ def test_a_loop_run_is_skipped_while_another_holds_its_lock() -> None:
         calls.append(now)
         return {"done": 1}
 
-    get_redis().set(keys.control_lock("busy"), "someone-else", px=5000)
+    get_redis().set(redis_keys.control_lock("busy"), "someone-else", px=5000)
     assert run_loop("busy", fn, lock_ttl_s=5) == {"skipped": "another run holds the lock"}
     assert calls == []
     record = run_loop("free", fn, lock_ttl_s=5)

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from worker import ledger
 from worker.clock import utcnow
-from worker.db import make_engine
-from worker.enqueue import JobRequest, build_row
-from worker.ledger import JobRow
-from worker.migrate import upgrade
+from worker.ledger import transitions
+from worker.ledger.db import make_engine
+from worker.ledger.migrate import upgrade
+from worker.ledger.models import JobRow
 from worker.settings import get_settings
+from worker.submit import JobRequest, build_row
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -46,6 +46,6 @@ def new_job(engine: sa.Engine) -> NewJob:
             now=utcnow(),
         )
         with engine.begin() as conn:
-            return ledger.create_jobs(conn, [{**base, **row}], actor="test", now=base["created_at"])[0]
+            return transitions.create_jobs(conn, [{**base, **row}], actor="test", now=base["created_at"])[0]
 
     return make

@@ -10,26 +10,26 @@ import pytest
 import sqlalchemy as sa
 
 from tests.ledger.conftest import NewJob
-from worker import ledger
 from worker.clock import utcnow
 from worker.errors import InvalidTransitionError
-from worker.models import job_events, jobs
-from worker.states import JobState
+from worker.ledger import queries, transitions
+from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.states import JobState
 
 LEASE = 10.0
 CAP = 300.0
 
 
-def _claim(engine: sa.Engine, job: ledger.JobRow, delivery: uuid.UUID | None = None) -> ledger.JobRow | None:
+def _claim(engine: sa.Engine, job: JobRow, delivery: uuid.UUID | None = None) -> JobRow | None:
     with engine.begin() as conn:
-        return ledger.claim(
+        return transitions.claim(
             conn, job.id, delivery or job.delivery_id, worker="w@test", pid=1, now=utcnow(), lease_s=LEASE
         )
 
 
 def _events(engine: sa.Engine, job_id: uuid.UUID) -> list[tuple[str | None, str, str]]:
     with engine.connect() as conn:
-        return [(e.from_state, e.to_state, e.reason) for e in ledger.get_events(conn, job_id)]
+        return [(e.from_state, e.to_state, e.reason) for e in queries.get_events(conn, job_id)]
 
 
 def test_created_job_is_queued_with_an_event(engine: sa.Engine, new_job: NewJob) -> None:
@@ -54,13 +54,13 @@ def test_claim_needs_the_current_delivery_and_happens_once(engine: sa.Engine, ne
 def test_transition_refuses_what_the_state_machine_forbids(engine: sa.Engine, new_job: NewJob) -> None:
     job = new_job()
     with engine.begin() as conn, pytest.raises(InvalidTransitionError):
-        ledger.transition(conn, job.id, JobState.QUEUED, JobState.SUCCEEDED, actor="t", reason="r", now=utcnow())
+        transitions.transition(conn, job.id, JobState.QUEUED, JobState.SUCCEEDED, actor="t", reason="r", now=utcnow())
 
 
 def test_transition_from_the_wrong_state_changes_nothing(engine: sa.Engine, new_job: NewJob) -> None:
     job = new_job()
     with engine.begin() as conn:
-        assert ledger.succeed(conn, job.id, job.delivery_id, 1, actor="t", now=utcnow()) is None
+        assert transitions.succeed(conn, job.id, job.delivery_id, 1, actor="t", now=utcnow()) is None
     assert _events(engine, job.id) == [(None, "queued", "enqueued")]
 
 
@@ -72,7 +72,7 @@ def test_failure_with_attempts_left_requeues_with_backoff_and_a_new_delivery(
     assert running is not None
     now = utcnow()
     with engine.begin() as conn:
-        after = ledger.give_back(
+        after = transitions.give_back(
             conn, running, reason="error", actor="t", now=now, max_backoff_s=CAP, error={"type": "E"}
         )
     assert after is not None
@@ -85,7 +85,7 @@ def test_failure_with_attempts_left_requeues_with_backoff_and_a_new_delivery(
     again = _claim(engine, after)
     assert again is not None and again.attempts == 2
     with engine.begin() as conn:
-        final = ledger.give_back(conn, again, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP)
+        final = transitions.give_back(conn, again, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP)
     assert final is not None and final.state == JobState.DEAD
     assert final.finished_at is not None
 
@@ -95,15 +95,15 @@ def test_a_late_report_of_an_old_delivery_changes_nothing(engine: sa.Engine, new
     first = _claim(engine, job)
     assert first is not None
     with engine.begin() as conn:
-        requeued = ledger.give_back(conn, first, reason="worker_lost", actor="t", now=utcnow(), max_backoff_s=CAP)
+        requeued = transitions.give_back(conn, first, reason="worker_lost", actor="t", now=utcnow(), max_backoff_s=CAP)
     assert requeued is not None
     second = _claim(engine, requeued)
     assert second is not None
     with engine.begin() as conn:  # the first delivery reports again, late
-        assert ledger.give_back(conn, first, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP) is None
-        assert ledger.succeed(conn, job.id, first.delivery_id, "late", actor="t", now=utcnow()) is None
+        assert transitions.give_back(conn, first, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP) is None
+        assert transitions.succeed(conn, job.id, first.delivery_id, "late", actor="t", now=utcnow()) is None
     with engine.connect() as conn:
-        current = ledger.get_job(conn, job.id)
+        current = queries.get_job(conn, job.id)
     assert current is not None and current.state == JobState.RUNNING and current.delivery_id == second.delivery_id
 
 
@@ -112,7 +112,7 @@ def test_time_out_passes_through_timed_out(engine: sa.Engine, new_job: NewJob) -
     running = _claim(engine, job)
     assert running is not None
     with engine.begin() as conn:
-        after = ledger.time_out(conn, running, actor="t", now=utcnow(), max_backoff_s=CAP, detail="too slow")
+        after = transitions.time_out(conn, running, actor="t", now=utcnow(), max_backoff_s=CAP, detail="too slow")
     assert after is not None and after.state == JobState.DEAD
     assert _events(engine, job.id)[-2:] == [("running", "timed_out", "timeout"), ("timed_out", "dead", "timeout")]
 
@@ -120,19 +120,19 @@ def test_time_out_passes_through_timed_out(engine: sa.Engine, new_job: NewJob) -
 def test_cancel_is_tenant_scoped_and_only_for_live_jobs(engine: sa.Engine, new_job: NewJob) -> None:
     job = new_job(tenant="a")
     with engine.begin() as conn:
-        assert ledger.cancel(conn, job.id, "b", actor="t", now=utcnow()) is None
-        done = ledger.cancel(conn, job.id, "a", actor="t", now=utcnow())
+        assert transitions.cancel(conn, job.id, "b", actor="t", now=utcnow()) is None
+        done = transitions.cancel(conn, job.id, "a", actor="t", now=utcnow())
     assert done is not None and done[0] == JobState.QUEUED and done[1].state == JobState.CANCELLED
     with engine.begin() as conn:
-        assert ledger.cancel(conn, job.id, "a", actor="t", now=utcnow()) is None
+        assert transitions.cancel(conn, job.id, "a", actor="t", now=utcnow()) is None
 
     running = _claim(engine, new_job(tenant="a"))
     assert running is not None
     with engine.begin() as conn:
-        done = ledger.cancel(conn, running.id, "a", actor="t", now=utcnow())
+        done = transitions.cancel(conn, running.id, "a", actor="t", now=utcnow())
     assert done is not None and done[0] == JobState.RUNNING
     with engine.begin() as conn:  # the worker's result arrives after the cancel: discarded
-        assert ledger.succeed(conn, running.id, running.delivery_id, 1, actor="t", now=utcnow()) is None
+        assert transitions.succeed(conn, running.id, running.delivery_id, 1, actor="t", now=utcnow()) is None
 
 
 def test_manual_retry_of_a_dead_job_gives_fresh_attempts(engine: sa.Engine, new_job: NewJob) -> None:
@@ -140,9 +140,9 @@ def test_manual_retry_of_a_dead_job_gives_fresh_attempts(engine: sa.Engine, new_
     running = _claim(engine, job)
     assert running is not None
     with engine.begin() as conn:
-        ledger.give_back(conn, running, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP)
-        assert ledger.retry_dead(conn, job.id, "someone-else", actor="t", now=utcnow()) is None
-        again = ledger.retry_dead(conn, job.id, "ledger-tests", actor="t", now=utcnow())
+        transitions.give_back(conn, running, reason="error", actor="t", now=utcnow(), max_backoff_s=CAP)
+        assert transitions.retry_dead(conn, job.id, "someone-else", actor="t", now=utcnow()) is None
+        again = transitions.retry_dead(conn, job.id, "ledger-tests", actor="t", now=utcnow())
     assert again is not None and again.state == JobState.QUEUED and again.attempts == 0
     assert again.delivery_id != running.delivery_id
     assert _events(engine, job.id)[-1] == ("dead", "queued", "manual_retry")
@@ -154,9 +154,9 @@ def test_leases_extend_only_for_the_delivery_held(engine: sa.Engine, new_job: Ne
     assert running is not None
     later = utcnow() + dt.timedelta(seconds=30)
     with engine.begin() as conn:
-        assert ledger.extend_leases(conn, {job.id: uuid.uuid4()}, now=later, lease_s=LEASE) == 0
-        assert ledger.extend_leases(conn, {job.id: running.delivery_id}, now=later, lease_s=LEASE) == 1
-        row = ledger.get_job(conn, job.id)
+        assert transitions.extend_leases(conn, {job.id: uuid.uuid4()}, now=later, lease_s=LEASE) == 0
+        assert transitions.extend_leases(conn, {job.id: running.delivery_id}, now=later, lease_s=LEASE) == 1
+        row = queries.get_job(conn, job.id)
     assert row is not None and row.lease_expires_at == later + dt.timedelta(seconds=LEASE)
 
 
@@ -165,8 +165,8 @@ def test_idempotent_create_returns_none_for_a_repeat(engine: sa.Engine, new_job:
     row = {c.name: getattr(first, c.name) for c in jobs.c if c.name != "state"}
     row.update(id=uuid.uuid4(), delivery_id=uuid.uuid4())
     with engine.begin() as conn:
-        assert ledger.create_job_once(conn, row, actor="t", now=utcnow()) is None
-        found = ledger.find_by_idempotency_key(conn, "ledger-tests", "k1")
+        assert transitions.create_job_once(conn, row, actor="t", now=utcnow()) is None
+        found = queries.find_by_idempotency_key(conn, "ledger-tests", "k1")
         count = conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.idempotency_key == "k1"))
     assert found is not None and found.id == first.id
     assert count == 1
@@ -179,7 +179,7 @@ def test_keyset_pagination_walks_every_job_once(engine: sa.Engine, new_job: NewJ
     before = None
     with engine.connect() as conn:
         while True:
-            page = ledger.list_jobs(conn, tenant, limit=3, before=before)
+            page = queries.list_jobs(conn, tenant, limit=3, before=before)
             seen += [r.id for r in page]
             if len(page) < 3:
                 break
@@ -199,7 +199,7 @@ def test_events_are_deleted_with_their_job(engine: sa.Engine, new_job: NewJob) -
 def test_concurrent_claims_of_one_delivery_have_one_winner(engine: sa.Engine, new_job: NewJob) -> None:
     """Ten threads race to claim the same delivery: exactly one gets it."""
     job = new_job()
-    wins: list[ledger.JobRow] = []
+    wins: list[JobRow] = []
     barrier = threading.Barrier(10)
 
     def race() -> None:

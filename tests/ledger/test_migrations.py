@@ -6,8 +6,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from worker.migrate import head_revision
-from worker.models import metadata
+from worker.ledger.migrate import head_revision
+from worker.ledger.models import metadata
 
 
 def test_migrations_match_the_models(engine: sa.Engine) -> None:

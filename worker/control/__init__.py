@@ -1,2 +1,3 @@
-"""Control loops: plain functions over the ledger and the broker, wrapped as Celery tasks in
-`worker.control.tasks` and scheduled by `beat_schedule.py`."""
+"""The control plane: loops that are plain functions of `now` over the ledger and the broker
+(recover, timeouts, reconcile, backpressure, autoscale, prune), wrapped as Celery tasks in `tasks`
+and scheduled by `schedule`; and admission, the API's side of backpressure."""

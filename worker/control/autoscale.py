@@ -8,11 +8,12 @@ import logging
 import time
 from dataclasses import asdict
 
-from worker import broker, decisions, keys
-from worker.control.backpressure import ledger_counts
-from worker.queue_stats import current_rates, known_queues
-from worker.redis_client import get_redis
-from worker.scaling import ScaleInputs, desired_slots, get_scaler, scalable
+from worker.broker import inspect, redis_keys
+from worker.broker.counters import known_queues
+from worker.broker.redis_client import get_redis
+from worker.control.rates import current_rates
+from worker.control.scalers import ScaleInputs, desired_slots, get_scaler, scalable
+from worker.ledger import db, decisions, queries
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,18 @@ def autoscale(now: dt.datetime) -> dict[str, int]:
     counts = {"queues": 0, "up": 0, "down": 0, "held": 0}
     r = get_redis()
     for queue in filter(scalable, known_queues()):
-        state = r.hgetall(keys.scale(queue))
+        state = r.hgetall(redis_keys.scale(queue))
         changed_at = float(state["changed_at"]) if "changed_at" in state else None
         if changed_at is not None and now.timestamp() - changed_at < SETTLE_S:
             continue
         rates = current_rates(queue)
+        with db.connect() as conn:
+            running = queries.live_counts(conn, queue)["running"]
         inputs = ScaleInputs(
-            depth=broker.depth(queue),
+            depth=inspect.depth(queue),
             arrival=rates.arrival,
             drain=rates.drain,
-            running=ledger_counts(queue)["running"],
+            running=running,
             current=scaler.current(queue),
             min_slots=s.min_concurrency,
             max_slots=s.max_concurrency,
@@ -66,5 +69,5 @@ def autoscale(now: dt.datetime) -> dict[str, int]:
         elif "held by cooldown" in why and "held by cooldown" not in state.get("why", ""):
             counts["held"] += 1
             decisions.record(decisions.SCALE, queue, f"hold at {desired}: {why}", asdict(inputs), now=now)
-        r.hset(keys.scale(queue), mapping=record)  # type: ignore[arg-type]
+        r.hset(redis_keys.scale(queue), mapping=record)  # type: ignore[arg-type]
     return counts

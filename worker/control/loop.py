@@ -15,39 +15,37 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from worker import keys
+from worker.broker import redis_keys
+from worker.broker.redis_client import get_redis
+from worker.broker.scripts import run_script
 from worker.clock import utcnow
-from worker.ledger import JobRow
-from worker.redis_client import get_redis
-from worker.states import JobState
+from worker.ledger.models import JobRow
+from worker.ledger.states import JobState
 
 log = logging.getLogger(__name__)
 
 LoopFn = Callable[[dt.datetime], dict[str, int]]
-
-# Release the lock only if we still own it (it may have expired and been taken by another run).
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
 def run_loop(name: str, fn: LoopFn, *, lock_ttl_s: float) -> dict[str, Any]:
     """Run `fn` once if no other run of `name` holds the lock; returns what it did."""
     r = get_redis()
     token = uuid.uuid4().hex
-    if not r.set(keys.control_lock(name), token, nx=True, px=max(1, int(lock_ttl_s * 1000))):
+    if not r.set(redis_keys.control_lock(name), token, nx=True, px=max(1, int(lock_ttl_s * 1000))):
         return {"skipped": "another run holds the lock"}
     started = time.monotonic()
     try:
         counts = fn(utcnow())
     finally:
-        r.eval(_RELEASE, 1, keys.control_lock(name), token)  # type: ignore[no-untyped-call]
+        run_script("release_lock", [redis_keys.control_lock(name)], [token])
     elapsed = round(time.monotonic() - started, 4)
     record = {"at": time.time(), "seconds": elapsed, **counts}
     pipe = r.pipeline(transaction=False)
-    pipe.hset(keys.control_stats(name), mapping={"last": json.dumps(record)})
-    pipe.hincrby(keys.control_stats(name), "runs", 1)
+    pipe.hset(redis_keys.control_stats(name), mapping={"last": json.dumps(record)})
+    pipe.hincrby(redis_keys.control_stats(name), "runs", 1)
     for counter, value in counts.items():
         if value:
-            pipe.hincrby(keys.control_stats(name), f"total:{counter}", value)
+            pipe.hincrby(redis_keys.control_stats(name), f"total:{counter}", value)
     pipe.execute()
     if any(counts.values()):
         log.info("%s: %s", name, counts)
@@ -55,15 +53,17 @@ def run_loop(name: str, fn: LoopFn, *, lock_ttl_s: float) -> dict[str, Any]:
 
 
 def loop_stats(name: str) -> dict[str, Any]:
-    raw = get_redis().hgetall(keys.control_stats(name))
+    raw = get_redis().hgetall(redis_keys.control_stats(name))
     stats: dict[str, Any] = {k: int(v) for k, v in raw.items() if k != "last"}
     if "last" in raw:
         stats["last"] = json.loads(raw["last"])
     return stats
 
 
-def sort_outcomes(after: Iterable[JobRow | None]) -> tuple[list[JobRow], dict[str, int]]:
-    """Jobs a loop gave back: those requeued (to publish) and the counts of requeued and dead."""
+def sort_outcomes(after: Iterable[JobRow | None]) -> dict[str, int]:
+    """How many jobs a loop gave back ended `queued` (to run again) and `dead`."""
     done = [row for row in after if row is not None]
-    requeued = [row for row in done if row.state == JobState.QUEUED]
-    return requeued, {"requeued": len(requeued), "dead": sum(row.state == JobState.DEAD for row in done)}
+    return {
+        "requeued": sum(row.state == JobState.QUEUED for row in done),
+        "dead": sum(row.state == JobState.DEAD for row in done),
+    }

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-import sqlalchemy as sa
-
-from worker import db, decisions
 from worker.clock import seconds
-from worker.models import job_events, jobs
+from worker.ledger import db, decisions, queries, transitions
 from worker.settings import get_settings
-from worker.states import TERMINAL_STATES
 
 MAX_BATCHES_PER_RUN = 20
 
@@ -21,17 +17,10 @@ def prune(now: dt.datetime, *, batch: int = 1000) -> dict[str, int]:
     deleted = 0
     for _ in range(MAX_BATCHES_PER_RUN):
         with db.begin() as conn:
-            ids = list(
-                conn.scalars(
-                    sa.select(jobs.c.id)
-                    .where(jobs.c.state.in_([s.value for s in TERMINAL_STATES]), jobs.c.finished_at < cutoff)
-                    .limit(batch)
-                )
-            )
+            ids = queries.finished_before(conn, cutoff, batch)
             if not ids:
                 break
-            conn.execute(sa.delete(job_events).where(job_events.c.job_id.in_(ids)))
-            conn.execute(sa.delete(jobs).where(jobs.c.id.in_(ids)))
+            transitions.delete_jobs(conn, ids)
             deleted += len(ids)
         if len(ids) < batch:
             break

@@ -9,42 +9,29 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-import sqlalchemy as sa
-
-from worker import broker, control_state, db, ledger
+from worker.broker import inspect
+from worker.broker.publish import commit_then_publish
 from worker.clock import seconds
-from worker.ledger import JobRow
-from worker.models import jobs
-from worker.publish import publish
+from worker.ledger import control_state, db, queries, transitions
+from worker.ledger.models import JobRow
 from worker.settings import get_settings
-from worker.states import JobState
 
 log = logging.getLogger(__name__)
 ACTOR = "control:reconcile_broker"
-QUEUED = jobs.c.state == JobState.QUEUED.value
 
 
 def _republish(rows: list[JobRow], reason: str, now: dt.datetime) -> int:
-    fresh: list[JobRow] = []
-    with db.begin() as conn:
-        for row in rows:
-            after = ledger.republish(conn, row, actor=ACTOR, reason=reason, now=now)
-            if after is not None:
-                fresh.append(after)
-    publish(fresh)
-    return len(fresh)
-
-
-def _select(where: sa.ColumnElement[bool], limit: int) -> list[JobRow]:
-    with db.connect() as conn:
-        return list(conn.execute(sa.select(jobs).where(QUEUED, where).order_by(jobs.c.created_at).limit(limit)))
+    after = commit_then_publish(
+        lambda conn: [transitions.republish(conn, row, actor=ACTOR, reason=reason, now=now) for row in rows]
+    )
+    return sum(row is not None for row in after)
 
 
 def after_broker_restart(now: dt.datetime, limit: int) -> int:
     """The Redis run_id differs from the one the ledger remembers: the broker restarted, and
     every message published before now may be lost. Re-send those jobs, `limit` per run, until
     none is left. The very first run only records the run_id (a fresh start is no restart)."""
-    current = broker.run_id()
+    current = inspect.run_id()
     seen = control_state.get(control_state.BROKER_RUN_ID)
     if seen != current:
         if seen is not None:
@@ -54,7 +41,8 @@ def after_broker_restart(now: dt.datetime, limit: int) -> int:
     marker = control_state.get(control_state.REPUBLISH_BEFORE)
     if marker is None:
         return 0
-    rows = _select(jobs.c.published_at < dt.datetime.fromisoformat(marker), limit)
+    with db.connect() as conn:
+        rows = queries.published_before(conn, dt.datetime.fromisoformat(marker), limit)
     if len(rows) < limit:
         control_state.delete(control_state.REPUBLISH_BEFORE)
     return _republish(rows, "broker_restarted", now) if rows else 0
@@ -62,7 +50,8 @@ def after_broker_restart(now: dt.datetime, limit: int) -> int:
 
 def never_published(now: dt.datetime, limit: int) -> int:
     """Jobs whose publish the broker refused (published_at cleared by the outbox)."""
-    rows = _select(jobs.c.published_at.is_(None), limit)
+    with db.connect() as conn:
+        rows = queries.unpublished(conn, limit)
     return _republish(rows, "unpublished", now) if rows else 0
 
 
@@ -70,12 +59,11 @@ def lost_messages(now: dt.datetime, limit: int) -> int:
     """Jobs queued for long whose message is in no queue and in no worker's prefetch."""
     s = get_settings()
     cutoff = now - seconds(s.lost_after_seconds)
-    rows = _select(
-        sa.and_(jobs.c.published_at < cutoff, sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before < cutoff)), limit
-    )
+    with db.connect() as conn:
+        rows = queries.queued_since_before(conn, cutoff, limit)
     if not rows:
         return 0
-    present = broker.delivery_ids({r.queue for r in rows}, s.reconcile_scan_limit)
+    present = inspect.delivery_ids({r.queue for r in rows}, s.reconcile_scan_limit)
     if present is None:
         log.info("reconcile: queues too long to scan for lost messages; skipped")
         return 0
@@ -83,14 +71,14 @@ def lost_messages(now: dt.datetime, limit: int) -> int:
     if not missing:
         return 0
     with db.begin() as conn:
-        resent = ledger.count_events(conn, [r.id for r in missing], "message_lost")
+        resent = queries.count_events(conn, [r.id for r in missing], "message_lost")
         hopeless = [r for r in missing if resent.get(r.id, 0) >= s.max_redeliveries]
         for row in hopeless:
             detail = (
                 f"its message was lost {resent[row.id]} times; does any worker consume {row.queue!r} with {row.type!r}?"
             )
             log.error("job %s is undeliverable: %s", row.id, detail)
-            ledger.give_up_undeliverable(conn, row, actor=ACTOR, now=now, detail=detail)
+            transitions.give_up_undeliverable(conn, row, actor=ACTOR, now=now, detail=detail)
     given_up = {r.id for r in hopeless}
     retry = [r for r in missing if r.id not in given_up]
     return _republish(retry, "message_lost", now) if retry else 0

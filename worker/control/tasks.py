@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from worker import keys
-from worker.celery_app import app
+from worker.broker import redis_keys
+from worker.broker.celery_app import app
+from worker.broker.redis_client import get_redis
+from worker.control import schedule
 from worker.control.autoscale import autoscale
 from worker.control.backpressure import apply_backpressure
 from worker.control.loop import LoopFn, run_loop
@@ -14,10 +16,10 @@ from worker.control.prune import prune
 from worker.control.reconcile import reconcile_broker
 from worker.control.recover import recover_stuck
 from worker.control.timeouts import enforce_timeouts
-from worker.redis_client import get_redis
 from worker.settings import get_settings
 
 MIN_LOCK_TTL_S = 10.0
+schedule.install(app)
 
 
 def _run(name: str, fn: LoopFn, period_s: float) -> dict[str, Any]:
@@ -59,4 +61,4 @@ def prune_task() -> dict[str, Any]:
 def beat_alive() -> None:
     """Proves beat schedules and the control worker consumes: health reads this key's age."""
     s = get_settings()
-    get_redis().set(keys.beat_alive(), str(time.time()), ex=max(1, int(s.beat_alive_seconds * 4)))
+    get_redis().set(redis_keys.beat_alive(), str(time.time()), ex=max(1, int(s.beat_alive_seconds * 4)))

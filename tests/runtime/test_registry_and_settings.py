@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from worker.errors import InvalidArgsError, UnknownJobTypeError
+from worker.runtime.registry import get_spec, job
+from worker.settings import Settings
+
+
+def test_unknown_type_is_refused() -> None:
+    with pytest.raises(UnknownJobTypeError):
+        get_spec("examples.nope")
+
+
+def test_args_are_checked_against_the_signature() -> None:
+    import tests.testjobs  # noqa: F401 - registers tests.typed
+
+    spec = get_spec("tests.typed")
+    assert spec.validate({"count": "3"}) == {"count": 3, "ratio": 1.0, "labels": None}
+    for bad in ({}, {"count": "x"}, {"count": 1, "extra": True}, {"count": 1, "labels": "notalist"}):
+        with pytest.raises(InvalidArgsError) as info:
+            spec.validate(bad)
+        assert info.value.details["problems"], bad
+
+
+def test_stored_args_come_back_typed() -> None:
+    spec = get_spec("tests.typed")
+    assert spec.load({"count": 2, "labels": ["a"]}) == {"count": 2, "ratio": 1.0, "labels": ["a"]}
+
+
+def test_job_decorator_keeps_the_function_callable() -> None:
+    @job("tests.unit.add")
+    def add(a: int, b: int = 1) -> int:
+        return a + b
+
+    assert add(1, 2) == 3
+    assert get_spec("tests.unit.add").validate({"a": 1}) == {"a": 1, "b": 1}
+
+
+def test_fast_profile_changes_defaults_but_not_explicit_values() -> None:
+    fast = Settings(profile="fast", lease_seconds=9)
+    assert fast.lease_seconds == 9
+    assert fast.heartbeat_seconds == 0.5
+    assert Settings(profile="production").lease_seconds == 10.0
+
+
+def test_placeholder_flower_password_is_refused() -> None:
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings(flower_password="changeme")

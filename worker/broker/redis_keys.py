@@ -1,0 +1,87 @@
+"""Every Redis key medic writes or reads, in one place: medic's own (all under
+``settings.key_prefix``) and kombu's layout of the broker (under ``settings.broker_key_prefix``,
+kombu's ``global_keyprefix``).
+
+kombu's Redis transport keeps queue `Q` in the list `Q` and its priority sub-queues in
+`Q\\x06\\x163`, `Q\\x06\\x166`, `Q\\x06\\x169`; prefetched but unacknowledged messages in the hash
+`unacked` (one for the whole DB).
+"""
+
+from __future__ import annotations
+
+from worker.settings import get_settings
+
+
+def _p() -> str:
+    return get_settings().key_prefix
+
+
+def worker_presence(worker: str, pid: int) -> str:
+    """TTL'd key that says a worker process is alive; recovery asks it before taking a job."""
+    return f"{_p()}worker:{worker}:{pid}"
+
+
+def worker_presence_pattern() -> str:
+    return f"{_p()}worker:*"
+
+
+def control_lock(loop: str) -> str:
+    """Singleton lock of one control loop."""
+    return f"{_p()}lock:{loop}"
+
+
+def control_stats(loop: str) -> str:
+    """Hash of one control loop's runs: count, totals, the last run."""
+    return f"{_p()}control:{loop}"
+
+
+def beat_alive() -> str:
+    """Set by the beat_alive tick: its age tells whether beat and the control worker both run."""
+    return f"{_p()}beat:alive"
+
+
+def known_queues() -> str:
+    """Set of every queue a job was ever enqueued to (the loops iterate over it)."""
+    return f"{_p()}queues"
+
+
+def queue_counter(queue: str, what: str) -> str:
+    """Monotonic counters per queue: `enqueued` (arrivals) and `finished` (completions)."""
+    return f"{_p()}queue:{queue}:{what}"
+
+
+def admission(queue: str) -> str:
+    """Hash published by apply_backpressure: state, depth, watermarks, retry_after; TTL'd."""
+    return f"{_p()}admission:{queue}"
+
+
+def admission_pending(queue: str) -> str:
+    """Jobs admitted by the API but not yet published: counted against the watermark."""
+    return f"{_p()}admission:{queue}:pending"
+
+
+def rates(queue: str) -> str:
+    """Hash of smoothed arrival and drain rates of a queue, and the counters they came from."""
+    return f"{_p()}rates:{queue}"
+
+
+def scale(queue: str) -> str:
+    """Hash of the autoscaler's state for a queue: desired, current, last change."""
+    return f"{_p()}scale:{queue}"
+
+
+# --- kombu's keys (the broker) ---
+
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)  # kombu's default steps; priority 0 lives in the plain list
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The broker's lists of `queue`: the queue itself and its priority sub-queues."""
+    prefix = get_settings().broker_key_prefix
+    return [prefix + queue] + [f"{prefix}{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def unacked() -> str:
+    """kombu's hash of prefetched, unacknowledged messages: tag -> [message, exchange, routing_key]."""
+    return get_settings().broker_key_prefix + "unacked"

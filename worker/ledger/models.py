@@ -1,0 +1,134 @@
+"""The ledger's tables. The `jobs` table is the source of truth; the broker only delivers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect, Row
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone; we put it back)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use worker.clock.utcnow()")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+JobRow = Row[Any]
+"""One row of `jobs`, as every query and transition returns it."""
+
+JSONType: Any = sa.JSON().with_variant(JSONB(), "postgresql")
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("type", sa.String(200), nullable=False),
+    sa.Column("queue", sa.String(200), nullable=False),
+    sa.Column("priority", sa.SmallInteger, nullable=False, server_default="0"),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("args", JSONType, nullable=False),
+    sa.Column("result", JSONType, nullable=True),
+    sa.Column("error", JSONType, nullable=True),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("timeout_s", sa.Float, nullable=False),
+    sa.Column("backoff_s", sa.Float, nullable=False),
+    sa.Column("delivery_id", sa.Uuid, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("published_at", UTCDateTime, nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("not_before", UTCDateTime, nullable=True),
+    sa.Column("worker", sa.String(255), nullable=True),
+    sa.Column("worker_pid", sa.Integer, nullable=True),
+    sa.UniqueConstraint("tenant", "idempotency_key"),
+    # listing a tenant's jobs newest first, keyset-paginated
+    sa.Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+    # control loops: running jobs by lease, queued jobs by queue
+    sa.Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+    sa.Index("ix_jobs_state_queue", "state", "queue"),
+    sa.Index("ix_jobs_finished", "finished_at"),
+    # a tenant's queued-jobs quota, counted with a LIMIT
+    sa.Index("ix_jobs_tenant_state", "tenant", "state"),
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("from_state", sa.String(20), nullable=True),
+    sa.Column("to_state", sa.String(20), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("reason", sa.String(100), nullable=False),
+    sa.Column("delivery_id", sa.Uuid, nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Index("ix_job_events_job", "job_id", "id"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("scopes", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(200), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+control_decisions = sa.Table(
+    "control_decisions",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # admission | scale
+    sa.Column("queue", sa.String(200), nullable=False),
+    sa.Column("summary", sa.String(300), nullable=False),
+    sa.Column("inputs", JSONType, nullable=False),
+    sa.Index("ix_control_decisions_queue", "queue", "kind", "id"),
+    sa.Index("ix_control_decisions_at", "at"),
+)
+
+control_state = sa.Table(
+    "control_state",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

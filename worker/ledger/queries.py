@@ -1,0 +1,151 @@
+"""Every read of jobs and their events, in one place, each one bounded by an index or a LIMIT.
+
+Writes live in `transitions`; a caller passes the connection, so a read can share a transaction
+with the writes that follow it (the recovery loop's `FOR UPDATE SKIP LOCKED`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from worker.clock import seconds
+from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.states import TERMINAL_STATES, JobState
+
+LIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
+
+
+def get_job(conn: Connection, job_id: uuid.UUID, tenant: str | None = None) -> JobRow | None:
+    stmt = sa.select(jobs).where(jobs.c.id == job_id)
+    if tenant is not None:
+        stmt = stmt.where(jobs.c.tenant == tenant)
+    return conn.execute(stmt).first()
+
+
+def get_events(conn: Connection, job_id: uuid.UUID) -> list[Row[Any]]:
+    stmt = sa.select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
+    return list(conn.execute(stmt))
+
+
+def find_by_idempotency_key(conn: Connection, tenant: str, key: str) -> JobRow | None:
+    return conn.execute(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)).first()
+
+
+def list_jobs(
+    conn: Connection,
+    tenant: str,
+    *,
+    state: str | None = None,
+    type_: str | None = None,
+    queue: str | None = None,
+    limit: int = 50,
+    before: tuple[dt.datetime, uuid.UUID] | None = None,
+) -> list[JobRow]:
+    """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen."""
+    stmt = sa.select(jobs).where(jobs.c.tenant == tenant)
+    if state:
+        stmt = stmt.where(jobs.c.state == state)
+    if type_:
+        stmt = stmt.where(jobs.c.type == type_)
+    if queue:
+        stmt = stmt.where(jobs.c.queue == queue)
+    if before is not None:
+        cursor = sa.tuple_(
+            sa.literal(before[0], type_=jobs.c.created_at.type), sa.literal(before[1], type_=jobs.c.id.type)
+        )
+        stmt = stmt.where(sa.tuple_(jobs.c.created_at, jobs.c.id) < cursor)
+    stmt = stmt.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+    return list(conn.execute(stmt))
+
+
+def count_events(conn: Connection, job_ids: Sequence[uuid.UUID], reason: str) -> dict[uuid.UUID, int]:
+    """How many events with `reason` each job has (e.g. how often its message was lost)."""
+    rows = conn.execute(
+        sa.select(job_events.c.job_id, sa.func.count())
+        .where(job_events.c.job_id.in_(list(job_ids)), job_events.c.reason == reason)
+        .group_by(job_events.c.job_id)
+    ).all()
+    return {job_id: int(n) for job_id, n in rows}
+
+
+def live_counts(conn: Connection, queue: str) -> dict[str, int]:
+    """Queued (ready) and running jobs of a queue: index range scans on (state, queue)."""
+    rows = conn.execute(
+        sa.select(jobs.c.state, sa.func.count())
+        .where(jobs.c.queue == queue, jobs.c.state.in_(LIVE_STATES))
+        .group_by(jobs.c.state)
+    ).all()
+    counts = {state: int(n) for state, n in rows}
+    return {"ready": counts.get(JobState.QUEUED.value, 0), "running": counts.get(JobState.RUNNING.value, 0)}
+
+
+def live_counts_by_queue(conn: Connection) -> list[tuple[str, str, int]]:
+    """(state, queue, count) of every queued or running job: an index range, whatever the ledger's size."""
+    rows = conn.execute(
+        sa.select(jobs.c.state, jobs.c.queue, sa.func.count())
+        .where(jobs.c.state.in_(LIVE_STATES))
+        .group_by(jobs.c.state, jobs.c.queue)
+    ).all()
+    return [(state, queue, int(n)) for state, queue, n in rows]
+
+
+def tenant_queued(conn: Connection, tenant: str, *, up_to: int) -> int:
+    """A tenant's queued jobs, counted up to `up_to` (a quota check needs no exact figure past it)."""
+    limited = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value).limit(up_to)
+    return int(conn.scalar(sa.select(sa.func.count()).select_from(limited.subquery())) or 0)
+
+
+def expired_leases(conn: Connection, now: dt.datetime, limit: int) -> list[JobRow]:
+    """Running jobs past their lease, oldest first; rows another recoverer holds are skipped."""
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == JobState.RUNNING.value, jobs.c.lease_expires_at < now)
+        .order_by(jobs.c.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(conn.execute(stmt))
+
+
+def overdue(conn: Connection, now: dt.datetime, grace_s: float, limit: int) -> list[JobRow]:
+    """Running jobs past start + timeout + grace. The running set is bounded by the fleet's concurrency."""
+    rows = conn.execute(sa.select(jobs).where(jobs.c.state == JobState.RUNNING.value).order_by(jobs.c.started_at)).all()
+    late = [r for r in rows if r.started_at + seconds(r.timeout_s + grace_s) < now]
+    return late[:limit]
+
+
+def _queued(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> list[JobRow]:
+    stmt = sa.select(jobs).where(jobs.c.state == JobState.QUEUED.value, where).order_by(jobs.c.created_at).limit(limit)
+    return list(conn.execute(stmt))
+
+
+def unpublished(conn: Connection, limit: int) -> list[JobRow]:
+    """Queued jobs whose publish the broker refused (the outbox cleared `published_at`), oldest first."""
+    return _queued(conn, jobs.c.published_at.is_(None), limit)
+
+
+def published_before(conn: Connection, marker: dt.datetime, limit: int) -> list[JobRow]:
+    """Queued jobs published before `marker` (a broker restart may have lost their messages)."""
+    return _queued(conn, jobs.c.published_at < marker, limit)
+
+
+def queued_since_before(conn: Connection, cutoff: dt.datetime, limit: int) -> list[JobRow]:
+    """Queued jobs published before `cutoff` and due before it: by now a worker should have taken them."""
+    due = sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before < cutoff)
+    return _queued(conn, sa.and_(jobs.c.published_at < cutoff, due), limit)
+
+
+def finished_before(conn: Connection, cutoff: dt.datetime, limit: int) -> list[uuid.UUID]:
+    """Ids of jobs in a terminal state that finished before `cutoff` (retention)."""
+    stmt = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.state.in_([s.value for s in TERMINAL_STATES]), jobs.c.finished_at < cutoff)
+        .limit(limit)
+    )
+    return list(conn.scalars(stmt))

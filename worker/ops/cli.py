@@ -1,0 +1,167 @@
+"""The `medic` command: run the stack or one piece of it, migrate, manage keys, submit jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from worker.ops import processes
+from worker.settings import get_settings, reset_settings
+
+EXIT_CONFIG = 2
+EXIT_DEPENDENCY = 3
+EXIT_JOB_FAILED = 4
+
+
+def _exec(argv: list[str]) -> None:
+    """Replace this process, so signals from a container runtime reach the real server."""
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True)
+def main(log_level: str) -> None:
+    """medic: background jobs on Celery that heal themselves."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.group()
+def db() -> None:
+    """The job ledger's schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create the database if missing and apply migrations."""
+    from worker.ledger.migrate import current_revision, upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    click.echo(f"ledger at revision {current_revision(url)}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True)
+@click.option("--scopes", default="submit,read", show_default=True, help="Comma-separated: submit, read, admin.")
+@click.option("--name", default=None)
+def keys_create(tenant: str, scopes: str, name: str | None) -> None:
+    """Create a key; the key is printed alone on the last line."""
+    from worker.ledger import apikeys
+    from worker.ledger import db as ledger_db
+
+    with ledger_db.begin() as conn:
+        raw = apikeys.create_key(conn, tenant, apikeys.parse_scopes(scopes), name)
+    click.echo(f"created a key for tenant {tenant!r} with scopes {scopes}", err=True)
+    click.echo(raw)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
+def api(host: str, port: int, workers: int) -> None:
+    """Run the HTTP API."""
+    _exec(processes.api_cmd(host, port, workers))
+
+
+@main.command()
+@click.option("-Q", "--queues", default=None, help="Queues to consume (default: the default queue).")
+@click.option("-c", "--concurrency", default=2, show_default=True)
+@click.option("-n", "--name", default="worker", show_default=True)
+def worker(queues: str | None, concurrency: int, name: str) -> None:
+    """Run a Celery worker for application jobs."""
+    _exec(processes.worker_cmd(queues or get_settings().default_queue, concurrency, name))
+
+
+@main.command()
+def control() -> None:
+    """Run the control worker (the medic.control queue: recovery, reconcile, backpressure)."""
+    _exec(processes.control_cmd())
+
+
+@main.command()
+def beat() -> None:
+    """Run Celery beat with medic's schedule of control loops."""
+    _exec(processes.beat_cmd())
+
+
+@main.command()
+@click.option("--port", default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int, address: str) -> None:
+    """Run Flower behind basic auth (MEDIC_FLOWER_USER / MEDIC_FLOWER_PASSWORD)."""
+    _exec(processes.flower_cmd(get_settings(), port, address))
+
+
+@main.command()
+@click.option("--api-port", default=8000, show_default=True)
+@click.option("--flower-port", default=5555, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Application worker processes.")
+@click.option("--concurrency", default=2, show_default=True, help="Prefork children per worker.")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+def up(api_port: int, flower_port: int, workers: int, concurrency: int, no_flower: bool) -> None:
+    """Run the whole stack on this host as supervised child processes."""
+    from worker.ops.stack import run_stack
+
+    sys.exit(run_stack(api_port=api_port, flower_port=flower_port, workers=workers,
+                       concurrency=concurrency, flower=not no_flower))  # fmt: skip
+
+
+@main.command()
+@click.argument("job_type")
+@click.option("--args", "args_json", default="{}", show_default=True, help="JSON object of keyword arguments.")
+@click.option("--queue", default=None)
+@click.option("--priority", default=0)
+@click.option("--idempotency-key", default=None)
+@click.option("--wait", is_flag=True, help="Follow the job until it ends.")
+@click.option("--timeout", "wait_timeout", default=300.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--api-url", envvar="MEDIC_API_URL", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--key", envvar="MEDIC_API_KEY", required=True, help="API key (or MEDIC_API_KEY).")
+def submit(job_type: str, args_json: str, queue: str | None, priority: int, idempotency_key: str | None,
+           wait: bool, wait_timeout: float, api_url: str, key: str) -> None:  # fmt: skip
+    """Submit a job over HTTP; with --wait, exit 0 only if it succeeded."""
+    import httpx
+
+    try:
+        args = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
+    headers = {"Authorization": f"Bearer {key}"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    body: dict[str, Any] = {"type": job_type, "args": args, "priority": priority}
+    if queue:
+        body["queue"] = queue
+    with httpx.Client(base_url=api_url, headers=headers, timeout=10) as client:
+        response = client.post("/jobs", json=body)
+        if response.status_code >= 400:
+            click.echo(response.text, err=True)
+            sys.exit(EXIT_JOB_FAILED)
+        job = response.json()
+        click.echo(json.dumps(job, indent=2))
+        if not wait:
+            return
+        deadline = time.monotonic() + wait_timeout
+        while job["state"] not in ("succeeded", "dead", "cancelled") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            job = client.get(f"/jobs/{job['id']}").json()
+        click.echo(json.dumps(job, indent=2))
+        sys.exit(0 if job["state"] == "succeeded" else EXIT_JOB_FAILED)
+
+
+if __name__ == "__main__":
+    reset_settings()
+    main()

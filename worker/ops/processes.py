@@ -1,0 +1,43 @@
+"""The command line of each medic process, in one place: `medic <piece>` execs it and
+`medic up` supervises it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from worker.broker.celery_app import CONTROL_QUEUE
+from worker.settings import Settings
+
+CELERY = [sys.executable, "-m", "celery", "-A", "worker.broker.celery_app:app"]
+
+
+def api_cmd(host: str, port: int, workers: int = 1) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+        "--host", host, "--port", str(port), "--workers", str(workers), "--no-access-log",
+    ]  # fmt: skip
+
+
+def worker_cmd(queues: str, concurrency: int, name: str, loglevel: str = "INFO") -> list[str]:
+    return [
+        *CELERY, "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h",
+        "-E", "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def control_cmd(name: str = "control", loglevel: str = "INFO") -> list[str]:
+    return worker_cmd(CONTROL_QUEUE, 2, name, loglevel)
+
+
+def beat_cmd(loglevel: str = "INFO") -> list[str]:
+    schedule = os.path.join(tempfile.gettempdir(), f"medic-beat-{os.getpid()}")
+    return [*CELERY, "beat", "--loglevel", loglevel, "--schedule", schedule]
+
+
+def flower_cmd(s: Settings, port: int, address: str = "127.0.0.1") -> list[str]:
+    return [
+        *CELERY, "flower", f"--port={port}", f"--address={address}",
+        f"--basic_auth={s.flower_user}:{s.flower_password}",
+    ]  # fmt: skip

@@ -1,0 +1,192 @@
+"""`medic up`: pick the ledger and the broker, migrate, create a dev key, start and supervise
+every process, and print where each listens."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis
+import sqlalchemy as sa
+
+from worker.ops import processes
+from worker.ops.process_scaler import ProcessScalerPool
+from worker.ops.supervisor import Child, Supervisor
+from worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, get_settings, reset_settings
+
+log = logging.getLogger("medic.up")
+
+EXIT_OK = 0
+EXIT_NO_REDIS = 3
+EXIT_API_DID_NOT_START = 5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _postgres_answers(url: str) -> bool:
+    engine = sa.create_engine(url, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect():
+            return True
+    except sa.exc.OperationalError as exc:
+        # "database does not exist" means the server answers: `medic db upgrade` creates it
+        return "does not exist" in str(exc)
+    finally:
+        engine.dispose()
+
+
+def choose_database() -> str:
+    if "MEDIC_DATABASE_URL" in os.environ:
+        return os.environ["MEDIC_DATABASE_URL"]
+    if _postgres_answers(DEFAULT_DATABASE_URL):
+        return DEFAULT_DATABASE_URL
+    url = f"sqlite:///{Path.cwd() / 'medic.db'}"
+    print(f"medic: no PostgreSQL at 127.0.0.1:5432; using the SQLite ledger {url} (single host only)")
+    return url
+
+
+class PrivateRedis:
+    """A redis-server of our own, for a machine that has none running."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="medic-redis-")
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir],
+            stdout=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self, *, keep_dir: bool = False) -> None:
+        """Stop the server (it keeps nothing: no persistence); `keep_dir` allows a restart on the same port."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        if not keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def choose_redis() -> tuple[str, PrivateRedis | None]:
+    if "MEDIC_REDIS_URL" in os.environ:
+        return os.environ["MEDIC_REDIS_URL"], None
+    try:
+        redis.Redis.from_url(DEFAULT_REDIS_URL, socket_connect_timeout=2).ping()
+        return DEFAULT_REDIS_URL, None
+    except redis.RedisError:
+        pass
+    if shutil.which("redis-server") is None:
+        raise SystemExit(
+            "medic: no Redis at 127.0.0.1:6379 and no redis-server on PATH. Install Redis "
+            "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set MEDIC_REDIS_URL."
+        )
+    private = PrivateRedis()
+    private.start()
+    print(f"medic: no Redis at 127.0.0.1:6379; started a private redis-server at {private.url}")
+    return private.url, private
+
+
+def _wait_for_api(url: str, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _children(
+    s: Settings, *, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool
+) -> list[Child]:
+    children = [Child("api", processes.api_cmd("127.0.0.1", api_port))]
+    children += [
+        Child(f"worker-{i}", processes.worker_cmd(s.default_queue, concurrency, f"worker-{i}"))
+        for i in range(1, workers + 1)
+    ]
+    children += [Child("control", processes.control_cmd()), Child("beat", processes.beat_cmd())]
+    if flower:
+        children.append(Child("flower", processes.flower_cmd(s, flower_port)))
+    return children
+
+
+def _banner(s: Settings, *, api_url: str, flower_port: int | None, dev_key: str) -> str:
+    lines = ["", "medic is up", f"  API      {api_url}", f"  docs     {api_url}/docs"]
+    if flower_port is not None:
+        lines.append(f"  Flower   http://127.0.0.1:{flower_port}  (user {s.flower_user}, MEDIC_FLOWER_PASSWORD)")
+    lines += [
+        f"  ledger   {sa.engine.make_url(s.database_url).render_as_string(hide_password=True)}",
+        f"  broker   {s.redis_url}",
+        "  dev API key (tenant 'dev', scopes submit,read,admin):",
+        dev_key,
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def _prepare_ledger(database_url: str) -> str:
+    """Migrate, and create this session's dev key."""
+    from worker.ledger import apikeys, db
+    from worker.ledger.migrate import upgrade
+
+    upgrade(database_url)
+    with db.begin() as conn:
+        dev_key = apikeys.create_key(conn, "dev", apikeys.parse_scopes("submit,read,admin"), "medic up")
+    db.dispose_engine()  # the children open their own connections
+    return dev_key
+
+
+def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool) -> int:
+    database_url = choose_database()
+    redis_url, private_redis = choose_redis()
+    os.environ["MEDIC_DATABASE_URL"] = database_url
+    os.environ["MEDIC_REDIS_URL"] = redis_url
+    reset_settings()
+    s = get_settings()
+    try:
+        dev_key = _prepare_ledger(database_url)
+        supervisor = Supervisor(
+            _children(
+                s, api_port=api_port, flower_port=flower_port, workers=workers, concurrency=concurrency, flower=flower
+            )
+        )
+        supervisor.start_all()
+        api_url = f"http://127.0.0.1:{api_port}"
+        if not _wait_for_api(api_url):
+            print("medic: the API did not answer within 30 s; see the log above")
+            supervisor.stop()
+            return EXIT_API_DID_NOT_START
+        print(_banner(s, api_url=api_url, flower_port=flower_port if flower else None, dev_key=dev_key), flush=True)
+        hooks = [ProcessScalerPool(supervisor, s.default_queue)] if s.scaler == "process" else []
+        supervisor.run(on_tick=hooks)
+        return EXIT_OK
+    finally:
+        if private_redis is not None:
+            private_redis.stop()

@@ -1,0 +1,105 @@
+"""Worker signals: the main process sees a child die or hit its hard time limit before anyone else.
+
+`MedicRequest` turns those moments into ledger transitions at once (worker_lost / timeout),
+instead of waiting for a lease to expire. Every write is fenced on the delivery, so a report that
+comes late changes nothing; a report that fails (ledger down) is left to the recovery loops,
+which find the job by its expired lease.
+
+The report runs in the main thread, with one attempt and no retries. It must not run in a
+thread: billiard forks the replacement child right after a child dies, and a fork taken while
+another thread holds an import lock (the first `import psycopg2` of the process, say) leaves the
+child deadlocked on its first job. Seen here in a test, with py-spy, before this was synchronous.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import WorkerLostError
+from celery.worker.request import Request
+from sqlalchemy.engine import Connection
+
+from worker.broker.publish import commit_then_publish
+from worker.clock import utcnow
+from worker.errors import LedgerUnavailableError
+from worker.ledger import queries, transitions
+from worker.ledger.db import with_ledger_retry
+from worker.ledger.models import JobRow
+from worker.ledger.states import JobState
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _job_ids(args: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
+    try:
+        return uuid.UUID(args[0]), uuid.UUID(args[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def report_lost(
+    job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, reason: str, actor: str, budget_s: float
+) -> JobRow | None:
+    """A delivery's process is gone: give the job back (retry or dead) and publish the retry."""
+    s = get_settings()
+
+    def write(conn: Connection) -> JobRow | None:
+        job = queries.get_job(conn, job_id)
+        if job is None or job.state != JobState.RUNNING or job.delivery_id != delivery_id:
+            return None
+        if pid is not None and job.worker_pid not in (None, pid):
+            return None
+        now = utcnow()
+        if reason == "timeout":
+            detail = f"hard time limit of {job.timeout_s + s.timeout_grace_seconds:.0f}s exceeded"
+            return transitions.time_out(
+                conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=detail
+            )
+        return transitions.give_back(
+            conn,
+            job,
+            reason=reason,
+            actor=actor,
+            now=now,
+            max_backoff_s=s.max_backoff_seconds,
+            immediate=True,
+            error={"type": "WorkerLost", "message": f"process {pid} died while running the job", "traceback": None},
+        )
+
+    [after] = with_ledger_retry(lambda: commit_then_publish(lambda conn: [write(conn)]), budget_s=budget_s, what=reason)
+    return after
+
+
+def _report(request: Request, reason: str) -> None:
+    ids = _job_ids(request.args)
+    if ids is None:
+        return
+    try:
+        report_lost(
+            ids[0], ids[1], request.worker_pid, reason=reason, actor=f"{request.hostname}:{os.getpid()}", budget_s=0
+        )
+    except LedgerUnavailableError:
+        log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0])
+    except Exception:  # a failing hook is logged, never fatal to the worker
+        log.exception("recording %s of job %s failed", reason, ids[0])
+
+
+class MedicRequest(Request):  # type: ignore[misc]
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if not soft:
+            _report(self, "timeout")
+
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        lost = isinstance(exc, WorkerLostError) or (
+            isinstance(exc, (SystemExit, KeyboardInterrupt)) and not (self._already_cancelled or self._already_revoked)
+        )
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        if lost:
+            _report(self, "worker_lost")

@@ -1,0 +1,120 @@
+"""Running one delivery of a job: claim, run under a heartbeat, record the outcome.
+
+The Celery task body is thin: the message carries only (job_id, delivery_id); the arguments come
+from the ledger row the claim returns, so the ledger, not the broker, decides what runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import traceback
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Task
+from sqlalchemy.engine import Connection
+
+from worker.broker.celery_app import app
+from worker.broker.publish import commit_then_publish
+from worker.clock import utcnow
+from worker.errors import LedgerUnavailableError
+from worker.ledger import db, transitions
+from worker.ledger.db import with_ledger_retry
+from worker.ledger.models import JobRow
+from worker.runtime.heartbeat import get_heartbeat
+from worker.runtime.signals import MedicRequest
+from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.runtime.registry import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+class JobTask(Task):  # type: ignore[misc]
+    """Base of every job task; its Request reports lost and timed-out children to the ledger."""
+
+    Request = MedicRequest
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+
+
+def register_task(spec: JobSpec) -> None:
+    def run(task: Task, job_id: str, delivery_id: str) -> None:
+        execute(spec, task, uuid.UUID(job_id), uuid.UUID(delivery_id))
+
+    run.__name__ = spec.name.replace(".", "_")
+    run.__qualname__ = run.__name__
+    app.task(name=spec.name, bind=True, base=JobTask)(run)
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"type": type(exc).__qualname__, "message": str(exc)[:2000], "traceback": tb[-8000:]}
+
+
+def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID) -> None:
+    s = get_settings()
+    worker = task.request.hostname or socket.gethostname()
+    pid = os.getpid()
+
+    def do_claim() -> JobRow | None:
+        with db.begin() as conn:
+            return transitions.claim(
+                conn, job_id, delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=s.lease_seconds
+            )
+
+    try:
+        job = with_ledger_retry(do_claim, budget_s=s.heartbeat_seconds, what="claim")
+    except LedgerUnavailableError:
+        # Same task id, so the same delivery_id: the claim still works once the ledger is back.
+        raise task.retry(countdown=s.heartbeat_seconds, max_retries=None) from None
+    if job is None:
+        log.info("dropping stale or duplicate delivery %s of job %s", delivery_id, job_id)
+        return
+
+    heartbeat = get_heartbeat(worker)
+    heartbeat.track(job_id, delivery_id, job.queue)
+    try:
+        outcome = _run(spec, job)
+        [after] = with_ledger_retry(
+            lambda: commit_then_publish(lambda conn: [_finalize(conn, job, outcome, actor=f"{worker}:{pid}")]),
+            budget_s=s.finalize_retry_seconds,
+            what="finalize",
+        )
+    finally:
+        heartbeat.untrack(job_id)
+    if after is None:
+        log.warning("job %s delivery %s was taken away while it ran; result discarded", job_id, delivery_id)
+
+
+Outcome = tuple[str, Any]
+
+
+def _run(spec: JobSpec, job: JobRow) -> Outcome:
+    try:
+        result = spec.func(**spec.load(job.args))
+        json.dumps(result)  # the ledger stores JSON; refuse what it cannot keep
+        return ("succeeded", result)
+    except SoftTimeLimitExceeded:
+        return ("timeout", f"soft time limit of {job.timeout_s}s exceeded")
+    except Exception as exc:  # noqa: BLE001 - every job error is recorded, none kills the worker
+        return ("failed", error_info(exc))
+
+
+def _finalize(conn: Connection, job: JobRow, outcome: Outcome, *, actor: str) -> JobRow | None:
+    s = get_settings()
+    kind, value = outcome
+    now = utcnow()
+    if kind == "succeeded":
+        return transitions.succeed(conn, job.id, job.delivery_id, value, actor=actor, now=now)
+    if kind == "timeout":
+        return transitions.time_out(conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=value)
+    return transitions.give_back(
+        conn, job, reason="error", actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, error=value
+    )
