@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast lint format bench clean
+.PHONY: run test test-fast lint format docs clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## the whole stack on this machine's PostgreSQL and Redis
 	$(VENV)/bin/medic up
 
-test: $(STAMP)  ## the whole suite: unit, ledger, integration and chaos
+test: $(STAMP)  ## the whole suite: every room (tests/<room>) and the chaos suite
 	$(PY) -m pytest
 
 test-fast: $(STAMP)  ## without the chaos suite
@@ -25,6 +25,7 @@ lint: $(STAMP)  ## ruff, mypy strict, the import layers, docs/configuration.md u
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) -m worker.ops.config_doc --check
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -32,3 +33,6 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+docs: $(STAMP)  ## regenerate docs/configuration.md
+	$(PY) -m worker.ops.config_doc

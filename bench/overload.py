@@ -13,25 +13,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
+from bench.medic_run import ROOT, MedicRun
 from worker.testing.processes import Processes
-from worker.testing.servers import delete_keys, pg_admin_execute
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 JOB_S = 0.2
 
 
@@ -136,34 +130,17 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "overload.png")
     args = parser.parse_args()
 
-    run = uuid.uuid4().hex[:8]
-    db_name = f"medic_bench_{run}"
     queue = "flood"
-    env = {
-        **os.environ,
-        "MEDIC_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db_name}",
-        "MEDIC_REDIS_URL": REDIS_URL,
-        "MEDIC_KEY_PREFIX": f"bench{run}:",
-        "MEDIC_BROKER_KEY_PREFIX": f"benchb{run}:",
-        "MEDIC_PROFILE": "fast",
-        "MEDIC_QUEUE_WATERMARKS": json.dumps({queue: [args.high, args.low]}),
-        "MEDIC_API_MAX_INFLIGHT": "256",
-        "PYTHONPATH": str(ROOT),
-    }
-    os.environ.update(env)
-    from worker.broker.celery_app import reconfigure
+    extra = {"MEDIC_QUEUE_WATERMARKS": json.dumps({queue: [args.high, args.low]}), "MEDIC_API_MAX_INFLIGHT": "256"}
+    medic = MedicRun("fast", extra)
     from worker.control import admission
     from worker.ledger import apikeys, db
-    from worker.ledger.migrate import upgrade
-    from worker.settings import reset_settings
 
-    reset_settings()
-    reconfigure()
-    upgrade(env["MEDIC_DATABASE_URL"])
+    medic.create()
     with db.begin() as conn:
         key = apikeys.create_key(conn, "bench", apikeys.parse_scopes("submit,read"))
     wm = admission.watermarks(queue)
-    procs = Processes(env, Path(tempfile.mkdtemp(prefix="medic-overload-")))
+    procs = Processes(medic.env, Path(tempfile.mkdtemp(prefix="medic-overload-")))
     rec, stop = Recorder(), threading.Event()
     try:
         _, url = procs.api("api")
@@ -182,15 +159,12 @@ def main() -> None:
         from worker.ledger.models import job_events
 
         with db.connect() as conn:
-            reasons = dict(
+            reasons: dict[str | None, int] = dict(
                 conn.execute(sa.select(job_events.c.reason, sa.func.count()).group_by(job_events.c.reason)).all()
             )
     finally:
         procs.stop_all()
-        db.dispose_engine()
-        pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        for prefix in (env["MEDIC_KEY_PREFIX"], env["MEDIC_BROKER_KEY_PREFIX"]):
-            delete_keys(REDIS_URL, prefix)
+        medic.drop()
     plot(rec, wm.high, wm.low, wm.hard, args.plot)
     report = {"bench": "overload", "seconds": args.seconds, "clients": args.clients, "job_seconds": JOB_S}
     report["events_by_reason"] = reasons

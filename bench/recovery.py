@@ -17,7 +17,6 @@ import os
 import platform
 import signal
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -26,13 +25,10 @@ from typing import Any
 
 import redis
 
+from bench.medic_run import REDIS_URL, ROOT, MedicRun, plain_worker_argv
 from worker.testing.processes import Processes, wait_for
-from worker.testing.servers import delete_keys, pg_admin_execute
+from worker.testing.servers import delete_keys
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 QUEUE = "bench-recovery"
 
 
@@ -43,28 +39,13 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
-    db_name = f"medic_bench_{run}"
-    env = {
-        **os.environ,
-        "MEDIC_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db_name}",
-        "MEDIC_REDIS_URL": REDIS_URL,
-        "MEDIC_KEY_PREFIX": f"bench{run}:",
-        "MEDIC_BROKER_KEY_PREFIX": f"benchb{run}:",
-        "MEDIC_PROFILE": "production",
-        "PYTHONPATH": str(ROOT),
-    }
-    os.environ.update(env)
-    from worker.broker.celery_app import reconfigure
+    medic = MedicRun("production")
     from worker.ledger import db, queries
-    from worker.ledger.migrate import upgrade
-    from worker.settings import get_settings, reset_settings
+    from worker.settings import get_settings
     from worker.submit import JobRequest, enqueue_many
 
-    reset_settings()
-    reconfigure()
-    upgrade(env["MEDIC_DATABASE_URL"])
-    procs = Processes(env, log_dir)
+    medic.create()
+    procs = Processes(medic.env, log_dir)
     try:
         a = procs.worker("medic-a", queues=QUEUE, concurrency=n)
         procs.control_plane()
@@ -96,12 +77,7 @@ def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
         }  # fmt: skip
     finally:
         procs.stop_all()
-        from worker.ledger.db import dispose_engine
-
-        dispose_engine()
-        pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        delete_keys(REDIS_URL, env["MEDIC_KEY_PREFIX"])
-        delete_keys(REDIS_URL, env["MEDIC_BROKER_KEY_PREFIX"])
+        medic.drop()
 
 
 def bench_plain(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
@@ -112,16 +88,14 @@ def bench_plain(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
 
     app.conf.broker_transport_options = {"global_keyprefix": prefix}
     records = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.plain_celery_app:app", "worker", "-Q", QUEUE,
-           "-c", str(n), "--without-gossip", "--without-mingle", "--loglevel", "INFO"]  # fmt: skip
     procs = Processes(env, log_dir)
     try:
-        a = procs.start("plain-a", [*cmd, "-n", "plain-a@%h"])
+        a = procs.start("plain-a", plain_worker_argv(QUEUE, n, "plain-a@%h"))
         tags = [uuid.uuid4().hex for _ in range(n)]
         for tag in tags:
             plain_sleep.apply_async((job_seconds, tag), queue=QUEUE)
         wait_for(lambda: records.hlen(f"{prefix}started") == n, 60, 0.05, "all tasks started on A")
-        procs.start("plain-b", [*cmd, "-n", "plain-b@%h"])
+        procs.start("plain-b", plain_worker_argv(QUEUE, n, "plain-b@%h"))
         killed = time.time()
         a.kill_group(signal.SIGKILL)
         deadline = time.time() + cap

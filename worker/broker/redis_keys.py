@@ -46,7 +46,7 @@ def known_queues() -> str:
 
 
 def queue_counter(queue: str, what: str) -> str:
-    """Monotonic counters per queue: `enqueued` (arrivals) and `finished` (completions)."""
+    """Monotonic counters per queue: `enqueued` (arrivals) and `drained` (claimed by workers)."""
     return f"{_p()}queue:{queue}:{what}"
 
 
