@@ -110,6 +110,8 @@ api_keys = sa.Table(
     sa.Column("name", sa.String(200), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+    # comma-separated queues the key may submit to; NULL: every declared queue
+    sa.Column("queues", sa.Text, nullable=True),
 )
 
 control_decisions = sa.Table(
