@@ -92,9 +92,12 @@ def _encode_cursor(created_at: dt.datetime, job_id: uuid.UUID) -> str:
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
     try:
         stamp, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return dt.datetime.fromisoformat(stamp), uuid.UUID(job_id)
+        created_at = dt.datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None:  # ours always carry their zone; the ledger refuses naive times
+            raise ValueError("naive timestamp")
+        return created_at, uuid.UUID(job_id)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidArgsError("invalid cursor") from None
+        raise InvalidArgsError("invalid cursor: pass back a next_cursor exactly as it was returned") from None
 
 
 @router.get("", response_model=JobsPublic)
