@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis.exceptions
-from kombu.exceptions import OperationalError as KombuOperationalError
+from kombu.exceptions import KombuError
 from sqlalchemy.engine import Connection
 
 from worker.broker.celery_app import app
@@ -29,7 +29,11 @@ from worker.settings import get_settings
 log = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 1000  # messages per Redis pipeline
-BROKER_ERRORS = (KombuOperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# Every way a send can fail once the row is committed. kombu 5.7's producer.batch() raises
+# BatchPublishError at flush when the pipeline fails on a WARM connection: a KombuError that is
+# no OperationalError (a cold pool fails earlier, at connect, with an OperationalError). Missing
+# it turned an accepted job into a 500, a client retry and a duplicate.
+BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, redis.exceptions.RedisError, OSError)
 
 
 def kombu_priority(priority: int) -> int:
