@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api import metrics
 from worker.errors import (
@@ -28,6 +29,7 @@ from worker.errors import (
     TenantQuotaError,
     UnauthorizedError,
     UnknownJobTypeError,
+    UnknownQueueError,
 )
 from worker.ledger.db import is_connection_error
 from worker.settings import get_settings
@@ -44,6 +46,7 @@ STATUS: dict[type[MedicError], int] = {
     PayloadTooLargeError: 413,
     RequestTooLargeError: 413,
     UnknownJobTypeError: 422,
+    UnknownQueueError: 422,
     InvalidArgsError: 422,
     QueueFullError: 429,
     TenantQuotaError: 429,
@@ -87,10 +90,24 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("invalid_request", "the request does not fit the schema", problems=problems), 422)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method the app serves at this path. Starlette's own Allow header names only the
+    first route that matched the path, so a path with a GET and a POST route (/jobs) under-reports."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": ""})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
 
 
 async def _database_error(_: Request, exc: Exception) -> JSONResponse:

@@ -39,6 +39,7 @@ class MedicRun:
             "MEDIC_KEY_PREFIX": self.key_prefix,
             "MEDIC_BROKER_KEY_PREFIX": self.broker_prefix,
             "MEDIC_PROFILE": profile,
+            "MEDIC_QUEUES": "bench-*,flood",  # queues are declared: the benches' own
             **(extra_env or {}),
             "PYTHONPATH": str(ROOT),
         }

@@ -37,6 +37,9 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "MEDIC_BROKER_KEY_PREFIX": f"mtb{RUN_ID}:",
         "MEDIC_PROFILE": "fast",
         "MEDIC_JOB_MODULES": ",".join(JOB_MODULES),
+        # queues are declared: the names and prefixes the tests use
+        "MEDIC_QUEUES": "declared-extra,nobody-consumes-this,restart-q,lost-q,void-q,"
+        "q-*,gate-*,quota-*,inflight-*,flood-*,scale-*,chaos*",
         "MEDIC_TEST_RECORD_REDIS_URL": REDIS_URL,
         "PYTHONPATH": str(ROOT),
     }

@@ -47,6 +47,12 @@ class PayloadTooLargeError(PermanentError):
     code = "payload_too_large"
 
 
+class UnknownQueueError(PermanentError):
+    """A queue that is not declared, or an internal name (the control queue, a broker key)."""
+
+    code = "unknown_queue"
+
+
 class JobNotFoundError(PermanentError):
     code = "job_not_found"
 

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
 
     # job defaults
     default_queue: str = Field("default", description="Queue of a job that names none.")
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated queues jobs may use besides the job types' own and the default; "
+        "`name-*` declares a prefix.",
+    )
     default_timeout_seconds: float = Field(300.0, gt=0, description="Timeout of a job that sets none.")
     default_max_attempts: int = Field(3, ge=1, description="Attempts of a job that sets none.")
     default_backoff_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles.")
@@ -123,6 +128,10 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = Field(30.0, ge=0, description="How long the API trusts a checked key.")
     ledger_retry_after_seconds: int = Field(5, gt=0, description="Retry-After when the ledger is down.")
 
+    dev_key_file: str = Field(
+        ".medic/dev-key", description="Where `medic up` keeps its dev API key (mode 0600; relative to the cwd)."
+    )
+
     # Flower
     flower_user: str = Field("medic", description="Flower basic-auth user.")
     flower_password: str = Field("medic-dev", description="Flower basic-auth password.")
@@ -134,7 +143,7 @@ class Settings(BaseSettings):
             return {**FAST_PROFILE, **data}
         return data
 
-    @field_validator("job_modules", mode="before")
+    @field_validator("job_modules", "queues", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,7 +1,8 @@
 """Submitting jobs: validate, commit the row, then publish (the outbox).
 
 Everything is validated before anything is written: an unknown type, args that do not fit the
-signature, or args over the size limit raise and leave the ledger untouched.
+signature, args over the size limit, an undeclared queue, or a queue the caller's key may not use
+raise and leave the ledger untouched.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from sqlalchemy.engine import Connection
 from worker.broker.counters import record_arrivals
 from worker.broker.publish import publish
 from worker.clock import utcnow
-from worker.errors import IdempotencyConflictError, InvalidArgsError, PayloadTooLargeError
+from worker.errors import ForbiddenError, IdempotencyConflictError, InvalidArgsError, PayloadTooLargeError
 from worker.ledger import db, queries, transitions
 from worker.ledger.models import JobRow
+from worker.runtime.queues import DeclaredQueues, check_queue, declared_queues
 from worker.runtime.registry import get_spec
 from worker.settings import Settings, get_settings
 
@@ -47,13 +49,25 @@ class Enqueued:
     published: bool = True  # False: the broker refused; the reconcile loop will publish it
 
 
-def build_row(req: JobRequest, *, tenant: str, s: Settings, now: Any) -> dict[str, Any]:
-    """Validate a request and turn it into a ledger row (no I/O).
+def build_row(
+    req: JobRequest,
+    *,
+    tenant: str,
+    s: Settings,
+    now: Any,
+    declared: DeclaredQueues | None = None,
+    allowed_queues: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    """Validate a request and turn it into a ledger row (no I/O). `allowed_queues`: the caller's
+    key is limited to these (None: every declared queue).
 
     Raises:
-        UnknownJobTypeError, InvalidArgsError, PayloadTooLargeError
+        UnknownJobTypeError, InvalidArgsError, PayloadTooLargeError, UnknownQueueError, ForbiddenError
     """
     spec = get_spec(req.type)
+    queue = check_queue(req.queue or spec.queue_or(s), s, declared)
+    if allowed_queues is not None and queue not in allowed_queues:
+        raise ForbiddenError(f"this key may not submit to queue {queue!r}", queue=queue)
     args = spec.validate(req.args)
     size = len(json.dumps(args, separators=(",", ":")).encode())
     if size > s.max_payload_bytes:
@@ -71,7 +85,7 @@ def build_row(req: JobRequest, *, tenant: str, s: Settings, now: Any) -> dict[st
     return {
         "id": uuid.uuid4(),
         "type": spec.name,
-        "queue": req.queue or spec.queue_or(s),
+        "queue": queue,
         "priority": req.priority,
         "tenant": tenant,
         "idempotency_key": req.idempotency_key,
@@ -100,15 +114,20 @@ def _enqueue_once(conn: Connection, row: dict[str, Any], *, actor: str, now: Any
     return Enqueued(existing, False)
 
 
-def prepare(requests: Sequence[JobRequest], *, tenant: str) -> list[dict[str, Any]]:
+def prepare(
+    requests: Sequence[JobRequest], *, tenant: str, allowed_queues: frozenset[str] | None = None
+) -> list[dict[str, Any]]:
     """Validate every request and build its row; nothing is written.
 
     Raises:
-        UnknownJobTypeError, InvalidArgsError, PayloadTooLargeError
+        UnknownJobTypeError, InvalidArgsError, PayloadTooLargeError, UnknownQueueError, ForbiddenError
     """
     s = get_settings()
     now = utcnow()
-    return [build_row(r, tenant=tenant, s=s, now=now) for r in requests]
+    declared = declared_queues(s)
+    return [
+        build_row(r, tenant=tenant, s=s, now=now, declared=declared, allowed_queues=allowed_queues) for r in requests
+    ]
 
 
 def enqueue_rows(rows: Sequence[dict[str, Any]], *, actor: str) -> list[Enqueued]:

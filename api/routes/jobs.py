@@ -11,7 +11,16 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api import metrics
 from api.deps import AdminKey, ReadKey, SubmitKey
-from api.schemas import BatchCreate, BatchPublic, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
+from api.schemas import (
+    BatchCreate,
+    BatchItem,
+    BatchPublic,
+    EventPublic,
+    EventsPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+)
 from worker.broker.publish import commit_then_publish, revoke_deliveries
 from worker.clock import utcnow
 from worker.control.admission import admit_rows, check_tenant_quota
@@ -27,6 +36,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 def _request(body: JobCreate, idempotency_key: str | None) -> JobRequest:
+    """A batch item may carry its own idempotency key; a single job takes the header."""
+    item_key = body.idempotency_key if isinstance(body, BatchItem) else None
     return JobRequest(
         type=body.type,
         args=body.args,
@@ -34,13 +45,13 @@ def _request(body: JobCreate, idempotency_key: str | None) -> JobRequest:
         priority=body.priority,
         timeout=body.timeout,
         max_attempts=body.max_attempts,
-        idempotency_key=idempotency_key if idempotency_key is not None else body.idempotency_key,
+        idempotency_key=idempotency_key if idempotency_key is not None else item_key,
     )
 
 
 def _admitted(requests: list[JobRequest], key: ApiKey) -> list[Enqueued]:
     """Validate (4xx), check the tenant's quota and the queues' admission (429), then enqueue."""
-    rows = prepare(requests, tenant=key.tenant)
+    rows = prepare(requests, tenant=key.tenant, allowed_queues=key.queues)
     check_tenant_quota(key.tenant, len(rows))
     reservations = admit_rows(rows)
     try:
@@ -63,8 +74,6 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Accept a job: 202 once it is durably queued (even if the broker is down: it is published later)."""
-    if body.idempotency_key is not None:
-        raise InvalidArgsError("single jobs take the Idempotency-Key header, not a body field")
     done = _admitted([_request(body, idempotency_key)], key)[0]
     _count_accepted([done.job] if done.created else [])
     if not done.created:
@@ -127,12 +136,12 @@ def _owned(job_id: uuid.UUID, tenant: str) -> JobRow:
     return row
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id:uuid}", response_model=JobPublic)
 def get_job(job_id: uuid.UUID, key: ReadKey) -> JobPublic:
     return JobPublic.of(_owned(job_id, key.tenant))
 
 
-@router.get("/{job_id}/events", response_model=EventsPublic)
+@router.get("/{job_id:uuid}/events", response_model=EventsPublic)
 def get_events(job_id: uuid.UUID, key: ReadKey) -> EventsPublic:
     """Every state change of the job: who moved it, when, and why."""
     _owned(job_id, key.tenant)
@@ -141,7 +150,7 @@ def get_events(job_id: uuid.UUID, key: ReadKey) -> EventsPublic:
     return EventsPublic(job_id=job_id, events=[EventPublic.model_validate(e._asdict()) for e in events])
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id:uuid}/cancel", response_model=JobPublic)
 def cancel_job(job_id: uuid.UUID, key: SubmitKey) -> JobPublic:
     """Cancel a queued or running job; a running one is also terminated on its worker."""
     with db.begin() as conn:
@@ -156,7 +165,7 @@ def cancel_job(job_id: uuid.UUID, key: SubmitKey) -> JobPublic:
     return JobPublic.of(row)
 
 
-@router.post("/{job_id}/retry", response_model=JobPublic, status_code=202)
+@router.post("/{job_id:uuid}/retry", response_model=JobPublic, status_code=202)
 def retry_job(job_id: uuid.UUID, key: AdminKey) -> JobPublic:
     """Run a dead job again, with a fresh set of attempts."""
     [row] = commit_then_publish(

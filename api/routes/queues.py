@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import ReadKey
+from api.deps import AdminKey
 from worker.broker import inspect, redis_keys
 from worker.broker.counters import known_queues
 from worker.broker.redis_client import get_redis
@@ -47,6 +47,9 @@ def queue_report(queue: str) -> dict[str, Any]:
 
 
 @router.get("/queues")
-def list_queues(_: ReadKey) -> dict[str, list[dict[str, Any]]]:
-    """Per queue: depth, ready and running jobs, admission, watermarks, rates, concurrency."""
+def list_queues(_: AdminKey) -> dict[str, list[dict[str, Any]]]:
+    """Per queue: depth, ready and running jobs, admission, watermarks, rates, concurrency.
+
+    Admin only: the queue names are every tenant's.
+    """
     return {"queues": [queue_report(q) for q in known_queues()]}

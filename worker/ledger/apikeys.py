@@ -1,8 +1,9 @@
 """API keys: stored as SHA-256 hashes (keys are random, 256 bits: no slow hash needed), each
-bound to one tenant and a set of scopes."""
+bound to one tenant, a set of scopes and, optionally, the queues it may submit to."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import secrets
 import uuid
@@ -30,6 +31,7 @@ class ApiKey:
     id: uuid.UUID
     tenant: str
     scopes: frozenset[Scope]
+    queues: frozenset[str] | None = None  # None: every declared queue
 
     def allows(self, scope: Scope) -> bool:
         return scope in self.scopes or Scope.ADMIN in self.scopes
@@ -49,10 +51,25 @@ def parse_scopes(text: str) -> frozenset[Scope]:
     return scopes
 
 
-def create_key(conn: Connection, tenant: str, scopes: frozenset[Scope], name: str | None = None) -> str:
+def parse_queues(text: str | None) -> frozenset[str] | None:
+    """Comma-separated queue names -> a set; empty or None means "every declared queue"."""
+    names = frozenset(part.strip() for part in (text or "").split(",") if part.strip())
+    return names or None
+
+
+def create_key(
+    conn: Connection,
+    tenant: str,
+    scopes: frozenset[Scope],
+    name: str | None = None,
+    *,
+    queues: frozenset[str] | None = None,
+) -> str:
     """Store a new key and return it; this is the only time the raw key exists."""
     if not tenant or len(tenant) > 100:
         raise InvalidArgsError("tenant must be 1-100 characters")
+    if queues is not None and not queues:
+        raise InvalidArgsError("a key limited to queues needs at least one queue")
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
     conn.execute(
         api_keys.insert().values(
@@ -63,6 +80,7 @@ def create_key(conn: Connection, tenant: str, scopes: frozenset[Scope], name: st
             scopes=",".join(sorted(s.value for s in scopes)),
             name=name,
             created_at=utcnow(),
+            queues=",".join(sorted(queues)) if queues else None,
         )
     )
     return raw
@@ -74,7 +92,33 @@ def lookup(conn: Connection, raw: str) -> ApiKey | None:
     ).first()
     if row is None:
         return None
-    return ApiKey(id=row.id, tenant=row.tenant, scopes=parse_scopes(row.scopes))
+    return ApiKey(id=row.id, tenant=row.tenant, scopes=parse_scopes(row.scopes), queues=parse_queues(row.queues))
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What `medic keys list` shows: everything but the key (only its hash is stored anyway)."""
+
+    id: uuid.UUID
+    prefix: str
+    tenant: str
+    scopes: str
+    queues: str | None
+    name: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+def list_keys(conn: Connection, *, tenant: str | None = None, include_revoked: bool = True) -> list[KeyInfo]:
+    query = sa.select(
+        api_keys.c.id, api_keys.c.prefix, api_keys.c.tenant, api_keys.c.scopes, api_keys.c.queues,
+        api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked_at,
+    ).order_by(api_keys.c.created_at, api_keys.c.id)  # fmt: skip
+    if tenant is not None:
+        query = query.where(api_keys.c.tenant == tenant)
+    if not include_revoked:
+        query = query.where(api_keys.c.revoked_at.is_(None))
+    return [KeyInfo(*row) for row in conn.execute(query)]
 
 
 def revoke_key(conn: Connection, key_id: uuid.UUID) -> bool:
