@@ -11,12 +11,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import metrics
-from worker.broker import redis_keys
+from worker.broker import presence, redis_keys
 from worker.broker.celery_app import app as celery_app
 from worker.broker.redis_client import get_redis
 from worker.control.loop import loop_stats
 from worker.ledger import db
 from worker.ledger.migrate import head_revision, revision_of
+from worker.settings import get_settings
 
 router = APIRouter(tags=["health"])
 
@@ -46,7 +47,9 @@ def _broker() -> dict[str, Any]:
 
 
 def _workers() -> dict[str, Any]:
-    count = sum(1 for _ in get_redis().scan_iter(match=redis_keys.worker_presence_pattern(), count=500))
+    """Live process incarnations from a sorted set scored by last beat: bounded by the fleet,
+    where a SCAN for presence keys walked the whole keyspace on every probe."""
+    count = presence.live_count(get_settings().presence_ttl_seconds)
     return {"ok": True, "processes_with_heartbeat": count}
 
 
@@ -86,7 +89,7 @@ def ready() -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": results}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 def prometheus_metrics() -> Response:
     metrics.refresh_ledger_gauges()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -67,7 +67,7 @@ def test_recover_requeues_a_job_whose_lease_expired_and_worker_is_gone() -> None
 
 def test_recover_leaves_a_job_whose_worker_is_still_present() -> None:
     job = _running(worker="alive@here", pid=77)
-    presence.announce("alive@here", 77, ttl_s=30, jobs=1)
+    presence.announce("alive@here", 77, incarnation="test", held=[job.delivery_id], ttl_s=30)
     assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 0, "dead": 0, "lease_late": 1}
     assert ledger_view.job(job.id).state == JobState.RUNNING
 

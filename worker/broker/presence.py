@@ -1,23 +1,92 @@
-"""Worker presence: a TTL'd key per worker process, so recovery can ask "is that process still
-there?" before it takes a job away. Written by the heartbeat thread, read by recover_stuck."""
+"""Worker presence: per worker process a TTL'd key naming its incarnation (a random id made at
+process start) and the deliveries it holds, so recovery can ask "is the process that claimed this
+delivery still there, and does it still hold it?" before it takes a job away. Written by the
+heartbeat thread, read by recover_stuck; a sorted set of live incarnations feeds /health/ready.
+
+The key stays per (hostname, pid), the two things the job row records; its value says which
+incarnation wrote it, so a container restarted with the same hostname and pid (pid 1) does not
+vouch for the jobs of the process it replaced: the new incarnation holds none of them.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 
 
-def announce(worker: str, pid: int, *, ttl_s: float, jobs: int) -> None:
-    value = json.dumps({"worker": worker, "pid": pid, "jobs": jobs})
-    get_redis().set(redis_keys.worker_presence(worker, pid), value, px=max(1, int(ttl_s * 1000)))
+@dataclass(frozen=True)
+class Presence:
+    """What one presence key says. `held` is None for a value written by an earlier release
+    (no held list): such a process is taken to hold every delivery, as presence meant before."""
+
+    incarnation: str | None
+    held: frozenset[str] | None
+
+    def holds(self, delivery_id: uuid.UUID) -> bool:
+        return self.held is None or str(delivery_id) in self.held
 
 
-def alive(processes: Sequence[tuple[str | None, int | None]]) -> list[bool]:
-    """For each (worker, pid): is its presence key still there? One round trip for all."""
+def announce(
+    worker: str,
+    pid: int,
+    *,
+    incarnation: str,
+    held: Iterable[uuid.UUID],
+    ttl_s: float,
+    now: float | None = None,
+) -> None:
+    """Refresh a process's presence key and its entry in the live set, in one round trip."""
+    now = time.time() if now is None else now
+    deliveries = sorted(str(d) for d in held)
+    value = json.dumps({"worker": worker, "pid": pid, "incarnation": incarnation, "held": deliveries})
+    live = redis_keys.workers_live()
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.set(redis_keys.worker_presence(worker, pid), value, px=max(1, int(ttl_s * 1000)))
+    pipe.zadd(live, {f"{worker}:{pid}:{incarnation}": now})
+    # Prune here too, so the set stays bounded even if no one asks /health/ready.
+    pipe.zremrangebyscore(live, "-inf", f"({now - ttl_s}")
+    pipe.execute()
+
+
+def lookup(processes: Sequence[tuple[str | None, int | None]]) -> list[Presence | None]:
+    """For each (worker, pid): its presence, or None when the key is gone. One round trip for all."""
     pipe = get_redis().pipeline(transaction=False)
     for worker, pid in processes:
-        pipe.exists(redis_keys.worker_presence(worker or "?", pid or 0))
-    return [bool(n) for n in pipe.execute()]
+        pipe.get(redis_keys.worker_presence(worker or "?", pid or 0))
+    return [_parse(raw) for raw in pipe.execute()]
+
+
+def holding(deliveries: Sequence[tuple[str | None, int | None, uuid.UUID]]) -> list[bool]:
+    """For each (worker, pid, delivery_id): does that process's live incarnation hold it?"""
+    found = lookup([(worker, pid) for worker, pid, _ in deliveries])
+    return [p is not None and p.holds(d) for p, (_, _, d) in zip(found, deliveries, strict=True)]
+
+
+def live_count(ttl_s: float, now: float | None = None) -> int:
+    """Incarnations that beat within the last `ttl_s`; stale ones are dropped on the way.
+    Bounded by the fleet's size, where a SCAN for presence keys walked the whole keyspace."""
+    now = time.time() if now is None else now
+    live = redis_keys.workers_live()
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.zremrangebyscore(live, "-inf", f"({now - ttl_s}")
+    pipe.zcard(live)
+    return int(pipe.execute()[1])
+
+
+def _parse(raw: bytes | str | None) -> Presence | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return Presence(None, None)  # present but unreadable: protect, as a plain key did
+    held = value.get("held") if isinstance(value, dict) else None
+    if not isinstance(held, list):
+        return Presence(None, None)
+    return Presence(value.get("incarnation"), frozenset(str(d) for d in held))

@@ -17,12 +17,15 @@ def _p() -> str:
 
 
 def worker_presence(worker: str, pid: int) -> str:
-    """TTL'd key that says a worker process is alive; recovery asks it before taking a job."""
+    """TTL'd key naming the live incarnation of a worker process and the deliveries it holds;
+    recovery asks it before taking a job."""
     return f"{_p()}worker:{worker}:{pid}"
 
 
-def worker_presence_pattern() -> str:
-    return f"{_p()}worker:*"
+def workers_live() -> str:
+    """Sorted set of live process incarnations scored by their last beat (epoch seconds): the
+    worker count of /health/ready, read without a SCAN of the keyspace."""
+    return f"{_p()}workers:live"
 
 
 def control_lock(loop: str) -> str:

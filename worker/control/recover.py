@@ -1,4 +1,5 @@
-"""recover_stuck: running jobs whose lease expired and whose worker process is gone."""
+"""recover_stuck: running jobs whose lease expired and whose worker process is gone, or is
+there but no longer holds (or never held) that delivery."""
 
 from __future__ import annotations
 
@@ -20,11 +21,21 @@ ACTOR = "control:recover_stuck"
 
 
 def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, int]:
-    """Requeue (or declare dead) every expired job whose worker is gone.
+    """Requeue (or declare dead) every expired job whose worker no longer holds its delivery.
 
-    A job whose lease expired while its worker is still present is left alone and counted as
-    `lease_late`: the worker may be stalled on the ledger, and taking the job away would start a
-    second execution.
+    A job whose lease expired while its worker's live incarnation still holds its delivery is left
+    alone and counted as `lease_late`: the worker may be stalled on the ledger, and taking the job
+    away would start a second execution. Taken are jobs whose process is gone, and jobs whose
+    process is present but does not hold the delivery: finalize gave up after its retry budget,
+    the claim committed but its reply was lost (the process never started it), or the process is a
+    new incarnation with the same (hostname, pid), e.g. a restarted container.
+
+    Race: a job claimed just now is not in its process's presence until the next beat. That cannot
+    make us take it: we only look at EXPIRED leases, the lease (10 s; 3 s fast) is far longer than
+    the heartbeat interval (2 s; 0.5 s fast), and the presence key lives only `presence_ttl_seconds`
+    (6 s; 1.5 s fast) < the lease. So a presence key that exists once the lease has expired was
+    written at least `lease - presence_ttl` after the lease was last set (by the claim or by a
+    beat that held the job): by a beat that saw the job tracked, unless the process dropped it.
     """
     s = get_settings()
     late = 0
@@ -33,13 +44,14 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
     def give_back_orphans(conn: Connection) -> list[JobRow | None]:
         nonlocal late
         rows = queries.expired_leases(conn, now, limit or s.control_batch_size)
-        present = presence.alive([(r.worker, r.worker_pid) for r in rows]) if rows else []
+        held = presence.holding([(r.worker, r.worker_pid, r.delivery_id) for r in rows]) if rows else []
         after: list[JobRow | None] = []
-        for row, is_present in zip(rows, present, strict=True):
-            if is_present:
+        for row, is_held in zip(rows, held, strict=True):
+            if is_held:
                 late += 1
                 continue
-            error = {"type": "WorkerLost", "message": f"lease expired and {row.worker}:{row.worker_pid} is gone"}
+            where = f"{row.worker}:{row.worker_pid}"
+            error = {"type": "WorkerLost", "message": f"lease expired and {where} is gone or no longer holds it"}
             given = transitions.give_back(
                 conn, row, reason="worker_lost", actor=ACTOR, now=now, max_backoff_s=s.max_backoff_seconds,
                 immediate=True, error=error,

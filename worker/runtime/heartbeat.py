@@ -1,5 +1,6 @@
 """One heartbeat thread per worker process: it extends the leases of every job the process runs
-in one statement, and keeps the process's presence key alive in Redis.
+in one statement, and keeps the process's presence key alive in Redis: this incarnation (a random
+id per process start) and the deliveries it holds.
 
 Started lazily on the first job a process runs, so it works the same in a prefork child, a solo
 worker or a test; a forked child never inherits its parent's thread (the pid is checked).
@@ -30,6 +31,9 @@ class Heartbeat:
     def __init__(self, worker: str) -> None:
         self.worker = worker
         self.pid = os.getpid()
+        # Made per process (PerProcess below): a restarted container may reuse hostname and pid,
+        # never this id, so its presence cannot vouch for the jobs of the process it replaced.
+        self.incarnation = uuid.uuid4().hex
         self._held: dict[uuid.UUID, uuid.UUID] = {}
         self._drained: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -53,17 +57,24 @@ class Heartbeat:
         with self._lock:
             return dict(self._held)
 
-    def announce(self) -> None:
-        """Refresh this process's presence key; a Redis outage is logged, never fatal."""
+    def announce(self, held: dict[uuid.UUID, uuid.UUID] | None = None) -> None:
+        """Refresh this process's presence (incarnation and held deliveries) in one round trip;
+        a Redis outage is logged, never fatal."""
+        deliveries = (self.held() if held is None else held).values()
         try:
-            presence.announce(self.worker, self.pid, ttl_s=get_settings().presence_ttl_seconds, jobs=len(self._held))
+            presence.announce(
+                self.worker, self.pid, incarnation=self.incarnation, held=deliveries,
+                ttl_s=get_settings().presence_ttl_seconds,
+            )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - presence is best effort; the lease is the truth
             log.warning("presence refresh failed: %s", exc)
 
     def beat(self) -> int:
         """Extend every held lease now; returns how many rows were extended."""
         held = self.held()
-        self.announce()
+        # The same snapshot goes to presence and to the lease extension: a job is in the presence
+        # whenever its lease is pushed forward (recover_stuck relies on it).
+        self.announce(held)
         with self._lock:
             drained, self._drained = self._drained, Counter()
         record_drained(drained)

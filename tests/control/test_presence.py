@@ -1,0 +1,97 @@
+"""Presence names a process incarnation and the deliveries it holds: recover_stuck takes an
+expired job whose process is present but no longer holds (or never held) that delivery."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from api.routes.health import _workers
+from tests import ledger_view
+from worker.broker import inspect, presence, redis_keys
+from worker.broker.redis_client import get_redis
+from worker.clock import seconds, utcnow
+from worker.control.recover import recover_stuck
+from worker.ledger import control_state, db, transitions
+from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.states import JobState
+from worker.settings import get_settings
+from worker.submit import JobRequest, build_row
+
+pytestmark = pytest.mark.usefixtures("private_ledger")
+
+
+@pytest.fixture(autouse=True)
+def _empty_ledger() -> None:
+    with db.begin() as conn:
+        conn.execute(sa.delete(job_events))
+        conn.execute(sa.delete(jobs))
+    control_state.put(control_state.BROKER_RUN_ID, inspect.run_id(), now=utcnow())
+    get_redis().delete(redis_keys.workers_live())
+
+
+def _running(worker: str, pid: int, **row: Any) -> JobRow:
+    now = utcnow()
+    base = build_row(JobRequest("examples.echo", {"message": "x"}, queue=f"q-{uuid.uuid4().hex[:6]}"),
+                     tenant="presence", s=get_settings(), now=now)  # fmt: skip
+    with db.begin() as conn:
+        job = transitions.create_jobs(conn, [{**base, "max_attempts": 3, **row}], actor="test", now=now)[0]
+        claimed = transitions.claim(conn, job.id, job.delivery_id, worker=worker, pid=pid, now=now, lease_s=3)
+    assert claimed is not None
+    return claimed
+
+
+def test_a_present_process_that_does_not_hold_the_delivery_does_not_protect_it() -> None:
+    """The claim committed but the process never ran the job (lost reply), or finalize gave up:
+    the process beats on, holding other deliveries. Bug caught: presence alone protecting it."""
+    job = _running("busy@host", 31)
+    other = _running("busy@host", 31)
+    presence.announce("busy@host", 31, incarnation="inc-1", held=[other.delivery_id], ttl_s=30)
+    counts = recover_stuck(utcnow() + seconds(60))
+    assert counts == {"requeued": 1, "dead": 0, "lease_late": 1}, "only the held delivery is left alone"
+    after = ledger_view.job(job.id)
+    assert after.state == JobState.QUEUED and after.delivery_id != job.delivery_id
+    assert ledger_view.reasons(job.id)[-1] == "worker_lost"
+    assert ledger_view.job(other.id).state == JobState.RUNNING
+
+
+def test_a_restarted_process_with_the_same_hostname_and_pid_does_not_protect_the_old_job() -> None:
+    """A container restarted with the same hostname and pid 1: a new incarnation, holding only
+    its own deliveries. Bug caught: (hostname, pid) taken as the identity of a process."""
+    old = _running("container@web", 1)
+    presence.announce("container@web", 1, incarnation="before-restart", held=[old.delivery_id], ttl_s=30)
+    assert recover_stuck(utcnow() + seconds(60))["lease_late"] == 1, "the old incarnation held it"
+    presence.announce("container@web", 1, incarnation="after-restart", held=[uuid.uuid4()], ttl_s=30)
+    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0, "lease_late": 0}
+    assert ledger_view.job(old.id).state == JobState.QUEUED
+
+
+def test_a_present_process_that_holds_the_delivery_keeps_its_job() -> None:
+    """The worker may be stalled on the ledger: taking the job would start a second execution.
+    Bug caught: a check that takes every expired job, or compares the wrong id."""
+    job = _running("stalled@host", 32)
+    presence.announce("stalled@host", 32, incarnation="inc-s", held=[uuid.uuid4(), job.delivery_id], ttl_s=30)
+    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 0, "dead": 0, "lease_late": 1}
+    assert ledger_view.job(job.id).state == JobState.RUNNING
+
+
+def test_the_health_worker_count_reads_live_incarnations_without_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: /health/ready SCANning the whole keyspace, or counting stale incarnations."""
+    ttl = get_settings().presence_ttl_seconds
+    for n in range(3):
+        presence.announce(f"w{n}@host", 100 + n, incarnation=f"live-{n}", held=[], ttl_s=ttl)
+    presence.announce("gone@host", 200, incarnation="stale", held=[], ttl_s=ttl, now=time.time() - 10 * ttl)
+
+    def no_scan(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the worker count must not SCAN the keyspace")
+
+    for name in ("scan", "scan_iter", "keys"):
+        monkeypatch.setattr(redis.Redis, name, no_scan)
+    assert _workers()["processes_with_heartbeat"] == 3
+    monkeypatch.undo()
+    assert get_redis().zcard(redis_keys.workers_live()) == 3, "the stale incarnation was pruned"
