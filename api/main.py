@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
 from api import errors, metrics
 from api.limits import BodySizeLimit, InflightLimit
 from api.routes import health, jobs, queues
+from api.schemas import ErrorPublic
 from worker.runtime.registry import load_job_modules
 from worker.settings import get_settings
+
+# Every error any route may answer, with the one body shape they share (api/errors.py).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorPublic, "description": description}
+    for status, description in {
+        400: "The body could not be read (not UTF-8 JSON).",
+        401: "No API key, or one that is unknown or revoked.",
+        403: "The key lacks the scope (or the queue) this needs.",
+        404: "No such job for this tenant, or no such route.",
+        405: "The route does not take this method.",
+        409: "The job is not in a state that allows this, or the idempotency key was used for another job.",
+        413: "The request body or the job's args are over the limit.",
+        422: "The request does not fit the schema, the job type is unknown, or its args do not fit.",
+        429: "The queue is over its watermark or the tenant over its quota: see Retry-After.",
+        503: "The ledger is unavailable or this process is at its in-flight limit: see Retry-After.",
+    }.items()
+}
 
 
 def create_app() -> FastAPI:
@@ -21,6 +40,7 @@ def create_app() -> FastAPI:
         title="medic",
         version="0.1.0",
         description="Submit background jobs; medic runs them on Celery and heals what breaks.",
+        responses=ERROR_RESPONSES,
     )
     errors.install(app)
     app.include_router(jobs.router)

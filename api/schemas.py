@@ -1,4 +1,5 @@
-"""Request and response models: JobCreate in, JobPublic / JobsPublic out."""
+"""Request and response models: JobCreate / BatchCreate in, JobPublic / JobsPublic out, ErrorPublic
+for every error (its `error` code is stable; see docs/api.md)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,27 @@ class JobCreate(BaseModel):
     priority: int = Field(0, ge=0, le=9, description="0..9, higher is served first.")
     timeout: float | None = Field(None, gt=0, le=86400, description="Seconds before the job is timed out.")
     max_attempts: int | None = Field(None, ge=1, le=100)
+
+
+class BatchItem(JobCreate):
     idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Batch items only; single jobs use the Idempotency-Key header."
+        None, min_length=1, max_length=200, description="Single jobs use the Idempotency-Key header instead."
     )
 
 
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    jobs: list[JobCreate] = Field(min_length=1)
+    jobs: list[BatchItem] = Field(min_length=1)
+
+
+class ErrorPublic(BaseModel):
+    """Every error: a stable code, a sentence for people, and details that depend on the code."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="Stable machine-readable code, e.g. invalid_args, queue_full, job_not_found.")
+    message: str
 
 
 class JobPublic(BaseModel):
