@@ -82,7 +82,7 @@ def test_medic_up_runs_supervises_and_stops_cleanly(medic_env: dict[str, str], t
     log = open(tmp_path / "up.log", "w+")  # noqa: SIM115
     up = subprocess.Popen(
         [*MEDIC, "up", "--api-port", str(api_port), "--flower-port", str(flower_port)],
-        env=medic_env,
+        env={**medic_env, "MEDIC_DEV_KEY_FILE": str(tmp_path / "dev-key")},
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
@@ -98,6 +98,9 @@ def test_medic_up_runs_supervises_and_stops_cleanly(medic_env: dict[str, str], t
         wait_for(lambda: _answers(flower + "/healthcheck"), 30, 0.2, "flower up")
         assert httpx.get(flower + "/api/workers").status_code == 401
         assert httpx.get(flower + "/api/workers", auth=("medic", "medic-dev")).status_code == 200
+        assert (tmp_path / "dev-key").read_text().strip() == key[1]
+        cmdlines = [_cmdline(pid) for pid in _descendants(up.pid)]
+        assert cmdlines and not [c for c in cmdlines if "medic-dev" in c], cmdlines  # no password in `ps`
 
         worker_pid = int(re.search(r"started worker-1 \(pid (\d+)\)", text)[1])  # type: ignore[index]
         os.killpg(worker_pid, signal.SIGKILL)
@@ -114,6 +117,13 @@ def test_medic_up_runs_supervises_and_stops_cleanly(medic_env: dict[str, str], t
         for pid in _descendants(up.pid):
             os.kill(pid, signal.SIGKILL)
         log.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 def _answers(url: str) -> bool:

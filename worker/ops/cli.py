@@ -53,19 +53,75 @@ def keys() -> None:
     """API keys."""
 
 
+def _key_queues(text: str | None) -> frozenset[str] | None:
+    """--queues: each must be declared now (a typo would make a key that can submit nowhere)."""
+    from worker.errors import MedicError
+    from worker.ledger.apikeys import parse_queues
+    from worker.runtime.queues import check_queue, declared_queues
+
+    queues = parse_queues(text)
+    if queues is None:
+        return None
+    s = get_settings()
+    declared = declared_queues(s)
+    try:
+        for queue in sorted(queues):
+            check_queue(queue, s, declared)
+    except MedicError as exc:
+        raise click.BadParameter(exc.message, param_hint="--queues") from None
+    return queues
+
+
 @keys.command("create")
 @click.option("--tenant", required=True)
 @click.option("--scopes", default="submit,read", show_default=True, help="Comma-separated: submit, read, admin.")
+@click.option("--queues", default=None, help="Comma-separated queues the key may submit to (default: every one).")
 @click.option("--name", default=None)
-def keys_create(tenant: str, scopes: str, name: str | None) -> None:
+def keys_create(tenant: str, scopes: str, queues: str | None, name: str | None) -> None:
     """Create a key; the key is printed alone on the last line."""
     from worker.ledger import apikeys
     from worker.ledger import db as ledger_db
 
+    limited = _key_queues(queues)
     with ledger_db.begin() as conn:
-        raw = apikeys.create_key(conn, tenant, apikeys.parse_scopes(scopes), name)
-    click.echo(f"created a key for tenant {tenant!r} with scopes {scopes}", err=True)
+        raw = apikeys.create_key(conn, tenant, apikeys.parse_scopes(scopes), name, queues=limited)
+    where = ",".join(sorted(limited)) if limited else "every declared queue"
+    click.echo(f"created a key for tenant {tenant!r} with scopes {scopes}, queues: {where}", err=True)
     click.echo(raw)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--active", is_flag=True, help="Leave out revoked keys.")
+def keys_list(tenant: str | None, active: bool) -> None:
+    """List keys: id, prefix, tenant, scopes, queues, name, created, revoked. Never the key."""
+    from worker.ledger import apikeys
+    from worker.ledger import db as ledger_db
+
+    with ledger_db.connect() as conn:
+        found = apikeys.list_keys(conn, tenant=tenant, include_revoked=not active)
+    click.echo("\t".join(("id", "prefix", "tenant", "scopes", "queues", "name", "created", "revoked")))
+    for k in found:
+        revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "active"
+        cells = (str(k.id), k.prefix, k.tenant, k.scopes, k.queues or "*", k.name or "-",
+                 k.created_at.isoformat(timespec="seconds"), revoked)  # fmt: skip
+        click.echo("\t".join(cells))
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=click.UUID)
+def keys_revoke(key_id: Any) -> None:
+    """Revoke a key by id; every API process refuses it within MEDIC_API_KEY_CACHE_SECONDS."""
+    from worker.ledger import apikeys
+    from worker.ledger import db as ledger_db
+
+    with ledger_db.begin() as conn:
+        done = apikeys.revoke_key(conn, key_id)
+    if not done:
+        click.echo(f"no active key {key_id}", err=True)
+        sys.exit(EXIT_CONFIG)
+    wait = get_settings().api_key_cache_seconds
+    click.echo(f"revoked {key_id}; API processes refuse it within {wait:g} s (MEDIC_API_KEY_CACHE_SECONDS)")
 
 
 @main.command()
@@ -103,7 +159,9 @@ def beat() -> None:
 @click.option("--address", default="127.0.0.1", show_default=True)
 def flower(port: int, address: str) -> None:
     """Run Flower behind basic auth (MEDIC_FLOWER_USER / MEDIC_FLOWER_PASSWORD)."""
-    _exec(processes.flower_cmd(get_settings(), port, address))
+    s = get_settings()
+    os.environ.update(processes.flower_env(s))  # the password in the environment, not in argv (`ps`)
+    _exec(processes.flower_cmd(s, port, address))
 
 
 @main.command()

@@ -37,7 +37,11 @@ def beat_cmd(loglevel: str = "INFO") -> list[str]:
 
 
 def flower_cmd(s: Settings, port: int, address: str = "127.0.0.1") -> list[str]:
-    return [
-        *CELERY, "flower", f"--port={port}", f"--address={address}",
-        f"--basic_auth={s.flower_user}:{s.flower_password}",
-    ]  # fmt: skip
+    """Flower's command line; its password goes in `flower_env`, never here (argv is public in `ps`)."""
+    return [*CELERY, "flower", f"--port={port}", f"--address={address}"]
+
+
+def flower_env(s: Settings) -> dict[str, str]:
+    """Flower reads FLOWER_<OPTION> variables (flower/command.py apply_env_options); `basic_auth`
+    is a list split on ',' there, so a password must not contain one."""
+    return {"FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"}

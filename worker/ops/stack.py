@@ -1,5 +1,5 @@
-"""`medic up`: pick the ledger and the broker, migrate, create a dev key, start and supervise
-every process, and print where each listens."""
+"""`medic up`: pick the ledger and the broker, migrate, reuse (or create) the dev key, start and
+supervise every process, and print where each listens."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def _children(
     ]
     children += [Child("control", processes.control_cmd()), Child("beat", processes.beat_cmd())]
     if flower:
-        children.append(Child("flower", processes.flower_cmd(s, flower_port)))
+        children.append(Child("flower", processes.flower_cmd(s, flower_port), env=processes.flower_env(s)))
     return children
 
 
@@ -144,23 +144,53 @@ def _banner(s: Settings, *, api_url: str, flower_port: int | None, dev_key: str)
     lines += [
         f"  ledger   {sa.engine.make_url(s.database_url).render_as_string(hide_password=True)}",
         f"  broker   {s.redis_url}",
-        "  dev API key (tenant 'dev', scopes submit,read,admin):",
+        f"  dev API key (tenant 'dev', scopes submit,read,admin; kept in {s.dev_key_file}):",
         dev_key,
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
 
 
-def _prepare_ledger(database_url: str) -> str:
-    """Migrate, and create this session's dev key."""
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` readable by this user only: created 0600 (never briefly wider), then renamed
+    over the old file so a reader never sees half a key."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored if tmp existed already
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def dev_key(path: Path) -> str:
+    """The dev key of `medic up`: the one in `path` while the ledger still knows it (not revoked,
+    tenant 'dev', admin), else a new one written to `path`. One key per ledger, not one per start."""
     from worker.ledger import apikeys, db
+
+    raw = path.read_text().strip() if path.is_file() else ""
+    with db.begin() as conn:
+        known = apikeys.lookup(conn, raw) if raw else None
+        if known is not None and known.tenant == "dev" and known.allows(apikeys.Scope.ADMIN):
+            path.chmod(0o600)
+            return raw
+        raw = apikeys.create_key(conn, "dev", apikeys.parse_scopes("submit,read,admin"), "medic up")
+        # inside the transaction: a file we cannot write leaves no orphan key behind
+        _write_private(path, raw + "\n")
+    return raw
+
+
+def _prepare_ledger(database_url: str, key_file: str) -> str:
+    """Migrate, and find or create the dev key."""
+    from worker.ledger import db
     from worker.ledger.migrate import upgrade
 
     upgrade(database_url)
-    with db.begin() as conn:
-        dev_key = apikeys.create_key(conn, "dev", apikeys.parse_scopes("submit,read,admin"), "medic up")
+    key = dev_key(Path(key_file))
     db.dispose_engine()  # the children open their own connections
-    return dev_key
+    return key
 
 
 def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool) -> int:
@@ -171,7 +201,7 @@ def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int
     reset_settings()
     s = get_settings()
     try:
-        dev_key = _prepare_ledger(database_url)
+        key = _prepare_ledger(database_url, s.dev_key_file)
         supervisor = Supervisor(
             _children(
                 s, api_port=api_port, flower_port=flower_port, workers=workers, concurrency=concurrency, flower=flower
@@ -183,7 +213,7 @@ def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int
             print("medic: the API did not answer within 30 s; see the log above")
             supervisor.stop()
             return EXIT_API_DID_NOT_START
-        print(_banner(s, api_url=api_url, flower_port=flower_port if flower else None, dev_key=dev_key), flush=True)
+        print(_banner(s, api_url=api_url, flower_port=flower_port if flower else None, dev_key=key), flush=True)
         hooks = [ProcessScalerPool(supervisor, s.default_queue)] if s.scaler == "process" else []
         supervisor.run(on_tick=hooks)
         return EXIT_OK
