@@ -1,17 +1,21 @@
 """Jobs used only by the tests. Each execution is recorded in Redis so tests can prove how many
 times a job really ran, and that no two executions of one job overlapped.
 
+Each record names the job and the delivery (the Celery task id) that ran, so a test can match
+executions to the ledger's claims (tests/ledger_view.py `assert_no_overlap`).
+
 Records go to `MEDIC_TEST_RECORD_REDIS_URL` (the shared Redis), not to the broker's Redis, so a
 chaos test that restarts the broker keeps them."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
 
+import celery
 import redis
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from worker.runtime.registry import job
 from worker.settings import get_settings
@@ -31,11 +35,43 @@ def _log_key(tag: str) -> str:
     return f"{get_settings().key_prefix}test:executions:{tag}"
 
 
-def overlapping(runs: list[dict[str, float | int | str]]) -> bool:
-    """True if two executions overlapped in time (an execution whose process died has end 0:
-    it is taken to run until the next one started, which cannot be checked)."""
-    spans = sorted((float(r["start"]), float(r["end"]) or float(r["start"])) for r in runs)
-    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+def _current_delivery() -> tuple[str, str]:
+    """(job_id, delivery_id) of the Celery task running this job: the message's args are
+    (job_id, delivery_id) and its task id is the delivery_id (worker/broker/publish.py send).
+    Empty strings when called outside a worker."""
+    request = celery.current_task.request if celery.current_task else None
+    if request is None or not request.id or not request.args:
+        return "", ""
+    return str(request.args[0]), str(request.id)
+
+
+def _start(tag: str) -> tuple[str, dict[str, float | int | str]]:
+    """Record the start of this execution under `tag` and under its job (by delivery)."""
+    job_id, delivery_id = _current_delivery()
+    entry: dict[str, float | int | str] = {
+        "pid": os.getpid(), "start": time.time(), "end": 0.0, "job": job_id, "delivery": delivery_id,
+    }  # fmt: skip
+    execution = f"{os.getpid()}:{time.time_ns()}"
+    _write(tag, execution, entry)
+    return execution, entry
+
+
+def _write(tag: str, execution: str, entry: dict[str, float | int | str]) -> None:
+    pipe = get_redis().pipeline()
+    pipe.hset(_log_key(tag), execution, json.dumps(entry))
+    if entry["job"]:
+        pipe.hset(_job_key(str(entry["job"])), execution, json.dumps(entry))
+    pipe.execute()
+
+
+def _job_key(job_id: str) -> str:
+    return f"{get_settings().key_prefix}test:job-executions:{job_id}"
+
+
+def job_executions(job_id: str) -> list[dict[str, float | int | str]]:
+    """Every recorded execution of one job (pid, start, end, delivery), however it was tagged."""
+    entries = get_redis().hgetall(_job_key(job_id))
+    return sorted((json.loads(v) for v in entries.values()), key=lambda e: float(e["start"]))
 
 
 def executions(tag: str) -> list[dict[str, float | int | str]]:
@@ -46,16 +82,24 @@ def executions(tag: str) -> list[dict[str, float | int | str]]:
 
 @job("tests.record", backoff=0.1)
 def record(tag: str, seconds: float = 0.0) -> dict[str, int]:
-    """Sleep `seconds`; record the execution's start and end under `tag`."""
-    r = get_redis()
-    key = _log_key(tag)
-    execution = f"{os.getpid()}:{time.time_ns()}"
-    entry = {"pid": os.getpid(), "start": time.time(), "end": 0.0}
-    r.hset(key, execution, json.dumps(entry))
+    """Sleep `seconds`; record the execution's start and end under `tag` and its job."""
+    execution, entry = _start(tag)
     time.sleep(seconds)
     entry["end"] = time.time()
-    r.hset(key, execution, json.dumps(entry))
+    _write(tag, execution, entry)
     return {"pid": os.getpid()}
+
+
+@job("tests.hang", backoff=0.1)
+def hang(tag: str) -> None:
+    """Record the start (with the pid), then loop forever swallowing the soft time limit: only a
+    kill ends it, and a kill leaves no end record."""
+    _start(tag)
+    while True:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            continue
 
 
 @job("tests.fail_then_succeed", backoff=0.1)
@@ -70,3 +114,15 @@ def fail_then_succeed(tag: str, failures: int) -> str:
 @job("tests.typed")
 def typed(count: int, ratio: float = 1.0, labels: list[str] | None = None) -> int:
     return count
+
+
+@job("tests.unstorable")
+def unstorable(kind: str, payload: object = None) -> object:
+    """A result JSONB refuses: NaN/Infinity, or NUL in a string or a key (json.dumps allows all).
+    `payload` takes any JSON, for tests of what the API refuses in args."""
+    return {
+        "nan": [1.0, float("nan")],
+        "inf": {"x": float("inf")},
+        "nul": {"text": "a\x00b"},
+        "nul_key": {"k\x00": 1},
+    }[kind]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
@@ -10,9 +11,11 @@ import sqlalchemy as sa
 
 from tests.api_client import events, submit, wait_state
 from tests.conftest import KeyFactory
+from tests.testjobs import executions
 from worker.ledger import db
 from worker.ledger.models import jobs
 from worker.settings import get_settings
+from worker.testing.processes import wait_for
 
 
 def _rows(tenant: str) -> int:
@@ -170,12 +173,18 @@ def test_cancel_a_queued_job(client: httpx.Client) -> None:
 
 
 def test_cancel_a_running_job_discards_its_result(client: httpx.Client) -> None:
-    job = submit(client, "examples.sleep", {"seconds": 3})
-    wait_state(client, job["id"], {"running"})
+    """Cancelled while running: past the job's natural end it is still cancelled with no result,
+    and the recorder shows its execution was terminated (no end record)."""
+    tag = uuid.uuid4().hex
+    job = submit(client, "tests.record", {"tag": tag, "seconds": 3})
+    started = wait_for(lambda: executions(tag), 30, 0.05, "the job started")[0]
     assert client.post(f"/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
-    # the worker is told to terminate it; if it finished anyway, the fence drops the result
+    natural_end = float(started["start"]) + 3 + 1.0
+    wait_for(lambda: time.time() > natural_end, 10, 0.1, "past the job's natural end")
     final = client.get(f"/jobs/{job['id']}").json()
     assert final["state"] == "cancelled" and final["result"] is None
+    [run] = executions(tag)
+    assert run["end"] == 0, "the worker was told to terminate it, yet it ran to its end"
 
 
 def test_retry_a_dead_job(client: httpx.Client) -> None:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from tests.chaos.conftest import TERMINAL
 from tests.conftest import KeyFactory, switched_env
+from tests.ledger_view import assert_no_overlap
 from tests.testjobs import executions
 from worker.ledger import db
 from worker.ledger.models import jobs
@@ -61,6 +62,7 @@ def test_a_broker_restart_loses_no_queued_job(cprocs: Processes, private_redis: 
     wait_for(lambda: _all_succeeded(ids), 120, 0.2, "all 200 succeeded")
     twice = [t for t in tags if len(executions(t)) != 1]
     assert twice == [], f"{len(twice)} jobs ran other than once"
+    assert_no_overlap(ids)
 
 
 def test_jobs_accepted_while_the_broker_is_down_run_when_it_is_back(
@@ -89,3 +91,4 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_is_back(
     private_redis.start()
     wait_for(lambda: _all_succeeded(ids), 120, 0.2, "all 50 succeeded")
     assert set(_states(ids)) <= {"succeeded"} | TERMINAL
+    assert_no_overlap(ids)

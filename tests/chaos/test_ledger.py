@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from tests.chaos.conftest import TERMINAL, wait_job
 from tests.conftest import KeyFactory, switched_env
-from tests.ledger_view import job
+from tests.ledger_view import assert_no_overlap, job
 from tests.testjobs import executions
 from worker.ledger import db
 from worker.ledger.migrate import upgrade
@@ -43,6 +43,7 @@ def test_a_ledger_restart_mid_run_loses_nothing_and_never_500s(
     cprocs.control_plane(**env)
     _, key = make_key()
     accepted: list[str] = []
+    tags: dict[str, str] = {}
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -51,10 +52,12 @@ def test_a_ledger_restart_mid_run_loses_nothing_and_never_500s(
             for _i in range(400):  # bounded: at most 400 requests, about 20 s
                 if stop.is_set():
                     return
-                body = {"type": "tests.record", "args": {"tag": uuid.uuid4().hex, "seconds": 0.5}, "queue": "chaos7"}
+                tag = uuid.uuid4().hex
+                body = {"type": "tests.record", "args": {"tag": tag, "seconds": 0.5}, "queue": "chaos7"}
                 response = client.post("/jobs", json=body)
                 statuses.append(response.status_code)
                 if response.status_code == 202:
+                    tags[response.json()["id"]] = tag
                     accepted.append(response.json()["id"])
                 else:
                     assert response.headers.get("Retry-After"), response.text
@@ -76,6 +79,9 @@ def test_a_ledger_restart_mid_run_loses_nothing_and_never_500s(
     for job_id in accepted:
         done = wait_job(uuid.UUID(job_id), TERMINAL, timeout=120)
         assert done.state == "succeeded", (job_id, done.state, done.error)
+        # one recorded execution per claim: none ran without a claim, none was lost by the recorder
+        assert len(executions(tags[job_id])) == done.attempts, (job_id, done.attempts, executions(tags[job_id]))
+    assert_no_overlap(uuid.UUID(j) for j in accepted)
 
 
 def test_killed_ledger_connections_cost_nothing(cprocs: Processes, make_key: KeyFactory) -> None:
@@ -106,3 +112,4 @@ def test_killed_ledger_connections_cost_nothing(cprocs: Processes, make_key: Key
     assert done.state == "succeeded" and done.attempts == 1
     assert len(executions(tag)) == 1
     assert job(uuid.UUID(first["id"])).state == "succeeded"
+    assert_no_overlap([uuid.UUID(first["id"]), uuid.UUID(response.json()["id"])])

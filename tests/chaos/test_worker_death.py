@@ -8,8 +8,11 @@ import time
 import uuid
 
 from tests.chaos.conftest import TERMINAL, submit, wait_job
-from tests.ledger_view import job, reasons
-from tests.testjobs import executions, overlapping
+from tests.conftest import switched_env
+from tests.ledger_view import assert_no_overlap, job, reasons
+from tests.testjobs import executions
+from worker.control.timeouts import ACTOR as ENFORCE_TIMEOUTS
+from worker.ledger import db, queries
 from worker.testing.processes import Processes, wait_for
 
 
@@ -43,6 +46,7 @@ def test_sigkill_of_a_whole_worker_reruns_its_job_elsewhere(cprocs: Processes) -
     assert len(runs) == 2
     assert runs[0]["end"] == 0, "the first execution died with its worker"
     assert float(runs[1]["start"]) > killed_at, "the re-run started only after the first was dead"
+    assert_no_overlap([job_id])
 
 
 def test_sigkill_of_only_the_prefork_child_reruns_the_job(cprocs: Processes) -> None:
@@ -64,6 +68,7 @@ def test_sigkill_of_only_the_prefork_child_reruns_the_job(cprocs: Processes) -> 
     runs = executions(tag)
     assert len(runs) == 2 and float(runs[1]["start"]) > killed_at
     assert w.alive(), "the worker itself survives the loss of a child"
+    assert_no_overlap([job_id])
 
 
 def test_a_job_that_always_kills_its_process_is_dead_after_max_attempts(cprocs: Processes) -> None:
@@ -76,6 +81,7 @@ def test_a_job_that_always_kills_its_process_is_dead_after_max_attempts(cprocs: 
     assert done.attempts == 3
     assert reasons(job_id).count("claimed") == 3
     assert reasons(job_id).count("worker_lost") == 3
+    assert_no_overlap([job_id])
 
 
 def test_a_hanging_job_is_killed_retried_and_finally_dead(cprocs: Processes) -> None:
@@ -90,6 +96,31 @@ def test_a_hanging_job_is_killed_retried_and_finally_dead(cprocs: Processes) -> 
     assert reasons(job_id).count("timeout") == 4  # running -> timed_out -> queued|dead, twice
     assert done.worker_pid is not None
     wait_for(lambda: not _alive(done.worker_pid), 10, 0.1, "the hanging process was killed")
+    assert_no_overlap([job_id])
+
+
+def test_a_hung_job_celery_would_not_kill_for_a_minute_is_killed_by_enforce_timeouts(cprocs: Processes) -> None:
+    """Given a job that swallows its soft limit, published with a hard limit 60 s past its 2 s
+    timeout (the enqueuing process's grace), and the control loop on a 1 s grace,
+    When it overruns, Then only enforce_timeouts can act: it kills the process (revoke) and
+    moves the job through timed_out to dead."""
+    cprocs.worker("chaos-hang-loop", queues="chaos12", concurrency=1)
+    cprocs.control_plane(MEDIC_TIMEOUT_GRACE_SECONDS="1")
+    tag = uuid.uuid4().hex
+    # send() sets time_limit = timeout + grace of the PUBLISHING process: here, 2 + 60 s
+    with switched_env({"MEDIC_TIMEOUT_GRACE_SECONDS": "60"}):
+        job_id = submit("tests.hang", {"tag": tag}, queue="chaos12", timeout=2, max_attempts=1)
+    pid = int(wait_for(lambda: executions(tag), 30, 0.05, "the hang started")[0]["pid"])
+    done = wait_job(job_id, TERMINAL, timeout=40)
+    assert done.state == "dead"
+    wait_for(lambda: not _alive(pid), 10, 0.1, "the hung process killed by the loop's revoke")
+    with db.connect() as conn:
+        events = [(e.to_state, e.actor) for e in queries.get_events(conn, job_id)]
+    assert ("timed_out", ENFORCE_TIMEOUTS) in events, events
+    assert events[-1] == ("dead", ENFORCE_TIMEOUTS), events
+    runs = executions(tag)
+    assert len(runs) == 1 and runs[0]["end"] == 0, runs
+    assert_no_overlap([job_id])
 
 
 def test_a_live_job_far_longer_than_its_lease_is_never_rerun(cprocs: Processes) -> None:
@@ -105,6 +136,7 @@ def test_a_live_job_far_longer_than_its_lease_is_never_rerun(cprocs: Processes) 
     assert done.state == "succeeded"
     assert done.attempts == 1
     runs = executions(tag)
-    assert len(runs) == 1 and not overlapping(runs)
+    assert len(runs) == 1
     assert "worker_lost" not in reasons(job_id)
+    assert_no_overlap([job_id])
     assert job(job_id).heartbeat_at > job(job_id).started_at
