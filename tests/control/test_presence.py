@@ -95,3 +95,32 @@ def test_the_health_worker_count_reads_live_incarnations_without_a_scan(monkeypa
     assert _workers()["processes_with_heartbeat"] == 3
     monkeypatch.undo()
     assert get_redis().zcard(redis_keys.workers_live()) == 3, "the stale incarnation was pruned"
+
+
+def test_the_heartbeat_announces_its_incarnation_and_the_deliveries_it_holds() -> None:
+    """Bug caught: a heartbeat that writes presence without its held deliveries (every expired
+    job would be taken from a stalled worker), or one id shared by two process starts."""
+    from worker.runtime.heartbeat import Heartbeat
+
+    first, second = Heartbeat("beat@host"), Heartbeat("beat@host")
+    for hb in (first, second):  # beat by hand: a background beat could interleave with ours
+        hb.stop()
+        hb._thread.join(5)
+    get_redis().delete(redis_keys.worker_presence("beat@host", first.pid))
+    try:
+        job_id, delivery_id = uuid.uuid4(), uuid.uuid4()
+        first.track(job_id, delivery_id, "q-beat")
+        first.beat()
+        [seen] = presence.lookup([("beat@host", first.pid)])
+        assert seen is not None and seen.incarnation == first.incarnation
+        assert seen.holds(delivery_id) and not seen.holds(uuid.uuid4())
+        first.untrack(job_id)
+        first.beat()
+        [seen] = presence.lookup([("beat@host", first.pid)])
+        assert seen is not None and not seen.holds(delivery_id), "an untracked delivery leaves the presence"
+        second.beat()
+        [seen] = presence.lookup([("beat@host", second.pid)])
+        assert seen is not None and seen.incarnation == second.incarnation != first.incarnation
+        assert not seen.holds(delivery_id), "a new incarnation holds nothing of the old one"
+    finally:
+        get_redis().delete(redis_keys.worker_presence("beat@host", first.pid))
