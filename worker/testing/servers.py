@@ -35,7 +35,18 @@ def delete_keys(redis_url: str, prefix: str) -> None:
         client.delete(key)
 
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+def pg_bin() -> Path:
+    """The installed PostgreSQL's binary folder: `pg_config --bindir` if pg_config is there, else
+    the highest-numbered /usr/lib/postgresql/*/bin holding initdb (.ci/run uses the same rule).
+    Debian's pg_config is the client package's and may exist without a server; hence the initdb check."""
+    if pg_config := shutil.which("pg_config"):
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
+        if found and (Path(found) / "initdb").exists():
+            return Path(found)
+    candidates = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()]
+    if not candidates:
+        raise FileNotFoundError("no PostgreSQL initdb under pg_config --bindir or /usr/lib/postgresql/*/bin")
+    return max(candidates, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1)
 
 
 class PrivatePostgres:
@@ -47,7 +58,9 @@ class PrivatePostgres:
         self.data = self.dir / "data"
         self.port = free_port()
         shutil.chown(self.dir, "postgres", "postgres")
-        self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
+        self.bin = pg_bin()
+        initdb = str(self.bin / "initdb")
+        self._as_postgres([initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
 
     @property
     def url(self) -> str:
@@ -58,7 +71,7 @@ class PrivatePostgres:
 
     def _ctl(self, *args: str) -> None:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", *args])
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", *args])
 
     def start(self) -> None:
         self._ctl("-l", str(self.dir / "server.log"), "start")
