@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         5, ge=1, description="A job re-sent this often as lost is dead (undeliverable: no worker knows it?)."
     )
     retention_days: float = Field(30.0, gt=0, description="Finished jobs and their events are kept this long.")
+    prune_budget_seconds: float = Field(
+        1200.0, ge=0, description="Longest prune run (capped at the prune period); the rest waits for the next run."
+    )
     control_batch_size: int = Field(500, gt=0, description="Most jobs one control-loop run acts on.")
     reconcile_scan_limit: int = Field(
         100_000, gt=0, description="Longest queue reconcile scans for lost messages; longer ones are skipped."
@@ -127,6 +130,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1000, gt=0, description="Most jobs in one POST /jobs/batch.")
     api_key_cache_seconds: float = Field(30.0, ge=0, description="How long the API trusts a checked key.")
     ledger_retry_after_seconds: int = Field(5, gt=0, description="Retry-After when the ledger is down.")
+    metrics_token: str = Field("", description="Bearer token GET /metrics requires; empty: /metrics is open.")
 
     dev_key_file: str = Field(
         ".medic/dev-key", description="Where `medic up` keeps its dev API key (mode 0600; relative to the cwd)."

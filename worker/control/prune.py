@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from worker.clock import seconds
 from worker.ledger import db, decisions, queries, transitions
 from worker.settings import get_settings
 
-MAX_BATCHES_PER_RUN = 20
 
+def prune(now: dt.datetime, *, batch: int = 2000, budget_s: float | None = None) -> dict[str, int]:
+    """Delete batch after batch until nothing expired is left or the time budget is spent.
 
-def prune(now: dt.datetime, *, batch: int = 1000) -> dict[str, int]:
-    """Short transactions, so pruning a large backlog never holds long locks."""
-    cutoff = now - seconds(get_settings().retention_days * 86400)
+    Each batch is its own short transaction, so pruning a large backlog never holds long locks
+    and the API and workers write in between. The budget (`prune_budget_seconds`, capped at the
+    period) keeps a run well inside the loop lock's TTL (3 x period): what is left waits for the
+    next run. At least one batch runs whatever the budget, so every run makes progress.
+    """
+    s = get_settings()
+    if budget_s is None:
+        budget_s = min(s.prune_budget_seconds, s.prune_period_seconds)
+    cutoff = now - seconds(s.retention_days * 86400)
+    deadline = time.monotonic() + budget_s
     deleted = 0
-    for _ in range(MAX_BATCHES_PER_RUN):
+    while True:
         with db.begin() as conn:
             ids = queries.finished_before(conn, cutoff, batch)
-            if not ids:
-                break
             transitions.delete_jobs(conn, ids)
-            deleted += len(ids)
-        if len(ids) < batch:
+        deleted += len(ids)
+        if len(ids) < batch or time.monotonic() >= deadline:
             break
     return {"deleted": deleted, "decisions_deleted": decisions.prune_before(cutoff)}

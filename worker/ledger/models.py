@@ -73,14 +73,19 @@ jobs = sa.Table(
     sa.Column("worker", sa.String(255), nullable=True),
     sa.Column("worker_pid", sa.Integer, nullable=True),
     sa.UniqueConstraint("tenant", "idempotency_key"),
-    # listing a tenant's jobs newest first, keyset-paginated
+    # listing a tenant's jobs newest first, keyset-paginated; filtered by state, type or queue, a
+    # page is one index range read backwards with the LIMIT (tests/ledger/test_plans.py)
     sa.Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
-    # control loops: running jobs by lease, queued jobs by queue
+    sa.Index("ix_jobs_tenant_state_created_at_id", "tenant", "state", "created_at", "id"),
+    sa.Index("ix_jobs_tenant_type_created_at_id", "tenant", "type", "created_at", "id"),
+    sa.Index("ix_jobs_tenant_queue_created_at_id", "tenant", "queue", "created_at", "id"),
+    # control loops: running jobs by lease (recover) and by start (timeouts), queued jobs by queue,
+    # queued jobs by publish time (reconcile), finished jobs by age (prune)
     sa.Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+    sa.Index("ix_jobs_state_started_at", "state", "started_at"),
     sa.Index("ix_jobs_state_queue", "state", "queue"),
+    sa.Index("ix_jobs_state_published_at_created_at", "state", "published_at", "created_at"),
     sa.Index("ix_jobs_finished", "finished_at"),
-    # a tenant's queued-jobs quota, counted with a LIMIT
-    sa.Index("ix_jobs_tenant_state", "tenant", "state"),
 )
 
 job_events = sa.Table(

@@ -114,14 +114,38 @@ def expired_leases(conn: Connection, now: dt.datetime, limit: int) -> list[JobRo
 
 
 def overdue(conn: Connection, now: dt.datetime, grace_s: float, limit: int) -> list[JobRow]:
-    """Running jobs past start + timeout + grace. The running set is bounded by the fleet's concurrency."""
-    rows = conn.execute(sa.select(jobs).where(jobs.c.state == JobState.RUNNING.value).order_by(jobs.c.started_at)).all()
-    late = [r for r in rows if r.started_at + seconds(r.timeout_s + grace_s) < now]
-    return late[:limit]
+    """Running jobs past start + timeout + grace, longest running first: id, delivery_id,
+    timeout_s and started_at only (never args or result).
+
+    The deadline is computed in SQL; `started_at < now - grace` (every timeout is positive) keeps
+    the read an index range on (state, started_at) that stops at the LIMIT.
+    """
+    if conn.dialect.name == "sqlite":  # no interval type: compare in days (julianday) instead
+        ran_s = (
+            sa.func.julianday(sa.literal(now, type_=jobs.c.started_at.type)) - sa.func.julianday(jobs.c.started_at)
+        ) * 86400.0
+        late = ran_s > jobs.c.timeout_s + grace_s
+    else:
+        one_second = sa.literal_column("interval '1 second'", type_=sa.Interval)
+        late = jobs.c.started_at + (jobs.c.timeout_s + grace_s) * one_second < now
+    stmt = (
+        sa.select(jobs.c.id, jobs.c.delivery_id, jobs.c.timeout_s, jobs.c.started_at)
+        .where(jobs.c.state == JobState.RUNNING.value, jobs.c.started_at < now - seconds(grace_s), late)
+        .order_by(jobs.c.started_at)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
 
 
 def _queued(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> list[JobRow]:
-    stmt = sa.select(jobs).where(jobs.c.state == JobState.QUEUED.value, where).order_by(jobs.c.created_at).limit(limit)
+    """Oldest published first: the order of the (state, published_at, created_at) index, so the
+    LIMIT ends the read instead of a sort of the whole queued backlog."""
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == JobState.QUEUED.value, where)
+        .order_by(jobs.c.published_at, jobs.c.created_at)
+        .limit(limit)
+    )
     return list(conn.execute(stmt))
 
 

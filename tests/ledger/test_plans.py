@@ -1,0 +1,150 @@
+"""The control loops' and the job list's reads stay index ranges with a LIMIT on a ledger of real size.
+
+Each query function runs for real against ~100k jobs; the SQL it sent is captured and run again
+under EXPLAIN ANALYZE. A plan fails if it reads jobs or job_events sequentially, or reads more
+rows than a bounded read would: a sort of every candidate before the LIMIT, or an index walk
+over a tenant's whole history that filters as it goes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from worker.clock import seconds, utcnow
+from worker.ledger import queries
+from worker.ledger.db import make_engine
+
+pytestmark = pytest.mark.timeout(120)
+
+JOBS = 100_000
+LIMIT = 100
+# A bounded read touches a few LIMITs' worth of rows; tenant-0's history alone is 50k rows,
+# the queued backlog 4,000, the running set 2,000.
+MAX_READ = 10 * LIMIT
+
+# A realistic mix: 90% succeeded, 3% dead, 1% cancelled, 4% queued (a tenth never published,
+# some due later), 2% running; finished over the last 31 days (retention 30); half the jobs
+# belong to one big tenant, the rest to 19 others; 10 types over 4 queues, and a rare type and a
+# rare queue (what a filtered list that walks the tenant's history would scan the most for).
+FILL = """
+INSERT INTO jobs (id, type, queue, priority, tenant, args, result, state, attempts, max_attempts,
+                  timeout_s, backoff_s, delivery_id, created_at, updated_at, published_at, started_at,
+                  finished_at, not_before, lease_expires_at)
+SELECT gen_random_uuid(), CASE WHEN i % 500 = 0 THEN 'rare' ELSE 'type-' || (i % 10) END,
+       CASE WHEN i % 700 = 0 THEN 'q-rare' ELSE 'q-' || (i % 4) END, 0,
+       CASE WHEN i % 2 = 0 THEN 'tenant-0' ELSE 'tenant-' || (1 + i % 19) END,
+       '{"message": "some realistic payload of a few dozen bytes"}'::jsonb,
+       CASE WHEN m < 90 THEN '{"ok": true}'::jsonb END,
+       CASE WHEN m < 90 THEN 'succeeded' WHEN m < 93 THEN 'dead' WHEN m < 94 THEN 'cancelled'
+            WHEN m < 98 THEN 'queued' ELSE 'running' END,
+       1, 3, CASE WHEN i % 7 = 0 THEN 3600 ELSE 60 END, 2, gen_random_uuid(), t, t,
+       CASE WHEN m = 94 AND i % 10 = 0 THEN NULL ELSE t END,
+       CASE WHEN m >= 98 THEN :now - make_interval(secs => i % 7200) WHEN m < 94 THEN t END,
+       CASE WHEN m < 94 THEN t END,
+       CASE WHEN m = 95 THEN :now + interval '1 hour' END,
+       CASE WHEN m >= 98 THEN :now + interval '10 seconds' END
+FROM (SELECT i, i % 100 AS m, :now - make_interval(secs => (:jobs - i) * 26.8) AS t
+      FROM generate_series(1, :jobs) AS i) AS g
+"""
+EVENTS = """
+INSERT INTO job_events (job_id, at, to_state, actor, reason, attempt)
+SELECT id, created_at, state, 'fill', 'x', 1 FROM jobs
+"""
+
+
+@pytest.fixture(scope="module")
+def ledger(private_ledger: dict[str, str]) -> Iterator[sa.Engine]:
+    engine = make_engine(private_ledger["MEDIC_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(sa.text(FILL), {"now": utcnow(), "jobs": JOBS})
+        conn.execute(sa.text(EVENTS))
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE jobs, job_events")
+    yield engine
+    engine.dispose()
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def explain(engine: sa.Engine, call: Callable[[Connection], object]) -> list[dict[str, Any]]:
+    """Run `call`, then EXPLAIN ANALYZE the one statement it sent; the plan's nodes."""
+    sent: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        sent.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", grab)
+    try:
+        with engine.begin() as conn:
+            call(conn)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", grab)
+    assert len(sent) == 1, sent
+    statement, parameters = sent[0]
+    with engine.begin() as conn:
+        raw = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar()
+    doc = raw if isinstance(raw, list) else json.loads(raw)
+    return list(_nodes(doc[0]["Plan"]))
+
+
+def assert_bounded(nodes: list[dict[str, Any]]) -> list[str]:
+    """No sequential scan, and few rows read (kept or discarded); returns the indexes used.
+
+    A sort is allowed only of what such a bounded read returned: a sort of the whole candidate
+    set (the queued backlog, every running job) fails on the number of rows read.
+    """
+    scans = [n for n in nodes if n.get("Relation Name") in ("jobs", "job_events")]
+    assert scans, nodes
+    assert not [n for n in scans if n["Node Type"] == "Seq Scan"], nodes
+    read = sum(
+        (n["Actual Rows"] + n.get("Rows Removed by Filter", 0) + n.get("Rows Removed by Index Recheck", 0))
+        * n["Actual Loops"]
+        for n in scans
+    )
+    assert read <= MAX_READ, (read, nodes)
+    return sorted({n["Index Name"] for n in nodes if "Index Name" in n})
+
+
+NOW = utcnow()
+CASES: dict[str, Callable[[Connection], object]] = {
+    "overdue": lambda c: queries.overdue(c, NOW, 10.0, LIMIT),
+    "unpublished": lambda c: queries.unpublished(c, LIMIT),
+    "published_before": lambda c: queries.published_before(c, NOW, LIMIT),
+    "queued_since_before": lambda c: queries.queued_since_before(c, NOW - seconds(300), LIMIT),
+    "finished_before": lambda c: queries.finished_before(c, NOW - dt.timedelta(days=30), LIMIT),
+    "list_jobs": lambda c: queries.list_jobs(c, "tenant-0", limit=LIMIT),
+    "list_jobs_state": lambda c: queries.list_jobs(c, "tenant-0", state="queued", limit=LIMIT),
+    "list_jobs_state_page_2": lambda c: queries.list_jobs(
+        c, "tenant-0", state="dead", limit=LIMIT, before=(NOW - dt.timedelta(days=10), uuid.UUID(int=2**128 - 1))
+    ),
+    "list_jobs_type": lambda c: queries.list_jobs(c, "tenant-0", type_="rare", limit=LIMIT),
+    "list_jobs_queue": lambda c: queries.list_jobs(c, "tenant-0", queue="q-rare", limit=LIMIT),
+    "tenant_queued": lambda c: queries.tenant_queued(c, "tenant-0", up_to=LIMIT),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_read_is_an_index_range_with_a_limit(ledger: sa.Engine, name: str) -> None:
+    indexes = assert_bounded(explain(ledger, CASES[name]))
+    print(f"\n{name}: {', '.join(indexes)}")
+
+
+def test_overdue_finds_what_is_late_and_nothing_else(ledger: sa.Engine) -> None:
+    """The deadline is computed in SQL: a 60 s job started 2 h ago is late, a 3600 s job 10 min ago is not."""
+    with ledger.connect() as conn:
+        late = queries.overdue(conn, NOW, 10.0, 10_000)
+        running = conn.execute(sa.text("SELECT started_at, timeout_s FROM jobs WHERE state = 'running'")).all()
+    expected = sum(1 for started, timeout in running if started + seconds(timeout + 10.0) < NOW)
+    assert 0 < len(late) == expected < len(running)
