@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from worker.errors import DuplicateJobNameError, InvalidArgsError, UnknownJobTypeError
+from worker.runtime import storable
 from worker.runtime.task import register_task
 from worker.settings import Settings, get_settings
 
@@ -37,14 +38,28 @@ class JobSpec:
         """Check `args` against the signature; return them as JSON-ready data.
 
         Raises:
-            InvalidArgsError: missing, extra or ill-typed arguments.
+            InvalidArgsError: missing, extra or ill-typed arguments, or values the ledger cannot
+                store (NaN, Infinity, NUL or a lone surrogate in a string or key).
         """
+        raw = dict(args or {})
+        # Checked before pydantic too: its JSON dump quietly turns an Infinity inside an `Any`
+        # field into null, and a job must not run with other args than were submitted.
+        self._refuse_unstorable(storable.problem(raw))
         try:
-            model = self.args_model.model_validate(dict(args or {}))
+            model = self.args_model.model_validate(raw)
         except ValidationError as exc:
             problems = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()]
             raise InvalidArgsError(f"args do not fit {self.name}", problems=problems) from None
-        return model.model_dump(mode="json")
+        dumped: dict[str, Any] = model.model_dump(mode="json")
+        self._refuse_unstorable(storable.check(dumped))
+        return dumped
+
+    def _refuse_unstorable(self, found: tuple[str, str] | None) -> None:
+        if found is not None:
+            loc, msg = found
+            raise InvalidArgsError(
+                f"args of {self.name} hold a value the ledger cannot store", problems=[{"loc": loc, "msg": msg}]
+            )
 
     def load(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         """Stored JSON args -> keyword arguments with their declared Python types."""

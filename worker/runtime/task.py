@@ -6,7 +6,6 @@ from the ledger row the claim returns, so the ledger, not the broker, decides wh
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Task
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from worker.broker.celery_app import app
@@ -25,6 +25,7 @@ from worker.errors import LedgerUnavailableError
 from worker.ledger import db, transitions
 from worker.ledger.db import with_ledger_retry
 from worker.ledger.models import JobRow
+from worker.runtime import storable
 from worker.runtime.heartbeat import get_heartbeat
 from worker.runtime.signals import MedicRequest
 from worker.settings import get_settings
@@ -53,9 +54,15 @@ def register_task(spec: JobSpec) -> None:
     app.task(name=spec.name, bind=True, base=JobTask)(run)
 
 
+def _printable(text: str) -> str:
+    """`text` as the ledger can store it: NUL and lone surrogates escaped (an exception message
+    may quote the very value the ledger refused)."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_info(exc: BaseException) -> dict[str, Any]:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"type": type(exc).__qualname__, "message": str(exc)[:2000], "traceback": tb[-8000:]}
+    return {"type": type(exc).__qualname__, "message": _printable(str(exc)[:2000]), "traceback": _printable(tb[-8000:])}
 
 
 def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID) -> None:
@@ -81,12 +88,7 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     heartbeat = get_heartbeat(worker)
     heartbeat.track(job_id, delivery_id, job.queue)
     try:
-        outcome = _run(spec, job)
-        [after] = with_ledger_retry(
-            lambda: commit_then_publish(lambda conn: [_finalize(conn, job, outcome, actor=f"{worker}:{pid}")]),
-            budget_s=s.finalize_retry_seconds,
-            what="finalize",
-        )
+        after = record_outcome(job, _run(spec, job), actor=f"{worker}:{pid}")
     finally:
         heartbeat.untrack(job_id)
     if after is None:
@@ -94,12 +96,44 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
 
 
 Outcome = tuple[str, Any]
+NOT_STORABLE = "result_not_storable"
+
+
+def not_storable(detail: str) -> dict[str, Any]:
+    """The error of a job whose result the ledger cannot keep; it fails (and retries) like any."""
+    return {"type": NOT_STORABLE, "message": f"the job's result cannot be stored: {detail}"[:2000], "traceback": ""}
+
+
+def record_outcome(job: JobRow, outcome: Outcome, *, actor: str) -> JobRow | None:
+    """Finalize `job` with `outcome`, retrying while the ledger is down.
+
+    A DataError is no outage: the ledger refused the value, and retrying would leave the row
+    `running` until its timeout. It becomes the job's error (`result_not_storable`) at once.
+    """
+    s = get_settings()
+
+    def write(o: Outcome) -> JobRow | None:
+        [after] = with_ledger_retry(
+            lambda: commit_then_publish(lambda conn: [_finalize(conn, job, o, actor=actor)]),
+            budget_s=s.finalize_retry_seconds,
+            what="finalize",
+        )
+        return after
+
+    try:
+        return write(outcome)
+    except sa_exc.DataError as exc:
+        log.error("job %s: the ledger refused its outcome: %s", job.id, exc.orig)
+        return write(("failed", not_storable(_printable(str(exc.orig)))))
 
 
 def _run(spec: JobSpec, job: JobRow) -> Outcome:
     try:
         result = spec.func(**spec.load(job.args))
-        json.dumps(result)  # the ledger stores JSON; refuse what it cannot keep
+        found = storable.check(result)  # refuse here what JSONB would refuse at finalize
+        if found is not None:
+            loc, reason = found
+            return ("failed", not_storable(f"{loc}: {reason}"))
         return ("succeeded", result)
     except SoftTimeLimitExceeded:
         return ("timeout", f"soft time limit of {job.timeout_s}s exceeded")
