@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from worker.errors import LedgerUnavailableError
+from worker.errors import LedgerUnavailableError, UnauthorizedError
 from worker.ledger import db, queries
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +34,18 @@ def refresh_ledger_gauges() -> None:
     JOBS.clear()
     for state, queue, count in rows:
         JOBS.labels(state=state, queue=queue).set(count)
+
+
+def check_scrape_token(authorization: str | None) -> None:
+    """With MEDIC_METRICS_TOKEN set, /metrics answers only `Authorization: Bearer <token>`.
+
+    Raises:
+        UnauthorizedError: the token is set and the request does not carry it (401).
+    """
+    token = get_settings().metrics_token
+    if not token:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    # compare_digest: the time taken must not tell a scraper how much of the token it got right
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise UnauthorizedError("GET /metrics needs Authorization: Bearer <MEDIC_METRICS_TOKEN>")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -90,6 +90,8 @@ def ready() -> JSONResponse:
 
 
 @router.get("/metrics", responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
-def prometheus_metrics() -> Response:
+def prometheus_metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus exposition; behind a bearer token when MEDIC_METRICS_TOKEN is set."""
+    metrics.check_scrape_token(authorization)
     metrics.refresh_ledger_gauges()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
