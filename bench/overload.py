@@ -3,7 +3,11 @@
 One worker slot drains `examples.sleep(0.2)` (about 5 jobs/s); bounded clients on 127.0.0.1 submit
 as fast as the API answers for `--seconds`. Prints one JSON object (accepted and rejected per
 second, p50/p99 latency of 202 and 429 answers, peak depth vs the high watermark, admission
-transitions) and writes a PNG of depth, watermarks and admission state over time.
+transitions, and what became of every accepted job) and writes a PNG of depth, watermarks and
+admission state over time. It runs with the `fast` profile (short leases and loop periods).
+
+After the flood it waits (bounded) until every accepted job is terminal before counting: the
+database is dropped at the end, so anything counted earlier would be a job still in flight.
 
     .venv/bin/python -m bench.overload --seconds 30 --plot docs/overload.png
 """
@@ -27,6 +31,8 @@ from bench.medic_run import ROOT, MedicRun
 from worker.testing.processes import Processes
 
 JOB_S = 0.2
+PROFILE = "fast"
+TERMINAL = ("succeeded", "dead", "cancelled")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -121,6 +127,33 @@ def summarize(rec: Recorder, high: int, low: int, hard: int, seconds: float) -> 
     }
 
 
+def job_states() -> dict[str, int]:
+    from worker.ledger import db
+    from worker.ledger.models import jobs
+
+    with db.connect() as conn:
+        rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all()
+    return {state: count for state, count in rows}
+
+
+def drain(accepted: int, t0: float) -> dict[str, Any]:
+    """Wait until every accepted job is terminal, at most twice the time one slot needs for all
+    of them plus 60 s; returns the final states and how long after the flood's start it took."""
+    bound = accepted * JOB_S * 2 + 60
+    deadline = time.monotonic() + bound
+    states = job_states()
+    while sum(states.get(s, 0) for s in TERMINAL) < sum(states.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        states = job_states()
+    terminal = sum(states.get(s, 0) for s in TERMINAL)
+    return {
+        "states": states,
+        "all_terminal": terminal == sum(states.values()),
+        "terminal_after_s": round(time.monotonic() - t0, 1),
+        "wait_bound_s": round(bound, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -132,7 +165,7 @@ def main() -> None:
 
     queue = "flood"
     extra = {"MEDIC_QUEUE_WATERMARKS": json.dumps({queue: [args.high, args.low]}), "MEDIC_API_MAX_INFLIGHT": "256"}
-    medic = MedicRun("fast", extra)
+    medic = MedicRun(PROFILE, extra)
     from worker.control import admission
     from worker.ledger import apikeys, db
 
@@ -153,6 +186,8 @@ def main() -> None:
         for t in threads:
             t.start()
         time.sleep(args.seconds + 10)  # the flood, then 10 s of draining on the plot
+        accepted = sum(1 for a in list(rec.answers) if a[1] == 202)
+        jobs_end = drain(accepted, t0)  # still sampling: the plot shows the whole drain
         stop.set()
         for t in threads:
             t.join()
@@ -166,7 +201,9 @@ def main() -> None:
         procs.stop_all()
         medic.drop()
     plot(rec, wm.high, wm.low, wm.hard, args.plot)
-    report = {"bench": "overload", "seconds": args.seconds, "clients": args.clients, "job_seconds": JOB_S}
+    report: dict[str, Any] = {"bench": "overload", "profile": PROFILE, "seconds": args.seconds}
+    report |= {"clients": args.clients, "job_seconds": JOB_S}
+    report["accepted_jobs"] = {"accepted_202": accepted, **jobs_end}
     report["events_by_reason"] = reasons
     report |= {"worker_slots": 1, **summarize(rec, wm.high, wm.low, wm.hard, args.seconds), "plot": str(args.plot)}
     print(json.dumps(report, indent=2))
