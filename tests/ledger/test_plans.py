@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from worker.clock import seconds, utcnow
 from worker.ledger import queries
 from worker.ledger.db import make_engine
+from worker.ledger.models import jobs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,3 +149,19 @@ def test_overdue_finds_what_is_late_and_nothing_else(ledger: sa.Engine) -> None:
         running = conn.execute(sa.text("SELECT started_at, timeout_s FROM jobs WHERE state = 'running'")).all()
     expected = sum(1 for started, timeout in running if started + seconds(timeout + 10.0) < NOW)
     assert 0 < len(late) == expected < len(running)
+
+
+def test_overdue_on_both_backends(engine: sa.Engine, new_job: Callable[..., Any]) -> None:
+    """SQLite has no interval type: the deadline there is computed with julianday()."""
+    now = utcnow()
+    late = new_job(timeout_s=60.0, tenant="overdue-late")
+    on_time = new_job(timeout_s=3600.0, tenant="overdue-on-time")
+    queued = new_job(timeout_s=1.0, tenant="overdue-queued")
+    with engine.begin() as conn:
+        for job, started in ((late, now - seconds(75)), (on_time, now - seconds(75))):
+            conn.execute(sa.update(jobs).where(jobs.c.id == job.id).values(state="running", started_at=started))
+        conn.execute(sa.update(jobs).where(jobs.c.id == queued.id).values(started_at=now - seconds(75)))
+    with engine.connect() as conn:
+        found = {r.id for r in queries.overdue(conn, now, 10.0, 1000)}
+        assert late.id in found and on_time.id not in found and queued.id not in found
+        assert late.id not in {r.id for r in queries.overdue(conn, now, 20.0, 1000)}, "grace counts"

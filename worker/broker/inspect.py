@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 
 log = logging.getLogger(__name__)
+
+SCAN_CHUNK = 1000  # messages per LRANGE / HSCAN round trip while looking for delivery ids
 
 
 def depth(queue: str) -> int:
@@ -35,23 +37,46 @@ def _delivery_id(raw: str) -> str | None:
         return None
 
 
-def delivery_ids(queues: Iterable[str], scan_limit: int) -> set[str] | None:
-    """Delivery ids of every message waiting in `queues` or prefetched by a worker.
+def delivery_ids(queues: Iterable[str], scan_limit: int, wanted: Collection[str] | None = None) -> set[str] | None:
+    """Which of the `wanted` delivery ids wait in `queues` or are prefetched by a worker (all of
+    the ids found there if `wanted` is None).
 
-    None when the broker holds more than `scan_limit` messages there: too many to read on each
-    pass, so the caller must not conclude that anything is missing.
+    Reads the lists in LRANGE chunks, then the `unacked` hash with HSCAN, and stops as soon as
+    every wanted id is found, so a long queue costs little when nothing is lost. None when more
+    than `scan_limit` messages had to be read without finding them all: the caller must not
+    conclude that anything is missing.
+
+    Races: kombu LPUSHes new messages at the head and BRPOPs from the tail. Reading by index from
+    the head, a push only makes us read some messages twice and a pop never moves one we have
+    not read yet, so a message that stays put is never missed. One popped before we reach it is
+    in `unacked`, read after the lists.
     """
     r = get_redis()
-    lists = [key for queue in queues for key in redis_keys.queue_lists(queue)]
-    unacked = redis_keys.unacked()
-    pipe = r.pipeline(transaction=False)
-    for key in lists:
-        pipe.llen(key)
-    pipe.hlen(unacked)
-    if sum(pipe.execute()) > scan_limit:
-        return None
+    want = set(wanted) if wanted is not None else None
     found: set[str] = set()
-    for key in lists:
-        found.update(d for raw in r.lrange(key, 0, -1) if (d := _delivery_id(raw)))
-    found.update(d for raw in r.hvals(unacked) if (d := _delivery_id(raw)))
-    return found
+    read = 0
+
+    def done() -> bool:
+        return want is not None and want <= found
+
+    for key in (key for queue in queues for key in redis_keys.queue_lists(queue)):
+        start = 0
+        while not done():
+            chunk = r.lrange(key, start, start + SCAN_CHUNK - 1)
+            read += len(chunk)
+            if read > scan_limit:
+                return None
+            found.update(d for raw in chunk if (d := _delivery_id(raw)))
+            if len(chunk) < SCAN_CHUNK:
+                break
+            start += SCAN_CHUNK
+    cursor = 0
+    while not done():
+        cursor, entries = r.hscan(redis_keys.unacked(), cursor, count=SCAN_CHUNK)
+        read += len(entries)
+        if read > scan_limit:
+            return None
+        found.update(d for raw in entries.values() if (d := _delivery_id(raw)))
+        if cursor == 0:
+            break
+    return found if want is None else found & want

@@ -63,7 +63,8 @@ def lost_messages(now: dt.datetime, limit: int) -> int:
         rows = queries.queued_since_before(conn, cutoff, limit)
     if not rows:
         return 0
-    present = inspect.delivery_ids({r.queue for r in rows}, s.reconcile_scan_limit)
+    wanted = {str(r.delivery_id) for r in rows}
+    present = inspect.delivery_ids({r.queue for r in rows}, s.reconcile_scan_limit, wanted)
     if present is None:
         log.info("reconcile: queues too long to scan for lost messages; skipped")
         return 0
