@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     )
     control_batch_size: int = Field(500, gt=0, description="Most jobs one control-loop run acts on.")
     reconcile_scan_limit: int = Field(
-        100_000, gt=0, description="Longest queue reconcile scans for lost messages; longer ones are skipped."
+        100_000, gt=0, description="Most messages reconcile reads per run looking for lost ones; past it it skips."
     )
 
     # admission control (backpressure)

@@ -29,6 +29,15 @@ INDEXES = {
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        # CONCURRENTLY: building an index on a large ledger must not block the API's inserts for
+        # minutes. It cannot run in a transaction; IF NOT EXISTS makes a re-run after a failure
+        # (which leaves the revision unstamped) go on where it stopped.
+        with op.get_context().autocommit_block():
+            for name, columns in INDEXES.items():
+                op.create_index(name, "jobs", columns, postgresql_concurrently=True, if_not_exists=True)
+            op.drop_index("ix_jobs_tenant_state", "jobs", postgresql_concurrently=True, if_exists=True)
+        return
     with op.batch_alter_table("jobs") as batch:
         for name, columns in INDEXES.items():
             batch.create_index(name, columns, unique=False)
