@@ -58,9 +58,10 @@ def admission(queue: str) -> str:
     return f"{_p()}admission:{queue}"
 
 
-def admission_pending(queue: str) -> str:
-    """Jobs admitted by the API but not yet published: counted against the watermark."""
-    return f"{_p()}admission:{queue}:pending"
+def admission_reservations(queue: str) -> str:
+    """Room the API reserved for jobs not yet published, counted against the watermark: a sorted
+    set of "<reservation id>:<n jobs>" -> expiry (ms, Redis clock); see scripts/admit.lua."""
+    return f"{_p()}admission:{queue}:reservations"
 
 
 def rates(queue: str) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ACCEPTING = "accepting"
 SHEDDING = "shedding"
-PENDING_TTL_MS = 10_000  # an admitted batch that never reports back stops counting after this
+PENDING_TTL_MS = 10_000  # a reservation never released (its process died) stops counting after this
 
 
 @dataclass(frozen=True)
@@ -68,21 +69,37 @@ def retry_after(depth: int, low: int, drain_rate: float, s: Settings | None = No
 
 @dataclass
 class Reservation:
-    """Room for `n` jobs in `queue`, held until they are published (or the API gives up)."""
+    """Room for `n` jobs in `queue`, held until they are published (or the API gives up).
+
+    `member` is this reservation's own entry in the queue's reservations ("" when none was made:
+    Redis was down). It expires by itself after the TTL, so a process killed while holding it
+    leaks nothing for longer than that.
+    """
 
     queue: str
     n: int
+    member: str = ""
 
     def release(self) -> None:
-        if not self.n:
+        if not self.member:
             return
-        # A counter we could not decrement is cleared by its TTL.
+        # ZREM of our own member: after expiry (or a second release) it is a no-op, never a
+        # negative count. One we could not remove is cleared by its expiry.
         with contextlib.suppress(Exception):
-            get_redis().decrby(redis_keys.admission_pending(self.queue), self.n)
+            get_redis().zrem(redis_keys.admission_reservations(self.queue), self.member)
+        self.member = ""
 
 
-def admit(queue: str, n: int, priority: int) -> Reservation:
-    """Reserve room for `n` jobs of `priority` in `queue`.
+def reserved(queue: str) -> int:
+    """Jobs held by live (unexpired) reservations in `queue`."""
+    seconds, micros = get_redis().time()
+    now_ms = seconds * 1000 + micros // 1000
+    live = get_redis().zrangebyscore(redis_keys.admission_reservations(queue), f"({now_ms}", "+inf")
+    return sum(int(str(member).rsplit(":", 1)[1]) for member in live)
+
+
+def admit(queue: str, n: int, priority: int, *, ttl_ms: int = PENDING_TTL_MS) -> Reservation:
+    """Reserve room for `n` jobs of `priority` in `queue` for at most `ttl_ms`.
 
     Raises:
         QueueFullError: the queue is shedding, or the jobs would take it past its watermark.
@@ -91,9 +108,10 @@ def admit(queue: str, n: int, priority: int) -> Reservation:
     wm = watermarks(queue, s)
     critical = priority >= s.critical_priority
     limit = wm.hard if critical else wm.high
-    script_keys = [redis_keys.admission(queue), redis_keys.admission_pending(queue), *redis_keys.queue_lists(queue)]
+    member = f"{uuid.uuid4().hex}:{n}"
+    keys = [redis_keys.admission(queue), redis_keys.admission_reservations(queue), *redis_keys.queue_lists(queue)]
     try:
-        ok, depth, state, rate = run_script("admit", script_keys, [limit, n, int(critical), PENDING_TTL_MS])
+        ok, depth, state, rate = run_script("admit", keys, [limit, n, int(critical), ttl_ms, member])
     except redis.RedisError as exc:
         # Fail open: with Redis down the queue cannot grow, and the outbox keeps what we accept.
         log.warning("admission check for %s skipped, Redis unavailable: %s", queue, exc)
@@ -108,7 +126,7 @@ def admit(queue: str, n: int, priority: int) -> Reservation:
             low_watermark=wm.low,
             retry_after=retry_after(depth, wm.low, float(rate or 0), s),
         )
-    return Reservation(queue, n)
+    return Reservation(queue, n, member)
 
 
 _quota_cache: dict[str, tuple[int, float]] = {}
