@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from api import errors, metrics
+from api import errors, metrics, swagger
 from api.limits import BodySizeLimit, InflightLimit
 from api.routes import health, jobs, queues
 from api.schemas import ErrorPublic
@@ -41,7 +41,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Submit background jobs; medic runs them on Celery and heals what breaks.",
         responses=ERROR_RESPONSES,
+        docs_url=None,  # api/swagger.py serves /docs from local assets
     )
+    swagger.install(app)
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(queues.router)
