@@ -15,8 +15,20 @@ from worker.settings import Settings, get_settings
 
 CONTROL_QUEUE = "medic.control"
 CONTROL_TASKS = "worker.control.tasks"
+CONTROL_TASK_PREFIX = "medic.control."
 
 app = Celery("medic")
+
+
+class QuietControlTasks:
+    """`task_annotations`: the control loops never send task events, so Flower (which switches
+    task events on remotely while it runs) lists application jobs, not a loop run every 2 s.
+
+    A task class's `send_events = False` is honoured even while events are switched on
+    (celery/worker/request.py `send_event`); annotations set it when the task is bound."""
+
+    def annotate(self, task: Any) -> dict[str, Any] | None:
+        return {"send_events": False} if str(task.name).startswith(CONTROL_TASK_PREFIX) else None
 
 
 def celery_config(s: Settings) -> dict[str, Any]:
@@ -43,7 +55,10 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_acks_on_failure": True,
         "task_acks_on_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,  # Flower's live view
+        # Off by default: 34 % of a worker's main process went to task events (bench/throughput.py).
+        # Flower switches them on remotely (enable_events every 5 s) while it watches.
+        "worker_send_task_events": False,
+        "task_annotations": [QuietControlTasks()],
         # The ledger records "enqueued"; a task-sent event would be a second Redis publish per
         # job (13 % of a single enqueue, 33 % of a batch, measured by bench/throughput.py).
         "task_send_sent_event": False,
