@@ -55,6 +55,19 @@ def machine_busy() -> tuple[float, float]:
     return (sum(values) - idle) / CLK_TCK, sum(values) / CLK_TCK
 
 
+def load_check(seconds: float = 0.5) -> dict[str, float]:
+    """How busy the (shared) machine is right before a round: 1-min load average and the cores
+    busy over `seconds`. Recorded with every round, so a noisy round can be told from a slow one."""
+    busy0, _ = machine_busy()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    busy1, _ = machine_busy()
+    return {
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "busy_cores": round((busy1 - busy0) / max(time.monotonic() - t0, 1e-9), 2),
+    }
+
+
 class CpuMeter:
     """CPU seconds spent by groups of processes between start() and stop()."""
 
