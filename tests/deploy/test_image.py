@@ -3,6 +3,7 @@ engine here): each check is also fed a broken Dockerfile to show it can fail."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ ROLES_HEALTH = "medic health"
 
 
 def _stages(text: str) -> list[list[dict[str, str]]]:
-    parser = DockerfileParser(fileobj=None, cache_content=True)
-    parser.content = text
+    # A parser without a fileobj reads and WRITES ./Dockerfile: always hand it one in memory.
+    parser = DockerfileParser(fileobj=io.StringIO(text))
     stages: list[list[dict[str, str]]] = []
     for item in parser.structure:
         if item["instruction"] == "FROM":
