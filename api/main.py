@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from api import errors, metrics, swagger
+from api import errors, metrics, slow, swagger
 from api.limits import BodySizeLimit, InflightLimit
-from api.routes import health, jobs, queues
+from api.routes import alerts, health, jobs, queues
 from api.schemas import ErrorPublic
 from worker.runtime.registry import load_job_modules
 from worker.settings import get_settings
+
+slow_log = logging.getLogger("medic.api.slow")
 
 # Every error any route may answer, with the one body shape they share (api/errors.py).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -48,15 +51,25 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(queues.router)
     app.include_router(health.router)
+    app.include_router(alerts.router)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
+        ledger = slow.start()
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        metrics.LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.LATENCY.labels(request.method, path).observe(elapsed)
         metrics.REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        if elapsed * 1000 > s.slow_request_ms:
+            slow_log.warning(
+                "slow request %s %s -> %d in %.0f ms (ledger %.0f ms)",
+                request.method, path, response.status_code, elapsed * 1000, ledger[0] * 1000,
+                extra={"route": path, "status": response.status_code, "duration_ms": round(elapsed * 1000, 1),
+                       "ledger_ms": round(ledger[0] * 1000, 1)},
+            )  # fmt: skip
         return response
 
     app.add_middleware(BodySizeLimit, max_bytes=s.max_request_bytes)

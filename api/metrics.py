@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.pool import QueuePool
 
+from worker.broker import redis_keys
+from worker.broker.redis_client import get_redis
+from worker.control import snapshot
 from worker.errors import LedgerUnavailableError, UnauthorizedError
 from worker.ledger import db, queries
 from worker.settings import get_settings
@@ -49,3 +60,79 @@ def check_scrape_token(authorization: str | None) -> None:
     # compare_digest: the time taken must not tell a scraper how much of the token it got right
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise UnauthorizedError("GET /metrics needs Authorization: Bearer <MEDIC_METRICS_TOKEN>")
+
+
+# --- cluster-wide gauges: the health_and_alerts loop measures them once per period
+# (worker/control/snapshot.py) and every API process serves its last snapshot (one Redis GET).
+
+QUEUE_GAUGES = {
+    "depth": ("medic_queue_depth", "Messages in the broker's lists of the queue"),
+    "high_watermark": ("medic_queue_high_watermark", "Depth at which the queue starts shedding"),
+    "low_watermark": ("medic_queue_low_watermark", "Depth at which a shedding queue accepts again"),
+    "shedding": ("medic_queue_shedding", "1 while the queue refuses work (429)"),
+    "arrival_rate": ("medic_queue_arrival_rate", "Jobs per second entering the queue (smoothed)"),
+    "drain_rate": ("medic_queue_drain_rate", "Jobs per second claimed from the queue (smoothed)"),
+    "desired_slots": ("medic_queue_desired_slots", "Worker slots the autoscale loop wants for the queue"),
+    "oldest_queued_age_seconds": ("medic_queue_oldest_queued_age_seconds", "Age of the queue's oldest ready job"),
+    "consumers": ("medic_queue_consumers", "Live workers consuming the queue"),
+}
+
+
+def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+    if value is not None:
+        family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+class SnapshotCollector(Collector):
+    """Serves the control plane's last snapshot; nothing when the loop has not run lately."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snap = snapshot.read()
+            tick = get_redis().get(redis_keys.beat_alive())
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer even with Redis down
+            log.warning("metrics: snapshot unavailable: %s", exc)
+            return
+        age = None if tick is None else max(0.0, time.time() - float(tick))
+        yield _gauge("medic_beat_last_tick_age_seconds", "Age of beat's last liveness tick", age)
+        if snap is None:
+            return
+        yield from self._queues(snap)
+        redis_info = snap.get("redis", {})
+        yield _gauge("medic_redis_used_memory_bytes", "Redis used_memory", redis_info.get("used_memory_bytes"))
+        yield _gauge("medic_redis_maxmemory_bytes", "Redis maxmemory (0: none)", redis_info.get("maxmemory_bytes"))
+        noevict = float(redis_info.get("maxmemory_policy") == "noeviction") if redis_info else None
+        yield _gauge("medic_redis_noeviction", "1 when Redis maxmemory-policy is noeviction", noevict)
+        pg = snap.get("postgres") or {}
+        yield _gauge("medic_postgres_connections", "Connections PostgreSQL serves", pg.get("connections"))
+        yield _gauge("medic_postgres_max_connections", "PostgreSQL max_connections", pg.get("max_connections"))
+        yield _gauge("medic_workers_live", "Worker processes with a fresh heartbeat", snap.get("workers_live"))
+        firing = GaugeMetricFamily("medic_alerts_firing", "Alert instances firing now", labels=["alert", "severity"])
+        for key, n in snap.get("alerts_firing", {}).items():
+            firing.add_metric(key.split("|", 1), n)
+        yield firing
+
+    def _queues(self, snap: dict[str, Any]) -> Iterator[Metric]:
+        for field, (name, doc) in QUEUE_GAUGES.items():
+            family = GaugeMetricFamily(name, doc, labels=["queue"])
+            for queue, values in snap.get("queues", {}).items():
+                if values.get(field) is not None:
+                    family.add_metric([queue], float(values[field]))
+            yield family
+
+
+REGISTRY.register(SnapshotCollector())
+
+POOL_CHECKED_OUT = Gauge("medic_db_pool_checked_out", "Ledger connections in use", ["process"])
+POOL_CAPACITY = Gauge("medic_db_pool_capacity", "Ledger pool size + overflow", ["process"])
+
+
+def refresh_pool_gauges() -> None:
+    """This API process's own ledger pool (a QueuePool; SQLite's has no size)."""
+    pool = db.get_engine().pool
+    if isinstance(pool, QueuePool):
+        process = f"api:{socket.gethostname()}:{os.getpid()}"
+        POOL_CHECKED_OUT.labels(process).set(pool.checkedout())
+        POOL_CAPACITY.labels(process).set(pool.size() + max(0, pool._max_overflow))

@@ -35,6 +35,9 @@ FAST_PROFILE: dict[str, Any] = {
     "backpressure_period_seconds": 0.5,
     "autoscale_period_seconds": 2.0,
     "scale_down_cooldown_seconds": 5.0,
+    "health_period_seconds": 1.0,
+    "alert_for_seconds": 3.0,
+    "alert_repeat_seconds": 60.0,
 }
 
 
@@ -135,6 +138,28 @@ class Settings(BaseSettings):
     dev_key_file: str = Field(
         ".medic/dev-key", description="Where `medic up` keeps its dev API key (mode 0600; relative to the cwd)."
     )
+
+    # operations: metrics, health and alerts (docs/operations.md)
+    metrics_port: int | None = Field(
+        None, ge=0, description="Port a worker's main process serves /metrics on (default 9808; 9809 control; 0: off)."
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address a worker's /metrics listens on.")
+    health_period_seconds: float = Field(15.0, gt=0, description="Period of health_and_alerts.")
+    alert_for_seconds: float = Field(
+        60.0, ge=0, description="How long a condition must hold before its alert fires (every rule but shedding)."
+    )
+    alert_for_overrides: dict[str, float] = Field(
+        default_factory=dict, description='Per-alert `for` in seconds, JSON: {"MedicQueueShedding": 0}.'
+    )
+    alert_repeat_seconds: float = Field(3600.0, gt=0, description="A firing alert is sent again at most this often.")
+    alert_webhook_url: str = Field("", description="Alertmanager-style webhook for firing and resolved alerts.")
+    alert_backlog_age_seconds: float = Field(300.0, gt=0, description="MedicQueueBacklogOld: oldest queued job age.")
+    alert_dead_per_minute: int = Field(10, ge=0, description="MedicDeadJobsHigh: jobs ended dead in the last minute.")
+    alert_usage_ratio: float = Field(
+        0.8, gt=0, le=1, description="Pool, PostgreSQL connections, Redis memory: alert above this share of the limit."
+    )
+    slow_request_ms: float = Field(1000.0, gt=0, description="A request slower than this is logged; API p95 alert.")
+    log_format: Literal["console", "json"] = Field("console", description="Log lines as text or as JSON.")
 
     # Flower
     flower_user: str = Field("medic", description="Flower basic-auth user.")

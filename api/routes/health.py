@@ -94,4 +94,5 @@ def prometheus_metrics(authorization: Annotated[str | None, Header()] = None) ->
     """Prometheus exposition; behind a bearer token when MEDIC_METRICS_TOKEN is set."""
     metrics.check_scrape_token(authorization)
     metrics.refresh_ledger_gauges()
+    metrics.refresh_pool_gauges()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

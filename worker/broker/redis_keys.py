@@ -74,6 +74,26 @@ def scale(queue: str) -> str:
     return f"{_p()}scale:{queue}"
 
 
+def queue_consumers(queue: str) -> str:
+    """Sorted set of workers (hostname:pid) consuming `queue`, scored by their last registration."""
+    return f"{_p()}consumers:{queue}"
+
+
+def ops_snapshot() -> str:
+    """JSON of the cluster-wide gauges the health_and_alerts loop computed last (the API serves it)."""
+    return f"{_p()}ops:snapshot"
+
+
+def alert_state() -> str:
+    """Hash of the alert rules' state: alert key -> JSON (pending since, firing, last sent)."""
+    return f"{_p()}alerts:state"
+
+
+def alerts_resolved() -> str:
+    """List of recently resolved alerts (JSON, newest first, capped)."""
+    return f"{_p()}alerts:resolved"
+
+
 # --- kombu's keys (the broker) ---
 
 PRIORITY_SEP = "\x06\x16"

@@ -31,6 +31,7 @@ def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
         "apply-backpressure": _entry("medic.control.apply_backpressure", s.backpressure_period_seconds),
         "autoscale": _entry("medic.control.autoscale", s.autoscale_period_seconds),
         "prune": _entry("medic.control.prune", s.prune_period_seconds),
+        "health-and-alerts": _entry("medic.control.health_and_alerts", s.health_period_seconds),
         "beat-alive": _entry("medic.control.beat_alive", s.beat_alive_seconds),
     }
 

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any
 
+from celery import signals
+
 from worker.broker import redis_keys
-from worker.broker.celery_app import app
+from worker.broker.celery_app import CONTROL_QUEUE, app
 from worker.broker.redis_client import get_redis
 from worker.control import schedule
+from worker.control.alerts import health_and_alerts
 from worker.control.autoscale import autoscale
 from worker.control.backpressure import apply_backpressure
-from worker.control.loop import LoopFn, run_loop
+from worker.control.loop import LoopFn, loop_stats, run_loop
+from worker.control.metrics import observe_run
 from worker.control.prune import prune
 from worker.control.reconcile import reconcile_broker
 from worker.control.recover import recover_stuck
 from worker.control.timeouts import enforce_timeouts
 from worker.settings import get_settings
 
+log = logging.getLogger(__name__)
 MIN_LOCK_TTL_S = 10.0
 schedule.install(app)
 
 
 def _run(name: str, fn: LoopFn, period_s: float) -> dict[str, Any]:
     # The lock outlives a crashed run by a few periods at most, then the next run takes over.
-    return run_loop(name, fn, lock_ttl_s=max(MIN_LOCK_TTL_S, 3 * period_s))
+    record = run_loop(name, fn, lock_ttl_s=max(MIN_LOCK_TTL_S, 3 * period_s))
+    observe_run(name, record)
+    return record
 
 
 @app.task(name="medic.control.recover_stuck", ignore_result=True)
@@ -57,8 +66,38 @@ def prune_task() -> dict[str, Any]:
     return _run("prune", prune, get_settings().prune_period_seconds)
 
 
+@app.task(name="medic.control.health_and_alerts", ignore_result=True)
+def health_and_alerts_task() -> dict[str, Any]:
+    return _run("health_and_alerts", health_and_alerts, get_settings().health_period_seconds)
+
+
 @app.task(name="medic.control.beat_alive", ignore_result=True)
 def beat_alive() -> None:
     """Proves beat schedules and the control worker consumes: health reads this key's age."""
     s = get_settings()
     get_redis().set(redis_keys.beat_alive(), str(time.time()), ex=max(1, int(s.beat_alive_seconds * 4)))
+
+
+def _health_watchdog() -> None:
+    """Beat schedules health_and_alerts, so a dead beat would silence the very alert that says
+    beat is dead. The control worker's main process runs the loop itself whenever it has not run
+    for 2 periods; the loop's lock keeps this and beat's runs (and other control workers) apart."""
+    period = get_settings().health_period_seconds
+    while True:
+        time.sleep(period)
+        try:
+            last = loop_stats("health_and_alerts").get("last", {}).get("at")
+            if last is None or time.time() - float(last) > 2 * period:
+                health_and_alerts_task()
+        except Exception:
+            log.exception("health watchdog run failed")
+
+
+@signals.worker_ready.connect
+def _start_watchdog(sender: Any, **_: Any) -> None:
+    """Only in a worker that consumes the control queue (the control worker)."""
+    if type(getattr(sender, "controller", None)).__name__ == "TestWorkController":
+        return  # an embedded test worker: tests run the loop themselves
+    queues = sender.app.amqp.queues.consume_from or {}
+    if CONTROL_QUEUE in queues:
+        threading.Thread(target=_health_watchdog, name="medic-health-watchdog", daemon=True).start()

@@ -173,3 +173,20 @@ def finished_before(conn: Connection, cutoff: dt.datetime, limit: int) -> list[u
         .limit(limit)
     )
     return list(conn.scalars(stmt))
+
+def oldest_queued_by_queue(conn: Connection) -> dict[str, dt.datetime]:
+    """Per queue, when its oldest queued job became ready (created, or not_before if later):
+    one pass over the queued rows of the (state, queue) index, run once per health period."""
+    ready = sa.case((jobs.c.not_before > jobs.c.created_at, jobs.c.not_before), else_=jobs.c.created_at)
+    rows = conn.execute(
+        sa.select(jobs.c.queue, sa.func.min(ready)).where(jobs.c.state == JobState.QUEUED.value).group_by(jobs.c.queue)
+    ).all()
+    return {queue: at for queue, at in rows if at is not None}
+
+
+def dead_since(conn: Connection, since: dt.datetime) -> int:
+    """Jobs that ended dead since `since`: a range of the finished_at index."""
+    return int(
+        conn.scalar(sa.select(sa.func.count()).where(jobs.c.finished_at >= since, jobs.c.state == JobState.DEAD.value))
+        or 0
+    )

@@ -27,6 +27,7 @@ from worker.ledger.db import with_ledger_retry
 from worker.ledger.models import JobRow
 from worker.runtime import storable
 from worker.runtime.heartbeat import get_heartbeat
+from worker.runtime.metrics import job_finished
 from worker.runtime.signals import MedicRequest
 from worker.settings import get_settings
 
@@ -88,7 +89,9 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     heartbeat = get_heartbeat(worker)
     heartbeat.track(job_id, delivery_id, job.queue)
     try:
-        after = record_outcome(job, _run(spec, job), actor=f"{worker}:{pid}")
+        outcome = _run(spec, job)
+        after = record_outcome(job, outcome, actor=f"{worker}:{pid}")
+        job_finished(job, outcome[0], after)  # metrics (worker/runtime/metrics.py); never raises
     finally:
         heartbeat.untrack(job_id)
     if after is None:

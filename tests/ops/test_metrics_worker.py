@@ -1,0 +1,58 @@
+"""A real prefork worker's /metrics: the counts of jobs of every outcome, summed over its children."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import ledger_view
+from worker.submit import enqueue
+from worker.testing.processes import Processes, free_port, wait_for
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def finished(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], queue: str) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["type"], dict(labels)["outcome"]): v
+        for (name, labels), v in samples.items()
+        if name == "medic_jobs_finished_total" and dict(labels).get("queue") == queue
+    }
+
+
+def test_worker_metrics_count_every_outcome_across_prefork_children(procs: Processes) -> None:
+    queue = f"q-metrics-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    procs.worker("metrics-worker", queues=queue, concurrency=2, MEDIC_METRICS_PORT=str(port))
+    ok = [enqueue("examples.echo", {"message": str(i)}, queue=queue).job.id for i in range(4)]
+    failing = enqueue("examples.fail", {}, queue=queue, max_attempts=2).job.id
+    slow = enqueue("examples.sleep", {"seconds": 30}, queue=queue, timeout=1, max_attempts=2).job.id
+    for job_id in [*ok, failing, slow]:
+        wait_for(lambda j=job_id: ledger_view.job(j).state in ("succeeded", "dead"), 60, 0.1, f"job {job_id} ends")
+
+    want = {
+        ("examples.echo", "succeeded"): 4.0,
+        ("examples.fail", "failed"): 1.0,  # attempt 1 of 2
+        ("examples.fail", "dead"): 1.0,  # attempt 2: no attempts left
+        ("examples.sleep", "timed_out"): 1.0,
+        ("examples.sleep", "dead"): 1.0,
+    }
+    # The counter moves just after the outcome is committed: poll, then the counts must be exact.
+    got = wait_for(lambda: finished(scrape(port), queue) == want and finished(scrape(port), queue), 20, 0.2,
+                   "every outcome counted")  # fmt: skip
+    assert got == want
+    samples = scrape(port)
+    durations = samples[("medic_job_duration_seconds_count", (("queue", queue), ("type", "examples.echo")))]
+    assert durations == 4.0
+    assert samples[("medic_job_queue_wait_seconds_count", (("queue", queue),))] == 8.0  # every claimed run
+    children = {p for p in procs.procs[0].children()}
+    assert len(children) == 2, "two prefork children wrote the values the main process served"

@@ -1,0 +1,141 @@
+"""The alert rules: each one judges the health snapshot (worker/control/snapshot.py) and names
+what is wrong, with labels saying what it is about (the queue, the loop). Names, severities and
+thresholds match deploy/prometheus/rules.yml and docs/operations.md.
+
+A rule only says "the condition holds now"; how long it must hold (`for`), when it is sent and
+resolved is worker/control/alerts.py's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.settings import Settings
+
+WARNING = "warning"
+CRITICAL = "critical"
+Snapshot = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One alert instance whose condition holds: labels identify it, the summary explains it."""
+
+    labels: dict[str, str]
+    summary: str
+    value: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    severity: str
+    check: Callable[[Snapshot, Settings], list[Finding]]
+    default_for: float | None = None  # None: MEDIC_ALERT_FOR_SECONDS
+    description: str = field(default="")
+
+    def for_seconds(self, s: Settings) -> float:
+        if self.name in s.alert_for_overrides:
+            return s.alert_for_overrides[self.name]
+        return s.alert_for_seconds if self.default_for is None else self.default_for
+
+
+def _queues(snap: Snapshot) -> dict[str, dict[str, Any]]:
+    return dict(snap.get("queues", {}))
+
+
+def queue_shedding(snap: Snapshot, s: Settings) -> list[Finding]:
+    return [
+        Finding(
+            {"queue": q},
+            f"queue {q} is shedding: depth {v['depth']} (high watermark {v['high_watermark']})",
+            float(v["depth"]),
+        )
+        for q, v in _queues(snap).items()
+        if v["shedding"] or v["depth"] >= v["high_watermark"]
+    ]
+
+
+def backlog_old(snap: Snapshot, s: Settings) -> list[Finding]:
+    out = []
+    for q, v in _queues(snap).items():
+        age = v.get("oldest_queued_age_seconds")
+        if age is not None and age > s.alert_backlog_age_seconds:
+            out.append(Finding({"queue": q}, f"oldest queued job of {q} waits {age:.0f} s", age))
+    return out
+
+
+def queue_unconsumed(snap: Snapshot, s: Settings) -> list[Finding]:
+    return [
+        Finding(
+            {"queue": q},
+            f"queue {q} holds {max(v['depth'], v['queued'])} jobs and no live worker consumes it",
+            float(max(v["depth"], v["queued"])),
+        )
+        for q, v in _queues(snap).items()
+        if (v["depth"] > 0 or v["queued"] > 0) and v["consumers"] == 0
+    ]
+
+
+def lease_late(snap: Snapshot, s: Settings) -> list[Finding]:
+    late = int(snap.get("loops", {}).get("recover_stuck", {}).get("lease_late") or 0)
+    return [Finding({}, f"{late} running jobs have expired leases while their worker is present", late)] if late else []
+
+
+def dead_high(snap: Snapshot, s: Settings) -> list[Finding]:
+    dead = int(snap.get("dead_last_minute") or 0)
+    if dead > s.alert_dead_per_minute:
+        return [Finding({}, f"{dead} jobs ended dead in the last minute (threshold {s.alert_dead_per_minute})", dead)]
+    return []
+
+
+def loop_stale(snap: Snapshot, s: Settings) -> list[Finding]:
+    now = float(snap["at"])
+    out = []
+    for name, v in snap.get("loops", {}).items():
+        age = None if v["last_run"] is None else now - float(v["last_run"])
+        if age is None or age > 3 * float(v["period"]):
+            seen = "never ran" if age is None else f"last ran {age:.0f} s ago"
+            out.append(Finding({"loop": name}, f"control loop {name} {seen} (period {v['period']:g} s)", age or -1))
+    tick = snap.get("beat_tick_age_seconds")
+    if tick is None or tick > 3 * float(snap["beat_period_seconds"]):
+        out.append(Finding({"loop": "beat"}, "beat (or the control worker) has not ticked for 3 periods", tick or -1))
+    return out
+
+
+def postgres_connections(snap: Snapshot, s: Settings) -> list[Finding]:
+    pg = snap.get("postgres") or {}
+    used, limit = pg.get("connections", 0), pg.get("max_connections", 0)
+    if limit and used > s.alert_usage_ratio * limit:
+        return [Finding({}, f"PostgreSQL has {used} of {limit} connections in use", used / limit)]
+    return []
+
+
+def redis_memory(snap: Snapshot, s: Settings) -> list[Finding]:
+    r = snap.get("redis") or {}
+    used, limit = r.get("used_memory_bytes", 0), r.get("maxmemory_bytes", 0)
+    if limit and used > s.alert_usage_ratio * limit:
+        return [Finding({}, f"Redis uses {used} of {limit} bytes", used / limit)]
+    return []
+
+
+def redis_eviction(snap: Snapshot, s: Settings) -> list[Finding]:
+    policy = (snap.get("redis") or {}).get("maxmemory_policy", "noeviction")
+    if policy and policy != "noeviction":
+        return [Finding({"policy": policy}, f"Redis maxmemory-policy is {policy}: it may evict queued messages")]
+    return []
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("MedicQueueShedding", WARNING, queue_shedding, default_for=0.0),
+    Rule("MedicQueueBacklogOld", WARNING, backlog_old),
+    Rule("MedicJobsLeaseLate", WARNING, lease_late),
+    Rule("MedicDeadJobsHigh", WARNING, dead_high),
+    Rule("MedicQueueUnconsumed", CRITICAL, queue_unconsumed),
+    Rule("MedicLoopStale", CRITICAL, loop_stale),
+    Rule("MedicPostgresConnectionsHigh", CRITICAL, postgres_connections),
+    Rule("MedicRedisMemoryHigh", CRITICAL, redis_memory),
+    Rule("MedicRedisEvictionPolicy", CRITICAL, redis_eviction),
+)

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the control loops, written by the control worker's processes.
+
+Made lazily, like the job metrics (worker/runtime/metrics.py): the control worker is a prefork
+worker too, so its values go to the multiprocess directory its main process serves on port 9809.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+LOOP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+# loop -> {count in the loop's result: outcome label}
+RECOVERY_COUNTS: dict[str, dict[str, str]] = {
+    "recover_stuck": {"requeued": "requeued", "dead": "dead"},
+    "enforce_timeouts": {"requeued": "requeued", "dead": "dead"},
+    "reconcile_broker": {"after_restart": "republished", "unpublished": "republished", "lost": "republished"},
+}
+
+
+@dataclass
+class LoopMetrics:
+    runs: Counter
+    last_run: Gauge
+    duration: Histogram
+    recoveries: Counter
+
+
+_metrics: LoopMetrics | None = None
+_lock = threading.Lock()
+
+
+def loop_metrics() -> LoopMetrics:
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = LoopMetrics(
+                runs=Counter("medic_loop_runs_total", "Control loop runs (not skipped)", ["loop"], registry=None),
+                last_run=Gauge(
+                    "medic_loop_last_run_timestamp_seconds",
+                    "When the loop last ran (epoch seconds)",
+                    ["loop"],
+                    multiprocess_mode="max",
+                    registry=None,
+                ),
+                duration=Histogram(
+                    "medic_loop_duration_seconds",
+                    "Run time of a control loop",
+                    ["loop"],
+                    buckets=LOOP_BUCKETS,
+                    registry=None,
+                ),
+                recoveries=Counter(
+                    "medic_recoveries_total", "Jobs a healing loop gave back", ["loop", "outcome"], registry=None
+                ),
+            )
+        return _metrics
+
+
+def observe_run(name: str, record: dict[str, Any]) -> None:
+    """Count one run of loop `name` (its run record from run_loop); never raises."""
+    if "skipped" in record:
+        return
+    try:
+        m = loop_metrics()
+        m.runs.labels(name).inc()
+        m.last_run.labels(name).set(float(record["at"]))
+        m.duration.labels(name).observe(float(record["seconds"]))
+        for count, outcome in RECOVERY_COUNTS.get(name, {}).items():
+            if record.get(count):
+                m.recoveries.labels(name, outcome).inc(int(record[count]))
+    except Exception:
+        log.exception("loop metrics not recorded")

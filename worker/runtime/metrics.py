@@ -1,0 +1,214 @@
+"""Prometheus metrics of worker processes, and the worker's registration as a queue consumer.
+
+A prefork worker runs jobs in child processes, which a scrape of the main process cannot see. So
+the main process switches prometheus-client to its multiprocess mode before the pool forks
+(`worker_init`): every process writes its values to mmaped files in a directory of this worker's
+own (a shared directory would add two workers' counts together), and the main process serves the
+sum of them on `MEDIC_METRICS_PORT`. Metric objects are made lazily, after that switch, because
+prometheus-client picks a metric's value class when the metric is made.
+
+The main process also registers the queues it consumes in Redis every heartbeat (a sorted set per
+queue scored by time): `MedicQueueUnconsumed` and `medic health --role worker` read it. A worker
+that has run no job has no presence key, so presence alone cannot say a queue is consumed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+
+from worker.broker import redis_keys
+from worker.broker.celery_app import CONTROL_QUEUE
+from worker.broker.redis_client import get_redis
+from worker.clock import utcnow
+from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.ledger.models import JobRow
+
+log = logging.getLogger(__name__)
+
+WORKER_PORT = 9808
+CONTROL_PORT = 9809
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+@dataclass
+class JobMetrics:
+    finished: Counter
+    duration: Histogram
+    queue_wait: Histogram
+
+
+_metrics: JobMetrics | None = None
+_lock = threading.Lock()
+
+
+def job_metrics() -> JobMetrics:
+    """The job metrics of this process, made on first use (after the multiprocess switch)."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = JobMetrics(
+                finished=Counter(
+                    "medic_jobs_finished_total",
+                    "Job runs ended, by outcome",
+                    ["queue", "type", "outcome"],
+                    registry=None,
+                ),
+                duration=Histogram(
+                    "medic_job_duration_seconds",
+                    "Run time of one attempt",
+                    ["queue", "type"],
+                    buckets=DURATION_BUCKETS,
+                    registry=None,
+                ),
+                queue_wait=Histogram(
+                    "medic_job_queue_wait_seconds",
+                    "Claim time minus publish time (or not_before, if later)",
+                    ["queue"],
+                    buckets=DURATION_BUCKETS,
+                    registry=None,
+                ),
+            )
+        return _metrics
+
+
+def outcome_of(kind: str, after: JobRow | None) -> str:
+    """The outcome label of one finished run: a failure that used the last attempt is `dead`."""
+    if kind == "succeeded":
+        return "succeeded"
+    if after is not None and after.state == "dead":
+        return "dead"
+    return "timed_out" if kind == "timeout" else "failed"
+
+
+def job_finished(job: JobRow, kind: str, after: JobRow | None) -> None:
+    """Count one run of `job` (the claimed row) that ended with `kind`; never raises."""
+    try:
+        m = job_metrics()
+        now = utcnow()
+        started = job.started_at or now
+        m.finished.labels(job.queue, job.type, outcome_of(kind, after)).inc()
+        m.duration.labels(job.queue, job.type).observe(max(0.0, (now - started).total_seconds()))
+        ready_at = max((t for t in (job.published_at, job.not_before) if t is not None), default=None)
+        if ready_at is not None:
+            m.queue_wait.labels(job.queue).observe(max(0.0, (started - ready_at).total_seconds()))
+    except Exception:
+        log.exception("job metrics not recorded")
+
+
+# --- the worker's main process ---
+
+
+def enable_multiprocess() -> str:
+    """Give this process (and the children it will fork) a metrics directory of its own."""
+    path = tempfile.mkdtemp(prefix=f"medic-metrics-{os.getpid()}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def serve(path: str, port: int, host: str) -> None:
+    """Serve the sum of every process's values under `path` on host:port (a daemon thread)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
+
+
+def metrics_port(queues: list[str]) -> int:
+    s = get_settings()
+    if s.metrics_port is not None:
+        return s.metrics_port
+    return CONTROL_PORT if CONTROL_QUEUE in queues else WORKER_PORT
+
+
+def consumer_member(hostname: str) -> str:
+    return f"{hostname}:{os.getpid()}"
+
+
+def register_consumer(hostname: str, queues: list[str], now: float | None = None) -> None:
+    """Say "this worker consumes `queues`" for the next presence TTL; prunes stale entries."""
+    now = time.time() if now is None else now
+    ttl = get_settings().presence_ttl_seconds
+    pipe = get_redis().pipeline(transaction=False)
+    for queue in queues:
+        key = redis_keys.queue_consumers(queue)
+        pipe.zadd(key, {consumer_member(hostname): now})
+        pipe.zremrangebyscore(key, "-inf", f"({now - ttl}")
+    pipe.execute()
+
+
+def unregister_consumer(hostname: str, queues: list[str]) -> None:
+    pipe = get_redis().pipeline(transaction=False)
+    for queue in queues:
+        pipe.zrem(redis_keys.queue_consumers(queue), consumer_member(hostname))
+    pipe.execute()
+
+
+def live_consumers(queue: str, now: float | None = None) -> list[str]:
+    """Workers (hostname:pid) that registered as consumers of `queue` within the presence TTL."""
+    now = time.time() if now is None else now
+    ttl = get_settings().presence_ttl_seconds
+    return list(get_redis().zrangebyscore(redis_keys.queue_consumers(queue), now - ttl, "+inf"))
+
+
+class _Registrar:
+    """The main process's consumer registration, every heartbeat until shutdown."""
+
+    def __init__(self, hostname: str, queues: list[str]) -> None:
+        self.hostname, self.queues = hostname, queues
+        self.stop = threading.Event()
+        threading.Thread(target=self._run, name="medic-consumer", daemon=True).start()
+
+    def _run(self) -> None:
+        interval = get_settings().heartbeat_seconds
+        while not self.stop.is_set():
+            try:
+                register_consumer(self.hostname, self.queues)
+            except Exception as exc:  # noqa: BLE001 - Redis down: the registration lapses, and says so
+                log.warning("consumer registration failed: %s", exc)
+            self.stop.wait(interval)
+
+
+_registrar: _Registrar | None = None
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender: Any, **_: Any) -> None:
+    """Main process, before the pool forks: multiprocess metrics, the scrape port, registration."""
+    global _registrar
+    if type(sender).__name__ == "TestWorkController":
+        return  # an embedded test worker shares the test process: leave its metrics alone
+    queues = sorted(sender.app.amqp.queues.consume_from or [get_settings().default_queue])
+    path = enable_multiprocess()
+    port = metrics_port(queues)
+    if port:
+        try:
+            serve(path, port, get_settings().metrics_host)
+            log.info("metrics on http://%s:%d/metrics", get_settings().metrics_host, port)
+        except OSError as exc:  # another worker on this host has the port: run, but say so
+            log.warning("metrics port %d unavailable (%s); set MEDIC_METRICS_PORT", port, exc)
+    _registrar = _Registrar(sender.hostname or socket.gethostname(), queues)
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    if _registrar is not None:
+        _registrar.stop.set()
+        try:
+            unregister_consumer(_registrar.hostname, _registrar.queues)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("consumer unregistration failed: %s", exc)
