@@ -39,7 +39,7 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "MEDIC_JOB_MODULES": ",".join(JOB_MODULES),
         # queues are declared: the names and prefixes the tests use
         "MEDIC_QUEUES": "declared-extra,nobody-consumes-this,restart-q,lost-q,void-q,"
-        "q-*,gate-*,quota-*,inflight-*,flood-*,scale-*,chaos*",
+        "q-*,gate-*,quota-*,inflight-*,flood-*,scale-*,chaos*,inproc-*",
         "MEDIC_TEST_RECORD_REDIS_URL": REDIS_URL,
         "PYTHONPATH": str(ROOT),
     }
@@ -155,3 +155,78 @@ def private_ledger(medic_env: dict[str, str]) -> Iterator[dict[str, str]]:
     pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     delete_keys(REDIS_URL, env["MEDIC_KEY_PREFIX"])
     delete_keys(REDIS_URL, env["MEDIC_BROKER_KEY_PREFIX"])
+
+
+@pytest.fixture(scope="module")
+def inproc_worker(medic_env: dict[str, str]) -> Iterator[str]:
+    """An embedded Celery worker in this test process, on a queue of this module's own: returns the
+    queue name (declared by the `inproc-*` prefix in MEDIC_QUEUES). Module-scoped: stopping it
+    waits out the consumer's 1 s BRPOP, which per test cost more than the jobs themselves.
+
+    For jobs that only need claim -> run -> finalize. The threads pool (2 threads, so a duplicate
+    delivery can race its twin) has no child process: no hard time limit, no worker_lost, no
+    after-fork resets. Tests of those keep real `celery worker` processes (`procs`, `stack`).
+    Its own queue because two workers on one Redis DB and queue take each other's messages.
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.broker.celery_app import app
+    from worker.runtime.heartbeat import get_heartbeat
+
+    queue = f"inproc-{uuid.uuid4().hex[:10]}"
+    # perform_ping_check would need celery's own `celery.ping` task registered on our app
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, queues=[queue], shutdown_timeout=30
+    ) as w:
+        yield queue
+    # The heartbeat thread this worker started in the test process would go on announcing a
+    # worker that is gone (the API's readiness counts workers by presence).
+    get_heartbeat(w.hostname).stop()
+
+
+# pytest-celery 1.3 is loaded (it re-exports celery.contrib.pytest's fixtures), but its own
+# `celery_setup` family runs Celery nodes in Docker containers: the node fixtures below are
+# parametrized over pytest_celery.defaults.ALL_CELERY_WORKERS/BROKERS/BACKENDS and reach
+# `docker.from_env()` (pytest_docker_tools) as soon as a test asks for one. There is no Docker
+# engine here, so they are switched off: each cluster fixture returns None (pytest-celery's
+# documented way to disable a cluster), and a test asking for a node fails at once with a pointer
+# instead of a DockerException from deep inside requests. See docs/testing.md.
+_NO_DOCKER = (
+    "pytest-celery's {} fixture runs Celery in Docker containers, and there is no Docker engine here:"
+    " use the `inproc_worker` fixture (an embedded worker) or real processes (`procs`)"
+)
+
+
+@pytest.fixture
+def celery_worker_cluster() -> None:
+    return None
+
+
+@pytest.fixture
+def celery_broker_cluster() -> None:
+    return None
+
+
+@pytest.fixture
+def celery_backend_cluster() -> None:
+    return None
+
+
+@pytest.fixture
+def celery_worker() -> None:
+    pytest.fail(_NO_DOCKER.format("celery_worker"), pytrace=False)
+
+
+@pytest.fixture
+def celery_broker() -> None:
+    pytest.fail(_NO_DOCKER.format("celery_broker"), pytrace=False)
+
+
+@pytest.fixture
+def celery_backend() -> None:
+    pytest.fail(_NO_DOCKER.format("celery_backend"), pytrace=False)
+
+
+@pytest.fixture
+def celery_setup() -> None:
+    pytest.fail(_NO_DOCKER.format("celery_setup"), pytrace=False)
