@@ -130,9 +130,12 @@ def prepare(
     ]
 
 
-def enqueue_rows(rows: Sequence[dict[str, Any]], *, actor: str) -> list[Enqueued]:
-    """Commit prepared rows in one transaction, then publish what is new in one pass."""
-    now = rows[0]["created_at"] if rows else utcnow()
+def _commit_rows(rows: Sequence[dict[str, Any]], *, actor: str, now: Any) -> list[Enqueued]:
+    """Commit prepared rows; rows without an idempotency key in one statement (db.write: one
+    round trip on PostgreSQL, safe to re-run), the rest in one transaction with them."""
+    if all(r["idempotency_key"] is None for r in rows):
+        created = db.write(lambda conn: transitions.create_jobs(conn, rows, actor=actor, now=now))
+        return [Enqueued(row, True) for row in created]
     results: list[Enqueued | None] = [None] * len(rows)
     with db.begin() as conn:
         plain = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
@@ -142,7 +145,14 @@ def enqueue_rows(rows: Sequence[dict[str, Any]], *, actor: str) -> list[Enqueued
         for i, r in enumerate(rows):
             if r["idempotency_key"] is not None:
                 results[i] = _enqueue_once(conn, r, actor=actor, now=now)
-    done = [e for e in results if e is not None]
+    return [e for e in results if e is not None]
+
+
+def enqueue_rows(rows: Sequence[dict[str, Any]], *, actor: str) -> list[Enqueued]:
+    """Commit prepared rows in one transaction, then publish what is new in one pass."""
+    if not rows:
+        return []
+    done = _commit_rows(rows, actor=actor, now=rows[0]["created_at"])
     new_jobs = [e.job for e in done if e.created]
     refused = set(publish(new_jobs))
     record_arrivals(Counter(job.queue for job in new_jobs))

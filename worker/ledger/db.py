@@ -1,8 +1,16 @@
-"""The ledger's engine: one per process (re-created after fork), pre-ping and recycle on.
+"""The ledger's engine: one per process (re-created after fork), dead connections caught free.
 
 Every caller goes through `ledger_errors()` so a ledger that is down surfaces as
 `LedgerUnavailableError` (retryable) instead of a raw driver error; `with_ledger_retry` rides out
 a short outage where waiting is right (a worker recording a claim or an outcome).
+
+The hot writes (enqueue, claim, finalize, lease extension) are one statement each on PostgreSQL
+(row + event in a CTE, worker/ledger/transitions.py) and go through `write()`: autocommit, so the
+statement is its own transaction and costs one round trip (psycopg2 sends BEGIN and COMMIT as two
+more). There is no `pool_pre_ping` (a `SELECT 1` round trip per checkout): a checked-out
+connection whose socket already has data waiting (the server's FATAL + EOF after
+`pg_terminate_backend` or a restart) is replaced at no cost, and `write()` re-runs its statement
+once on a fresh connection if the connection still dies under it.
 """
 
 from __future__ import annotations
@@ -10,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -41,15 +50,42 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 10.0) -> 
             cur.close()
 
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
-        pool_pre_ping=True,
         pool_recycle=300,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=pool_timeout,
         connect_args={"connect_timeout": 3, "application_name": f"medic-{os.getpid()}"},
     )
+    sa.event.listen(engine, "checkout", _dead_on_arrival)
+    sa.event.listen(engine, "before_cursor_execute", _async_commit, retval=True)
+    return engine
+
+
+def _dead_on_arrival(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection the server has already closed: an idle connection has nothing
+    to read unless the server sent its goodbye (FATAL, then EOF). One poll(2), no round trip;
+    SQLAlchemy then discards it and checks out a fresh one (pool/base.py `_checkout`)."""
+    if getattr(dbapi_conn, "closed", 0):
+        raise sa_exc.DisconnectionError("pooled ledger connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        raise sa_exc.DisconnectionError("the ledger closed this pooled connection")
+
+
+ASYNC_COMMIT = "medic_async_commit"  # execution option: commit this statement's transaction asynchronously
+
+
+def _async_commit(
+    _conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> tuple[str, Any]:
+    """`SET LOCAL synchronous_commit = off` sent in the same round trip as the statement (psycopg2
+    uses the simple query protocol, so both run in one implicit transaction in autocommit mode)."""
+    if not executemany and context is not None and context.execution_options.get(ASYNC_COMMIT):
+        statement = "SET LOCAL synchronous_commit = off; " + statement
+    return statement, parameters
 
 
 def _engine_for(url: str) -> Engine:
@@ -97,6 +133,35 @@ def begin() -> Iterator[Connection]:
 def connect() -> Iterator[Connection]:
     with ledger_errors(), get_engine().connect() as conn:
         yield conn
+
+
+def _lost_connection(exc: LedgerUnavailableError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, sa_exc.DBAPIError) and bool(cause.connection_invalidated)
+
+
+def write(fn: Callable[[Connection], T], *, sync_commit: bool = True) -> T:
+    """Run `fn`, ONE statement on PostgreSQL, as its own transaction (autocommit: one round trip).
+
+    On SQLite `fn` may issue several statements (the transitions do there), so it runs in a
+    transaction. `sync_commit=False` commits without waiting for the WAL flush: only for writes
+    whose loss in a PostgreSQL crash is the at-least-once case anyway (claim, lease extension;
+    docs/guarantees.md). A connection that dies under the statement is replaced and `fn` re-run
+    once: `fn` must be safe to repeat (fenced transitions are; enqueue inserts ON CONFLICT (id)).
+    """
+    for attempt in (1, 2):
+        try:
+            with ledger_errors(), get_engine().connect() as conn:
+                if conn.dialect.name != "postgresql":
+                    with conn.begin():
+                        return fn(conn)
+                conn.execution_options(isolation_level="AUTOCOMMIT", **{ASYNC_COMMIT: not sync_commit})
+                return fn(conn)
+        except LedgerUnavailableError as exc:
+            if attempt == 2 or not _lost_connection(exc):
+                raise
+            log.info("ledger connection lost under a write; retrying once on a fresh one: %s", exc)
+    raise AssertionError("unreachable")
 
 
 def with_ledger_retry(fn: Callable[[], T], *, budget_s: float, what: str) -> T:

@@ -3,6 +3,10 @@
 Every state change is `UPDATE jobs ... WHERE id = :id AND state = :expected [AND fence]` plus a
 `job_events` row, in the caller's transaction. A change that matches no row returns None: the
 caller lost a race (another delivery, a recovery, a cancel) and must not act on the job.
+
+On PostgreSQL the row and its event are ONE statement (`WITH moved AS (UPDATE ... RETURNING *),
+ev AS (INSERT INTO job_events SELECT ... FROM moved) SELECT * FROM moved`): one round trip, and one
+event row per row changed, by construction. SQLite keeps the two statements.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from worker.clock import seconds
 from worker.errors import InvalidTransitionError
-from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.models import JobRow, UTCDateTime, job_events, jobs
 from worker.ledger.states import JobState, is_allowed
 
 
@@ -49,16 +53,66 @@ def _created_events(rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.da
     ]
 
 
+EVENT_COLUMNS = ("job_id", "at", "from_state", "to_state", "actor", "reason", "delivery_id", "attempt", "detail")
+
+
+def _with_events(
+    changed: sa.CTE, *, frm: str | None, to: str, actor: str, reason: str, now: dt.datetime, detail: str | None
+) -> sa.Select[Any]:
+    """`SELECT * FROM changed`, also inserting one event per row of `changed` (a DML CTE)."""
+    event = job_events.insert().from_select(
+        list(EVENT_COLUMNS),
+        sa.select(
+            changed.c.id,
+            sa.literal(now, UTCDateTime),
+            sa.literal(frm, sa.String) if frm is not None else sa.null(),
+            sa.literal(to, sa.String),
+            sa.literal(actor, sa.String),
+            sa.literal(reason, sa.String),
+            changed.c.delivery_id,
+            changed.c.attempts,
+            sa.literal(detail, sa.Text) if detail is not None else sa.null(),
+        ),
+    )
+    return sa.select(*changed.c).add_cte(event.cte("ev"))
+
+
 def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime) -> list[JobRow]:
-    """Insert new `queued` jobs and their creation events (the only write of an initial state)."""
+    """Insert new `queued` jobs and their creation events (the only write of an initial state).
+
+    On PostgreSQL: one statement, `ON CONFLICT (id) DO NOTHING` so that re-running it after a lost
+    connection (db.write) cannot duplicate a job: a row the first try committed is read back."""
     if not rows:
         return []
+    if conn.dialect.name == "postgresql":
+        return _create_jobs_pg(conn, rows, actor=actor, now=now)
     inserted = conn.execute(
         jobs.insert().returning(*jobs.c, sort_by_parameter_order=True),
         [dict(r, state=JobState.QUEUED.value) for r in rows],
     ).all()
     conn.execute(job_events.insert(), _created_events(rows, actor=actor, now=now))
     return list(inserted)
+
+
+def _create_jobs_pg(
+    conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime
+) -> list[JobRow]:
+    created = (
+        postgresql.insert(jobs)
+        .values([dict(r, state=JobState.QUEUED.value) for r in rows])
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(*jobs.c)
+        .cte("created")
+    )
+    stmt = _with_events(
+        created, frm=None, to=JobState.QUEUED.value, actor=actor, reason="enqueued", now=now, detail=None
+    )
+    by_id = {row.id: row for row in conn.execute(stmt)}
+    missing = [r["id"] for r in rows if r["id"] not in by_id]
+    if missing:  # committed by an earlier try of this very write; ours (client-made uuid4 ids)
+        by_id.update({row.id: row for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(missing)))})
+    # a multi-row INSERT ... RETURNING in a CTE promises no order: put the caller's back
+    return [by_id[r["id"]] for r in rows]
 
 
 def create_job_once(conn: Connection, row: Mapping[str, Any], *, actor: str, now: dt.datetime) -> JobRow | None:
@@ -102,6 +156,11 @@ def transition(
         .values(state=to.value, updated_at=now, **(values or {}))
         .returning(*jobs.c)
     )
+    if conn.dialect.name == "postgresql":
+        moved = stmt.cte("moved")
+        return conn.execute(
+            _with_events(moved, frm=frm.value, to=to.value, actor=actor, reason=reason, now=now, detail=detail)
+        ).first()
     row = conn.execute(stmt).first()
     if row is None:
         return None

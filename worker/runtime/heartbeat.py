@@ -82,8 +82,12 @@ class Heartbeat:
             return 0
         s = get_settings()
         try:
-            with db.begin() as conn:
-                return transitions.extend_leases(conn, held, now=utcnow(), lease_s=s.lease_seconds)
+            # Asynchronous commit: a lost extension only lets a lease expire early, and recovery
+            # asks the worker's presence before it takes a job away (docs/guarantees.md).
+            return db.write(
+                lambda conn: transitions.extend_leases(conn, held, now=utcnow(), lease_s=s.lease_seconds),
+                sync_commit=False,
+            )
         except LedgerUnavailableError as exc:
             log.warning("lease extension failed (ledger down?): %s", exc)
             return 0

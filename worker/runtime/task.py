@@ -72,10 +72,14 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     pid = os.getpid()
 
     def do_claim() -> JobRow | None:
-        with db.begin() as conn:
-            return transitions.claim(
+        # One statement, committed asynchronously: a claim lost in a PostgreSQL crash only makes
+        # the job look queued again, the at-least-once case (docs/guarantees.md, "Durability").
+        return db.write(
+            lambda conn: transitions.claim(
                 conn, job_id, delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=s.lease_seconds
-            )
+            ),
+            sync_commit=False,
+        )
 
     try:
         job = with_ledger_retry(do_claim, budget_s=s.heartbeat_seconds, what="claim")
@@ -116,6 +120,12 @@ def record_outcome(job: JobRow, outcome: Outcome, *, actor: str) -> JobRow | Non
     s = get_settings()
 
     def write(o: Outcome) -> JobRow | None:
+        if o[0] == "succeeded":  # one statement, synchronous: nothing to publish after it
+            return with_ledger_retry(
+                lambda: db.write(lambda conn: _finalize(conn, job, o, actor=actor)),
+                budget_s=s.finalize_retry_seconds,
+                what="finalize",
+            )
         [after] = with_ledger_retry(
             lambda: commit_then_publish(lambda conn: [_finalize(conn, job, o, actor=actor)]),
             budget_s=s.finalize_retry_seconds,
