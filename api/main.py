@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from api import errors, metrics, slow, swagger
 from api.limits import BodySizeLimit, InflightLimit
-from api.routes import alerts, health, jobs, queues
+from api.routes import alerts, health, jobs, queues, stream
 from api.schemas import ErrorPublic
 from worker.runtime.registry import load_job_modules
 from worker.settings import get_settings
@@ -48,6 +48,7 @@ def create_app() -> FastAPI:
     )
     swagger.install(app)
     errors.install(app)
+    app.include_router(stream.router)  # before jobs: /jobs/stream must not match /jobs/{id}
     app.include_router(jobs.router)
     app.include_router(queues.router)
     app.include_router(health.router)

@@ -135,6 +135,16 @@ class Settings(BaseSettings):
     ledger_retry_after_seconds: int = Field(5, gt=0, description="Retry-After when the ledger is down.")
     metrics_token: str = Field("", description="Bearer token GET /metrics requires; empty: /metrics is open.")
 
+    # live updates (WS /jobs/stream)
+    ws_ping_seconds: float = Field(20.0, gt=0, description="Protocol ping interval of a job stream (uvicorn flag).")
+    ws_ping_timeout_seconds: float = Field(20.0, gt=0, description="Stream peer silent this long after a ping: closed.")
+    ws_max_connections: int = Field(1000, gt=0, description="Streams one API process serves; more: close 1013.")
+    ws_max_connections_per_key: int = Field(100, gt=0, description="Streams one API key may hold per process (4429).")
+    ws_max_job_ids: int = Field(100, gt=0, description="Most job_id filters on one stream (4400 past it).")
+    ws_client_queue: int = Field(1000, gt=0, description="Updates queued per stream client, then coalesce.")
+    ws_poll_seconds: float = Field(0.15, gt=0, description="How often each API process tails job_events for streams.")
+    ws_hole_wait_seconds: float = Field(10.0, gt=0, description="Longest wait for an uncommitted lower event id.")
+
     dev_key_file: str = Field(
         ".medic/dev-key", description="Where `medic up` keeps its dev API key (mode 0600; relative to the cwd)."
     )

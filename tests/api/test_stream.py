@@ -3,6 +3,7 @@ cursor, the insert-vs-commit hole race, tenant scoping, auth and filters."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -187,14 +188,19 @@ def test_tenant_b_never_sees_tenant_a_jobs(stack: str, make_key: KeyFactory) -> 
     _, key_a = make_key()
     _, key_b = make_key()
     job_id = park_job(stack, key_a)
-    with open_stream(stack, key_a, job_id=job_id) as ws_a, open_stream(stack, key_b, job_id=job_id) as ws_b:
-        with open_stream(stack, key_b) as ws_b_all, open_stream(stack, key_b, job_id=job_id, since=0) as ws_b_replay:
-            for ws in (ws_a, ws_b, ws_b_all, ws_b_replay):
-                subscribed(ws)
-            add_events(job_id, 3, "secret")
-            assert len(transitions(ws_a, 3)) == 3
-            for ws in (ws_b, ws_b_all, ws_b_replay):
-                assert nothing_within(ws, 0.5, allow_enqueue=False)
+    with contextlib.ExitStack() as streams:
+        ws_a = streams.enter_context(open_stream(stack, key_a, job_id=job_id))
+        spies = [  # B by A's job id, B unfiltered, B replaying from the start of the ledger
+            streams.enter_context(open_stream(stack, key_b, job_id=job_id)),
+            streams.enter_context(open_stream(stack, key_b)),
+            streams.enter_context(open_stream(stack, key_b, job_id=job_id, since=0)),
+        ]
+        for ws in (ws_a, *spies):
+            subscribed(ws)
+        add_events(job_id, 3, "secret")
+        assert len(transitions(ws_a, 3)) == 3
+        for ws in spies:
+            assert nothing_within(ws, 0.5, allow_enqueue=False)
 
 
 def closed_with(ws: ClientConnection) -> tuple[int | None, str]:

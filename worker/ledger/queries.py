@@ -174,6 +174,83 @@ def finished_before(conn: Connection, cutoff: dt.datetime, limit: int) -> list[u
     )
     return list(conn.scalars(stmt))
 
+
+# --- live updates (api/stream_hub.py): the job_events id is the stream's cursor ---------------
+
+_STREAM_COLUMNS = (
+    job_events.c.id,
+    job_events.c.job_id,
+    job_events.c.from_state,
+    job_events.c.to_state,
+    job_events.c.reason,
+    job_events.c.attempt,
+    job_events.c.at,
+    jobs.c.tenant,
+    jobs.c.queue,
+    jobs.c.type,
+)
+
+
+def stream_tail(conn: Connection, after: int, holes: Sequence[int], limit: int) -> list[Row[Any]]:
+    """Events past `after` or filling a known hole, oldest first, with their job's tenant, queue
+    and type: the one tail query each API process runs for every stream client (PK range scans)."""
+    where: sa.ColumnElement[bool] = job_events.c.id > after
+    if holes:
+        where = sa.or_(where, job_events.c.id.in_(list(holes)))
+    stmt = (
+        sa.select(*_STREAM_COLUMNS)
+        .join(jobs, jobs.c.id == job_events.c.job_id)
+        .where(where)
+        .order_by(job_events.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
+
+
+def stream_replay(
+    conn: Connection,
+    tenant: str,
+    *,
+    after: int,
+    upto: int,
+    limit: int,
+    job_ids: Sequence[uuid.UUID] = (),
+    queue: str | None = None,
+    type_: str | None = None,
+) -> list[Row[Any]]:
+    """A tenant's events with `after < id <= upto`, oldest first: what a resuming stream missed."""
+    stmt = (
+        sa.select(*_STREAM_COLUMNS)
+        .join(jobs, jobs.c.id == job_events.c.job_id)
+        .where(jobs.c.tenant == tenant, job_events.c.id > after, job_events.c.id <= upto)
+    )
+    if job_ids:
+        stmt = stmt.where(job_events.c.job_id.in_(list(job_ids)))
+    if queue:
+        stmt = stmt.where(jobs.c.queue == queue)
+    if type_:
+        stmt = stmt.where(jobs.c.type == type_)
+    return list(conn.execute(stmt.order_by(job_events.c.id).limit(limit)))
+
+
+def max_event_id(conn: Connection) -> int:
+    return int(conn.scalar(sa.select(sa.func.coalesce(sa.func.max(job_events.c.id), 0))) or 0)
+
+
+def snapshot_horizon(conn: Connection) -> tuple[int, int]:
+    """(xmin, xmax) of this transaction's snapshot on PostgreSQL: once a later snapshot's xmin
+    reaches an earlier one's xmax, every transaction running at the earlier one has ended.
+    Elsewhere (SQLite, one writer at a time) (0, 0): holes are then settled by time alone."""
+    if conn.dialect.name != "postgresql":
+        return 0, 0
+    row = conn.execute(
+        sa.text(
+            "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint FROM pg_current_snapshot() s"
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
 def oldest_queued_by_queue(conn: Connection) -> dict[str, dt.datetime]:
     """Per queue, when its oldest queued job became ready (created, or not_before if later):
     one pass over the queued rows of the (state, queue) index, run once per health period."""

@@ -8,15 +8,20 @@ import sys
 import tempfile
 
 from worker.broker.celery_app import CONTROL_QUEUE
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.broker.celery_app:app"]
 
 
-def api_cmd(host: str, port: int, workers: int = 1) -> list[str]:
+def api_cmd(host: str, port: int, workers: int = 1, ws_ping: tuple[float, float] | None = None) -> list[str]:
+    """`ws_ping`: (interval, timeout) of WS /jobs/stream keep-alive pings; uvicorn sends them and
+    closes a peer that does not answer (1011). Default: MEDIC_WS_PING_SECONDS / _TIMEOUT_SECONDS."""
+    s = get_settings()
+    interval, timeout = ws_ping or (s.ws_ping_seconds, s.ws_ping_timeout_seconds)
     return [
         sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
         "--host", host, "--port", str(port), "--workers", str(workers), "--no-access-log",
+        "--ws", "websockets-sansio", "--ws-ping-interval", str(interval), "--ws-ping-timeout", str(timeout),
     ]  # fmt: skip
 
 
