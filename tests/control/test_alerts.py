@@ -1,0 +1,187 @@
+"""Alert rules made real: a real control worker and beat run health_and_alerts on their schedule,
+and a real HTTP server in this test receives the webhooks. Each alert must fire after its `for`,
+resolve when the condition clears, and reach the webhook exactly once each way."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import switched_env
+from worker.control import alerts
+from worker.control.loop import loop_stats
+from worker.submit import enqueue
+from worker.testing.processes import Processes, free_port, wait_for
+
+FOR_S = 2.0
+
+
+class Webhook:
+    """A real HTTP server recording every Alertmanager-style body posted to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.bodies.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def calls(self, alertname: str, **labels: str) -> list[str]:
+        """The status of every call about one alert instance, in order."""
+        return [
+            b["status"]
+            for b in list(self.bodies)
+            if b["commonLabels"]["alertname"] == alertname
+            and all(b["commonLabels"].get(k) == v for k, v in labels.items())
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def plane(
+    private_ledger: dict[str, str], webhook: Webhook, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Processes]:
+    """A control worker and beat of this module's own ledger and prefixes, alerting to `webhook`."""
+    env = {
+        **private_ledger,
+        "MEDIC_ALERT_WEBHOOK_URL": webhook.url,
+        "MEDIC_ALERT_FOR_SECONDS": str(FOR_S),
+        "MEDIC_QUEUE_WATERMARKS": json.dumps({"q-alert-shed": [3, 1]}),
+        "MEDIC_METRICS_PORT": "0",
+    }
+    procs = Processes(env, tmp_path_factory.mktemp("alerts"))
+    procs.control_plane()
+    yield procs
+    procs.stop_all()
+
+
+def _health_runs() -> int:
+    return int(loop_stats("health_and_alerts").get("runs", 0))
+
+
+def _settle(periods: int = 4) -> None:
+    """Let the loop run a few more times: a duplicate send would show up by then."""
+    start = _health_runs()
+    wait_for(lambda: _health_runs() >= start + periods, 30, 0.1, "health_and_alerts runs on")
+
+
+def test_queue_with_work_and_no_worker_fires_then_resolves(plane: Processes, webhook: Webhook) -> None:
+    queue = "q-alert-unc"
+    first = plane.worker("unc-1", queues=queue, concurrency=1)
+    first.stop()  # the only worker of the queue is gone (its consumer registration with it)
+    started = dt.datetime.now(dt.UTC).timestamp()
+    for i in range(2):
+        enqueue("examples.echo", {"message": str(i)}, queue=queue)
+    wait_for(lambda: webhook.calls("MedicQueueUnconsumed", queue=queue), 30, 0.1, "firing webhook")
+    fired = alerts.active()
+    [alert] = [a for a in fired if a["name"] == "MedicQueueUnconsumed" and a["labels"] == {"queue": queue}]
+    assert alert["firing"] and alert["severity"] == "critical"
+    assert alert["fired_at"] - alert["since"] >= FOR_S, "fired only after its `for`"
+    assert alert["fired_at"] >= started + FOR_S
+
+    plane.worker("unc-2", queues=queue, concurrency=1)  # a consumer again: the queue drains
+    wait_for(lambda: "resolved" in webhook.calls("MedicQueueUnconsumed", queue=queue), 30, 0.1, "resolved webhook")
+    _settle()
+    assert webhook.calls("MedicQueueUnconsumed", queue=queue) == ["firing", "resolved"]
+    body = next(b for b in webhook.bodies if b["commonLabels"].get("queue") == queue and b["status"] == "resolved")
+    assert body["version"] == "4" and body["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
+    resolved = [a for a in alerts.recently_resolved() if a["labels"] == {"queue": queue}]
+    assert resolved and resolved[0]["name"] == "MedicQueueUnconsumed"
+
+
+def test_queue_past_its_watermark_fires_shedding_then_resolves(plane: Processes, webhook: Webhook) -> None:
+    queue = "q-alert-shed"  # high watermark 3, low 1 (MEDIC_QUEUE_WATERMARKS of the control plane)
+    for i in range(4):
+        enqueue("examples.echo", {"message": str(i)}, queue=queue)
+    wait_for(lambda: webhook.calls("MedicQueueShedding", queue=queue), 30, 0.1, "shedding fires")
+    plane.worker("shed-1", queues=queue, concurrency=1)
+    wait_for(lambda: "resolved" in webhook.calls("MedicQueueShedding", queue=queue), 30, 0.1, "shedding resolves")
+    _settle()
+    assert webhook.calls("MedicQueueShedding", queue=queue) == ["firing", "resolved"]
+
+
+def test_killed_beat_fires_loop_stale_then_resolves(plane: Processes, webhook: Webhook) -> None:
+    wait_for(lambda: _health_runs() >= 3, 30, 0.1, "the loop runs")
+    assert webhook.calls("MedicLoopStale", loop="beat") == [], "beat is alive: nothing stale yet"
+    [beat] = [p for p in plane.procs if p.name == "beat"]
+    beat.kill_group(signal.SIGKILL)
+    # beat is dead: the control worker's watchdog keeps health_and_alerts running
+    wait_for(lambda: webhook.calls("MedicLoopStale", loop="beat"), 40, 0.1, "stale fires")
+    plane.beat("beat-2")
+    wait_for(lambda: "resolved" in webhook.calls("MedicLoopStale", loop="beat"), 40, 0.1, "stale resolves")
+    _settle()
+    assert webhook.calls("MedicLoopStale", loop="beat") == ["firing", "resolved"]
+
+
+def test_evicting_redis_fires_eviction_policy_then_resolves(private_ledger: dict[str, str], webhook: Webhook) -> None:
+    """A PRIVATE redis-server with allkeys-lru (the shared one is never reconfigured); the loop is
+    called as a function with the clock passed in, the webhook is the real server."""
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="medic-redis-"))
+    subprocess.run(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--daemonize", "yes",
+                    "--pidfile", str(workdir / "pid"), "--dir", str(workdir), "--maxmemory-policy", "allkeys-lru"],
+                   check=True, timeout=30)  # fmt: skip
+    private = redis.Redis(port=port)
+    wait_for(lambda: _pings(private), 10, 0.05, "private redis up")
+    prefix = f"ev{uuid.uuid4().hex[:6]}:"
+    env = {"MEDIC_REDIS_URL": f"redis://127.0.0.1:{port}/0", "MEDIC_KEY_PREFIX": prefix,
+           "MEDIC_ALERT_WEBHOOK_URL": webhook.url, "MEDIC_ALERT_FOR_SECONDS": str(FOR_S)}  # fmt: skip
+    try:
+        with switched_env(env):
+            t0 = dt.datetime.now(dt.UTC)
+            alerts.health_and_alerts(t0)
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S / 2))
+            assert [a["firing"] for a in alerts.active() if a["name"] == "MedicRedisEvictionPolicy"] == [False]
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            wait_for(lambda: webhook.calls("MedicRedisEvictionPolicy"), 10, 0.05, "eviction policy fires")
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still firing: not re-sent
+            private.config_set("maxmemory-policy", "noeviction")
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 2))
+            wait_for(lambda: len(webhook.calls("MedicRedisEvictionPolicy")) == 2, 10, 0.05, "resolved")
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 3))
+            body = next(b for b in webhook.bodies if b["commonLabels"]["alertname"] == "MedicRedisEvictionPolicy")
+            assert body["commonLabels"] == {"alertname": "MedicRedisEvictionPolicy", "severity": "critical",
+                                            "policy": "allkeys-lru"}  # fmt: skip
+    finally:
+        private.shutdown(nosave=True)
+    assert webhook.calls("MedicRedisEvictionPolicy") == ["firing", "resolved"]
+
+
+def _pings(client: redis.Redis[bytes]) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
