@@ -138,8 +138,28 @@ def api(host: str, port: int, workers: int) -> None:
 @click.option("-c", "--concurrency", default=2, show_default=True)
 @click.option("-n", "--name", default="worker", show_default=True)
 def worker(queues: str | None, concurrency: int, name: str) -> None:
-    """Run a Celery worker for application jobs."""
-    _exec(processes.worker_cmd(queues or get_settings().default_queue, concurrency, name))
+    """Run a Celery worker for application jobs (refused past the connection budget)."""
+    from worker.ops import budget
+
+    s = get_settings()
+    _check_budget([budget.worker_share(s, concurrency)], s.database_url)
+    _exec(processes.worker_cmd(queues or s.default_queue, concurrency, name))
+
+
+def _check_budget(shares: Any, database_url: str) -> None:
+    """Exit EXIT_CONFIG with the reason and the fix when `shares` do not fit PostgreSQL's slots."""
+    from sqlalchemy.exc import OperationalError
+
+    from worker.ops import budget
+
+    try:
+        problem = budget.check(shares, database_url)
+    except OperationalError as exc:  # the server is down: the process's own start reports it
+        click.echo(f"medic: connection budget not checked, PostgreSQL unreachable: {exc.orig}", err=True)
+        return
+    if problem:
+        click.echo(f"medic: {problem}", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 @main.command()
@@ -172,10 +192,27 @@ def flower(port: int, address: str) -> None:
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 def up(api_port: int, flower_port: int, workers: int, concurrency: int, no_flower: bool) -> None:
     """Run the whole stack on this host as supervised child processes."""
+    from worker.ops import budget
     from worker.ops.stack import run_stack
+    from worker.settings import DEFAULT_DATABASE_URL
 
+    s = get_settings()
+    url = os.environ.get("MEDIC_DATABASE_URL", DEFAULT_DATABASE_URL)
+    _check_budget(budget.stack_shares(s, workers=workers, concurrency=concurrency), url)
     sys.exit(run_stack(api_port=api_port, flower_port=flower_port, workers=workers,
                        concurrency=concurrency, flower=not no_flower))  # fmt: skip
+
+
+@main.command()
+@click.option("--role", type=click.Choice(["api", "worker", "control", "beat"]), default="worker", show_default=True)
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The API (role api).")
+def health(role: str, url: str) -> None:
+    """Print this process's health as JSON; exit 0 healthy, 1 not (a probe for containers)."""
+    from worker.ops.health import check
+
+    result = check(role, api_url=url)
+    click.echo(json.dumps(result))
+    sys.exit(0 if result["ok"] else 1)
 
 
 @main.command()
