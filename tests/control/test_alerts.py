@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import switched_env
+from tests.conftest import REDIS_URL, switched_env
 from worker.control import alerts
 from worker.control.loop import loop_stats
 from worker.submit import enqueue
 from worker.testing.processes import Processes, free_port, wait_for
+from worker.testing.servers import delete_keys
 
 FOR_S = 2.0
 
@@ -185,3 +186,39 @@ def _pings(client: redis.Redis[bytes]) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def test_held_pool_connections_fire_pool_saturated_then_resolve(
+    private_ledger: dict[str, str], webhook: Webhook
+) -> None:
+    """Four real sessions named like a medic process's pool, each inside a transaction (checked
+    out, as the server sees it), against a pool of 2 + 2 overflow: over 80 %."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(private_ledger["MEDIC_DATABASE_URL"], poolclass=sa.pool.NullPool,
+                              connect_args={"application_name": "medic-99999"})  # fmt: skip
+    held = [engine.connect() for _ in range(4)]
+    prefix = f"ps{uuid.uuid4().hex[:6]}:"  # its own: the module's control worker must not judge this state too
+    env = {"MEDIC_DB_POOL_SIZE": "2", "MEDIC_ALERT_WEBHOOK_URL": webhook.url, "MEDIC_ALERT_FOR_SECONDS": str(FOR_S),
+           "MEDIC_KEY_PREFIX": prefix}  # fmt: skip
+    try:
+        with switched_env(env):
+            for conn in held:
+                conn.execute(sa.text("SELECT 1"))  # opens the transaction: `idle in transaction`
+            t0 = dt.datetime.now(dt.UTC)
+            alerts.health_and_alerts(t0)
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            wait_for(lambda: webhook.calls("MedicDbPoolSaturated", process="medic-99999"), 10, 0.05, "fires")
+            for conn in held:
+                conn.rollback()  # back in the pool: `idle`
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))
+            wait_for(
+                lambda: len(webhook.calls("MedicDbPoolSaturated", process="medic-99999")) == 2, 10, 0.05, "resolved"
+            )
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 2))
+    finally:
+        for conn in held:
+            conn.close()
+        engine.dispose()
+        delete_keys(REDIS_URL, prefix)
+    assert webhook.calls("MedicDbPoolSaturated", process="medic-99999") == ["firing", "resolved"]

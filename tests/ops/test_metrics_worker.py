@@ -56,3 +56,8 @@ def test_worker_metrics_count_every_outcome_across_prefork_children(procs: Proce
     assert samples[("medic_job_queue_wait_seconds_count", (("queue", queue),))] == 8.0  # every claimed run
     children = {p for p in procs.procs[0].children()}
     assert len(children) == 2, "two prefork children wrote the values the main process served"
+    # every process that ran a job has a pool gauge; at rest none holds a connection
+    capacity = {dict(k[1])["process"]: v for k, v in samples.items() if k[0] == "medic_db_pool_capacity"}
+    assert len(capacity) >= 1 and set(capacity.values()) == {20.0}, capacity  # 2 x MEDIC_DB_POOL_SIZE 10
+    checked_out = [v for k, v in samples.items() if k[0] == "medic_db_pool_checked_out"]
+    assert checked_out and sum(checked_out) == 0, checked_out

@@ -113,6 +113,16 @@ def postgres_connections(snap: Snapshot, s: Settings) -> list[Finding]:
     return []
 
 
+def pool_saturated(snap: Snapshot, s: Settings) -> list[Finding]:
+    capacity = 2 * s.db_pool_size  # pool size + overflow, as every process is configured
+    busy = (snap.get("postgres") or {}).get("busy_by_process", {})
+    return [
+        Finding({"process": app}, f"{app} holds {n} of its {capacity} ledger connections", n / capacity)
+        for app, n in busy.items()
+        if n > s.alert_usage_ratio * capacity
+    ]
+
+
 def redis_memory(snap: Snapshot, s: Settings) -> list[Finding]:
     r = snap.get("redis") or {}
     used, limit = r.get("used_memory_bytes", 0), r.get("maxmemory_bytes", 0)
@@ -135,6 +145,7 @@ RULES: tuple[Rule, ...] = (
     Rule("MedicDeadJobsHigh", WARNING, dead_high),
     Rule("MedicQueueUnconsumed", CRITICAL, queue_unconsumed),
     Rule("MedicLoopStale", CRITICAL, loop_stale),
+    Rule("MedicDbPoolSaturated", WARNING, pool_saturated),
     Rule("MedicPostgresConnectionsHigh", CRITICAL, postgres_connections),
     Rule("MedicRedisMemoryHigh", CRITICAL, redis_memory),
     Rule("MedicRedisEvictionPolicy", CRITICAL, redis_eviction),

@@ -27,6 +27,15 @@ from worker.settings import Settings, get_settings
 
 Snapshot = dict[str, Any]
 
+# Connections each medic process holds checked out, as the server sees them: a pooled connection
+# waiting in its pool is `idle`; one a caller holds is `active` or `idle in transaction`. Every
+# medic engine names itself `medic-<pid>` (worker/ledger/db.py), so this is the pool use of
+# every process of the fleet in one query, with no cost on the path of a job.
+BUSY_BY_PROCESS = (
+    "SELECT application_name, count(*) FROM pg_stat_activity WHERE application_name LIKE 'medic-%' "
+    "AND state <> 'idle' GROUP BY application_name ORDER BY count(*) DESC LIMIT 20"
+)
+
 
 def loop_periods(s: Settings) -> dict[str, float]:
     """Every loop beat schedules, with its period: a loop not run for 3 periods is stale."""
@@ -59,15 +68,17 @@ def _queue(queue: str, queued: int, oldest: dt.datetime | None, now: dt.datetime
     }
 
 
-def _ledger(now: dt.datetime) -> tuple[dict[str, int], dict[str, dt.datetime], int, dict[str, int]]:
+def _ledger(now: dt.datetime) -> tuple[dict[str, int], dict[str, dt.datetime], int, dict[str, Any]]:
     with db.connect() as conn:
         queued = {q: n for state, q, n in queries.live_counts_by_queue(conn) if state == "queued"}
         oldest = queries.oldest_queued_by_queue(conn)
         dead = queries.dead_since(conn, now - seconds(60))
-        pg: dict[str, int] = {}
+        pg: dict[str, Any] = {}
         if conn.dialect.name == "postgresql":
             pg["connections"] = int(conn.scalar(sa.text("SELECT count(*) FROM pg_stat_activity")) or 0)
             pg["max_connections"] = int(conn.scalar(sa.text("SHOW max_connections")) or 0)
+            busy = conn.execute(sa.text(BUSY_BY_PROCESS)).all()
+            pg["busy_by_process"] = {str(app): int(n) for app, n in busy}
     return queued, oldest, dead, pg
 
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
 
 from worker.broker import redis_keys
 from worker.broker.celery_app import CONTROL_QUEUE
@@ -107,6 +109,61 @@ def job_finished(job: JobRow, kind: str, after: JobRow | None) -> None:
             m.queue_wait.labels(job.queue).observe(max(0.0, (started - ready_at).total_seconds()))
     except Exception:
         log.exception("job metrics not recorded")
+
+
+# --- ledger pool use of each worker process (the children run the jobs, each with its own pool)
+
+
+@dataclass
+class PoolMetrics:
+    checked_out: Gauge
+    capacity: Gauge
+    process: str
+
+
+_pool: PoolMetrics | None = None
+
+
+def _pool_metrics() -> PoolMetrics:
+    """Made per process: the label names the process (its pid changes across the fork)."""
+    global _pool
+    process = f"worker:{socket.gethostname()}:{os.getpid()}"
+    with _lock:
+        if _pool is None or _pool.process != process:
+            doc = "Ledger connections checked out of this process's pool"
+            _pool = PoolMetrics(
+                checked_out=(_pool.checked_out if _pool else Gauge(
+                    "medic_db_pool_checked_out", doc, ["process"], multiprocess_mode="liveall", registry=None)),
+                capacity=(_pool.capacity if _pool else Gauge(
+                    "medic_db_pool_capacity", "Ledger pool size + overflow", ["process"],
+                    multiprocess_mode="liveall", registry=None)),
+                process=process,
+            )  # fmt: skip
+            _pool.capacity.labels(process).set(2 * get_settings().db_pool_size)
+        return _pool
+
+
+def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    _pool_metrics().checked_out.labels(_pool_metrics().process).inc()
+
+
+def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+    _pool_metrics().checked_out.labels(_pool_metrics().process).dec()
+
+
+def watch_pools() -> None:
+    """Count checkouts of every pool in this process and the children it forks (class-level
+    listeners survive the fork); one mmap write each, no network."""
+    if not event.contains(Pool, "checkout", _on_checkout):
+        event.listen(Pool, "checkout", _on_checkout)
+        event.listen(Pool, "checkin", _on_checkin)
+
+
+@signals.worker_process_shutdown.connect
+def _on_child_exit(pid: int | None = None, **_: Any) -> None:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        multiprocess.mark_process_dead(pid or os.getpid(), path)  # type: ignore[no-untyped-call]
 
 
 # --- the worker's main process ---
@@ -194,6 +251,7 @@ def _on_worker_init(sender: Any, **_: Any) -> None:
         return  # an embedded test worker shares the test process: leave its metrics alone
     queues = sorted(sender.app.amqp.queues.consume_from or [get_settings().default_queue])
     path = enable_multiprocess()
+    watch_pools()
     port = metrics_port(queues)
     if port:
         try:
