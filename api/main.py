@@ -63,6 +63,7 @@ def create_app() -> FastAPI:
         path = getattr(route, "path", "unmatched")
         elapsed = time.perf_counter() - started
         metrics.LATENCY.labels(request.method, path).observe(elapsed)
+        slow.window.add(elapsed)
         metrics.REQUESTS.labels(request.method, path, str(response.status_code)).inc()
         if elapsed * 1000 > s.slow_request_ms:
             slow_log.warning(

@@ -9,11 +9,22 @@ variable) is what carries the time back.
 from __future__ import annotations
 
 import contextvars
+import json
+import logging
+import os
+import socket
+import threading
 import time
+from collections import deque
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+from worker.broker import redis_keys
+from worker.broker.redis_client import get_redis
+
+log = logging.getLogger(__name__)
 
 ledger_seconds: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("ledger_seconds", default=None)
 
@@ -38,3 +49,48 @@ def _after(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any
     cell = ledger_seconds.get()
     if cell is not None:
         cell[0] += elapsed
+
+
+# --- recent latency, published for the MedicApiSlow rule (the health loop reads every process's)
+
+WINDOW_S = 60.0
+PUBLISH_EVERY_S = 5.0
+MAX_SAMPLES = 5000
+
+
+class LatencyWindow:
+    """The last minute of request durations of this process; a thread publishes its p95."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)
+        self.started = False
+
+    def add(self, seconds: float) -> None:
+        self.samples.append((time.monotonic(), seconds))
+        if not self.started:
+            self.started = True
+            threading.Thread(target=self._publish_forever, name="medic-api-latency", daemon=True).start()
+
+    def p95(self) -> tuple[float, int]:
+        """(p95 in ms, samples) of the window."""
+        cutoff = time.monotonic() - WINDOW_S
+        recent = sorted(s for at, s in list(self.samples) if at >= cutoff)
+        if not recent:
+            return 0.0, 0
+        return recent[min(len(recent) - 1, int(0.95 * len(recent)))] * 1000, len(recent)
+
+    def publish(self) -> None:
+        p95, n = self.p95()
+        value = json.dumps({"p95_ms": round(p95, 1), "n": n, "at": time.time()})
+        get_redis().hset(redis_keys.api_latency(), f"{socket.gethostname()}:{os.getpid()}", value)
+
+    def _publish_forever(self) -> None:
+        while True:
+            time.sleep(PUBLISH_EVERY_S)
+            try:
+                self.publish()
+            except Exception as exc:  # noqa: BLE001 - Redis down: the next round tries again
+                log.debug("latency not published: %s", exc)
+
+
+window = LatencyWindow()

@@ -16,10 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from tests.conftest import REDIS_URL, switched_env
+from worker.broker import redis_keys
+from worker.broker.redis_client import get_redis
 from worker.control import alerts
 from worker.control.loop import loop_stats
 from worker.submit import enqueue
@@ -222,3 +225,34 @@ def test_held_pool_connections_fire_pool_saturated_then_resolve(
         engine.dispose()
         delete_keys(REDIS_URL, prefix)
     assert webhook.calls("MedicDbPoolSaturated", process="medic-99999") == ["firing", "resolved"]
+
+
+def test_slow_api_is_logged_and_fires_api_slow(
+    private_ledger: dict[str, str], webhook: Webhook, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A real API whose every request is 'slow' (MEDIC_SLOW_REQUEST_MS=1 while a health check
+    takes longer): each is logged with its route, status, duration and ledger time, and the p95 it
+    publishes fires MedicApiSlow."""
+    prefix = f"as{uuid.uuid4().hex[:6]}:"
+    env = {"MEDIC_KEY_PREFIX": prefix, "MEDIC_SLOW_REQUEST_MS": "1", "MEDIC_ALERT_WEBHOOK_URL": webhook.url,
+           "MEDIC_ALERT_FOR_SECONDS": str(FOR_S)}  # fmt: skip
+    procs = Processes({**private_ledger, **env}, tmp_path_factory.mktemp("slow"))
+    try:
+        proc, url = procs.api("slow-api")
+        for _ in range(25):
+            assert httpx.get(f"{url}/health/ready", timeout=10).status_code == 200
+        line = wait_for(lambda: [ln for ln in proc.log().splitlines() if "slow request GET /health/ready" in ln], 10)
+        assert "-> 200 in" in line[0] and "ms (ledger " in line[0], line[0]
+        with switched_env(env):
+            wait_for(lambda: get_redis().hlen(redis_keys.api_latency()) == 1, 15, 0.1, "p95 published")
+            t0 = dt.datetime.now(dt.UTC)
+            alerts.health_and_alerts(t0)
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            wait_for(lambda: webhook.calls("MedicApiSlow"), 10, 0.05, "api slow fires")
+            procs.stop_all()  # the API is gone: its p95 goes stale, and the alert clears
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=60))
+            wait_for(lambda: len(webhook.calls("MedicApiSlow")) == 2, 10, 0.05, "api slow resolves")
+    finally:
+        procs.stop_all()
+        delete_keys(REDIS_URL, prefix)
+    assert webhook.calls("MedicApiSlow") == ["firing", "resolved"]

@@ -89,6 +89,11 @@ def alert_state() -> str:
     return f"{_p()}alerts:state"
 
 
+def api_latency() -> str:
+    """Hash of each API process's recent p95 latency: "host:pid" -> JSON {p95_ms, n, at}."""
+    return f"{_p()}api:latency"
+
+
 def alerts_resolved() -> str:
     """List of recently resolved alerts (JSON, newest first, capped)."""
     return f"{_p()}alerts:resolved"

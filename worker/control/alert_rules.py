@@ -123,6 +123,18 @@ def pool_saturated(snap: Snapshot, s: Settings) -> list[Finding]:
     ]
 
 
+def api_slow(snap: Snapshot, s: Settings) -> list[Finding]:
+    return [
+        Finding(
+            {"process": process},
+            f"API {process}: p95 {p95:.0f} ms over the last minute (> {s.slow_request_ms:g} ms)",
+            p95,
+        )
+        for process, p95 in snap.get("api_p95_ms", {}).items()
+        if p95 > s.slow_request_ms
+    ]
+
+
 def redis_memory(snap: Snapshot, s: Settings) -> list[Finding]:
     r = snap.get("redis") or {}
     used, limit = r.get("used_memory_bytes", 0), r.get("maxmemory_bytes", 0)
@@ -149,4 +161,5 @@ RULES: tuple[Rule, ...] = (
     Rule("MedicPostgresConnectionsHigh", CRITICAL, postgres_connections),
     Rule("MedicRedisMemoryHigh", CRITICAL, redis_memory),
     Rule("MedicRedisEvictionPolicy", CRITICAL, redis_eviction),
+    Rule("MedicApiSlow", WARNING, api_slow),
 )
