@@ -83,6 +83,12 @@ class TenantQuotaError(RetryableError):
     code = "tenant_quota"
 
 
+class OverloadedError(RetryableError):
+    """This process has more work in hand than it accepts (e.g. the group-commit queue is full)."""
+
+    code = "overloaded"
+
+
 class UnauthorizedError(PermanentError):
     code = "unauthorized"
 

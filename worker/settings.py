@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(65536, gt=0, description="Largest JSON args of one job.")
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest HTTP request body.")
     max_batch_size: int = Field(1000, gt=0, description="Most jobs in one POST /jobs/batch.")
+    submit_group_commit: bool = Field(
+        True, description="POST /jobs requests of one API process committed together (group commit)."
+    )
+    submit_group_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a group waits for more POST /jobs requests (only while several arrive)."
+    )
+    submit_group_max_rows: int = Field(100, gt=0, description="Most jobs committed in one group.")
+    submit_group_queue: int = Field(
+        256, gt=0, description="Most POST /jobs requests waiting for a group commit; more get 503 overloaded."
+    )
     api_key_cache_seconds: float = Field(30.0, ge=0, description="How long the API trusts a checked key.")
     ledger_retry_after_seconds: int = Field(5, gt=0, description="Retry-After when the ledger is down.")
     metrics_token: str = Field("", description="Bearer token GET /metrics requires; empty: /metrics is open.")

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from worker.broker.counters import record_arrivals
 from worker.broker.publish import publish
 from worker.clock import utcnow
-from worker.errors import ForbiddenError, IdempotencyConflictError, InvalidArgsError, PayloadTooLargeError
+from worker.errors import ForbiddenError, IdempotencyConflictError, InvalidArgsError, MedicError, PayloadTooLargeError
 from worker.ledger import db, queries, transitions
 from worker.ledger.models import JobRow
 from worker.runtime.queues import DeclaredQueues, check_queue, declared_queues
@@ -130,33 +130,71 @@ def prepare(
     ]
 
 
-def _commit_rows(rows: Sequence[dict[str, Any]], *, actor: str, now: Any) -> list[Enqueued]:
-    """Commit prepared rows; rows without an idempotency key in one statement (db.write: one
-    round trip on PostgreSQL, safe to re-run), the rest in one transaction with them."""
-    if all(r["idempotency_key"] is None for r in rows):
-        created = db.write(lambda conn: transitions.create_jobs(conn, rows, actor=actor, now=now))
-        return [Enqueued(row, True) for row in created]
-    results: list[Enqueued | None] = [None] * len(rows)
+def _create_plain(conn: Connection, rows: Sequence[dict[str, Any]], actors: Sequence[str]) -> dict[uuid.UUID, JobRow]:
+    """Rows without an idempotency key, one statement per actor (the event names it)."""
+    by_actor: dict[str, list[dict[str, Any]]] = {}
+    for row, actor in zip(rows, actors, strict=True):
+        by_actor.setdefault(actor, []).append(row)
+    created: dict[uuid.UUID, JobRow] = {}
+    for actor, group in by_actor.items():
+        for job in transitions.create_jobs(conn, group, actor=actor, now=group[0]["created_at"]):
+            created[job.id] = job
+    return created
+
+
+Committed = Enqueued | MedicError  # what one row of a group came to: its job, or its own error
+
+
+def commit_rows(rows: Sequence[dict[str, Any]], actors: Sequence[str], *, separate: bool = False) -> list[Committed]:
+    """Commit prepared rows (of one caller or of many, each with its actor) in ONE transaction.
+
+    Rows without an idempotency key go in one statement per actor; when there are only such rows
+    and one actor that statement is the whole transaction (db.write: one round trip, safe to
+    re-run). Two rows with the same key: the first creates, the second gets the first's job back
+    (created=False). With `separate` (rows of different callers: group commit) a row whose key
+    was used for a different job gets its own IdempotencyConflictError and the others still
+    commit; without it the conflict raises and nothing is written (one caller's batch is all or
+    nothing). Errors of the transaction itself (ledger down, a value the ledger refuses) raise for
+    all: the caller decides.
+    """
+    if all(r["idempotency_key"] is None for r in rows) and len(set(actors)) <= 1:
+        created = db.write(lambda conn: _create_plain(conn, rows, actors))
+        return [Enqueued(created[r["id"]], True) for r in rows]
+    results: list[Committed] = []
     with db.begin() as conn:
-        plain = [i for i, r in enumerate(rows) if r["idempotency_key"] is None]
-        created = transitions.create_jobs(conn, [rows[i] for i in plain], actor=actor, now=now)
-        for i, row in zip(plain, created, strict=True):
-            results[i] = Enqueued(row, True)
-        for i, r in enumerate(rows):
-            if r["idempotency_key"] is not None:
-                results[i] = _enqueue_once(conn, r, actor=actor, now=now)
-    return [e for e in results if e is not None]
+        plain = [(r, a) for r, a in zip(rows, actors, strict=True) if r["idempotency_key"] is None]
+        created = _create_plain(conn, [r for r, _ in plain], [a for _, a in plain])
+        for row, actor in zip(rows, actors, strict=True):
+            if row["idempotency_key"] is None:
+                results.append(Enqueued(created[row["id"]], True))
+                continue
+            try:
+                results.append(_enqueue_once(conn, row, actor=actor, now=row["created_at"]))
+            except IdempotencyConflictError as exc:  # raised after a read: the transaction is intact
+                if not separate:
+                    raise
+                results.append(exc)
+    return results
+
+
+def publish_new(done: Sequence[Committed]) -> list[Committed]:
+    """Publish every job `done` created, all in one pipeline; mark what the broker refused."""
+    new_jobs = [e.job for e in done if isinstance(e, Enqueued) and e.created]
+    refused = set(publish(new_jobs))
+    record_arrivals(Counter(job.queue for job in new_jobs))
+    return [Enqueued(e.job, e.created, e.job.id not in refused) if isinstance(e, Enqueued) else e for e in done]
 
 
 def enqueue_rows(rows: Sequence[dict[str, Any]], *, actor: str) -> list[Enqueued]:
-    """Commit prepared rows in one transaction, then publish what is new in one pass."""
+    """Commit prepared rows in one transaction, then publish what is new in one pass.
+
+    Raises:
+        IdempotencyConflictError: a key was used for a different job (then nothing is written).
+    """
     if not rows:
         return []
-    done = _commit_rows(rows, actor=actor, now=rows[0]["created_at"])
-    new_jobs = [e.job for e in done if e.created]
-    refused = set(publish(new_jobs))
-    record_arrivals(Counter(job.queue for job in new_jobs))
-    return [Enqueued(e.job, e.created, e.job.id not in refused) for e in done]
+    done = commit_rows(rows, [actor] * len(rows))
+    return [e for e in publish_new(done) if isinstance(e, Enqueued)]
 
 
 def enqueue_many(requests: Sequence[JobRequest], *, tenant: str = DEFAULT_TENANT, actor: str = "api") -> list[Enqueued]:

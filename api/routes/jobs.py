@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api import metrics
 from api.deps import AdminKey, ReadKey, SubmitKey
+from api.group_commit import get_committer
 from api.schemas import (
     BatchCreate,
     BatchItem,
@@ -49,12 +50,15 @@ def _request(body: JobCreate, idempotency_key: str | None) -> JobRequest:
     )
 
 
-def _admitted(requests: list[JobRequest], key: ApiKey) -> list[Enqueued]:
-    """Validate (4xx), check the tenant's quota and the queues' admission (429), then enqueue."""
+def _admitted(requests: list[JobRequest], key: ApiKey, *, group: bool = False) -> list[Enqueued]:
+    """Validate (4xx), check the tenant's quota and the queues' admission (429), then enqueue;
+    `group`: one job, committed together with this process's other submissions (group commit)."""
     rows = prepare(requests, tenant=key.tenant, allowed_queues=key.queues)
     check_tenant_quota(key.tenant, len(rows))
     reservations = admit_rows(rows)
     try:
+        if group and len(rows) == 1 and get_settings().submit_group_commit:
+            return [get_committer().submit(rows[0], actor=f"api:{key.id}")]
         return enqueue_rows(rows, actor=f"api:{key.id}")
     finally:
         for reservation in reservations:
@@ -74,7 +78,7 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Accept a job: 202 once it is durably queued (even if the broker is down: it is published later)."""
-    done = _admitted([_request(body, idempotency_key)], key)[0]
+    done = _admitted([_request(body, idempotency_key)], key, group=True)[0]
     _count_accepted([done.job] if done.created else [])
     if not done.created:
         response.status_code = 200
