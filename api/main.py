@@ -13,6 +13,7 @@ from api import errors, metrics, slow, swagger
 from api.limits import BodySizeLimit, InflightLimit
 from api.routes import alerts, health, jobs, queues, stream
 from api.schemas import ErrorPublic
+from worker import logs
 from worker.runtime.registry import load_job_modules
 from worker.settings import get_settings
 
@@ -38,6 +39,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def create_app() -> FastAPI:
     s = get_settings()
+    logs.setup(s.log_format)  # uvicorn set up its loggers before it called this factory
+    logs.restyle("uvicorn", "uvicorn.error", "uvicorn.access", fmt=s.log_format)
     load_job_modules(s.job_modules)  # validation needs every job type before the first request
     app = FastAPI(
         title="medic",

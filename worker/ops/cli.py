@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -29,7 +28,9 @@ def _exec(argv: list[str]) -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def main(log_level: str) -> None:
     """medic: background jobs on Celery that heal themselves."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from worker import logs
+
+    logs.setup(get_settings().log_format, log_level)
 
 
 @main.group()

@@ -1,0 +1,115 @@
+"""Log lines a machine can read and a person can follow: MEDIC_LOG_FORMAT=json|console.
+
+Every line about a job carries its `job_id`, `delivery_id`, `queue`, `worker` (and `tenant` where
+the process knows it), from API, worker and loops alike, so one job can be followed with grep:
+the fields come from a context variable set around each job (`job_context`) or from a log call's
+`extra`, and a filter puts them on every record. JSON lines carry them as keys; console lines add
+them as `key=value` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+JOB_FIELDS = ("job_id", "delivery_id", "tenant", "queue", "worker")
+EXTRA_FIELDS = ("route", "status", "duration_ms", "ledger_ms", "alert", "loop")
+# INFO chatter of libraries: their warnings still show
+NOISY = ("alembic", "kombu", "httpx", "httpcore", "amqp", "celery.utils.functional", "urllib3", "asyncio")
+
+_job: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("medic_job", default=None)
+
+
+@contextlib.contextmanager
+def job_context(**fields: Any) -> Iterator[None]:
+    """Every line logged inside names this job (job_id, delivery_id, tenant, queue, worker)."""
+    token = _job.set({k: str(v) for k, v in fields.items() if v is not None})
+    try:
+        yield
+    finally:
+        _job.reset(token)
+
+
+def set_job(**fields: Any) -> None:
+    """As job_context, for hooks that cannot wrap the job (Celery's task_prerun / task_postrun)."""
+    _job.set({k: str(v) for k, v in fields.items() if v is not None} or None)
+
+
+class JobFilter(logging.Filter):
+    """Copies the current job's fields onto each record (an `extra` of the call wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_job.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: getattr(record, k) for k in (*JOB_FIELDS, *EXTRA_FIELDS) if getattr(record, k, None) is not None}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = _fields(record)
+        return text + ("  " + " ".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else ConsoleFormatter()
+
+
+def apply(handler: logging.Handler, fmt: str) -> None:
+    """Give one handler medic's format and the job filter (used on handlers Celery made)."""
+    handler.setFormatter(formatter(fmt))
+    if not any(isinstance(f, JobFilter) for f in handler.filters):
+        handler.addFilter(JobFilter())
+
+
+def setup(fmt: str, level: str = "INFO") -> None:
+    """The root logger to stderr in `fmt`; noisy libraries down to WARNING."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "medic", False)]
+    handler = ours[0] if ours else logging.StreamHandler(sys.stderr)
+    handler.medic = True  # type: ignore[attr-defined]
+    apply(handler, fmt)
+    if not ours:  # other handlers (a test runner's capture) stay
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    quiet()
+
+
+def quiet() -> None:
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def restyle(*names: str, fmt: str) -> None:
+    """Give medic's format to handlers another library set up (uvicorn's loggers)."""
+    for name in names:
+        for handler in logging.getLogger(name).handlers:
+            apply(handler, fmt)

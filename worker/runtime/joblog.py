@@ -1,0 +1,45 @@
+"""Worker and beat logging: medic's format (MEDIC_LOG_FORMAT) on the handlers Celery sets up,
+and each job's fields (job_id, delivery_id, queue, worker) on every line logged while it runs.
+
+Celery configures the root logger itself and then sends `after_setup_logger`: medic re-formats
+those handlers instead of replacing Celery's setup, so `--loglevel` and log files still work.
+The job fields come from `task_prerun` (the message carries job_id and delivery_id; the queue is
+its routing key); the tenant is added by lines that log it as `extra`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from worker import logs
+from worker.settings import get_settings
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _format(logger: logging.Logger, **_: Any) -> None:
+    fmt = get_settings().log_format
+    for handler in logger.handlers:
+        logs.apply(handler, fmt)
+    logs.quiet()
+
+
+@signals.task_prerun.connect
+def _job_starts(task: Any = None, args: Any = None, **_: Any) -> None:
+    request = getattr(task, "request", None)
+    name = str(getattr(task, "name", ""))
+    if name.startswith("medic.control."):
+        logs.set_job(loop=name.rsplit(".", 1)[1])
+        return
+    if request is None or not args or len(args) != 2:
+        return
+    info = request.delivery_info or {}
+    logs.set_job(job_id=args[0], delivery_id=args[1], queue=info.get("routing_key"), worker=request.hostname)
+
+
+@signals.task_postrun.connect
+def _job_ends(**_: Any) -> None:
+    logs.set_job()
