@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TAIL_PAGE = 1000
 MAX_HOLES = 10_000  # a gap wider than this (a rolled-back bulk insert) is settled at once, logged
+DISPATCH_CHUNK = 50  # updates dispatched between two yields to the writers
 HOLE_MIN_AGE_S = 0.25  # nextval may come a moment before the inserting transaction takes its xid
 
 
@@ -181,10 +182,10 @@ class Hub:
         LimitError: the process (1013) or the key (4429) is at its stream limit.
         """
         s = get_settings()
-        if self.count >= s.ws_max_connections:
-            raise LimitError(1013, f"this API process serves {s.ws_max_connections} streams already; retry later")
         if self.per_key[sub.key_id] >= s.ws_max_connections_per_key:
             raise LimitError(4429, f"this key holds {s.ws_max_connections_per_key} streams already")
+        if self.count >= s.ws_max_connections:
+            raise LimitError(1013, f"this API process serves {s.ws_max_connections} streams already; retry later")
         self.by_tenant.setdefault(sub.tenant, set()).add(sub)
         self.per_key[sub.key_id] += 1
         self.count += 1
@@ -229,11 +230,18 @@ class Hub:
         """One tail read and release; True when the page was full (poll again at once)."""
         holes = sorted(self.holes)[:TAIL_PAGE]
         rows, (xmin, xmax) = await asyncio.to_thread(_fetch, self.fetched, holes)
-        self.absorb([Update.from_row(r) for r in rows], xmin, xmax, time.monotonic())
+        ready = self.absorb([Update.from_row(r) for r in rows], xmin, xmax, time.monotonic())
+        for i, update in enumerate(ready, 1):
+            self._dispatch(update)
+            if i % DISPATCH_CHUNK == 0:
+                # Let the writers run: a page (1,000 events) dispatched in one go would fill the
+                # queue of a client that keeps up perfectly well, since no writer runs meanwhile.
+                await asyncio.sleep(0)
         return len(rows) >= TAIL_PAGE
 
-    def absorb(self, updates: list[Update], xmin: int, xmax: int, now: float) -> None:
-        """Take one fetch (read under one snapshot with `xmin`/`xmax`) and release what is in order."""
+    def absorb(self, updates: list[Update], xmin: int, xmax: int, now: float) -> list[Update]:
+        """Take one fetch (read under one snapshot with `xmin`/`xmax`); return what can be
+        released, in id order."""
         for update in updates:
             if update.id in self.holes:
                 del self.holes[update.id]
@@ -247,7 +255,7 @@ class Hub:
             elif update.id <= self.released:
                 continue  # a hole given up earlier has committed after all; replay will show it
             self.pending[update.id] = update
-        self._release(xmin, now)
+        return self._release(xmin, now)
 
     def _settled(self, hole: _Hole, xmin: int, now: float) -> bool:
         age = now - hole.seen_at
@@ -257,17 +265,19 @@ class Hub:
         # the same snapshot, did not see the id): it rolled back. See the module docstring.
         return hole.xmax > 0 and xmin >= hole.xmax and age >= HOLE_MIN_AGE_S
 
-    def _release(self, xmin: int, now: float) -> None:
+    def _release(self, xmin: int, now: float) -> list[Update]:
+        ready: list[Update] = []
         while self.released < self.fetched:
             nxt = self.released + 1
             update = self.pending.pop(nxt, None)
             if update is not None:
-                self._dispatch(update)
+                ready.append(update)
             elif nxt in self.holes:
                 if not self._settled(self.holes[nxt], xmin, now):
-                    return
+                    break
                 del self.holes[nxt]
             self.released = nxt
+        return ready
 
     def _dispatch(self, update: Update) -> None:
         # put() never blocks: a slow client only ever fills its own bounded queue

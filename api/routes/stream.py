@@ -24,7 +24,6 @@ from worker.settings import get_settings
 router = APIRouter(tags=["jobs"])
 
 AUTH_WAIT_S = 5.0
-OVERFLOW_SEND_S = 2.0  # a client too slow to take the overflow message in this long is cut off
 REPLAY_PAGE = 500
 
 
@@ -142,12 +141,14 @@ async def _serve(ws: WebSocket, sub: Subscriber, cursor: list[int]) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     if sub.overflow.is_set():
-        # A reader this slow may not take even this message: bounded wait, then the socket is
-        # dropped (returning closes the transport), and its buffers with it.
+        # The queue is already freed. A reader this slow may not take even this message: a bounded
+        # wait, then the socket is dropped (returning closes the transport) with its buffers.
         with contextlib.suppress(Exception):
             overflow = {"type": "overflow", "cursor": str(cursor[0]), "reason": "client too slow: resume with since"}
-            await asyncio.wait_for(_send(ws, overflow), OVERFLOW_SEND_S)
-            await asyncio.wait_for(ws.close(4008, "overflow: resume with since=<cursor>"), OVERFLOW_SEND_S)
+            # as long as a peer may stay silent before keep-alive drops it anyway
+            wait_s = get_settings().ws_ping_timeout_seconds
+            await asyncio.wait_for(_send(ws, overflow), wait_s)
+            await asyncio.wait_for(ws.close(4008, "overflow: resume with since=<cursor>"), wait_s)
         raise WebSocketDisconnect(4008)
 
 
