@@ -250,10 +250,13 @@ def submit(job_type: str, args_json: str, queue: str | None, priority: int, idem
         click.echo(json.dumps(job, indent=2))
         if not wait:
             return
+        from worker.ops.follow import Progress, follow_stream, poll
+
         deadline = time.monotonic() + wait_timeout
-        while job["state"] not in ("succeeded", "dead", "cancelled") and time.monotonic() < deadline:
-            time.sleep(0.5)
-            job = client.get(f"/jobs/{job['id']}").json()
+        progress = Progress()  # on stderr: stdout stays the job's JSON
+        follow_stream(api_url, key, job["id"], deadline, progress.show)
+        progress.done()
+        job = poll(client, job["id"], deadline)  # the final row; polls only if the stream failed
         click.echo(json.dumps(job, indent=2))
         sys.exit(0 if job["state"] == "succeeded" else EXIT_JOB_FAILED)
 

@@ -1,0 +1,36 @@
+"""`medic submit --wait` follows the job over WS /jobs/stream: every transition, in order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import httpx
+
+from tests import ROOT
+from tests.conftest import KeyFactory
+
+
+def test_submit_wait_shows_every_transition_from_the_stream(
+    medic_env: dict[str, str], stack: str, make_key: KeyFactory
+) -> None:
+    _, key = make_key()
+    env = {**medic_env, "MEDIC_API_KEY": key, "MEDIC_API_URL": stack}
+    args = json.dumps({"tag": uuid.uuid4().hex, "failures": 1})
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.ops.cli", "submit", "tests.fail_then_succeed", "--args", args, "--wait"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '"state": "succeeded"' in done.stdout
+    lines = [line for line in done.stderr.splitlines() if " -> " in line]
+    job_id = httpx.get(f"{stack}/jobs", headers={"Authorization": f"Bearer {key}"}).json()["jobs"][0]["id"]
+    events = httpx.get(f"{stack}/jobs/{job_id}/events", headers={"Authorization": f"Bearer {key}"}).json()["events"]
+    # polling could only ever see states; the stream shows each transition, the retry included
+    expected = [
+        f"{job_id[:8]} {e['from_state'] or '-'} -> {e['to_state']} (attempt {e['attempt']}, {e['reason']})"
+        for e in events
+    ]
+    assert lines == expected
