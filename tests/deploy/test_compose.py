@@ -98,7 +98,7 @@ def test_workers_get_a_warm_shutdown_longer_than_a_job(model: dict[str, Any]) ->
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
     grace = worker["stop_grace_period"]  # compose normalises to a duration string such as "5m30s"
     seconds = _duration(grace)
-    assert seconds > Settings().default_timeout_seconds
+    assert seconds > Settings(profile="production").default_timeout_seconds
 
 
 def test_prometheus_gets_the_rules_and_the_metrics_token(model: dict[str, Any]) -> None:

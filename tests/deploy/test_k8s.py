@@ -126,7 +126,7 @@ def test_workers_finish_their_jobs_before_a_rolling_update_kills_them() -> None:
     assert workers
     for dep in workers:
         pod = dep["spec"]["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] > Settings().default_timeout_seconds
+        assert pod["terminationGracePeriodSeconds"] > Settings(profile="production").default_timeout_seconds
         stop = _containers(dep)[0]["lifecycle"]["preStop"]["exec"]["command"]
         assert "kill -TERM 1" in stop[-1]  # Celery's warm shutdown, waited for
         assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0

@@ -94,7 +94,7 @@ def test_rules_mirror_medics_own_alert_rules() -> None:
     alert_rules = pytest.importorskip("worker.control.alert_rules", reason="issue 10's alert rules not landed")
     from worker.settings import Settings
 
-    s = Settings()
+    s = Settings(profile="production")
     ours = {r["alert"]: r for r in rules()}
     for rule in alert_rules.RULES:
         assert rule.name in ours, f"{rule.name} is evaluated by medic but not by Prometheus"
