@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
 import tempfile
@@ -72,6 +73,8 @@ def webhook() -> Iterator[Webhook]:
     hook = Webhook()
     yield hook
     hook.close()
+    if dump := os.environ.get("MEDIC_TEST_DUMP_WEBHOOKS"):  # the bodies, for docs/operations.md
+        Path(dump).write_text(json.dumps(hook.bodies, indent=1))
 
 
 @pytest.fixture(scope="module")
