@@ -1,0 +1,64 @@
+"""The stream's pure parts, without a server: a client's bounded queue and the hole rule."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+
+from api.stream_hub import ClientQueue, Hub, Update
+
+JOBS = [uuid.uuid4() for _ in range(4)]
+
+
+def upd(id_: int, job: int = 0, tenant: str = "t") -> Update:
+    return Update(id_, JOBS[job], "queued", "running", f"r{id_}", 1, dt.datetime.now(dt.UTC), tenant, "q", "x")
+
+
+def drained(q: ClientQueue) -> list[tuple[int, int]]:
+    return [(u.id, dropped) for u, dropped in q.items]
+
+
+def test_a_full_queue_keeps_the_latest_update_of_each_job_in_cursor_order() -> None:
+    q = ClientQueue(4)
+    for i, job in enumerate([0, 1, 0, 1], 1):
+        assert q.put(upd(i, job))
+    assert q.put(upd(5, 2))  # full: coalesced to jobs 0 (3) and 1 (4), then 5 appended
+    assert drained(q) == [(3, 1), (4, 1), (5, 0)]
+    assert [u.id for u, _ in q.items] == sorted(u.id for u, _ in q.items)
+
+
+def test_a_queue_that_coalescing_cannot_free_overflows_and_lets_go_of_its_items() -> None:
+    q = ClientQueue(3)
+    for i in range(3):
+        assert q.put(upd(i + 1, i))
+    assert not q.put(upd(4, 3))  # four distinct jobs in three slots
+    assert q.overflowed and not q.items
+    assert not q.put(upd(5, 0))
+    assert asyncio.run(q.get()) is None
+
+
+def test_events_behind_a_hole_wait_until_it_fills() -> None:
+    hub = Hub()
+    hub.released = hub.fetched = 10
+    assert [u.id for u in hub.absorb([upd(11), upd(13)], xmin=100, xmax=101, now=0.0)] == [11]
+    assert set(hub.holes) == {12}
+    assert hub.absorb([upd(14)], xmin=100, xmax=101, now=0.1) == []  # 13, 14 held back behind 12
+    assert [u.id for u in hub.absorb([upd(12)], xmin=100, xmax=101, now=0.2)] == [12, 13, 14]
+    assert hub.released == 14 and not hub.holes and not hub.pending
+
+
+def test_a_hole_is_given_up_once_every_transaction_that_could_fill_it_has_ended() -> None:
+    hub = Hub()
+    hub.released = hub.fetched = 10
+    assert hub.absorb([upd(12)], xmin=100, xmax=105, now=0.0) == []
+    assert hub.absorb([], xmin=104, xmax=106, now=1.0) == []  # transaction 104 may still commit 11
+    assert [u.id for u in hub.absorb([], xmin=105, xmax=106, now=1.0)] == [12]  # all before 105 ended
+
+
+def test_a_hole_is_given_up_after_the_wait_without_snapshot_information() -> None:
+    hub = Hub()
+    hub.released = hub.fetched = 10
+    assert hub.absorb([upd(12)], xmin=0, xmax=0, now=0.0) == []
+    assert hub.absorb([], xmin=0, xmax=0, now=9.0) == []
+    assert [u.id for u in hub.absorb([], xmin=0, xmax=0, now=10.5)] == [12]
