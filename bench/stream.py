@@ -5,7 +5,9 @@ database and key prefixes), parks `--jobs` jobs of one tenant, connects `--clien
 clients on 127.0.0.1 (client i follows job i % jobs), then for `--seconds` commits one transition
 per job per round (`--rate` rounds a second, one transaction a round, straight into job_events:
 the stream's path only, no worker) and times each delivery from the moment the COMMIT returned
-to the moment the client has the message. Writes docs/bench/stream.json.
+to the moment the client has the message. First it measures GET /jobs/{id} polling against the
+cost of its ledger read and of a Redis GET: what a job-status cache could save at most.
+Writes docs/bench/stream.json.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import os
 import platform
 import tempfile
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +140,52 @@ async def run(
     }
 
 
+def polling_figures(api: str, key: str, job_id: str, seconds: float = 5.0, threads: int = 8) -> dict[str, Any]:
+    """What a job-status cache could save: GET /jobs/{id} as clients poll it today, against the
+    cost of its ledger read and of a Redis GET (the cache's read) measured from this process."""
+    from worker.broker.redis_client import get_redis
+    from worker.ledger import db, queries
+
+    def load(duration: float) -> float:
+        done = [0]
+        end = time.monotonic() + duration
+
+        def worker() -> None:
+            with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}) as c:
+                while time.monotonic() < end:
+                    assert c.get(f"/jobs/{job_id}").status_code == 200
+                    done[0] += 1
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda _: worker(), range(threads)))
+        return done[0] / duration
+
+    load(1.0)  # warm-up
+    rps = load(seconds)
+    n = 2000
+    started = time.perf_counter()
+    for _ in range(n):
+        with db.connect() as conn:
+            queries.get_job(conn, uuid.UUID(job_id), "bench")
+    ledger_us = (time.perf_counter() - started) / n * 1e6
+    r = get_redis()
+    probe = f"bench-stream-probe:{uuid.uuid4().hex}"
+    r.set(probe, json.dumps({"state": "queued"}))
+    started = time.perf_counter()
+    for _ in range(n):
+        r.get(probe)
+    redis_us = (time.perf_counter() - started) / n * 1e6
+    r.delete(probe)
+    return {
+        "get_job_rps": round(rps),
+        "get_job_threads": threads,
+        "get_job_ms_per_request": round(threads / rps * 1000, 2),
+        "ledger_read_ms": round(ledger_us / 1000, 3),
+        "redis_get_ms": round(redis_us / 1000, 3),
+        "cache_could_save_share": round(max(0.0, ledger_us - redis_us) / 1000 / (threads / rps * 1000), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=200)
@@ -158,7 +208,9 @@ def main() -> None:
         api_proc, api = procs.api("stream-api")
         assert httpx.get(api + "/health/live").status_code == 200
         job_ids = park_jobs("bench", a.jobs)
+        polling = polling_figures(api, key, job_ids[0])
         result = asyncio.run(run(api, key, api_proc.pid, job_ids, n_clients, a.seconds, a.rate))
+        result["polling_get_job"] = polling
     finally:
         procs.stop_all()
         medic.drop()
