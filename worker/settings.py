@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     retry_after_max_seconds: int = Field(300, ge=1, description="Largest Retry-After of a 429.")
     api_max_inflight: int = Field(64, gt=0, description="Requests one API process serves at once; more get 503.")
     db_pool_size: int = Field(10, gt=0, description="Ledger connections per process (as many again on overflow).")
+    worker_db_pool_size: int = Field(
+        2, gt=0, description="MEDIC_DB_POOL_SIZE of worker processes started by medic worker/control/up, unless set."
+    )
     db_pool_timeout_seconds: float = Field(2.0, gt=0, description="Longest wait for a ledger connection (then 503).")
 
     # autoscaling

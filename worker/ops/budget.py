@@ -48,9 +48,20 @@ def per_process(s: Settings) -> int:
     return 2 * s.db_pool_size
 
 
+def worker_pool_size(s: Settings) -> int:
+    """The pool size a worker process gets: MEDIC_DB_POOL_SIZE if set explicitly, else
+    MEDIC_WORKER_DB_POOL_SIZE (a child runs one job at a time: claim, finalize, heartbeat)."""
+    return s.db_pool_size if "db_pool_size" in s.model_fields_set else s.worker_db_pool_size
+
+
+def worker_env(s: Settings) -> dict[str, str]:
+    """Environment that gives a worker process its pool size."""
+    return {"MEDIC_DB_POOL_SIZE": str(worker_pool_size(s))}
+
+
 def worker_share(s: Settings, concurrency: int, what: str = "worker") -> Share:
     """A prefork worker: its main process and each child keep a pool."""
-    return Share(what, concurrency + 1, per_process(s))
+    return Share(what, concurrency + 1, 2 * worker_pool_size(s))
 
 
 def stack_shares(s: Settings, *, workers: int, concurrency: int) -> list[Share]:
@@ -58,7 +69,9 @@ def stack_shares(s: Settings, *, workers: int, concurrency: int) -> list[Share]:
     Flower never open the ledger."""
     return [
         Share("api", 1, per_process(s)),
-        Share(f"{workers} worker(s) x {concurrency + 1} processes", workers * (concurrency + 1), per_process(s)),
+        Share(
+            f"{workers} worker(s) x {concurrency + 1} processes", workers * (concurrency + 1), 2 * worker_pool_size(s)
+        ),
         worker_share(s, 2, "control"),
     ]
 

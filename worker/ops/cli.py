@@ -144,6 +144,7 @@ def worker(queues: str | None, concurrency: int, name: str) -> None:
 
     s = get_settings()
     _check_budget([budget.worker_share(s, concurrency)], s.database_url)
+    os.environ.update(budget.worker_env(s))
     _exec(processes.worker_cmd(queues or s.default_queue, concurrency, name))
 
 
@@ -166,6 +167,9 @@ def _check_budget(shares: Any, database_url: str) -> None:
 @main.command()
 def control() -> None:
     """Run the control worker (the medic.control queue: recovery, reconcile, backpressure)."""
+    from worker.ops import budget
+
+    os.environ.update(budget.worker_env(get_settings()))
     _exec(processes.control_cmd())
 
 

@@ -16,7 +16,7 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from worker.ops import processes
+from worker.ops import budget, processes
 from worker.ops.process_scaler import ProcessScalerPool
 from worker.ops.supervisor import Child, Supervisor
 from worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, get_settings, reset_settings
@@ -126,12 +126,13 @@ def _wait_for_api(url: str, timeout: float = 30.0) -> bool:
 def _children(
     s: Settings, *, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool
 ) -> list[Child]:
+    pool = budget.worker_env(s)  # small pools for worker processes: the connection budget
     children = [Child("api", processes.api_cmd("127.0.0.1", api_port))]
     children += [
-        Child(f"worker-{i}", processes.worker_cmd(s.default_queue, concurrency, f"worker-{i}"))
+        Child(f"worker-{i}", processes.worker_cmd(s.default_queue, concurrency, f"worker-{i}"), env=pool)
         for i in range(1, workers + 1)
     ]
-    children += [Child("control", processes.control_cmd()), Child("beat", processes.beat_cmd())]
+    children += [Child("control", processes.control_cmd(), env=pool), Child("beat", processes.beat_cmd())]
     if flower:
         children.append(Child("flower", processes.flower_cmd(s, flower_port), env=processes.flower_env(s)))
     return children
