@@ -25,13 +25,17 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection
 
 from worker.ledger import db, queries
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TAIL_PAGE = 1000
 MAX_HOLES = 10_000  # a gap wider than this (a rolled-back bulk insert) is settled at once, logged
@@ -175,6 +179,7 @@ class Hub:
         self.pending: dict[int, Update] = {}  # fetched, waiting behind a hole
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self.last_xmin = 0  # snapshot xmin of the latest tail read
 
     # --- subscribers ---------------------------------------------------------------------
     def add(self, sub: Subscriber) -> None:
@@ -210,26 +215,41 @@ class Hub:
         await self._started.wait()
 
     async def _run(self) -> None:
-        while not self._started.is_set():
-            try:
-                self.released = self.fetched = await asyncio.to_thread(_max_id)
-                self._started.set()
-            except Exception:  # the ledger is down: keep trying, clients wait
-                log.warning("stream tail: cannot read the ledger's end yet", exc_info=True)
-                await asyncio.sleep(1.0)
+        start_xmax = await self._start_point()
+        since = time.monotonic()
         while True:
             full = False
             try:
                 full = await self.poll_once()
             except Exception:
                 log.warning("stream tail: poll failed; retrying", exc_info=True)
+            # An id below the starting point may belong to a transaction still open: clients
+            # (whose replay reads up to `released`) wait until every transaction running at the
+            # start has ended, as for any hole.
+            if not self._started.is_set() and (
+                self.last_xmin >= start_xmax or time.monotonic() - since >= get_settings().ws_hole_wait_seconds
+            ):
+                self._started.set()
             if not full:
-                await asyncio.sleep(get_settings().ws_poll_seconds)
+                await asyncio.sleep(0.02 if not self._started.is_set() else get_settings().ws_poll_seconds)
+
+    async def _start_point(self) -> int:
+        """Start at the ledger's end; return the snapshot xmax of that read (0: not PostgreSQL)."""
+        while True:
+            try:
+                end, (_, xmax) = await asyncio.to_thread(_end)
+            except Exception:  # the ledger is down: keep trying, clients wait
+                log.warning("stream tail: cannot read the ledger's end yet", exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            self.released = self.fetched = end
+            return xmax
 
     async def poll_once(self) -> bool:
         """One tail read and release; True when the page was full (poll again at once)."""
         holes = sorted(self.holes)[:TAIL_PAGE]
         rows, (xmin, xmax) = await asyncio.to_thread(_fetch, self.fetched, holes)
+        self.last_xmin = xmin
         ready = self.absorb([Update.from_row(r) for r in rows], xmin, xmax, time.monotonic())
         for i, update in enumerate(ready, 1):
             self._dispatch(update)
@@ -292,21 +312,23 @@ class Hub:
             self._task = None
 
 
-def _max_id() -> int:
-    with db.connect() as conn:
-        return queries.max_event_id(conn)
-
-
-def _fetch(after: int, holes: list[int]) -> tuple[list[Any], tuple[int, int]]:
-    """The tail read and the snapshot horizon under ONE snapshot (REPEATABLE READ), so "xmin has
-    passed the hole's xmax and this read did not see it" means the hole's transaction rolled back."""
+def _one_snapshot(read: Callable[[Connection], T]) -> tuple[T, tuple[int, int]]:
+    """`read` and the snapshot horizon under ONE snapshot (REPEATABLE READ), so "xmin has passed
+    the hole's xmax and this read did not see it" means the hole's transaction rolled back."""
     with db.ledger_errors(), db.get_engine().connect() as conn:
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             horizon = queries.snapshot_horizon(conn)
-            rows = queries.stream_tail(conn, after, holes, TAIL_PAGE)
-    return rows, horizon
+            return read(conn), horizon
+
+
+def _end() -> tuple[int, tuple[int, int]]:
+    return _one_snapshot(queries.max_event_id)
+
+
+def _fetch(after: int, holes: list[int]) -> tuple[list[Any], tuple[int, int]]:
+    return _one_snapshot(lambda conn: queries.stream_tail(conn, after, holes, TAIL_PAGE))
 
 
 _hub: Hub | None = None

@@ -250,3 +250,35 @@ def test_connection_limits_close_with_a_clear_code(procs: Processes, make_key: K
 def _opens(api: str, key: str) -> bool:
     with open_stream(api, key) as ws:
         return recv(ws)["type"] == "subscribed"
+
+
+def test_a_tail_started_while_a_lower_id_is_uncommitted_still_delivers_it(
+    procs: Processes, make_key: KeyFactory
+) -> None:
+    """The tail starts at the ledger's end: an id below it may belong to a transaction still
+    open. A client resuming at that moment must get it once it commits, not a replay without it."""
+    _, api = procs.api("fresh-api")  # its tail starts with the first stream below
+    tenant, key = make_key()
+    job = make_jobs(tenant, 1)[0]
+    insert = sa.text(
+        "INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason, attempt)"
+        " VALUES (:job, now(), 'queued', 'queued', 'test', :reason, 0) RETURNING id"
+    )
+    with db.begin() as conn:
+        before = conn.execute(insert, {"job": job, "reason": "before"}).scalar_one()
+    with db.get_engine().connect() as t1:
+        t1.begin()
+        t1.execute(insert, {"job": job, "reason": "slow-commit"})  # a lower id, not committed yet
+        with db.begin() as conn:
+            conn.execute(insert, {"job": job, "reason": "fast-commit"})
+        with open_stream(api, key, since=str(before)) as ws:
+            t1_open = time.monotonic()
+            commit = threading.Timer(1.0, t1.commit)
+            commit.start()
+            try:
+                assert subscribed(ws) == before
+                got = [recv(ws)["reason"], recv(ws)["reason"]]
+            finally:
+                commit.join()
+    assert got == ["slow-commit", "fast-commit"]
+    assert time.monotonic() - t1_open < 8.0
