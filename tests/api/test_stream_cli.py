@@ -34,3 +34,25 @@ def test_submit_wait_shows_every_transition_from_the_stream(
         for e in events
     ]
     assert lines == expected
+
+
+def test_without_a_stream_submit_wait_falls_back_to_polling(stack: str, make_key: KeyFactory) -> None:
+    """A stream that cannot be opened (here: nothing listens) makes follow_stream give up at once
+    and say so (False), and the poll that follows still sees the job end."""
+    import time
+
+    from worker.ops.follow import follow_stream, poll
+    from worker.testing.processes import free_port
+
+    _, key = make_key()
+    job = httpx.post(
+        f"{stack}/jobs",
+        json={"type": "examples.echo", "args": {"message": "x"}},
+        headers={"Authorization": f"Bearer {key}"},
+    ).json()
+    started = time.monotonic()
+    shown: list[object] = []
+    assert not follow_stream(f"http://127.0.0.1:{free_port()}", key, job["id"], started + 30, shown.append)
+    assert time.monotonic() - started < 5 and shown == []
+    with httpx.Client(base_url=stack, headers={"Authorization": f"Bearer {key}"}) as client:
+        assert poll(client, job["id"], time.monotonic() + 30, interval=0.1)["state"] == "succeeded"
