@@ -83,8 +83,8 @@ class Update:
 
 class ClientQueue:
     """A bounded FIFO of updates for one client. When full, it keeps only the latest update of
-    each job (order of the survivors kept, so cursors stay increasing); if that frees nothing the
-    client has overflowed and must resume from its last cursor."""
+    each job (order of the survivors kept, so cursors stay increasing); if that frees less than a
+    tenth of it, the client has overflowed and must resume from its last cursor."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
@@ -98,8 +98,11 @@ class ClientQueue:
             return False
         if len(self.items) >= self.maxsize:
             self._coalesce()
-        if len(self.items) >= self.maxsize:
-            self.overflowed = True
+            # Coalescing is O(queue): unless it freed a tenth of the room, give up now rather than
+            # pay it again on every next update (a slow client must stay cheap for the tail).
+            if len(self.items) > self.maxsize - max(1, self.maxsize // 10):
+                self.overflowed = True
+        if self.overflowed:
             self.items.clear()  # free the memory now: the client resumes from the ledger
             self.ready.set()
             return False

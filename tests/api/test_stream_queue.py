@@ -62,3 +62,20 @@ def test_a_hole_is_given_up_after_the_wait_without_snapshot_information() -> Non
     assert hub.absorb([upd(12)], xmin=0, xmax=0, now=0.0) == []
     assert hub.absorb([], xmin=0, xmax=0, now=9.0) == []
     assert [u.id for u in hub.absorb([], xmin=0, xmax=0, now=10.5)] == [12]
+
+
+def test_coalescing_that_frees_less_than_a_tenth_is_an_overflow() -> None:
+    """Else a queue of nearly all distinct jobs would re-coalesce (O(queue)) on every update."""
+    jobs = [uuid.uuid4() for _ in range(20)]
+
+    def fill(distinct: int) -> ClientQueue:
+        q = ClientQueue(20)
+        for i in range(20):
+            job = jobs[i % distinct]
+            assert q.put(Update(i + 1, job, None, "queued", "r", 0, dt.datetime.now(dt.UTC), "t", "q", "x"))
+        return q
+
+    roomy = fill(18)  # coalescing frees 2 of 20: enough
+    assert roomy.put(upd(100, 0)) and len(roomy.items) == 19
+    tight = fill(19)  # frees 1 of 20: not enough
+    assert not tight.put(upd(100, 0)) and tight.overflowed
