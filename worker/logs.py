@@ -22,6 +22,8 @@ JOB_FIELDS = ("job_id", "delivery_id", "tenant", "queue", "worker")
 EXTRA_FIELDS = ("route", "status", "duration_ms", "ledger_ms", "alert", "loop")
 # INFO chatter of libraries: their warnings still show
 NOISY = ("alembic", "kombu", "httpx", "httpcore", "amqp", "celery.utils.functional", "urllib3", "asyncio")
+# with MEDIC_LOG_QUIET (medic up's console): a line per task received and done, per beat send
+CHATTY = ("celery.worker.strategy", "celery.app.trace", "celery.beat", "celery.worker.control")
 
 _job: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("medic_job", default=None)
 
@@ -90,7 +92,7 @@ def apply(handler: logging.Handler, fmt: str) -> None:
         handler.addFilter(JobFilter())
 
 
-def setup(fmt: str, level: str = "INFO") -> None:
+def setup(fmt: str, level: str = "INFO", *, chatty_off: bool = False) -> None:
     """The root logger to stderr in `fmt`; noisy libraries down to WARNING."""
     root = logging.getLogger()
     ours = [h for h in root.handlers if getattr(h, "medic", False)]
@@ -100,11 +102,11 @@ def setup(fmt: str, level: str = "INFO") -> None:
     if not ours:  # other handlers (a test runner's capture) stay
         root.addHandler(handler)
     root.setLevel(level.upper())
-    quiet()
+    quiet(chatty_off)
 
 
-def quiet() -> None:
-    for name in NOISY:
+def quiet(chatty: bool = False) -> None:
+    for name in NOISY + (CHATTY if chatty else ()):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

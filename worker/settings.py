@@ -183,6 +183,7 @@ class Settings(BaseSettings):
     )
     slow_request_ms: float = Field(1000.0, gt=0, description="A request slower than this is logged; API p95 alert.")
     log_format: Literal["console", "json"] = Field("console", description="Log lines as text or as JSON.")
+    log_quiet: bool = Field(False, description="Celery's per-task and beat INFO lines off (`medic up` sets it).")
 
     # Flower
     flower_user: str = Field("medic", description="Flower basic-auth user.")

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -135,7 +136,37 @@ def _children(
     children += [Child("control", processes.control_cmd(), env=pool), Child("beat", processes.beat_cmd())]
     if flower:
         children.append(Child("flower", processes.flower_cmd(s, flower_port), env=processes.flower_env(s)))
+    for child in children:
+        child.argv = console_argv(child.name, child.argv)
+        child.env = {**CONSOLE_ENV, **child.env}
     return children
+
+
+# medic up's console: no per-task lines, no Celery root warning (a dev box often runs as root)
+CONSOLE_ENV = {"MEDIC_LOG_QUIET": "true", "PYTHONWARNINGS": "ignore::UserWarning:celery.platforms"}
+
+
+def _wait_for_workers(s: Settings, timeout_s: float = 30.0) -> None:
+    """Until a worker of the default queue and the control worker are registered (ready)."""
+    from worker.broker.celery_app import CONTROL_QUEUE
+    from worker.runtime.metrics import live_consumers
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if live_consumers(s.default_queue) and live_consumers(CONTROL_QUEUE):
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.2)
+
+
+def console_argv(name: str, argv: list[str]) -> list[str]:
+    """One short console: each line prefixed by its process's name, Celery's start-up banner off
+    (`celery --quiet`), library INFO chatter off (worker/logs.py)."""
+    if argv[: len(processes.CELERY)] == processes.CELERY:
+        argv = [*processes.CELERY[:3], "--quiet", *argv[3:]]
+    return [sys.executable, "-m", "worker.ops.prefix", name, "--", *argv]
 
 
 def _banner(s: Settings, *, api_url: str, flower_port: int | None, dev_key: str) -> str:
@@ -214,6 +245,7 @@ def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int
             print("medic: the API did not answer within 30 s; see the log above")
             supervisor.stop()
             return EXIT_API_DID_NOT_START
+        _wait_for_workers(s)  # so the banner is the last thing the start prints
         print(_banner(s, api_url=api_url, flower_port=flower_port if flower else None, dev_key=key), flush=True)
         hooks = [ProcessScalerPool(supervisor, s.default_queue)] if s.scaler == "process" else []
         supervisor.run(on_tick=hooks)

@@ -21,10 +21,10 @@ from worker.settings import get_settings
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _format(logger: logging.Logger, **_: Any) -> None:
-    fmt = get_settings().log_format
+    s = get_settings()
     for handler in logger.handlers:
-        logs.apply(handler, fmt)
-    logs.quiet()
+        logs.apply(handler, s.log_format)
+    logs.quiet(s.log_quiet)
 
 
 @signals.task_prerun.connect

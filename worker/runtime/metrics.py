@@ -245,8 +245,7 @@ _registrar: _Registrar | None = None
 
 @signals.worker_init.connect
 def _on_worker_init(sender: Any, **_: Any) -> None:
-    """Main process, before the pool forks: multiprocess metrics, the scrape port, registration."""
-    global _registrar
+    """Main process, before the pool forks: multiprocess metrics and the scrape port."""
     if type(sender).__name__ == "TestWorkController":
         return  # an embedded test worker shares the test process: leave its metrics alone
     queues = sorted(sender.app.amqp.queues.consume_from or [get_settings().default_queue])
@@ -259,6 +258,16 @@ def _on_worker_init(sender: Any, **_: Any) -> None:
             log.info("metrics on http://%s:%d/metrics", get_settings().metrics_host, port)
         except OSError as exc:  # another worker on this host has the port: run, but say so
             log.warning("metrics port %d unavailable (%s); set MEDIC_METRICS_PORT", port, exc)
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender: Any, **_: Any) -> None:
+    """Register as a consumer once the worker consumes: registered means ready (medic up's
+    banner waits for it, `medic health` reads it)."""
+    global _registrar
+    if type(getattr(sender, "controller", None)).__name__ == "TestWorkController":
+        return
+    queues = sorted(sender.app.amqp.queues.consume_from or [get_settings().default_queue])
     _registrar = _Registrar(sender.hostname or socket.gethostname(), queues)
 
 
