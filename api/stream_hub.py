@@ -289,17 +289,19 @@ class Hub:
         return hole.xmax > 0 and xmin >= hole.xmax and age >= HOLE_MIN_AGE_S
 
     def _release(self, xmin: int, now: float) -> list[Update]:
+        """Pending updates in id order up to the lowest hole still open. Ids in neither map are
+        gaps settled at once (wider than MAX_HOLES): walked over by the sort, never one by one."""
         ready: list[Update] = []
-        while self.released < self.fetched:
-            nxt = self.released + 1
-            update = self.pending.pop(nxt, None)
-            if update is not None:
-                ready.append(update)
-            elif nxt in self.holes:
-                if not self._settled(self.holes[nxt], xmin, now):
-                    break
-                del self.holes[nxt]
-            self.released = nxt
+        for id_ in sorted(self.pending.keys() | self.holes.keys()):
+            hole = self.holes.get(id_)
+            if hole is not None:
+                if not self._settled(hole, xmin, now):
+                    self.released = id_ - 1
+                    return ready
+                del self.holes[id_]
+            else:
+                ready.append(self.pending.pop(id_))
+        self.released = self.fetched
         return ready
 
     def _dispatch(self, update: Update) -> None:

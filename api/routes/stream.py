@@ -25,6 +25,7 @@ router = APIRouter(tags=["jobs"])
 
 AUTH_WAIT_S = 5.0
 REPLAY_PAGE = 500
+REPLAY_WINDOW_IDS = 20_000
 
 
 class StreamCloseError(Exception):
@@ -104,12 +105,15 @@ async def _replay(ws: WebSocket, sub: Subscriber, upto: int, cursor: list[int]) 
     """Send the tenant's events in (cursor, upto] from the ledger; live ones (> upto) wait in the
     client's queue meanwhile, so nothing is missed and nothing sent twice."""
     while cursor[0] < upto and not sub.overflow.is_set():
-        page = await asyncio.to_thread(_replay_page, sub, cursor[0], upto)
+        # a window of ids per read: the tenant is on `jobs`, not on the events, so an unbounded
+        # range would scan every other tenant's events up to the LIMIT; this bounds each read
+        window_end = min(cursor[0] + REPLAY_WINDOW_IDS, upto)
+        page = await asyncio.to_thread(_replay_page, sub, cursor[0], window_end)
         for update in page:
             await _send(ws, update.message())
             cursor[0] = update.id
         if len(page) < REPLAY_PAGE:
-            cursor[0] = upto  # nothing else of this client's at or below upto
+            cursor[0] = window_end  # nothing else of this client's at or below window_end
 
 
 async def _write(ws: WebSocket, sub: Subscriber, cursor: list[int]) -> None:

@@ -240,3 +240,26 @@ def test_a_bad_or_missing_key_is_refused_and_a_first_message_key_works(stack: st
     _, submit_only = make_key("submit")
     with open_stream(stack, submit_only) as ws:
         assert closed_with(ws) == (4403, "this key lacks the 'read' scope")
+
+
+def test_a_replay_and_the_tail_cross_a_wide_gap_of_ids(stack: str, tenant_key: str) -> None:
+    """Sequences jump (a crash loses up to 32 cached values; a rolled-back bulk insert burns
+    thousands): the replay reads in bounded id windows and must cross empty ones; the tail must
+    walk over a gap wider than its hole budget without stalling or iterating id by id."""
+    job_id = park_job(stack, tenant_key)
+    add_events(job_id, 2, "low")
+    with db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT setval(pg_get_serial_sequence('job_events', 'id'),"
+                " nextval(pg_get_serial_sequence('job_events', 'id')) + 50000)"
+            )
+        )
+    add_events(job_id, 2, "high")
+    with open_stream(stack, tenant_key, since=0) as ws:
+        subscribed(ws)
+        replayed = transitions(ws, 4)
+        add_events(job_id, 1, "live")
+        live = transitions(ws, 1)
+    assert [m["reason"] for m in replayed + live] == ["low-1", "low-2", "high-1", "high-2", "live-1"]
+    assert int(replayed[2]["cursor"]) - int(replayed[1]["cursor"]) > 50000
