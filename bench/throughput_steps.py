@@ -14,12 +14,15 @@ PLAIN_TASKS = str(ROOT / "bench" / "plain_celery_app.py")
 
 ENQUEUE_RULES: list[Rule] = [
     (
-        "ledger: connection checkout incl. pool_pre_ping SELECT 1",
-        every(has(file="sqlalchemy/pool/"), has(func="begin", file=MEDIC + "ledger/db.py")),
+        "ledger: connection checkout (pool; pre-ping SELECT 1 before the one-statement change)",
+        every(
+            has(file="sqlalchemy/pool/"),
+            anyof(has(func="begin", file=MEDIC + "ledger/db.py"), has(func="write", file=MEDIC + "ledger/db.py")),
+        ),
     ),
     ("ledger: COMMIT (WAL flush, synchronous_commit=on)", has(func="do_commit")),
     (
-        "ledger: INSERT jobs RETURNING + INSERT job_events (SQLAlchemy + 2 round trips)",
+        "ledger: INSERT jobs + job_events (one CTE statement on PostgreSQL since the change; two before)",
         has(func="create_jobs", file=MEDIC),
     ),
     ("celery: task-sent event (task_send_sent_event=True), a 2nd Redis publish per job", has(file="celery/events/")),

@@ -69,6 +69,11 @@ def publish(rows: Sequence[Any]) -> list[uuid.UUID]:
     if not rows:
         return []
     try:
+        if len(rows) == 1:
+            # One message: a plain send. kombu's batch() builds a Redis client and pipeline for
+            # every block, which cost a single enqueue 0.26 ms of its ~1.5 ms (cProfile).
+            send(rows[0])
+            return []
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
             for row in rows:
                 send(row, producer)
