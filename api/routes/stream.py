@@ -2,7 +2,8 @@
 
 Close codes: 4400 bad filter or cursor, 4401 no or bad key, 4403 key lacks `read`, 4429 too many
 streams for this key, 1013 this process is at `ws_max_connections`, 4008 overflow (after an
-`overflow` message carrying the cursor to resume from), 1011 keep-alive ping unanswered (uvicorn).
+`overflow` message carrying the cursor to resume from), 1011 keep-alive ping unanswered (uvicorn),
+1013 also when the ledger cannot be reached (reconnect with `since`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from api.deps import _lookup
 from api.stream_hub import ClientQueue, LimitError, Subscriber, Update, get_hub
+from worker.errors import LedgerUnavailableError
 from worker.ledger import db, queries
 from worker.ledger.apikeys import ApiKey, Scope
 from worker.settings import get_settings
@@ -180,6 +182,11 @@ async def stream(ws: WebSocket) -> None:
     except StreamCloseError as exc:
         with contextlib.suppress(Exception):
             await ws.close(exc.code, exc.reason)
+    except LedgerUnavailableError:
+        # the key check or a replay could not reach the ledger: nothing is lost, the client
+        # resumes from its last cursor once it reconnects
+        with contextlib.suppress(Exception):
+            await ws.close(1013, "ledger unavailable: reconnect with since=<last cursor>")
     except WebSocketDisconnect:
         pass
     finally:

@@ -282,3 +282,12 @@ def test_a_tail_started_while_a_lower_id_is_uncommitted_still_delivers_it(
                 commit.join()
     assert got == ["slow-commit", "fast-commit"]
     assert time.monotonic() - t1_open < 8.0
+
+
+def test_a_ledger_that_cannot_be_reached_closes_the_stream_with_1013(procs: Processes, make_key: KeyFactory) -> None:
+    nowhere = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing"
+    _, api = procs.api("no-ledger-api", MEDIC_DATABASE_URL=nowhere)
+    _, key = make_key()  # known to the test ledger; this API cannot check it
+    with open_stream(api, key) as ws:
+        code, reason = closed_with(ws)
+    assert (code, reason.startswith("ledger unavailable")) == (1013, True)
