@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Connection
 
 from worker.ledger import db, queries
@@ -41,6 +42,14 @@ TAIL_PAGE = 1000
 MAX_HOLES = 10_000  # a gap wider than this (a rolled-back bulk insert) is settled at once, logged
 DISPATCH_CHUNK = 50  # updates dispatched between two yields to the writers
 HOLE_MIN_AGE_S = 0.25  # nextval may come a moment before the inserting transaction takes its xid
+
+
+STREAMS = Gauge("medic_stream_connections", "WS /jobs/stream clients subscribed to this API process")
+STREAM_CLOSED = Counter("medic_stream_closed_total", "Streams the server closed, by cause", ["cause"])
+HOLES_OPEN = Gauge("medic_stream_holes", "Event ids below the tail's high-water mark not seen yet")
+HOLES_SETTLED = Counter(
+    "medic_stream_holes_given_up_total", "Holes given up without their event, by how", ["how"]
+)  # rolled_back (snapshot xmin passed), timeout (ws_hole_wait_seconds), wide_gap (> MAX_HOLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +206,7 @@ class Hub:
         self.by_tenant.setdefault(sub.tenant, set()).add(sub)
         self.per_key[sub.key_id] += 1
         self.count += 1
+        STREAMS.set(self.count)
 
     def remove(self, sub: Subscriber) -> None:
         subs = self.by_tenant.get(sub.tenant)
@@ -209,6 +219,7 @@ class Hub:
         if self.per_key[sub.key_id] <= 0:
             del self.per_key[sub.key_id]
         self.count -= 1
+        STREAMS.set(self.count)
 
     # --- the tail ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -272,21 +283,28 @@ class Hub:
                 gap = range(self.fetched + 1, update.id)
                 if len(self.holes) + len(gap) > MAX_HOLES:
                     log.warning("stream tail: %d-id gap before %d settled at once", len(gap), update.id)
+                    HOLES_SETTLED.labels("wide_gap").inc(len(gap))
                 else:
                     self.holes.update((h, _Hole(now, xmax)) for h in gap)
                 self.fetched = update.id
             elif update.id <= self.released:
                 continue  # a hole given up earlier has committed after all; replay will show it
             self.pending[update.id] = update
-        return self._release(xmin, now)
+        ready = self._release(xmin, now)
+        HOLES_OPEN.set(len(self.holes))
+        return ready
 
     def _settled(self, hole: _Hole, xmin: int, now: float) -> bool:
         age = now - hole.seen_at
         if age >= get_settings().ws_hole_wait_seconds:
+            HOLES_SETTLED.labels("timeout").inc()
             return True
         # Every transaction running when the hole was seen has ended (and this very fetch, under
         # the same snapshot, did not see the id): it rolled back. See the module docstring.
-        return hole.xmax > 0 and xmin >= hole.xmax and age >= HOLE_MIN_AGE_S
+        if hole.xmax > 0 and xmin >= hole.xmax and age >= HOLE_MIN_AGE_S:
+            HOLES_SETTLED.labels("rolled_back").inc()
+            return True
+        return False
 
     def _release(self, xmin: int, now: float) -> list[Update]:
         """Pending updates in id order up to the lowest hole still open. Ids in neither map are

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from api.deps import _lookup
-from api.stream_hub import ClientQueue, LimitError, Subscriber, Update, get_hub
+from api.stream_hub import STREAM_CLOSED, ClientQueue, LimitError, Subscriber, Update, get_hub
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db, queries
 from worker.ledger.apikeys import ApiKey, Scope
@@ -147,6 +147,7 @@ async def _serve(ws: WebSocket, sub: Subscriber, cursor: list[int]) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     if sub.overflow.is_set():
+        STREAM_CLOSED.labels("overflow").inc()
         # The queue is already freed. A reader this slow may not take even this message: a bounded
         # wait, then the socket is dropped (returning closes the transport) with its buffers.
         with contextlib.suppress(Exception):
@@ -180,9 +181,11 @@ async def stream(ws: WebSocket) -> None:
             await _replay(ws, sub, upto, cursor)
         await _serve(ws, sub, cursor)
     except StreamCloseError as exc:
+        STREAM_CLOSED.labels(str(exc.code)).inc()
         with contextlib.suppress(Exception):
             await ws.close(exc.code, exc.reason)
     except LedgerUnavailableError:
+        STREAM_CLOSED.labels("ledger_unavailable").inc()
         # the key check or a replay could not reach the ledger: nothing is lost, the client
         # resumes from its last cursor once it reconnects
         with contextlib.suppress(Exception):

@@ -182,6 +182,15 @@ def test_a_rolled_back_id_does_not_stall_the_stream(stack: str, tenant_key: str)
         waited = time.monotonic() - started
     assert [m["reason"] for m in got] == ["kept-1"]
     assert waited < 3.0, f"a rolled-back id held the stream {waited:.1f}s"
+    assert metric(stack, 'medic_stream_holes_given_up_total{how="rolled_back"}') >= 1
+
+
+def metric(api: str, name: str) -> float:
+    """One sample of the API's /metrics (0 when absent)."""
+    for line in httpx.get(f"{api}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def test_tenant_b_never_sees_tenant_a_jobs(stack: str, make_key: KeyFactory) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.api.test_stream import closed_with, open_stream, recv, subscribed
+from tests.api.test_stream import closed_with, metric, open_stream, recv, subscribed
 from tests.conftest import KeyFactory
 from worker.ledger import db
 from worker.ops import processes
@@ -243,6 +243,8 @@ def test_connection_limits_close_with_a_clear_code(procs: Processes, make_key: K
         with open_stream(api, key3) as ws:
             code, reason = closed_with(ws)
             assert (code, "3 streams" in reason) == (1013, True)
+    assert metric(api, 'medic_stream_closed_total{cause="4429"}') == 1
+    assert metric(api, 'medic_stream_closed_total{cause="1013"}') == 1
     # every stream above was let go: the slots are free again
     wait_for(lambda: _opens(api, key3), 10, 0.2, "a stream slot frees after a close")
 
