@@ -87,6 +87,8 @@ def plane(
         "MEDIC_ALERT_WEBHOOK_URL": webhook.url,
         "MEDIC_ALERT_FOR_SECONDS": str(FOR_S),
         "MEDIC_QUEUE_WATERMARKS": json.dumps({"q-alert-shed": [3, 1]}),
+        # beat may take longer than 2 s to start on a loaded machine
+        "MEDIC_ALERT_FOR_OVERRIDES": json.dumps({"MedicLoopStale": 4}),
         "MEDIC_METRICS_PORT": "0",
     }
     procs = Processes(env, tmp_path_factory.mktemp("alerts"))
@@ -176,9 +178,11 @@ def test_evicting_redis_fires_eviction_policy_then_resolves(private_ledger: dict
             wait_for(lambda: webhook.calls("MedicRedisEvictionPolicy"), 10, 0.05, "eviction policy fires")
             alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still firing: not re-sent
             private.config_set("maxmemory-policy", "noeviction")
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 2))
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 2))  # clear: resolves after `for`
+            assert webhook.calls("MedicRedisEvictionPolicy") == ["firing"], "no resolve before it stays clear"
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 2.1))
             wait_for(lambda: len(webhook.calls("MedicRedisEvictionPolicy")) == 2, 10, 0.05, "resolved")
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 3))
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 3))
             body = next(b for b in webhook.bodies if b["commonLabels"]["alertname"] == "MedicRedisEvictionPolicy")
             assert body["commonLabels"] == {"alertname": "MedicRedisEvictionPolicy", "severity": "critical",
                                             "policy": "allkeys-lru"}  # fmt: skip
@@ -218,10 +222,11 @@ def test_held_pool_connections_fire_pool_saturated_then_resolve(
             for conn in held:
                 conn.rollback()  # back in the pool: `idle`
             alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 1.1))  # clear for `for`
             wait_for(
                 lambda: len(webhook.calls("MedicDbPoolSaturated", process="medic-99999")) == 2, 10, 0.05, "resolved"
             )
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 2))
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 2))
     finally:
         for conn in held:
             conn.close()
@@ -254,6 +259,7 @@ def test_slow_api_is_logged_and_fires_api_slow(
             wait_for(lambda: webhook.calls("MedicApiSlow"), 10, 0.05, "api slow fires")
             procs.stop_all()  # the API is gone: its p95 goes stale, and the alert clears
             alerts.health_and_alerts(t0 + dt.timedelta(seconds=60))
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=60 + FOR_S + 0.1))  # clear for `for`
             wait_for(lambda: len(webhook.calls("MedicApiSlow")) == 2, 10, 0.05, "api slow resolves")
     finally:
         procs.stop_all()

@@ -84,6 +84,12 @@ def ops_snapshot() -> str:
     return f"{_p()}ops:snapshot"
 
 
+def ops_watch_since() -> str:
+    """When health_and_alerts first ran (epoch seconds): a loop that never ran is stale only
+    once it had 3 periods since then to run."""
+    return f"{_p()}ops:since"
+
+
 def alert_state() -> str:
     """Hash of the alert rules' state: alert key -> JSON (pending since, firing, last sent)."""
     return f"{_p()}alerts:state"

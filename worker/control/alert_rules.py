@@ -92,16 +92,20 @@ def dead_high(snap: Snapshot, s: Settings) -> list[Finding]:
 
 
 def loop_stale(snap: Snapshot, s: Settings) -> list[Finding]:
+    """A loop (or beat's tick) not run for 3 periods; one never seen counts from when the health
+    loop started watching, so a fresh start is not an outage."""
     now = float(snap["at"])
+    watched = now - float(snap.get("watching_since", now))
     out = []
     for name, v in snap.get("loops", {}).items():
-        age = None if v["last_run"] is None else now - float(v["last_run"])
-        if age is None or age > 3 * float(v["period"]):
-            seen = "never ran" if age is None else f"last ran {age:.0f} s ago"
-            out.append(Finding({"loop": name}, f"control loop {name} {seen} (period {v['period']:g} s)", age or -1))
+        age = watched if v["last_run"] is None else now - float(v["last_run"])
+        if age > 3 * float(v["period"]):
+            seen = "never ran" if v["last_run"] is None else f"last ran {age:.0f} s ago"
+            out.append(Finding({"loop": name}, f"control loop {name} {seen} (period {v['period']:g} s)", age))
     tick = snap.get("beat_tick_age_seconds")
-    if tick is None or tick > 3 * float(snap["beat_period_seconds"]):
-        out.append(Finding({"loop": "beat"}, "beat (or the control worker) has not ticked for 3 periods", tick or -1))
+    age = watched if tick is None else float(tick)
+    if age > 3 * float(snap["beat_period_seconds"]):
+        out.append(Finding({"loop": "beat"}, "beat (or the control worker) has not ticked for 3 periods", age))
     return out
 
 

@@ -24,6 +24,7 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+RULES_BY_NAME = {rule.name: rule for rule in RULES}
 RESOLVED_KEEP = 100  # recently resolved alerts kept for GET /alerts
 Alert = dict[str, Any]
 
@@ -50,6 +51,7 @@ def _step(prev: Alert | None, rule: Rule, f: Finding, now: float) -> tuple[Alert
     s = get_settings()
     alert: Alert = prev or {"name": rule.name, "labels": f.labels, "since": now, "firing": False}
     alert.update(severity=rule.severity, summary=f.summary, value=f.value)
+    alert.pop("clear_since", None)  # it holds again: a resolve must wait for a new clear spell
     if not alert["firing"]:
         if now - alert["since"] >= rule.for_seconds(s):
             alert.update(firing=True, fired_at=now, last_sent=now)
@@ -59,6 +61,14 @@ def _step(prev: Alert | None, rule: Rule, f: Finding, now: float) -> tuple[Alert
         alert["last_sent"] = now
         return alert, "firing"
     return alert, None
+
+
+def _clear_long_enough(alert: Alert, now: float) -> bool:
+    """A firing alert resolves once its condition stayed clear for the rule's `for` (a pending
+    one is simply dropped): one noisy sample must not send a resolve and a new firing."""
+    rule = RULES_BY_NAME.get(alert["name"])
+    alert.setdefault("clear_since", now)
+    return rule is None or now - float(alert["clear_since"]) >= rule.for_seconds(get_settings())
 
 
 def evaluate(snap: snapshot.Snapshot, now: float) -> dict[str, int]:
@@ -76,9 +86,13 @@ def evaluate(snap: snapshot.Snapshot, now: float) -> dict[str, int]:
     cleared = [k for k in state if k not in holding]
     pipe = r.pipeline(transaction=True)
     for key in cleared:
+        alert = state[key]
+        if alert["firing"] and not _clear_long_enough(alert, now):
+            writes[key] = json.dumps(alert)  # still firing until clear for its `for`: no flapping
+            continue
         pipe.hdel(redis_keys.alert_state(), key)
-        if state[key]["firing"]:
-            resolved = {**state[key], "firing": False, "resolved_at": now}
+        if alert["firing"]:
+            resolved = {**alert, "firing": False, "resolved_at": now}
             pipe.lpush(redis_keys.alerts_resolved(), json.dumps(resolved))
             sends.append((resolved, "resolved"))
     pipe.ltrim(redis_keys.alerts_resolved(), 0, RESOLVED_KEEP - 1)

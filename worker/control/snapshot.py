@@ -70,15 +70,17 @@ def _queue(queue: str, queued: int, oldest: dt.datetime | None, now: dt.datetime
 
 def _ledger(now: dt.datetime) -> tuple[dict[str, int], dict[str, dt.datetime], int, dict[str, Any]]:
     with db.connect() as conn:
+        pg: dict[str, Any] = {}
+        # The server's view first: a ledger slowed by locks would hold the jobs reads below, and
+        # the pools would look idle by the time they answer.
+        if conn.dialect.name == "postgresql":
+            busy = conn.execute(sa.text(BUSY_BY_PROCESS)).all()
+            pg["busy_by_process"] = {str(app): int(n) for app, n in busy}
+            pg["connections"] = int(conn.scalar(sa.text("SELECT count(*) FROM pg_stat_activity")) or 0)
+            pg["max_connections"] = int(conn.scalar(sa.text("SHOW max_connections")) or 0)
         queued = {q: n for state, q, n in queries.live_counts_by_queue(conn) if state == "queued"}
         oldest = queries.oldest_queued_by_queue(conn)
         dead = queries.dead_since(conn, now - seconds(60))
-        pg: dict[str, Any] = {}
-        if conn.dialect.name == "postgresql":
-            pg["connections"] = int(conn.scalar(sa.text("SELECT count(*) FROM pg_stat_activity")) or 0)
-            pg["max_connections"] = int(conn.scalar(sa.text("SHOW max_connections")) or 0)
-            busy = conn.execute(sa.text(BUSY_BY_PROCESS)).all()
-            pg["busy_by_process"] = {str(app): int(n) for app, n in busy}
     return queued, oldest, dead, pg
 
 
@@ -112,6 +114,8 @@ def take(now: dt.datetime) -> Snapshot:
     """Measure everything once. A ledger outage leaves its part out, never the rest."""
     s = get_settings()
     snap: Snapshot = {"at": now.timestamp(), "redis": _redis()}
+    get_redis().set(redis_keys.ops_watch_since(), now.timestamp(), nx=True)
+    snap["watching_since"] = float(get_redis().get(redis_keys.ops_watch_since()) or now.timestamp())
     try:
         queued, oldest, dead, pg = _ledger(now)
         snap.update(ledger_up=1, dead_last_minute=dead, postgres=pg)
