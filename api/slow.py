@@ -20,9 +20,11 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
 
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
+from worker.ledger import db
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ def _after(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any
 
 WINDOW_S = 60.0
 PUBLISH_EVERY_S = 5.0
+POOL_SAMPLE_S = 0.1
 MAX_SAMPLES = 5000
 
 
@@ -64,6 +67,8 @@ class LatencyWindow:
     def __init__(self) -> None:
         self.samples: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)
         self.started = False
+        self.pool_full = 0  # samples (every POOL_SAMPLE_S) with every pool connection checked out
+        self.pool_samples = 0
 
     def add(self, seconds: float) -> None:
         self.samples.append((time.monotonic(), seconds))
@@ -79,16 +84,31 @@ class LatencyWindow:
             return 0.0, 0
         return recent[min(len(recent) - 1, int(0.95 * len(recent)))] * 1000, len(recent)
 
+    def sample_pool(self) -> None:
+        """Is this process's pool used up right now? An attribute read, no I/O. Sampled in the
+        process itself: the server's view (pg_stat_activity) is taken by a loop that a slow
+        ledger delays until the pool is free again."""
+        pool = db.get_engine().pool
+        if isinstance(pool, QueuePool):
+            self.pool_samples += 1
+            self.pool_full += pool.checkedout() >= pool.size() + max(0, pool._max_overflow)
+
     def publish(self) -> None:
         p95, n = self.p95()
-        value = json.dumps({"p95_ms": round(p95, 1), "n": n, "at": time.time()})
+        full = self.pool_full / self.pool_samples if self.pool_samples else 0.0
+        self.pool_full = self.pool_samples = 0
+        value = json.dumps({"p95_ms": round(p95, 1), "n": n, "at": time.time(), "pool_full": round(full, 3)})
         get_redis().hset(redis_keys.api_latency(), f"{socket.gethostname()}:{os.getpid()}", value)
 
     def _publish_forever(self) -> None:
+        next_publish = time.monotonic() + PUBLISH_EVERY_S
         while True:
-            time.sleep(PUBLISH_EVERY_S)
+            time.sleep(POOL_SAMPLE_S)
             try:
-                self.publish()
+                self.sample_pool()
+                if time.monotonic() >= next_publish:
+                    next_publish += PUBLISH_EVERY_S
+                    self.publish()
             except Exception as exc:  # noqa: BLE001 - Redis down: the next round tries again
                 log.debug("latency not published: %s", exc)
 

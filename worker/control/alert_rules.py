@@ -120,11 +120,18 @@ def postgres_connections(snap: Snapshot, s: Settings) -> list[Finding]:
 def pool_saturated(snap: Snapshot, s: Settings) -> list[Finding]:
     capacity = 2 * s.db_pool_size  # pool size + overflow, as every process is configured
     busy = (snap.get("postgres") or {}).get("busy_by_process", {})
-    return [
+    out = [
         Finding({"process": app}, f"{app} holds {n} of its {capacity} ledger connections", n / capacity)
         for app, n in busy.items()
         if n > s.alert_usage_ratio * capacity
     ]
+    # An API process's own samples: its pool used up for most of the last 5 s (requests wait)
+    out += [
+        Finding({"process": process}, f"{process}: its ledger pool was used up {full:.0%} of the last 5 s", full)
+        for process, full in snap.get("api_pool_full", {}).items()
+        if full > s.alert_usage_ratio
+    ]
+    return out
 
 
 def api_slow(snap: Snapshot, s: Settings) -> list[Finding]:

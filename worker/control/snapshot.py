@@ -97,17 +97,21 @@ API_LATENCY_FRESH_S = 30.0  # API processes publish every 5 s (api/slow.py); old
 API_MIN_SAMPLES = 20  # a p95 of three requests says nothing
 
 
-def _api_latency(now: float) -> dict[str, float]:
-    """p95 (ms) of every API process that published lately with enough requests to judge."""
+def _api_processes(now: float) -> tuple[dict[str, float], dict[str, float]]:
+    """From every API process that published lately: its p95 (ms; with enough requests to
+    judge) and the share of its last 5 s its ledger pool was used up."""
     key = redis_keys.api_latency()
-    out: dict[str, float] = {}
+    p95: dict[str, float] = {}
+    pool_full: dict[str, float] = {}
     for process, raw in get_redis().hgetall(key).items():
         value = json.loads(raw)
         if now - float(value["at"]) > API_LATENCY_FRESH_S:
             get_redis().hdel(key, process)  # a process that stopped: forget it
-        elif int(value["n"]) >= API_MIN_SAMPLES:
-            out[process] = float(value["p95_ms"])
-    return out
+            continue
+        if int(value["n"]) >= API_MIN_SAMPLES:
+            p95[process] = float(value["p95_ms"])
+        pool_full[f"api:{process}"] = float(value.get("pool_full", 0.0))
+    return p95, pool_full
 
 
 def take(now: dt.datetime) -> Snapshot:
@@ -128,7 +132,7 @@ def take(now: dt.datetime) -> Snapshot:
     snap["beat_tick_age_seconds"] = None if tick is None else max(0.0, now.timestamp() - float(tick))
     snap["beat_period_seconds"] = s.beat_alive_seconds
     snap["workers_live"] = presence.live_count(s.presence_ttl_seconds, now.timestamp())
-    snap["api_p95_ms"] = _api_latency(now.timestamp())
+    snap["api_p95_ms"], snap["api_pool_full"] = _api_processes(now.timestamp())
     loops: dict[str, Any] = {}
     for name, period in loop_periods(s).items():
         stats = loop_stats(name)
