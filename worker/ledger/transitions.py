@@ -12,8 +12,6 @@ event row per row changed, by construction. SQLite keeps the two statements.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,7 +22,8 @@ from sqlalchemy.engine import Connection
 
 from worker.clock import seconds
 from worker.errors import InvalidTransitionError
-from worker.ledger.models import JobRow, UTCDateTime, job_events, jobs
+from worker.ledger import pg_statements as pg
+from worker.ledger.models import JobRow, job_events, jobs
 from worker.ledger.states import JobState, is_allowed
 
 
@@ -55,30 +54,6 @@ def _created_events(rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.da
     ]
 
 
-EVENT_COLUMNS = ("job_id", "at", "from_state", "to_state", "actor", "reason", "delivery_id", "attempt", "detail")
-
-
-def _with_events(
-    changed: sa.CTE, *, frm: str | None, to: str, actor: str, reason: str, now: dt.datetime, detail: str | None
-) -> sa.Select[Any]:
-    """`SELECT * FROM changed`, also inserting one event per row of `changed` (a DML CTE)."""
-    event = job_events.insert().from_select(
-        list(EVENT_COLUMNS),
-        sa.select(
-            changed.c.id,
-            sa.literal(now, UTCDateTime),
-            sa.literal(frm, sa.String) if frm is not None else sa.null(),
-            sa.literal(to, sa.String),
-            sa.literal(actor, sa.String),
-            sa.literal(reason, sa.String),
-            changed.c.delivery_id,
-            changed.c.attempts,
-            sa.literal(detail, sa.Text) if detail is not None else sa.null(),
-        ),
-    )
-    return sa.select(*changed.c).add_cte(event.cte("ev"))
-
-
 def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime) -> list[JobRow]:
     """Insert new `queued` jobs and their creation events (the only write of an initial state).
 
@@ -87,52 +62,13 @@ def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: s
     if not rows:
         return []
     if conn.dialect.name == "postgresql":
-        return _create_jobs_pg(conn, rows, actor=actor, now=now)
+        return pg.create_jobs(conn, rows, actor=actor, now=now)
     inserted = conn.execute(
         jobs.insert().returning(*jobs.c, sort_by_parameter_order=True),
         [dict(r, state=JobState.QUEUED.value) for r in rows],
     ).all()
     conn.execute(job_events.insert(), _created_events(rows, actor=actor, now=now))
     return list(inserted)
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-@functools.lru_cache(maxsize=16)
-def _create_statement(columns: tuple[str, ...]) -> sa.TextualSelect:
-    """`INSERT ... SELECT FROM jsonb_populate_recordset(:rows)`: ONE bind parameter for any number
-    of rows, so the statement text is the same for 1 or 1,000 rows and compiled once. (A
-    multi-VALUES insert is never cached by SQLAlchemy: compiling it cost 4 ms per call.)"""
-    names = ", ".join(columns)
-    returned = ", ".join(c.name for c in jobs.c)
-    return sa.text(
-        f"WITH created AS (INSERT INTO jobs ({names}) SELECT {names} "
-        "FROM jsonb_populate_recordset(NULL::jobs, CAST(:rows AS jsonb)) "
-        "ON CONFLICT (id) DO NOTHING RETURNING *), "
-        "ev AS (INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason, delivery_id, attempt) "
-        "SELECT id, CAST(:now AS timestamptz), NULL, 'queued', :actor, 'enqueued', delivery_id, 0 FROM created) "
-        f"SELECT {returned} FROM created"
-    ).columns(*jobs.c)
-
-
-def _create_jobs_pg(
-    conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime
-) -> list[JobRow]:
-    payload = [dict(r, state=JobState.QUEUED.value) for r in rows]
-    stmt = _create_statement(tuple(payload[0]))
-    params = {"rows": json.dumps(payload, default=_json_default), "now": now.isoformat(), "actor": actor}
-    by_id = {row.id: row for row in conn.execute(stmt, params)}
-    missing = [r["id"] for r in rows if r["id"] not in by_id]
-    if missing:  # committed by an earlier try of this very write; ours (client-made uuid4 ids)
-        by_id.update({row.id: row for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(missing)))})
-    # rows from a CTE come back in no promised order: put the caller's back
-    return [by_id[r["id"]] for r in rows]
 
 
 def create_job_once(conn: Connection, row: Mapping[str, Any], *, actor: str, now: dt.datetime) -> JobRow | None:
@@ -179,7 +115,7 @@ def transition(
     if conn.dialect.name == "postgresql":
         moved = stmt.cte("moved")
         return conn.execute(
-            _with_events(moved, frm=frm.value, to=to.value, actor=actor, reason=reason, now=now, detail=detail)
+            pg.with_events(moved, frm=frm.value, to=to.value, actor=actor, reason=reason, now=now, detail=detail)
         ).first()
     row = conn.execute(stmt).first()
     if row is None:
@@ -200,6 +136,35 @@ def transition(
     return row
 
 
+def _fenced(
+    conn: Connection,
+    job_id: uuid.UUID,
+    delivery_id: uuid.UUID,
+    frm: JobState,
+    to: JobState,
+    *,
+    actor: str,
+    reason: str,
+    now: dt.datetime,
+    values: Mapping[str, Any],
+) -> JobRow | None:
+    """A hot transition fenced on the delivery: the prebuilt statement on PostgreSQL, the general
+    `transition` elsewhere. `values` may map a column to pg.INCREMENT."""
+    if conn.dialect.name != "postgresql":
+        general = {k: (jobs.c[k] + 1 if v is pg.INCREMENT else v) for k, v in values.items()}
+        return transition(
+            conn, job_id, frm, to, actor=actor, reason=reason, now=now,
+            where=[jobs.c.delivery_id == delivery_id], values=general,
+        )  # fmt: skip
+    if not is_allowed(frm, to):
+        raise InvalidTransitionError(f"{frm} -> {to} is not a transition", frm=frm, to=to)
+    plain = {k: v for k, v in values.items() if v is not pg.INCREMENT}
+    stmt = pg.fenced_statement(frm.value, to.value, reason, tuple(plain), tuple(k for k in values if k not in plain))
+    params = {"p_id": job_id, "p_delivery": delivery_id, "p_now": now, "p_actor": actor}
+    params.update({f"p_{k}": v for k, v in plain.items()})
+    return conn.execute(stmt, params).first()
+
+
 def claim(
     conn: Connection,
     job_id: uuid.UUID,
@@ -211,17 +176,17 @@ def claim(
     lease_s: float,
 ) -> JobRow | None:
     """Start a delivery: only the message carrying the current delivery_id can claim a queued job."""
-    return transition(
+    return _fenced(
         conn,
         job_id,
+        delivery_id,
         JobState.QUEUED,
         JobState.RUNNING,
         actor=f"{worker}:{pid}",
         reason="claimed",
         now=now,
-        where=[jobs.c.delivery_id == delivery_id],
         values={
-            "attempts": jobs.c.attempts + 1,
+            "attempts": pg.INCREMENT,
             "started_at": now,
             "heartbeat_at": now,
             "lease_expires_at": now + seconds(lease_s),
@@ -235,15 +200,15 @@ def claim(
 def succeed(
     conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, result: Any, *, actor: str, now: dt.datetime
 ) -> JobRow | None:
-    return transition(
+    return _fenced(
         conn,
         job_id,
+        delivery_id,
         JobState.RUNNING,
         JobState.SUCCEEDED,
         actor=actor,
         reason="succeeded",
         now=now,
-        where=[jobs.c.delivery_id == delivery_id],
         values={"result": result, "finished_at": now, "lease_expires_at": None},
     )
 

@@ -1,0 +1,122 @@
+"""PostgreSQL's form of the hot writes: row + event in ONE statement, built and compiled once.
+
+Used by worker/ledger/transitions.py (which keeps the two-statement form for SQLite). Every
+statement here is cached: a Core statement built per call cost ~1 ms of Python, and SQLAlchemy
+never caches a multi-VALUES insert (4 ms per call), both measured with cProfile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from worker.ledger.models import JobRow, UTCDateTime, job_events, jobs
+from worker.ledger.states import JobState
+
+INCREMENT = object()  # a fenced-transition value meaning "the column plus one"
+
+EVENT_COLUMNS = ("job_id", "at", "from_state", "to_state", "actor", "reason", "delivery_id", "attempt", "detail")
+
+
+def with_events(
+    changed: sa.CTE, *, frm: str | None, to: str, actor: str, reason: str, now: dt.datetime, detail: str | None
+) -> sa.Select[Any]:
+    """`SELECT * FROM changed`, also inserting one event per row of `changed` (a DML CTE)."""
+    event = job_events.insert().from_select(
+        list(EVENT_COLUMNS),
+        sa.select(
+            changed.c.id,
+            sa.literal(now, UTCDateTime),
+            sa.literal(frm, sa.String) if frm is not None else sa.null(),
+            sa.literal(to, sa.String),
+            sa.literal(actor, sa.String),
+            sa.literal(reason, sa.String),
+            changed.c.delivery_id,
+            changed.c.attempts,
+            sa.literal(detail, sa.Text) if detail is not None else sa.null(),
+        ),
+    )
+    return sa.select(*changed.c).add_cte(event.cte("ev"))
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+@functools.lru_cache(maxsize=16)
+def _create_statement(columns: tuple[str, ...]) -> sa.TextualSelect:
+    """`INSERT ... SELECT FROM jsonb_populate_recordset(:rows)`: ONE bind parameter for any number
+    of rows, so the statement text is the same for 1 or 1,000 rows and compiled once. (A
+    multi-VALUES insert is never cached by SQLAlchemy: compiling it cost 4 ms per call.)"""
+    names = ", ".join(columns)
+    returned = ", ".join(c.name for c in jobs.c)
+    return sa.text(
+        f"WITH created AS (INSERT INTO jobs ({names}) SELECT {names} "
+        "FROM jsonb_populate_recordset(NULL::jobs, CAST(:rows AS jsonb)) "
+        "ON CONFLICT (id) DO NOTHING RETURNING *), "
+        "ev AS (INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason, delivery_id, attempt) "
+        "SELECT id, CAST(:now AS timestamptz), NULL, 'queued', :actor, 'enqueued', delivery_id, 0 FROM created) "
+        f"SELECT {returned} FROM created"
+    ).columns(*jobs.c)
+
+
+def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime) -> list[JobRow]:
+    payload = [dict(r, state=JobState.QUEUED.value) for r in rows]
+    stmt = _create_statement(tuple(payload[0]))
+    params = {"rows": json.dumps(payload, default=_json_default), "now": now.isoformat(), "actor": actor}
+    by_id = {row.id: row for row in conn.execute(stmt, params)}
+    missing = [r["id"] for r in rows if r["id"] not in by_id]
+    if missing:  # committed by an earlier try of this very write; ours (client-made uuid4 ids)
+        by_id.update({row.id: row for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(missing)))})
+    # rows from a CTE come back in no promised order: put the caller's back
+    return [by_id[r["id"]] for r in rows]
+
+
+@functools.lru_cache(maxsize=32)
+def fenced_statement(
+    frm: str, to: str, reason: str, columns: tuple[str, ...], increment: tuple[str, ...]
+) -> sa.Select[Any]:
+    """PostgreSQL: a transition fenced on (id, state, delivery_id) as one CTE statement whose every
+    value is a bind parameter, so it is built and compiled once per shape. (Building the Core
+    statement anew cost the claim and the finalize ~1 ms of Python each, measured with cProfile.)"""
+    now = sa.bindparam("p_now", type_=UTCDateTime)
+    values: dict[str, Any] = {"state": to, "updated_at": now}
+    values.update({c: sa.bindparam(f"p_{c}", type_=jobs.c[c].type) for c in columns})
+    values.update({c: jobs.c[c] + 1 for c in increment})
+    moved = (
+        sa.update(jobs)
+        .where(
+            jobs.c.id == sa.bindparam("p_id", type_=sa.Uuid),
+            jobs.c.state == frm,
+            jobs.c.delivery_id == sa.bindparam("p_delivery", type_=sa.Uuid),
+        )
+        .values(**values)
+        .returning(*jobs.c)
+        .cte("moved")
+    )
+    event = job_events.insert().from_select(
+        list(EVENT_COLUMNS),
+        sa.select(
+            moved.c.id,
+            now,
+            sa.literal(frm, sa.String),
+            sa.literal(to, sa.String),
+            sa.bindparam("p_actor", type_=sa.String),
+            sa.literal(reason, sa.String),
+            moved.c.delivery_id,
+            moved.c.attempts,
+            sa.null(),
+        ),
+    )
+    return sa.select(*moved.c).add_cte(event.cte("ev"))
