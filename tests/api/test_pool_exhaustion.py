@@ -1,6 +1,6 @@
 """The pool-exhaustion scenario of the troubleshooting guide: for 30 s, far more concurrent API
 requests than the API has ledger connections, while the ledger is slow (a session holds an
-exclusive lock on `jobs` 2.5 s of every 3 s: each request keeps its connection that long).
+exclusive lock on `jobs` 2.8 s of every 3 s: each request keeps its connection that long).
 Clients see only 2xx or 503 with Retry-After, never a 500 or a hang, and MedicDbPoolSaturated
 fires (then resolves) through a real control plane to a real webhook server.
 
@@ -49,14 +49,14 @@ def _hammer(url: str, key: str, stop: threading.Event, seen: collections.Counter
 
 
 def _slow_ledger(url: str, stop: threading.Event) -> None:
-    """Hold an exclusive lock on jobs 2.5 s of every 3 s until `stop`."""
+    """Hold an exclusive lock on jobs 2.8 s of every 3 s until `stop`."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         while not stop.is_set():
             with engine.begin() as conn:
                 conn.execute(sa.text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
-                stop.wait(2.5)
-            stop.wait(0.5)
+                stop.wait(2.8)
+            stop.wait(0.2)
     finally:
         engine.dispose()
 
@@ -65,7 +65,7 @@ def test_more_requests_than_connections_only_2xx_or_503_and_the_alert_fires(
     private_ledger: dict[str, str], tmp_path: Any
 ) -> None:
     hook = Webhook()
-    env = {**private_ledger, "MEDIC_ALERT_WEBHOOK_URL": hook.url, "MEDIC_ALERT_FOR_SECONDS": "2",
+    env = {**private_ledger, "MEDIC_ALERT_WEBHOOK_URL": hook.url, "MEDIC_ALERT_FOR_SECONDS": "6",
            "MEDIC_METRICS_PORT": "0", "MEDIC_HIGH_WATERMARK": "1000000", "MEDIC_LOW_WATERMARK": "500000"}  # fmt: skip
     procs = Processes(env, tmp_path)
     try:
