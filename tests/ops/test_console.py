@@ -21,7 +21,7 @@ def test_medic_up_console_is_short_and_ends_with_the_banner(medic_env: dict[str,
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
-            text = wait_for(lambda: "Ctrl-C stops everything" in (t := out.read_text()) and t, 60, 0.2, "banner")
+            text = wait_for(lambda: "Ctrl-C stops everything" in (t := out.read_text()) and t, 90, 0.2, "banner")
         finally:
             up.send_signal(signal.SIGINT)
             up.wait(timeout=60)

@@ -146,8 +146,9 @@ def _children(
 CONSOLE_ENV = {"MEDIC_LOG_QUIET": "true", "PYTHONWARNINGS": "ignore::UserWarning:celery.platforms"}
 
 
-def _wait_for_workers(s: Settings, timeout_s: float = 30.0) -> None:
-    """Until a worker of the default queue and the control worker are registered (ready)."""
+def _wait_for_workers(s: Settings, timeout_s: float = 60.0) -> None:
+    """Until a worker of the default queue and the control worker are registered (ready); a slow
+    machine can take tens of seconds to start Celery, so the wait is generous and says if it gave up."""
     from worker.broker.celery_app import CONTROL_QUEUE
     from worker.runtime.metrics import live_consumers
 
@@ -159,6 +160,7 @@ def _wait_for_workers(s: Settings, timeout_s: float = 30.0) -> None:
         except redis.RedisError:
             pass
         time.sleep(0.2)
+    print(f"medic: the workers did not report ready within {timeout_s:.0f} s; see their lines above", flush=True)
 
 
 def console_argv(name: str, argv: list[str]) -> list[str]:
