@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests import ROOT
+from worker.ops.stack import PrivateRedis
 from worker.testing.processes import Processes
 from worker.testing.servers import PG_ADMIN_URL, delete_keys, pg_admin_execute
 
@@ -230,3 +231,12 @@ def celery_backend() -> None:
 @pytest.fixture
 def celery_setup() -> None:
     pytest.fail(_NO_DOCKER.format("celery_setup"), pytrace=False)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, to stop and restart (the shared one is never touched)."""
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()

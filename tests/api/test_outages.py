@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 
 from tests.conftest import KeyFactory
 from worker.ops.stack import PrivateRedis
 from worker.testing.processes import Processes, free_port
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_broker_down_still_accepts_and_leaves_the_job_for_reconcile(

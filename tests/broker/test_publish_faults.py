@@ -9,10 +9,8 @@ OperationalError, which once escaped publish() as a 500.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from tests.conftest import KeyFactory, switched_env
 from worker.broker import inspect
@@ -22,14 +20,6 @@ from worker.ledger import db, queries
 from worker.ops.stack import PrivateRedis
 from worker.submit import enqueue
 from worker.testing.processes import Processes
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
 
 
 def _stored(job_id: uuid.UUID) -> tuple[str, object, uuid.UUID]:

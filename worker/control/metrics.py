@@ -7,11 +7,12 @@ worker too, so its values go to the multiprocess directory its main process serv
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from worker.forksafe import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -32,35 +33,35 @@ class LoopMetrics:
     recoveries: Counter
 
 
-_metrics: LoopMetrics | None = None
-_lock = threading.Lock()
+def _make_loop_metrics(_: str) -> LoopMetrics:
+    return LoopMetrics(
+        runs=Counter("medic_loop_runs_total", "Control loop runs (not skipped)", ["loop"], registry=None),
+        last_run=Gauge(
+            "medic_loop_last_run_timestamp_seconds",
+            "When the loop last ran (epoch seconds)",
+            ["loop"],
+            multiprocess_mode="max",
+            registry=None,
+        ),
+        duration=Histogram(
+            "medic_loop_duration_seconds",
+            "Run time of a control loop",
+            ["loop"],
+            buckets=LOOP_BUCKETS,
+            registry=None,
+        ),
+        recoveries=Counter(
+            "medic_recoveries_total", "Jobs a healing loop gave back", ["loop", "outcome"], registry=None
+        ),
+    )
+
+
+# One set per process (forksafe: a prefork child makes its own, after the multiprocess switch).
+_metrics: PerProcess[str, LoopMetrics] = PerProcess(_make_loop_metrics)
 
 
 def loop_metrics() -> LoopMetrics:
-    global _metrics
-    with _lock:
-        if _metrics is None:
-            _metrics = LoopMetrics(
-                runs=Counter("medic_loop_runs_total", "Control loop runs (not skipped)", ["loop"], registry=None),
-                last_run=Gauge(
-                    "medic_loop_last_run_timestamp_seconds",
-                    "When the loop last ran (epoch seconds)",
-                    ["loop"],
-                    multiprocess_mode="max",
-                    registry=None,
-                ),
-                duration=Histogram(
-                    "medic_loop_duration_seconds",
-                    "Run time of a control loop",
-                    ["loop"],
-                    buckets=LOOP_BUCKETS,
-                    registry=None,
-                ),
-                recoveries=Counter(
-                    "medic_recoveries_total", "Jobs a healing loop gave back", ["loop", "outcome"], registry=None
-                ),
-            )
-        return _metrics
+    return _metrics.get("loop_metrics")
 
 
 def observe_run(name: str, record: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from worker.broker import redis_keys
 from worker.broker.celery_app import CONTROL_QUEUE
 from worker.broker.redis_client import get_redis
 from worker.clock import utcnow
+from worker.forksafe import PerProcess
 from worker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -53,38 +54,38 @@ class JobMetrics:
     queue_wait: Histogram
 
 
-_metrics: JobMetrics | None = None
-_lock = threading.Lock()
+def _make_job_metrics(_: str) -> JobMetrics:
+    return JobMetrics(
+        finished=Counter(
+            "medic_jobs_finished_total",
+            "Job runs ended, by outcome",
+            ["queue", "type", "outcome"],
+            registry=None,
+        ),
+        duration=Histogram(
+            "medic_job_duration_seconds",
+            "Run time of one attempt",
+            ["queue", "type"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        ),
+        queue_wait=Histogram(
+            "medic_job_queue_wait_seconds",
+            "Claim time minus publish time (or not_before, if later)",
+            ["queue"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        ),
+    )
+
+
+# One set per process (forksafe: a prefork child makes its own, after the multiprocess switch).
+_metrics: PerProcess[str, JobMetrics] = PerProcess(_make_job_metrics)
 
 
 def job_metrics() -> JobMetrics:
     """The job metrics of this process, made on first use (after the multiprocess switch)."""
-    global _metrics
-    with _lock:
-        if _metrics is None:
-            _metrics = JobMetrics(
-                finished=Counter(
-                    "medic_jobs_finished_total",
-                    "Job runs ended, by outcome",
-                    ["queue", "type", "outcome"],
-                    registry=None,
-                ),
-                duration=Histogram(
-                    "medic_job_duration_seconds",
-                    "Run time of one attempt",
-                    ["queue", "type"],
-                    buckets=DURATION_BUCKETS,
-                    registry=None,
-                ),
-                queue_wait=Histogram(
-                    "medic_job_queue_wait_seconds",
-                    "Claim time minus publish time (or not_before, if later)",
-                    ["queue"],
-                    buckets=DURATION_BUCKETS,
-                    registry=None,
-                ),
-            )
-        return _metrics
+    return _metrics.get("job_metrics")
 
 
 def outcome_of(kind: str, after: JobRow | None) -> str:
@@ -121,26 +122,26 @@ class PoolMetrics:
     process: str
 
 
-_pool: PoolMetrics | None = None
+def _make_pool_metrics(process: str) -> PoolMetrics:
+    doc = "Ledger connections checked out of this process's pool"
+    pool = PoolMetrics(
+        checked_out=Gauge("medic_db_pool_checked_out", doc, ["process"], multiprocess_mode="liveall", registry=None),
+        capacity=Gauge(
+            "medic_db_pool_capacity", "Ledger pool size + overflow", ["process"],
+            multiprocess_mode="liveall", registry=None,
+        ),
+        process=process,
+    )  # fmt: skip
+    pool.capacity.labels(process).set(2 * get_settings().db_pool_size)
+    return pool
+
+
+_pool: PerProcess[str, PoolMetrics] = PerProcess(_make_pool_metrics)
 
 
 def _pool_metrics() -> PoolMetrics:
     """Made per process: the label names the process (its pid changes across the fork)."""
-    global _pool
-    process = f"worker:{socket.gethostname()}:{os.getpid()}"
-    with _lock:
-        if _pool is None or _pool.process != process:
-            doc = "Ledger connections checked out of this process's pool"
-            _pool = PoolMetrics(
-                checked_out=(_pool.checked_out if _pool else Gauge(
-                    "medic_db_pool_checked_out", doc, ["process"], multiprocess_mode="liveall", registry=None)),
-                capacity=(_pool.capacity if _pool else Gauge(
-                    "medic_db_pool_capacity", "Ledger pool size + overflow", ["process"],
-                    multiprocess_mode="liveall", registry=None)),
-                process=process,
-            )  # fmt: skip
-            _pool.capacity.labels(process).set(2 * get_settings().db_pool_size)
-        return _pool
+    return _pool.get(f"worker:{socket.gethostname()}:{os.getpid()}")
 
 
 def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
