@@ -14,6 +14,7 @@ from api.limits import BodySizeLimit, InflightLimit
 from api.routes import alerts, health, jobs, queues, stream
 from api.schemas import ErrorPublic
 from worker import logs
+from worker.broker.redis_client import eviction_risk
 from worker.runtime.registry import load_job_modules
 from worker.settings import get_settings
 
@@ -42,6 +43,8 @@ def create_app() -> FastAPI:
     logs.setup(s.log_format)  # uvicorn set up its loggers before it called this factory
     logs.restyle("uvicorn", "uvicorn.error", "uvicorn.access", fmt=s.log_format)
     load_job_modules(s.job_modules)  # validation needs every job type before the first request
+    if risk := eviction_risk():
+        logging.getLogger("medic.api").error("%s", risk)
     app = FastAPI(
         title="medic",
         version="0.1.0",

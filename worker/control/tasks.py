@@ -11,7 +11,7 @@ from celery import signals
 
 from worker.broker import redis_keys
 from worker.broker.celery_app import CONTROL_QUEUE, app
-from worker.broker.redis_client import get_redis
+from worker.broker.redis_client import eviction_risk, get_redis
 from worker.control import schedule
 from worker.control.alerts import health_and_alerts
 from worker.control.autoscale import autoscale
@@ -92,6 +92,14 @@ def _health_watchdog() -> None:
                 health_and_alerts_task()
         except Exception:
             log.exception("health watchdog run failed")
+
+
+@signals.worker_ready.connect
+def _warn_if_redis_evicts(sender: Any, **_: Any) -> None:
+    """Said loudly at every worker's start; the MedicRedisEvictionPolicy alert says it while it lasts."""
+    risk = eviction_risk()
+    if risk:
+        log.error("%s", risk)
 
 
 @signals.worker_ready.connect
