@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -92,9 +92,21 @@ class Processes:
 
     def _celery(self, name: str, argv: list[str], **env: str) -> Proc:
         proc = self.start(name, argv, **env)
-        wait_for(lambda: "ready." in proc.log() or not proc.alive(), 30, 0.1, f"{name} ready")
-        assert proc.alive(), proc.log()
+        with self._stopped_on_failure(proc):
+            wait_for(lambda: "ready." in proc.log() or not proc.alive(), 30, 0.1, f"{name} ready")
+            assert proc.alive(), proc.log()
         return proc
+
+    @contextlib.contextmanager
+    def _stopped_on_failure(self, proc: Proc) -> Iterator[None]:
+        """A process that never became ready is stopped at once: a fixture that fails before its
+        `yield` never reaches its teardown, and the process would outlive the test run."""
+        try:
+            yield
+        except BaseException:
+            proc.stop()
+            self.procs.remove(proc)
+            raise
 
     def worker(self, name: str, queues: str = "default", concurrency: int = 2, **env: str) -> Proc:
         return self._celery(name, processes.worker_cmd(queues, concurrency, name, "INFO"), **env)
@@ -121,8 +133,9 @@ class Processes:
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, 30, 0.1, f"{name} up")
-        assert proc.alive(), proc.log()
+        with self._stopped_on_failure(proc):
+            wait_for(up, 30, 0.1, f"{name} up")
+            assert proc.alive(), proc.log()
         return proc
 
     def api(self, name: str = "api", **env: str) -> tuple[Proc, str]:
