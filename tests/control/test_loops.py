@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from tests import ledger_view
+from tests.control.fabricate import empty_ledger, queued_job, running_job
 from worker.broker import inspect, presence, redis_keys
 from worker.broker.redis_client import get_redis
 from worker.clock import seconds, utcnow
@@ -19,38 +19,25 @@ from worker.control.reconcile import reconcile_broker
 from worker.control.recover import recover_stuck
 from worker.control.timeouts import enforce_timeouts
 from worker.ledger import control_state, db, queries, transitions
-from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.models import JobRow
 from worker.ledger.models import control_state as control_state_table
 from worker.ledger.states import JobState
 from worker.settings import get_settings
-from worker.submit import JobRequest, build_row
 
 pytestmark = pytest.mark.usefixtures("private_ledger")
 
 
 @pytest.fixture(autouse=True)
 def _empty_ledger() -> None:
-    with db.begin() as conn:
-        conn.execute(sa.delete(job_events))
-        conn.execute(sa.delete(jobs))
-        conn.execute(sa.delete(control_state_table))
-    control_state.put(control_state.BROKER_RUN_ID, inspect.run_id(), now=utcnow())
+    empty_ledger()
 
 
 def _queued(queue: str | None = None, **row: Any) -> JobRow:
-    now = utcnow()
-    base = build_row(JobRequest("examples.echo", {"message": "x"}, queue=queue or f"q-{uuid.uuid4().hex[:6]}"),
-                     tenant="loops", s=get_settings(), now=now)  # fmt: skip
-    with db.begin() as conn:
-        return transitions.create_jobs(conn, [{**base, **row}], actor="test", now=now)[0]
+    return queued_job("loops", queue, **row)
 
 
 def _running(worker: str = "ghost@nowhere", pid: int = 4242, **row: Any) -> JobRow:
-    job = _queued(**row)
-    with db.begin() as conn:
-        claimed = transitions.claim(conn, job.id, job.delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=3)
-    assert claimed is not None
-    return claimed
+    return running_job("loops", worker, pid, **row)
 
 
 def test_recover_requeues_a_job_whose_lease_expired_and_worker_is_gone() -> None:

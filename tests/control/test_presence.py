@@ -9,41 +9,29 @@ from typing import Any
 
 import pytest
 import redis
-import sqlalchemy as sa
 
 from api.routes.health import _workers
 from tests import ledger_view
-from worker.broker import inspect, presence, redis_keys
+from tests.control.fabricate import empty_ledger, running_job
+from worker.broker import presence, redis_keys
 from worker.broker.redis_client import get_redis
 from worker.clock import seconds, utcnow
 from worker.control.recover import recover_stuck
-from worker.ledger import control_state, db, transitions
-from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.models import JobRow
 from worker.ledger.states import JobState
 from worker.settings import get_settings
-from worker.submit import JobRequest, build_row
 
 pytestmark = pytest.mark.usefixtures("private_ledger")
 
 
 @pytest.fixture(autouse=True)
 def _empty_ledger() -> None:
-    with db.begin() as conn:
-        conn.execute(sa.delete(job_events))
-        conn.execute(sa.delete(jobs))
-    control_state.put(control_state.BROKER_RUN_ID, inspect.run_id(), now=utcnow())
+    empty_ledger()
     get_redis().delete(redis_keys.workers_live())
 
 
 def _running(worker: str, pid: int, **row: Any) -> JobRow:
-    now = utcnow()
-    base = build_row(JobRequest("examples.echo", {"message": "x"}, queue=f"q-{uuid.uuid4().hex[:6]}"),
-                     tenant="presence", s=get_settings(), now=now)  # fmt: skip
-    with db.begin() as conn:
-        job = transitions.create_jobs(conn, [{**base, "max_attempts": 3, **row}], actor="test", now=now)[0]
-        claimed = transitions.claim(conn, job.id, job.delivery_id, worker=worker, pid=pid, now=now, lease_s=3)
-    assert claimed is not None
-    return claimed
+    return running_job("presence", worker, pid, **{"max_attempts": 3, **row})
 
 
 def test_a_present_process_that_does_not_hold_the_delivery_does_not_protect_it() -> None:
