@@ -145,11 +145,13 @@ def _pool_metrics() -> PoolMetrics:
 
 
 def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    _pool_metrics().checked_out.labels(_pool_metrics().process).inc()
+    pool = _pool_metrics()
+    pool.checked_out.labels(pool.process).inc()
 
 
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
-    _pool_metrics().checked_out.labels(_pool_metrics().process).dec()
+    pool = _pool_metrics()
+    pool.checked_out.labels(pool.process).dec()
 
 
 def watch_pools() -> None:
