@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     # liveness
     lease_seconds: float = Field(10.0, gt=0, description="How long a heartbeat keeps a job's lease.")
     heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker extends its leases.")
-    presence_ttl_seconds: float = Field(6.0, gt=0, description="TTL of a worker process's presence key in Redis.")
+    presence_ttl_seconds: float = Field(
+        6.0, gt=0, description="TTL of a worker process's presence key in Redis (shorter than the lease)."
+    )
     timeout_grace_seconds: float = Field(5.0, ge=0, description="Added to a job's timeout for the hard time limit.")
 
     # control loops
@@ -195,6 +197,19 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and data.get("profile") == "fast":
             return {**FAST_PROFILE, **data}
         return data
+
+    @model_validator(mode="after")
+    def _presence_shorter_than_lease(self) -> Settings:
+        """Recovery takes a job whose lease expired only when its worker's presence is gone: a
+        presence that outlives the lease would let a dead worker's job wait for the TTL instead,
+        and a job claimed just before a beat must be in the presence before its lease can expire."""
+        if self.presence_ttl_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"MEDIC_PRESENCE_TTL_SECONDS ({self.presence_ttl_seconds:g}) must be shorter than "
+                f"MEDIC_LEASE_SECONDS ({self.lease_seconds:g}): a worker's presence must lapse before "
+                "its jobs' leases do, or recovery of a dead worker's jobs waits on the presence"
+            )
+        return self
 
     @field_validator("job_modules", "queues", mode="before")
     @classmethod

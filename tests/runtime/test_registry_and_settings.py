@@ -47,3 +47,12 @@ def test_fast_profile_changes_defaults_but_not_explicit_values() -> None:
 def test_placeholder_flower_password_is_refused() -> None:
     with pytest.raises(ValueError, match="placeholder"):
         Settings(flower_password="changeme")
+
+
+def test_presence_ttl_must_be_shorter_than_the_lease() -> None:
+    """Fails if the check is gone or compares the wrong way (equal is refused too)."""
+    for ttl in (10.0, 12.0):
+        with pytest.raises(ValueError, match=r"MEDIC_PRESENCE_TTL_SECONDS \(\S+\) must be shorter than MEDIC_LEASE"):
+            Settings(lease_seconds=10, presence_ttl_seconds=ttl)
+    assert Settings(lease_seconds=10, presence_ttl_seconds=9.5).presence_ttl_seconds == 9.5
+    assert Settings(profile="fast").presence_ttl_seconds < Settings(profile="fast").lease_seconds
