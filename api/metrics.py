@@ -127,12 +127,26 @@ REGISTRY.register(SnapshotCollector())
 
 POOL_CHECKED_OUT = Gauge("medic_db_pool_checked_out", "Ledger connections in use", ["process"])
 POOL_CAPACITY = Gauge("medic_db_pool_capacity", "Ledger pool size + overflow", ["process"])
+POOL_TIMEOUTS = Counter(
+    "medic_db_pool_timeouts_total", "Ledger pool checkouts that timed out (MEDIC_DB_POOL_TIMEOUT_SECONDS)", ["process"]
+)
+
+
+def api_process() -> str:
+    return f"api:{socket.gethostname()}:{os.getpid()}"
+
+
+def _count_pool_timeout() -> None:
+    POOL_TIMEOUTS.labels(api_process()).inc()
+
+
+db.pool_timeout_hooks.append(_count_pool_timeout)
 
 
 def refresh_pool_gauges() -> None:
     """This API process's own ledger pool (a QueuePool; SQLite's has no size)."""
     pool = db.get_engine().pool
     if isinstance(pool, QueuePool):
-        process = f"api:{socket.gethostname()}:{os.getpid()}"
+        process = api_process()
         POOL_CHECKED_OUT.labels(process).set(pool.checkedout())
         POOL_CAPACITY.labels(process).set(pool.size() + max(0, pool._max_overflow))

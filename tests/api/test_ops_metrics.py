@@ -5,10 +5,13 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.clock import utcnow
 from worker.control import alerts
+from worker.errors import LedgerUnavailableError
+from worker.ledger import db
 from worker.submit import enqueue
 
 
@@ -36,3 +39,26 @@ def test_metrics_serve_the_health_snapshot(stack: str) -> None:
     assert got[("medic_workers_live", ())] >= 0
     assert ("medic_alerts_firing", (("alert", "MedicQueueUnconsumed"), ("severity", "critical"))) in got
     assert any(name == "medic_db_pool_capacity" and dict(labels)["process"].startswith("api:") for name, labels in got)
+
+
+def test_api_counts_a_pool_checkout_that_timed_out(medic_env: dict[str, str]) -> None:
+    """The API's hook on the ledger: a checkout past a full pool (1 + 1, both held) is counted
+    once in the registry GET /metrics serves. Fails if api/metrics.py does not hook the ledger."""
+    from prometheus_client import REGISTRY
+
+    from api import metrics
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("medic_db_pool_timeouts_total", {"process": metrics.api_process()}) or 0.0
+
+    before = count()
+    engine = db.make_engine(medic_env["MEDIC_DATABASE_URL"], pool_size=1, pool_timeout=0.1)
+    held = [engine.connect(), engine.connect()]
+    try:
+        with pytest.raises(LedgerUnavailableError), db.ledger_errors(), engine.connect():
+            pass
+    finally:
+        for conn in held:
+            conn.close()
+        engine.dispose()
+    assert count() == before + 1

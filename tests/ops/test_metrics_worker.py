@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import ledger_view
+from tests.ops import pooljobs  # noqa: F401 - registers tests.pool_timeout for enqueue()
+from tests.testjobs import executions
 from worker.submit import enqueue
 from worker.testing.processes import Processes, free_port, wait_for
 
@@ -61,3 +65,43 @@ def test_worker_metrics_count_every_outcome_across_prefork_children(procs: Proce
     assert len(capacity) >= 1 and set(capacity.values()) == {20.0}, capacity  # 2 x MEDIC_DB_POOL_SIZE 10
     checked_out = [v for k, v in samples.items() if k[0] == "medic_db_pool_checked_out"]
     assert checked_out and sum(checked_out) == 0, checked_out
+
+
+def _count(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def test_a_child_killed_under_a_job_counts_worker_lost(procs: Processes) -> None:
+    """SIGKILL the child running a job: its main process counts `worker_lost` (attempts left),
+    then, when the retry's child is killed too, `dead`. Fails if MedicRequest's report of a lost
+    child does not count the run (the child can count nothing: it is gone)."""
+    queue = f"q-metrics-lost-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    procs.worker("lost-worker", queues=queue, concurrency=1, MEDIC_METRICS_PORT=str(port))
+    tag = uuid.uuid4().hex
+    job_id = enqueue("tests.hang", {"tag": tag}, queue=queue, max_attempts=2, timeout=120).job.id
+    # No control plane runs here: only the worker's main process can give a lost run back.
+    for attempt in (1, 2):
+        runs = wait_for(lambda a=attempt: len(executions(tag)) >= a and executions(tag), 30, 0.05, f"run {attempt}")
+        os.kill(int(runs[attempt - 1]["pid"]), signal.SIGKILL)
+    wait_for(lambda: ledger_view.job(job_id).state == "dead", 30, 0.1, "dead after its second lost run")
+    want = {("tests.hang", "worker_lost"): 1.0, ("tests.hang", "dead"): 1.0}
+    got = wait_for(lambda: finished(scrape(port), queue) == want and finished(scrape(port), queue), 20, 0.2,
+                   "the lost runs counted")  # fmt: skip
+    assert got == want
+
+
+def test_a_pool_checkout_that_times_out_is_counted(procs: Processes) -> None:
+    """A job holds every connection of a pool of 1 + 1 and asks for one more: the scrape shows
+    exactly one timeout. Fails if the ledger's pool-timeout hook is not called or not counted."""
+    queue = f"q-metrics-pool-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    modules = "worker.examples,tests.testjobs,tests.ops.pooljobs"
+    procs.worker("pool-worker", queues=queue, concurrency=1, MEDIC_METRICS_PORT=str(port), MEDIC_JOB_MODULES=modules)
+    assert _count(scrape(port), "medic_db_pool_timeouts_total") == 0
+    job_id = enqueue("tests.pool_timeout", {}, queue=queue, max_attempts=1).job.id
+    wait_for(lambda: ledger_view.job(job_id).state == "succeeded", 30, 0.1, "the job ran")
+    assert ledger_view.job(job_id).result == "ledger unavailable: TimeoutError"
+    assert _count(scrape(port), "medic_db_pool_timeouts_total") == 1
+    [labels] = [dict(k[1]) for k in scrape(port) if k[0] == "medic_db_pool_timeouts_total"]
+    assert labels["process"].startswith("worker:"), labels

@@ -112,11 +112,26 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError))
 
 
+# Called (no arguments) each time a pool checkout in this process times out: the metrics layers
+# count it (medic_db_pool_timeouts_total) without the ledger importing them. A hook never raises.
+pool_timeout_hooks: list[Callable[[], None]] = []
+
+
+def _pool_timed_out() -> None:
+    for hook in pool_timeout_hooks:
+        try:
+            hook()
+        except Exception:  # a failing hook is logged, never turned into a different ledger error
+            log.exception("pool timeout hook failed")
+
+
 @contextlib.contextmanager
 def ledger_errors() -> Iterator[None]:
     try:
         yield
     except sa_exc.SQLAlchemyError as exc:
+        if isinstance(exc, sa_exc.TimeoutError):  # only QueuePool raises it: no connection came free in time
+            _pool_timed_out()
         if is_connection_error(exc):
             raise LedgerUnavailableError(f"ledger unavailable: {type(exc.__cause__ or exc).__name__}") from exc
         raise

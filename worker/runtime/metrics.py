@@ -35,6 +35,7 @@ from worker.broker.celery_app import CONTROL_QUEUE
 from worker.broker.redis_client import get_redis
 from worker.clock import utcnow
 from worker.forksafe import PerProcess
+from worker.ledger import db
 from worker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -89,12 +90,13 @@ def job_metrics() -> JobMetrics:
 
 
 def outcome_of(kind: str, after: JobRow | None) -> str:
-    """The outcome label of one finished run: a failure that used the last attempt is `dead`."""
+    """The outcome label of one finished run: a failure that used the last attempt is `dead`;
+    otherwise `failed`, `timed_out` (kind `timeout`) or `worker_lost` (its process died)."""
     if kind == "succeeded":
         return "succeeded"
     if after is not None and after.state == "dead":
         return "dead"
-    return "timed_out" if kind == "timeout" else "failed"
+    return {"timeout": "timed_out", "worker_lost": "worker_lost"}.get(kind, "failed")
 
 
 def job_finished(job: JobRow, kind: str, after: JobRow | None) -> None:
@@ -119,6 +121,7 @@ def job_finished(job: JobRow, kind: str, after: JobRow | None) -> None:
 class PoolMetrics:
     checked_out: Gauge
     capacity: Gauge
+    timeouts: Counter
     process: str
 
 
@@ -129,6 +132,10 @@ def _make_pool_metrics(process: str) -> PoolMetrics:
         capacity=Gauge(
             "medic_db_pool_capacity", "Ledger pool size + overflow", ["process"],
             multiprocess_mode="liveall", registry=None,
+        ),
+        timeouts=Counter(
+            "medic_db_pool_timeouts_total", "Ledger pool checkouts that timed out (MEDIC_DB_POOL_TIMEOUT_SECONDS)",
+            ["process"], registry=None,
         ),
         process=process,
     )  # fmt: skip
@@ -154,12 +161,20 @@ def _on_checkin(dbapi_connection: Any, record: Any) -> None:
     pool.checked_out.labels(pool.process).dec()
 
 
+def _on_pool_timeout() -> None:
+    pool = _pool_metrics()
+    pool.timeouts.labels(pool.process).inc()
+
+
 def watch_pools() -> None:
-    """Count checkouts of every pool in this process and the children it forks (class-level
-    listeners survive the fork); one mmap write each, no network."""
+    """Count checkouts and checkout timeouts of every pool in this process and the children it
+    forks (class-level listeners and the ledger's hook list survive the fork); one mmap write
+    each, no network."""
     if not event.contains(Pool, "checkout", _on_checkout):
         event.listen(Pool, "checkout", _on_checkout)
         event.listen(Pool, "checkin", _on_checkin)
+    if _on_pool_timeout not in db.pool_timeout_hooks:
+        db.pool_timeout_hooks.append(_on_pool_timeout)
 
 
 @signals.worker_process_shutdown.connect

@@ -30,6 +30,7 @@ from worker.ledger import queries, transitions
 from worker.ledger.db import with_ledger_retry
 from worker.ledger.models import JobRow
 from worker.ledger.states import JobState
+from worker.runtime.metrics import job_finished
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,20 @@ def _job_ids(args: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
 
 def report_lost(
     job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, reason: str, actor: str, budget_s: float
-) -> JobRow | None:
-    """A delivery's process is gone: give the job back (retry or dead) and publish the retry."""
+) -> tuple[JobRow, JobRow] | None:
+    """A delivery's process is gone: give the job back (retry or dead) and publish the retry.
+    Returns the running row it took and the row after, or None when there was nothing to take."""
     s = get_settings()
+    taken: list[JobRow] = []
 
     def write(conn: Connection) -> JobRow | None:
+        taken.clear()
         job = queries.get_job(conn, job_id)
         if job is None or job.state != JobState.RUNNING or job.delivery_id != delivery_id:
             return None
         if pid is not None and job.worker_pid not in (None, pid):
             return None
+        taken.append(job)
         now = utcnow()
         if reason == "timeout":
             detail = f"hard time limit of {job.timeout_s + s.timeout_grace_seconds:.0f}s exceeded"
@@ -72,7 +77,7 @@ def report_lost(
         )
 
     [after] = with_ledger_retry(lambda: commit_then_publish(lambda conn: [write(conn)]), budget_s=budget_s, what=reason)
-    return after
+    return None if after is None or not taken else (taken[0], after)
 
 
 def _report(request: Request, reason: str) -> None:
@@ -80,9 +85,11 @@ def _report(request: Request, reason: str) -> None:
     if ids is None:
         return
     try:
-        report_lost(
+        taken = report_lost(
             ids[0], ids[1], request.worker_pid, reason=reason, actor=f"{request.hostname}:{os.getpid()}", budget_s=0
         )
+        if taken is not None:  # the child cannot count a run it died in: the main process does
+            job_finished(taken[0], reason, taken[1])
     except LedgerUnavailableError:
         log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0])
     except Exception:  # a failing hook is logged, never fatal to the worker
