@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         2, gt=0, description="MEDIC_DB_POOL_SIZE of worker processes started by medic worker/control/up, unless set."
     )
     db_pool_timeout_seconds: float = Field(2.0, gt=0, description="Longest wait for a ledger connection (then 503).")
+    db_prepared_statements: bool = Field(
+        True,
+        description="Prepare the hot writes (enqueue, claim, finalize) once per connection (PREPARE/EXECUTE). "
+        "Turn off behind a connection pooler in transaction mode (PgBouncer), which cannot keep them.",
+    )
 
     # autoscaling
     autoscale_period_seconds: float = Field(15.0, gt=0, description="Period of autoscale.")

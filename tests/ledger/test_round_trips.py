@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from tests.ledger.conftest import NewJob
 from worker.clock import utcnow
 from worker.ledger import db, queries, transitions
+from worker.ledger.db import make_engine
 from worker.ledger.models import job_events
 from worker.settings import get_settings
 from worker.submit import JobRequest, build_row
@@ -34,18 +35,23 @@ def _rows(n: int) -> list[dict[str, Any]]:
     return [build_row(JobRequest("examples.echo", {"message": str(i)}), tenant="rt", s=s, now=now) for i in range(n)]
 
 
+def _per_call(statements: list[str]) -> list[str]:
+    """The statements sent for each call, leaving out the PREPARE a connection sends once."""
+    return [s for s in statements if not s.startswith("PREPARE ")]
+
+
 def test_create_and_claim_are_one_statement_each_on_postgresql(
     engine: sa.Engine, new_job: NewJob, statements: list[str]
 ) -> None:
     # Bug caught: the row and its event sent as two statements (two round trips) on PostgreSQL.
     expected = 1 if engine.dialect.name == "postgresql" else 2
     job = new_job()
-    assert len(statements) == expected, statements
+    assert len(_per_call(statements)) == expected, statements
     statements.clear()
     with engine.begin() as conn:
         claimed = transitions.claim(conn, job.id, job.delivery_id, worker="w", pid=1, now=utcnow(), lease_s=5)
     assert claimed is not None and claimed.state == "running"
-    assert len(statements) == expected, statements
+    assert len(_per_call(statements)) == expected, statements
     with engine.connect() as conn:
         events = queries.get_events(conn, job.id)
     assert [(e.to_state, e.attempt, e.delivery_id) for e in events] == [
@@ -116,3 +122,86 @@ def test_a_write_survives_killed_connections(medic_env: dict[str, str]) -> None:
     rows = _rows(1)
     created = db.write(lambda conn: transitions.create_jobs(conn, rows, actor="t", now=rows[0]["created_at"]))
     assert created[0].id == rows[0]["id"]
+
+
+def _claim_and_succeed(conn: sa.Connection, job: Any) -> Any:
+    claimed = transitions.claim(conn, job.id, job.delivery_id, worker="w", pid=1, now=utcnow(), lease_s=5)
+    assert claimed is not None
+    return transitions.succeed(conn, job.id, job.delivery_id, {"n": 1}, actor="w:1", now=utcnow())
+
+
+def test_hot_writes_are_prepared_once_per_connection(engine: sa.Engine, new_job: NewJob, statements: list[str]) -> None:
+    # Bugs caught: the statement prepared again on every call (two round trips, no gain), or the
+    # EXECUTE losing its types (the row comes back with str ids, a str result, naive datetimes).
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no PREPARE")
+    first, second = new_job(), new_job()
+    with engine.connect() as conn:
+        statements.clear()
+        _claim_and_succeed(conn, first)
+        done = _claim_and_succeed(conn, second)
+        conn.commit()
+    prepares = [s for s in statements if s.startswith("PREPARE ")]
+    executes = [s for s in statements if s.startswith("EXECUTE ")]
+    assert len(prepares) == 2 and len(executes) == 4, statements  # claim and succeed, once each
+    assert done.id == second.id and done.delivery_id == second.delivery_id  # uuid.UUID, as compared
+    assert done.state == "succeeded" and done.result == {"n": 1} and done.finished_at.tzinfo is not None
+
+
+def test_a_killed_connection_prepares_again_on_its_replacement(medic_env: dict[str, str]) -> None:
+    # Bug caught: the "already prepared" mark outliving the server session it was made in: the
+    # replacement connection would EXECUTE a statement it never prepared (an error per write).
+    engine = make_engine(medic_env["MEDIC_DATABASE_URL"], pool_size=1)  # one idle connection: reused
+    rows = _rows(2)
+    try:
+        with engine.connect() as conn:  # prepare the create on a connection, then kill its backend
+            transitions.create_jobs(conn, rows[:1], actor="t", now=rows[0]["created_at"])
+            conn.commit()
+            mine = conn.scalar(sa.text("SELECT pg_backend_pid()"))
+        with sa.create_engine(medic_env["MEDIC_DATABASE_URL"]).connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": mine})
+        with engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT pg_backend_pid()")) != mine  # replaced at checkout
+            created = transitions.create_jobs(conn, rows[1:], actor="t", now=rows[1]["created_at"])
+            conn.commit()
+    finally:
+        engine.dispose()
+    assert created[0].id == rows[1]["id"]
+
+
+def test_prepared_statements_can_be_turned_off(
+    engine: sa.Engine, new_job: NewJob, statements: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bug caught: MEDIC_DB_PREPARED_STATEMENTS=false ignored (a PgBouncer in transaction mode
+    # would then fail writes with "prepared statement does not exist").
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no PREPARE")
+    from worker.settings import reset_settings
+
+    monkeypatch.setenv("MEDIC_DB_PREPARED_STATEMENTS", "false")
+    reset_settings()
+    try:
+        job = new_job()
+        with engine.connect() as conn:
+            done = _claim_and_succeed(conn, job)
+            conn.commit()
+    finally:
+        monkeypatch.delenv("MEDIC_DB_PREPARED_STATEMENTS")
+        reset_settings()
+    assert done.state == "succeeded"
+    assert not [s for s in statements if s.startswith(("PREPARE ", "EXECUTE "))], statements
+
+
+def test_a_write_switches_no_isolation_level(medic_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bug caught: db.write through execution_options(isolation_level="AUTOCOMMIT"): psycopg2 then
+    # sends SET default_transaction_isolation on every checkout, a second round trip per write.
+    engine = db.get_engine()
+    calls: list[Any] = []
+    original = engine.dialect.set_isolation_level
+    spy = lambda c, level: (calls.append(level), original(c, level))  # noqa: E731
+    monkeypatch.setattr(engine.dialect, "set_isolation_level", spy)
+    for _ in range(3):
+        assert db.write(lambda conn: conn.scalar(sa.text("SELECT 1"))) == 1
+    assert calls == []
+    with db.connect() as conn:  # and the pooled connection is back to transactions afterwards
+        assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]

@@ -170,13 +170,32 @@ def write(fn: Callable[[Connection], T], *, sync_commit: bool = True) -> T:
                 if conn.dialect.name != "postgresql":
                     with conn.begin():
                         return fn(conn)
-                conn.execution_options(isolation_level="AUTOCOMMIT", **{ASYNC_COMMIT: not sync_commit})
-                return fn(conn)
+                conn.execution_options(**{ASYNC_COMMIT: not sync_commit})
+                with _driver_autocommit(conn):
+                    return fn(conn)
         except LedgerUnavailableError as exc:
             if attempt == 2 or not _lost_connection(exc):
                 raise
             log.info("ledger connection lost under a write; retrying once on a fresh one: %s", exc)
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _driver_autocommit(conn: Connection) -> Iterator[None]:
+    """Autocommit on the driver's connection for the duration of one write.
+
+    Not `execution_options(isolation_level="AUTOCOMMIT")`: psycopg2's `set_isolation_level` sends
+    `SET default_transaction_isolation TO DEFAULT` on every checkout, a second round trip per
+    write (seen in the server's statement log). The `autocommit` attribute is a client-side flag;
+    it is switched back before the connection returns to the pool, whose reset (a ROLLBACK of no
+    transaction) then costs nothing."""
+    raw = conn.connection.dbapi_connection
+    raw.autocommit = True  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a dead connection is discarded by the pool anyway
+            raw.autocommit = False  # type: ignore[union-attr]
 
 
 def with_ledger_retry(fn: Callable[[], T], *, budget_s: float, what: str) -> T:

@@ -7,18 +7,22 @@ never caches a multi-VALUES insert (4 ms per call), both measured with cProfile.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
+import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect, Result
 
 from worker.ledger.models import JobRow, UTCDateTime, job_events, jobs
 from worker.ledger.states import JobState
+from worker.settings import get_settings
 
 INCREMENT = object()  # a fenced-transition value meaning "the column plus one"
 
@@ -75,7 +79,7 @@ def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: s
     payload = [dict(r, state=JobState.QUEUED.value) for r in rows]
     stmt = _create_statement(tuple(payload[0]))
     params = {"rows": json.dumps(payload, default=_json_default), "now": now.isoformat(), "actor": actor}
-    by_id = {row.id: row for row in conn.execute(stmt, params)}
+    by_id = {row.id: row for row in execute_prepared(conn, stmt, params)}
     missing = [r["id"] for r in rows if r["id"] not in by_id]
     if missing:  # committed by an earlier try of this very write; ours (client-made uuid4 ids)
         by_id.update({row.id: row for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(missing)))})
@@ -120,3 +124,65 @@ def fenced_statement(
         ),
     )
     return sa.select(*moved.c).add_cte(event.cte("ev"))
+
+
+# --- Server-side prepared statements -------------------------------------------------------------
+#
+# The hot statements are CTEs over a 25-column table: PostgreSQL spent more CPU parsing and
+# planning them than running them. Prepared once per connection (PREPARE), each later call is an
+# EXECUTE with its parameters: claim + succeed went from 0.69 to 0.44 ms of backend CPU per job
+# (measured with a loop of 2,000 jobs, /proc/<backend>/stat). A connection's prepared statements
+# die with it, so a replaced or recycled connection simply prepares again (`Connection.info` is
+# per DBAPI connection).
+
+_PREPARED_KEY = "medic_prepared"
+_PYFORMAT = re.compile(r"%\((\w+)\)s")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """One statement as a PREPARE (run once per connection) and the EXECUTE that calls it; the
+    EXECUTE keeps the statement's bind and result types, so rows come back as from `execute`."""
+
+    name: str
+    prepare: str
+    call: sa.TextClause
+    fixed: Mapping[str, Any]  # literal values compiled into the statement (states, reasons)
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared(stmt: sa.Executable, dialect: Dialect) -> Prepared | None:
+    compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+    if dialect.paramstyle != "pyformat":
+        return None
+    names: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    if "%%" in compiled.string:  # a literal % would need unescaping: not worth it, run it plainly
+        return None
+    body = _PYFORMAT.sub(number, compiled.string)
+    name = "medic_" + hashlib.sha1(body.encode()).hexdigest()[:16]
+    binds = dict(compiled.binds)
+    args = ", ".join(f":{n}" for n in names)
+    call = sa.text(f"EXECUTE {name}({args})").bindparams(*(sa.bindparam(n, type_=binds[n].type) for n in names))
+    columns = [c for c in getattr(stmt, "selected_columns", ())]
+    if columns:
+        call = call.columns(*columns)  # type: ignore[assignment]
+    fixed = {k: b.value for k, b in binds.items() if b.value is not None}
+    return Prepared(name, f"PREPARE {name} AS {body}", call, fixed)
+
+
+def execute_prepared(conn: Connection, stmt: sa.Executable, params: Mapping[str, Any]) -> Result[Any]:
+    """`conn.execute(stmt, params)`, as an EXECUTE of a statement prepared on this connection."""
+    prepared = _prepared(stmt, conn.dialect) if get_settings().db_prepared_statements else None
+    if prepared is None:
+        return conn.execute(stmt, params)
+    done: set[str] = conn.info.setdefault(_PREPARED_KEY, set())
+    if prepared.name not in done:
+        conn.exec_driver_sql(prepared.prepare)
+        done.add(prepared.name)
+    return conn.execute(prepared.call, {**prepared.fixed, **params})

@@ -162,7 +162,7 @@ def _fenced(
     stmt = pg.fenced_statement(frm.value, to.value, reason, tuple(plain), tuple(k for k in values if k not in plain))
     params = {"p_id": job_id, "p_delivery": delivery_id, "p_now": now, "p_actor": actor}
     params.update({f"p_{k}": v for k, v in plain.items()})
-    return conn.execute(stmt, params).first()
+    return pg.execute_prepared(conn, stmt, params).first()
 
 
 def claim(
