@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from tests.conftest import REDIS_URL, switched_env
+from tests.control.webhook import Webhook
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.control import alerts
@@ -31,50 +28,6 @@ from worker.testing.processes import Processes, free_port, wait_for
 from worker.testing.servers import delete_keys
 
 FOR_S = 2.0
-
-
-class Webhook:
-    """A real HTTP server recording every Alertmanager-style body posted to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.bodies.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def calls(self, alertname: str, **labels: str) -> list[str]:
-        """The status of every call about one alert instance, in order."""
-        return [
-            b["status"]
-            for b in list(self.bodies)
-            if b["commonLabels"]["alertname"] == alertname
-            and all(b["commonLabels"].get(k) == v for k, v in labels.items())
-        ]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
-    yield hook
-    hook.close()
-    if dump := os.environ.get("MEDIC_TEST_DUMP_WEBHOOKS"):  # the bodies, for docs/operations.md
-        Path(dump).write_text(json.dumps(hook.bodies, indent=1))
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,10 @@ BUSY_BY_PROCESS = (
     "AND state <> 'idle' GROUP BY application_name ORDER BY count(*) DESC LIMIT 20"
 )
 
+# Connection slots in use: client backends only (the checkpointer, WAL writer and the other
+# background processes are rows of pg_stat_activity too, but take no max_connections slot).
+CLIENT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+
 
 def loop_periods(s: Settings) -> dict[str, float]:
     """Every loop beat schedules, with its period: a loop not run for 3 periods is stale."""
@@ -76,7 +80,7 @@ def _ledger(now: dt.datetime) -> tuple[dict[str, int], dict[str, dt.datetime], i
         if conn.dialect.name == "postgresql":
             busy = conn.execute(sa.text(BUSY_BY_PROCESS)).all()
             pg["busy_by_process"] = {str(app): int(n) for app, n in busy}
-            pg["connections"] = int(conn.scalar(sa.text("SELECT count(*) FROM pg_stat_activity")) or 0)
+            pg["connections"] = int(conn.scalar(sa.text(CLIENT_CONNECTIONS)) or 0)
             pg["max_connections"] = int(conn.scalar(sa.text("SHOW max_connections")) or 0)
         queued = {q: n for state, q, n in queries.live_counts_by_queue(conn) if state == "queued"}
         oldest = queries.oldest_queued_by_queue(conn)
