@@ -35,8 +35,16 @@ from typing import Any
 
 from bench.medic_run import ROOT, MedicRun
 from bench.profiling import load_check
-from bench.scale_fill import QUEUES, counts, expired_count, grow, plant_problems, register_queues, restamp_queued
-from bench.scale_fill import vacuum_analyze
+from bench.scale_fill import (
+    QUEUES,
+    counts,
+    expired_count,
+    grow,
+    plant_problems,
+    register_queues,
+    restamp_queued,
+    vacuum_analyze,
+)
 from bench.scale_ops import ApiTarget, time_api, time_loops
 from bench.scale_rss import rss_check
 from bench.throughput import git_state
@@ -160,7 +168,7 @@ def main() -> None:
             "python": platform.python_version(),
             "load_avg_at_start": os.getloadavg(),
             "note": "2 shared cores: other engineers' tests may run at the same time; see load_* per size",
-        },  # fmt: skip
+        },
         "code": git_state(),
         "database": run.db_name,
         "medic_settings": "MEDIC_PROFILE=production defaults; PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379/0",

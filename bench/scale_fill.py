@@ -11,7 +11,8 @@ statement), so a million jobs take minutes, not hours. The mix, by `i % 200`:
     else  succeeded  95.5 %  3 events
 
 Finished jobs are spread evenly over the last 40 days (retention is 30: a quarter is prune's
-work); half the jobs belong to `tenant-0`, the rest to seven others; four queues.
+work); half the jobs belong to `tenant-0`, the rest to seven others; four queues. Queue and
+tenant do not follow the state (`i / 7`, `i / 3`): every queue has queued and running jobs.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ WITH new AS (
                     max_attempts, timeout_s, backoff_s, delivery_id, created_at, updated_at,
                     published_at, started_at, heartbeat_at, lease_expires_at, finished_at, worker,
                     worker_pid)
-  SELECT gen_random_uuid(), 'examples.echo', 'bench-scale-' || (i % 4), 0,
-         CASE WHEN i % 2 = 0 THEN 'tenant-0' ELSE 'tenant-' || (1 + i % 7) END,
+  SELECT gen_random_uuid(), 'examples.echo', 'bench-scale-' || ((i / 7) % 4), 0,
+         CASE WHEN (i / 3) % 2 = 0 THEN 'tenant-0' ELSE 'tenant-' || (1 + (i / 3) % 7) END,
          '{"message": "a payload of a few dozen bytes, like a real job"}'::jsonb,
          CASE WHEN st = 'succeeded' THEN '{"message": "a payload of a few dozen bytes"}'::jsonb END,
          CASE WHEN st = 'dead' THEN '{"type": "RuntimeError", "message": "failed on purpose"}'::jsonb END,
@@ -178,10 +179,11 @@ def plant_problems() -> Problems:
 def reset_problems(p: Problems) -> None:
     """Every planted job back in its problem state, the events the loops added removed (so the
     lost ones never reach MEDIC_MAX_REDELIVERIES); one transaction of a few statements."""
-    stuck = {"state": "running", "attempts": 1, "started_at": "now() - interval '1 minute'",
-             "lease_expires_at": "now() - interval '30 seconds'", "published_at": "now() - interval '1 minute'"}  # fmt: skip
-    overdue = {"state": "running", "attempts": 1, "started_at": "now() - interval '2 hours'",
-               "lease_expires_at": "now() + interval '3 hours'", "published_at": "now() - interval '2 hours'"}  # fmt: skip
+    minute_ago, two_hours_ago = "now() - interval '1 minute'", "now() - interval '2 hours'"
+    stuck = {"state": "running", "attempts": 1, "started_at": minute_ago, "published_at": minute_ago,
+             "lease_expires_at": "now() - interval '30 seconds'"}  # fmt: skip
+    overdue = {"state": "running", "attempts": 1, "started_at": two_hours_ago, "published_at": two_hours_ago,
+               "lease_expires_at": "now() + interval '3 hours'"}  # fmt: skip
     unpublished = {"state": "queued", "attempts": 0, "started_at": "NULL", "lease_expires_at": "NULL",
                    "published_at": "NULL"}  # fmt: skip
     lost = {**unpublished, "published_at": "now() - interval '1 hour'"}

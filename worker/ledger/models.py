@@ -83,7 +83,9 @@ jobs = sa.Table(
     # queued jobs by publish time (reconcile), finished jobs by age (prune)
     sa.Index("ix_jobs_state_lease", "state", "lease_expires_at"),
     sa.Index("ix_jobs_state_started_at", "state", "started_at"),
-    sa.Index("ix_jobs_state_queue", "state", "queue"),
+    # queued jobs by queue covered with their ready times: the health loop's oldest-queued read is
+    # index-only (migration 0005)
+    sa.Index("ix_jobs_state_queue_created_at_not_before", "state", "queue", "created_at", "not_before"),
     sa.Index("ix_jobs_state_published_at_created_at", "state", "published_at", "created_at"),
     sa.Index("ix_jobs_finished", "finished_at"),
 )
