@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import uuid
 from typing import Annotated
 
@@ -34,6 +35,14 @@ from worker.settings import get_settings
 from worker.submit import Enqueued, JobRequest, enqueue_rows, prepare
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
+
+def _log_job(what: str, row: JobRow) -> None:
+    """One line per job the API changes, with the job's fields (worker/logs.py): `grep <job id>`
+    over API and worker logs follows the job."""
+    fields = {"job_id": row.id, "delivery_id": row.delivery_id, "tenant": row.tenant, "queue": row.queue}
+    log.info("%s job %s (%s)", what, row.id, row.type, extra={k: str(v) for k, v in fields.items()})
 
 
 def _request(body: JobCreate, idempotency_key: str | None) -> JobRequest:
@@ -68,6 +77,7 @@ def _admitted(requests: list[JobRequest], key: ApiKey, *, group: bool = False) -
 def _count_accepted(rows: list[JobRow]) -> None:
     for row in rows:
         metrics.JOBS_ACCEPTED.labels(row.type, row.queue).inc()
+        _log_job("accepted", row)
 
 
 @router.post("", status_code=202, response_model=JobPublic, responses={200: {"description": "Idempotent replay"}})
@@ -166,6 +176,7 @@ def cancel_job(job_id: uuid.UUID, key: SubmitKey) -> JobPublic:
     if left == JobState.RUNNING:
         # SIGTERM lets the job clean up; if it finishes anyway, the fence discards its result.
         revoke_deliveries([row.delivery_id], signal="SIGTERM")
+    _log_job(f"cancelled ({left})", row)
     return JobPublic.of(row)
 
 
@@ -178,4 +189,5 @@ def retry_job(job_id: uuid.UUID, key: AdminKey) -> JobPublic:
     if row is None:
         current = _owned(job_id, key.tenant)
         raise InvalidTransitionError(f"only dead jobs can be retried; this one is {current.state}", state=current.state)
+    _log_job("retried", row)
     return JobPublic.of(row)

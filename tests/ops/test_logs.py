@@ -7,7 +7,10 @@ import json
 import re
 import uuid
 
+import httpx
+
 from tests import ledger_view
+from tests.conftest import KeyFactory
 from worker.submit import enqueue
 from worker.testing.processes import Processes, wait_for
 
@@ -29,3 +32,34 @@ def test_json_worker_lines_carry_the_job(procs: Processes) -> None:
     celery_format = [ln for ln in worker.log().splitlines() if re.match(r"^\[\d{4}-\d\d-\d\d ", ln)]
     assert celery_format == [], "every log line is JSON (only Celery's start-up banner is printed as is)"
     assert {ln["logger"] for ln in _json_lines(worker.log())} >= {"celery.app.trace"}
+
+
+def test_one_job_is_followed_by_its_id_across_api_and_worker_lines(procs: Processes, make_key: KeyFactory) -> None:
+    """Submit over HTTP, let it die, retry it: `grep <job id>` over the API's and the worker's logs
+    finds the API's accept and retry lines and the worker's lines of both runs, each a JSON line
+    naming the job, its tenant and queue. Fails if the API logs nothing about a job, or a line
+    about a job lacks its fields (the worker's tenant comes from the message's header)."""
+    queue = f"q-logs-{uuid.uuid4().hex[:6]}"
+    worker = procs.worker("grep-worker", queues=queue, concurrency=1, MEDIC_LOG_FORMAT="json", MEDIC_METRICS_PORT="0")
+    api, url = procs.api("grep-api", MEDIC_LOG_FORMAT="json")
+    tenant, key = make_key()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=15) as client:
+        body = {"type": "examples.fail", "args": {"message": "boom"}, "queue": queue, "max_attempts": 1}
+        job_id = client.post("/jobs", json=body).raise_for_status().json()["id"]
+        wait_for(lambda: ledger_view.job(uuid.UUID(job_id)).state == "dead", 30, 0.1, "first run dead")
+        assert client.post(f"/jobs/{job_id}/retry").status_code == 202
+        # events: enqueued, claimed, dead; then retried, claimed, dead
+        wait_for(lambda: len(ledger_view.reasons(uuid.UUID(job_id))) >= 6, 30, 0.1, "second run ends")
+        assert ledger_view.job(uuid.UUID(job_id)).state == "dead"
+
+    def grep(text: str) -> list[dict[str, object]]:
+        return [json.loads(ln) for ln in text.splitlines() if job_id in ln]
+
+    api_lines = wait_for(lambda: len(grep(api.log())) >= 2 and grep(api.log()), 10, 0.1, "API lines")
+    worker_lines = wait_for(lambda: grep(worker.log()), 10, 0.1, "worker lines")
+    for line in api_lines + worker_lines:
+        assert line["job_id"] == job_id and line["tenant"] == tenant and line["queue"] == queue, line
+    assert [ln["msg"].split()[0] for ln in api_lines] == ["accepted", "retried"], api_lines  # type: ignore[union-attr]
+    deliveries = {ln["delivery_id"] for ln in worker_lines}
+    assert len(deliveries) == 2, "both runs' worker lines (the retry is a new delivery)"
+    assert all(str(ln["worker"]).startswith("grep-worker@") for ln in worker_lines), worker_lines

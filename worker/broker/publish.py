@@ -41,6 +41,9 @@ def kombu_priority(priority: int) -> int:
     return 9 - max(0, min(9, priority))
 
 
+TENANT_HEADER = "medic_tenant"
+
+
 def send(row: Any, producer: Any = None) -> None:
     """Send one delivery of `row`: the message names the job and carries its fencing token."""
     s = get_settings()
@@ -51,6 +54,7 @@ def send(row: Any, producer: Any = None) -> None:
         "priority": kombu_priority(row.priority),
         "soft_time_limit": row.timeout_s,
         "time_limit": row.timeout_s + s.timeout_grace_seconds,
+        "headers": {TENANT_HEADER: row.tenant},  # for the worker's log lines about the job (runtime/joblog.py)
     }
     if row.not_before is not None and row.not_before > utcnow():
         options["eta"] = row.not_before

@@ -1,10 +1,10 @@
 """Worker and beat logging: medic's format (MEDIC_LOG_FORMAT) on the handlers Celery sets up,
-and each job's fields (job_id, delivery_id, queue, worker) on every line logged while it runs.
+and each job's fields (job_id, delivery_id, tenant, queue, worker) on every line logged while it runs.
 
 Celery configures the root logger itself and then sends `after_setup_logger`: medic re-formats
 those handlers instead of replacing Celery's setup, so `--loglevel` and log files still work.
-The job fields come from `task_prerun` (the message carries job_id and delivery_id; the queue is
-its routing key); the tenant is added by lines that log it as `extra`.
+The job fields come from `task_prerun`: the message carries job_id and delivery_id as its args
+and the tenant as a header (worker/broker/publish.py); the queue is its routing key.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from celery import signals
 
 from worker import logs
+from worker.broker.publish import TENANT_HEADER
 from worker.settings import get_settings
 
 
@@ -37,7 +38,10 @@ def _job_starts(task: Any = None, args: Any = None, **_: Any) -> None:
     if request is None or not args or len(args) != 2:
         return
     info = request.delivery_info or {}
-    logs.set_job(job_id=args[0], delivery_id=args[1], queue=info.get("routing_key"), worker=request.hostname)
+    tenant = getattr(request, TENANT_HEADER, None)  # a message header becomes an attribute of the request
+    logs.set_job(
+        job_id=args[0], delivery_id=args[1], tenant=tenant, queue=info.get("routing_key"), worker=request.hostname
+    )
 
 
 @signals.task_postrun.connect
