@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.pool import QueuePool
@@ -28,8 +28,12 @@ REQUESTS = Counter("medic_api_requests_total", "HTTP requests answered", ["metho
 LATENCY = Histogram("medic_api_request_seconds", "HTTP request latency", ["method", "route"])
 JOBS_ACCEPTED = Counter("medic_jobs_accepted_total", "Jobs accepted by the API", ["type", "queue"])
 JOBS_REJECTED = Counter("medic_jobs_rejected_total", "Submissions refused with 429", ["queue", "reason"])
-JOBS = Gauge("medic_jobs", "Live jobs in the ledger by state and queue", ["state", "queue"])
-LEDGER_UP = Gauge("medic_ledger_up", "1 if the last ledger query of this process succeeded")
+# multiprocess_mode: how several uvicorn workers' values add up (ignored with one worker): the
+# ledger counts are refreshed by whichever worker answers a scrape, so its latest value is right.
+JOBS = Gauge(
+    "medic_jobs", "Live jobs in the ledger by state and queue", ["state", "queue"], multiprocess_mode="mostrecent"
+)
+LEDGER_UP = Gauge("medic_ledger_up", "1 if the last ledger query succeeded", multiprocess_mode="mostrecent")
 
 
 def refresh_ledger_gauges() -> None:
@@ -123,10 +127,27 @@ class SnapshotCollector(Collector):
             yield family
 
 
-REGISTRY.register(SnapshotCollector())
+SNAPSHOT = SnapshotCollector()
+REGISTRY.register(SNAPSHOT)
 
-POOL_CHECKED_OUT = Gauge("medic_db_pool_checked_out", "Ledger connections in use", ["process"])
-POOL_CAPACITY = Gauge("medic_db_pool_capacity", "Ledger pool size + overflow", ["process"])
+
+def exposition() -> bytes:
+    """What GET /metrics serves. Under `medic api --workers N` every uvicorn worker writes its
+    values to PROMETHEUS_MULTIPROC_DIR (set by the command before the workers start), and the
+    worker that answers a scrape serves the sum over all of them: one scrape sees the whole API."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    registry.register(SNAPSHOT)
+    return generate_latest(registry)
+
+
+POOL_CHECKED_OUT = Gauge(
+    "medic_db_pool_checked_out", "Ledger connections in use", ["process"], multiprocess_mode="liveall"
+)
+POOL_CAPACITY = Gauge("medic_db_pool_capacity", "Ledger pool size + overflow", ["process"], multiprocess_mode="liveall")
 POOL_TIMEOUTS = Counter(
     "medic_db_pool_timeouts_total", "Ledger pool checkouts that timed out (MEDIC_DB_POOL_TIMEOUT_SECONDS)", ["process"]
 )

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api import metrics
 from worker.broker import presence, redis_keys
@@ -95,4 +95,4 @@ def prometheus_metrics(authorization: Annotated[str | None, Header()] = None) ->
     metrics.check_scrape_token(authorization)
     metrics.refresh_ledger_gauges()
     metrics.refresh_pool_gauges()
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from worker.control import alerts
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db
 from worker.submit import enqueue
+from worker.testing.processes import Processes, free_port
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,3 +65,32 @@ def test_api_counts_a_pool_checkout_that_timed_out(medic_env: dict[str, str]) ->
             conn.close()
         engine.dispose()
     assert count() == before + 1
+
+
+def test_one_scrape_sums_every_uvicorn_worker(procs: Processes) -> None:
+    """`medic api --workers 2`: requests are spread over two processes (each writes its own file in
+    the metrics directory), yet every scrape, whichever worker answers it, counts all of them.
+    Fails if the API serves only the answering process's registry (each scrape would show its
+    share), or the command gives the workers no shared directory."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    medic = str(Path(sys.executable).with_name("medic"))
+    api = procs.http_server("api-2w", [medic, "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"], url)
+    key = ("medic_api_requests_total", (("method", "GET"), ("route", "/health/live"), ("status", "200")))
+    before = _samples(httpx.get(f"{url}/metrics", timeout=10).text)[key]  # the readiness probes so far
+    n = 40
+    for _ in range(n):  # a new connection each: the kernel hands them to either worker
+        assert httpx.get(f"{url}/health/live", timeout=10).status_code == 200
+    # uvicorn's workers are spawned children (its third child is multiprocessing's resource tracker)
+    workers = [pid for pid in api.children() if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2, workers
+    [path] = {_environ(pid)["PROMETHEUS_MULTIPROC_DIR"] for pid in workers}  # one directory, set by `medic api`
+    counted_by = {f.stem.split("_")[1] for f in Path(path).glob("counter_*.db")}
+    assert counted_by == {str(pid) for pid in workers}, "both workers counted requests"
+    for _ in range(6):  # a new connection each: both workers answer some of these
+        assert _samples(httpx.get(f"{url}/metrics", timeout=10).text)[key] == before + n
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -131,6 +132,9 @@ def keys_revoke(key_id: Any) -> None:
 @click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
 def api(host: str, port: int, workers: int) -> None:
     """Run the HTTP API."""
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # each uvicorn worker writes its metrics here; the one answering a scrape sums them (api/metrics.py)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="medic-api-metrics-")
     _exec(processes.api_cmd(host, port, workers))
 
 
