@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast lint format docs clean
+.PHONY: run test test-fast lint format docs clean bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,3 +36,7 @@ clean:
 
 docs: $(STAMP)  ## regenerate docs/configuration.md
 	$(PY) -m worker.ops.config_doc
+
+bench: $(STAMP)  ## the scale bench at 10k, 100k and 1M jobs (~10 min; not part of `make test`) -> docs/bench/scale.json
+	$(PY) -m bench.scale > docs/bench/scale.json.new
+	mv docs/bench/scale.json.new docs/bench/scale.json

@@ -171,6 +171,7 @@ def main() -> None:
         },
         "code": git_state(),
         "database": run.db_name,
+        "key_prefixes": [run.key_prefix, run.broker_prefix],
         "medic_settings": "MEDIC_PROFILE=production defaults; PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379/0",
         "queues": QUEUES,
     }

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from bench.scale_fill import BIG_TENANT, PROBLEMS_EACH, QUEUES, Problems, between_runs, reset_problems
 from worker.ledger import db
 
-LOOP_REPS = 7
-HTTP_REPS = 21
+LOOP_REPS = 11
+HTTP_REPS = 31
 LIST_LIMIT = 50
 
 
