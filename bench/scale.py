@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="Comma-separated ledger sizes, ascending.")
     parser.add_argument("--rss-jobs", type=int, default=100_000, help="Jobs run for the RSS check (0: skip).")
     parser.add_argument("--rss-cap-s", type=float, default=900.0, help="Longest the RSS check may run.")
+    parser.add_argument("--note", default="", help="Recorded in the JSON: what differs from the code measured.")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     assert sizes == sorted(sizes) and len(sizes) >= 2, "at least two ascending sizes"
@@ -156,6 +157,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "bench": "scale",
         "command": " ".join([".venv/bin/python -m bench.scale", *sys.argv[1:]]),
+        "note": args.note,
         "statistic": "p50 = median of the timed runs (every run in runs_ms); loops in process, API over HTTP",
         "targets": {
             "flat_ratio": FLAT_RATIO,
