@@ -26,7 +26,10 @@ ENQUEUE_RULES: list[Rule] = [
         has(func="create_jobs", file=MEDIC),
     ),
     ("celery: task-sent event (task_send_sent_event=True), a 2nd Redis publish per job", has(file="celery/events/")),
-    ("celery/kombu: publish the task message (send_task, producer pool)", has(file=MEDIC + "broker/publish.py")),
+    (
+        "broker: build the task message and LPUSH it (broker/messages.py, broker/publish.py)",
+        anyof(has(file=MEDIC + "broker/publish.py"), has(file=MEDIC + "broker/messages.py")),
+    ),
     ("redis: queue arrival counters (broker.counters.record_arrivals)", has(file=MEDIC + "broker/counters.py")),
     ("validation + row build (pydantic, uuid4, json size check)", has(func="build_row", file=MEDIC)),
     (

@@ -41,14 +41,10 @@ def _jobs_locked() -> Iterator[None]:
 
 
 def _insert_waiting() -> bool:
-    """Some backend of this database waits on a lock (the committer's INSERT)."""
+    """Some backend waits for a lock on the jobs table (the committer's INSERT; its text may be an
+    EXECUTE of the prepared insert, so the lock, not the text, tells)."""
     with db.connect() as conn:
-        n = conn.scalar(
-            sa.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND query ILIKE '%INSERT INTO jobs%'"
-            )
-        )
+        n = conn.scalar(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'jobs'::regclass"))
     return bool(n)
 
 

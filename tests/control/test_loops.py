@@ -109,10 +109,10 @@ def test_reconcile_resends_everything_after_a_broker_restart() -> None:
 
 
 def test_reconcile_resends_only_messages_the_broker_lost() -> None:
-    from worker.broker.publish import send
+    from worker.broker.publish import publish
 
     kept = _queued(queue="lost-q")
-    send(kept)  # its message is in the queue
+    publish([kept])  # its message is in the queue
     lost = _queued(queue="lost-q")  # never sent: its message is nowhere
     much_later = utcnow() + seconds(get_settings().lost_after_seconds + 60)
     assert reconcile_broker(much_later)["lost"] == 1

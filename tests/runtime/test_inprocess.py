@@ -16,7 +16,7 @@ from sqlalchemy.engine import Row
 from tests.ledger_view import assert_no_overlap, job
 from tests.testjobs import executions
 from worker.broker.inspect import depth
-from worker.broker.publish import send
+from worker.broker.publish import publish
 from worker.ledger import db, queries
 from worker.ledger.models import JobRow
 from worker.settings import get_settings
@@ -102,8 +102,8 @@ def test_a_message_delivered_twice_runs_the_job_once(inproc_worker: str) -> None
     tag = uuid.uuid4().hex
     enqueued = enqueue("tests.record", {"tag": tag, "seconds": 1.0}, queue=inproc_worker)
     row = job(enqueued.job.id)
-    send(row)  # the same delivery again, by hand
-    send(row)
+    publish([row])  # the same delivery again, by hand
+    publish([row])
     done = finished(row.id)
     assert done.state == "succeeded"
     assert done.attempts == 1
@@ -120,9 +120,9 @@ def test_a_stale_delivery_is_dropped(inproc_worker: str) -> None:
     enqueued = enqueue("tests.record", {"tag": tag, "seconds": 0.5}, queue="nobody-consumes-this")
     row = job(enqueued.job.id)
     here = row._asdict() | {"queue": inproc_worker}
-    send(type("StaleRow", (), here | {"delivery_id": uuid.uuid4()})())
+    publish([type("StaleRow", (), here | {"delivery_id": uuid.uuid4()})()])
     wait_for(lambda: depth(inproc_worker) == 0, 10, 0.02, "the stale message taken")
-    send(type("CurrentRow", (), here)())
+    publish([type("CurrentRow", (), here)()])
     done = finished(row.id)
     assert done.state == "succeeded" and done.attempts == 1
     assert len(executions(tag)) == 1
