@@ -30,7 +30,7 @@ ENQUEUE_RULES: list[Rule] = [
         "broker: build the task message and LPUSH it (broker/messages.py, broker/publish.py)",
         anyof(has(file=MEDIC + "broker/publish.py"), has(file=MEDIC + "broker/messages.py")),
     ),
-    ("redis: queue arrival counters (broker.counters.record_arrivals)", has(file=MEDIC + "broker/counters.py")),
+    ("redis: queue arrival counters (broker.counters, sent with the messages)", has(file=MEDIC + "broker/counters.py")),
     ("validation + row build (pydantic, uuid4, json size check)", has(func="build_row", file=MEDIC)),
     (
         "ledger: transaction begin/end, connection return (rollback-reset)",

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from worker.broker.counters import record_arrivals
 from worker.broker.publish import publish
 from worker.clock import utcnow
 from worker.errors import ForbiddenError, IdempotencyConflictError, InvalidArgsError, MedicError, PayloadTooLargeError
@@ -180,8 +178,7 @@ def commit_rows(rows: Sequence[dict[str, Any]], actors: Sequence[str], *, separa
 def publish_new(done: Sequence[Committed]) -> list[Committed]:
     """Publish every job `done` created, all in one pipeline; mark what the broker refused."""
     new_jobs = [e.job for e in done if isinstance(e, Enqueued) and e.created]
-    refused = set(publish(new_jobs))
-    record_arrivals(Counter(job.queue for job in new_jobs))
+    refused = set(publish(new_jobs, arrivals=True))
     return [Enqueued(e.job, e.created, e.job.id not in refused) if isinstance(e, Enqueued) else e for e in done]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from kombu.exceptions import KombuError
 from sqlalchemy.engine import Connection
 
 from worker.broker.celery_app import app
+from worker.broker.counters import add_arrivals
 from worker.broker.messages import TENANT_HEADER, delivery_message, kombu_priority
 from worker.broker.redis_client import get_redis
 from worker.errors import LedgerUnavailableError
@@ -34,9 +36,10 @@ PUBLISH_BATCH = 1000  # messages per Redis pipeline
 BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, redis.exceptions.RedisError, OSError)
 
 
-def publish(rows: Sequence[Any]) -> list[uuid.UUID]:
-    """Send a delivery for each row (one LPUSH, or one Redis pipeline per PUBLISH_BATCH); returns
-    the job ids refused.
+def publish(rows: Sequence[Any], *, arrivals: bool = False) -> list[uuid.UUID]:
+    """Send a delivery for each row, one Redis pipeline per PUBLISH_BATCH; returns the job ids
+    refused. `arrivals`: the rows are new work, counted in the queues' arrival counters in the
+    same round trip (best effort: they go, or are lost, with the messages).
 
     The messages are built in worker/broker/messages.py, as Celery would send them. A broker
     error refuses the whole call: every row is marked unpublished and reconcile re-sends it. A
@@ -47,13 +50,13 @@ def publish(rows: Sequence[Any]) -> list[uuid.UUID]:
         return []
     try:
         client = get_redis()
-        if len(rows) == 1:
-            client.lpush(*delivery_message(rows[0]))
-            return []
         for start in range(0, len(rows), PUBLISH_BATCH):
+            chunk = rows[start : start + PUBLISH_BATCH]
             with client.pipeline(transaction=False) as pipe:
-                for row in rows[start : start + PUBLISH_BATCH]:
+                for row in chunk:
                     pipe.lpush(*delivery_message(row))
+                if arrivals:
+                    add_arrivals(pipe, Counter(row.queue for row in chunk))
                 pipe.execute()
         return []
     except BROKER_ERRORS as exc:
