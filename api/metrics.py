@@ -20,6 +20,7 @@ from worker.broker.redis_client import get_redis
 from worker.control import snapshot
 from worker.errors import LedgerUnavailableError, UnauthorizedError
 from worker.ledger import db, queries
+from worker.runtime import pooltrouble
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,13 @@ POOL_TIMEOUTS = Counter(
     "medic_db_pool_timeouts_total", "Ledger pool checkouts that timed out (MEDIC_DB_POOL_TIMEOUT_SECONDS)", ["process"]
 )
 
+POOL_WAITS = Counter(
+    "medic_db_pool_waits_total",
+    "Ledger pool checkouts that found every connection checked out and waited (timed out or not)",
+    ["process"],
+)
+POOL_WAIT_SECONDS = Counter("medic_db_pool_wait_seconds_total", "Seconds those checkouts waited", ["process"])
+
 
 def api_process() -> str:
     return f"api:{socket.gethostname()}:{os.getpid()}"
@@ -159,9 +167,18 @@ def api_process() -> str:
 
 def _count_pool_timeout() -> None:
     POOL_TIMEOUTS.labels(api_process()).inc()
+    pooltrouble.note(api_process(), timed_out=True)
+
+
+def _count_pool_wait(seconds: float) -> None:
+    process = api_process()
+    POOL_WAITS.labels(process).inc()
+    POOL_WAIT_SECONDS.labels(process).inc(seconds)
+    pooltrouble.note(process, timed_out=False)
 
 
 db.pool_timeout_hooks.append(_count_pool_timeout)
+db.pool_wait_hooks.append(_count_pool_wait)
 
 
 def refresh_pool_gauges() -> None:

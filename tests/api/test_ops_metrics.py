@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import threading
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.clock import utcnow
@@ -15,7 +17,7 @@ from worker.control import alerts
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db
 from worker.submit import enqueue
-from worker.testing.processes import Processes, free_port
+from worker.testing.processes import Processes, free_port, wait_for
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -65,6 +67,53 @@ def test_api_counts_a_pool_checkout_that_timed_out(medic_env: dict[str, str]) ->
             conn.close()
         engine.dispose()
     assert count() == before + 1
+
+
+def test_api_counts_a_checkout_that_waited_for_a_full_pool(medic_env: dict[str, str]) -> None:
+    """Pool of 1 + 1: the two checkouts that make its connections do not wait; with both held, a
+    third waits until another thread returns one, and gets it: one wait, no timeout. Fails if the
+    engine's pool does not report waits (db.WaitCountingPool), the API does not hook them, or
+    every checkout counts as a wait, or one at capacity with an idle connection does."""
+    from prometheus_client import REGISTRY
+
+    from api import metrics
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"process": metrics.api_process()}) or 0.0
+
+    waits, timeouts, seconds = (value(n) for n in ("medic_db_pool_waits_total", "medic_db_pool_timeouts_total",
+                                                   "medic_db_pool_wait_seconds_total"))  # fmt: skip
+    engine = db.make_engine(medic_env["MEDIC_DATABASE_URL"], pool_size=1, pool_timeout=20)
+    held = [engine.connect(), engine.connect()]
+    assert value("medic_db_pool_waits_total") == waits, "a checkout that found room waited"
+    released = threading.Event()
+
+    def release_once_blocked() -> None:  # only after the third checkout is waiting in the pool
+        wait_for(lambda: _pool_blocked(engine), 10, 0.01, "the third checkout blocks")
+        held.pop().close()
+        released.set()
+
+    releaser = threading.Thread(target=release_once_blocked)
+    try:
+        releaser.start()
+        with db.ledger_errors(), engine.connect():
+            pass
+        releaser.join(timeout=15)
+        assert released.is_set()
+        with engine.connect():  # at capacity (1 + 1 made), one idle: no wait
+            pass
+    finally:
+        for conn in held:
+            conn.close()
+        engine.dispose()
+    assert value("medic_db_pool_waits_total") == waits + 1
+    assert value("medic_db_pool_timeouts_total") == timeouts
+    assert value("medic_db_pool_wait_seconds_total") > seconds
+
+
+def _pool_blocked(engine: sa.Engine) -> bool:
+    """A thread is blocked in the pool's get (waiting on its condition variable)."""
+    return bool(engine.pool._pool.not_empty._waiters)  # type: ignore[attr-defined]
 
 
 def test_one_scrape_sums_every_uvicorn_worker(procs: Processes) -> None:

@@ -93,15 +93,23 @@ def test_a_child_killed_under_a_job_counts_worker_lost(procs: Processes) -> None
 
 def test_a_pool_checkout_that_times_out_is_counted(procs: Processes) -> None:
     """A job holds every connection of a pool of 1 + 1 and asks for one more: the scrape shows
-    exactly one timeout. Fails if the ledger's pool-timeout hook is not called or not counted."""
+    exactly one timeout, and one wait (that checkout waited 0.2 s, then gave up), no other: the
+    two checkouts that made the pool's connections found room. Fails if the ledger's pool-timeout
+    or pool-wait hook is not called or not counted in a worker child."""
     queue = f"q-metrics-pool-{uuid.uuid4().hex[:6]}"
     port = free_port()
     modules = "worker.examples,tests.testjobs,tests.ops.pooljobs"
     procs.worker("pool-worker", queues=queue, concurrency=1, MEDIC_METRICS_PORT=str(port), MEDIC_JOB_MODULES=modules)
     assert _count(scrape(port), "medic_db_pool_timeouts_total") == 0
+    assert _count(scrape(port), "medic_db_pool_waits_total") == 0
     job_id = enqueue("tests.pool_timeout", {}, queue=queue, max_attempts=1).job.id
     wait_for(lambda: ledger_view.job(job_id).state == "succeeded", 30, 0.1, "the job ran")
     assert ledger_view.job(job_id).result == "ledger unavailable: TimeoutError"
-    assert _count(scrape(port), "medic_db_pool_timeouts_total") == 1
-    [labels] = [dict(k[1]) for k in scrape(port) if k[0] == "medic_db_pool_timeouts_total"]
+    samples = scrape(port)
+    assert _count(samples, "medic_db_pool_timeouts_total") == 1
+    assert _count(samples, "medic_db_pool_waits_total") == 1
+    assert _count(samples, "medic_db_pool_wait_seconds_total") >= 0.2  # the pool's timeout: it waited that long
+    [labels] = [dict(k[1]) for k in samples if k[0] == "medic_db_pool_timeouts_total"]
     assert labels["process"].startswith("worker:"), labels
+    [waited] = [dict(k[1]) for k in samples if k[0] == "medic_db_pool_waits_total"]
+    assert waited == labels, "counted against the same process"

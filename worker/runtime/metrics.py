@@ -36,6 +36,7 @@ from worker.broker.redis_client import get_redis
 from worker.clock import utcnow
 from worker.forksafe import PerProcess
 from worker.ledger import db
+from worker.runtime import pooltrouble
 from worker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -122,7 +123,13 @@ class PoolMetrics:
     checked_out: Gauge
     capacity: Gauge
     timeouts: Counter
+    waits: Counter
+    wait_seconds: Counter
     process: str
+
+
+WAITS_DOC = "Ledger pool checkouts that found every connection checked out and waited (timed out or not)"
+WAIT_SECONDS_DOC = "Seconds those checkouts waited"
 
 
 def _make_pool_metrics(process: str) -> PoolMetrics:
@@ -137,6 +144,8 @@ def _make_pool_metrics(process: str) -> PoolMetrics:
             "medic_db_pool_timeouts_total", "Ledger pool checkouts that timed out (MEDIC_DB_POOL_TIMEOUT_SECONDS)",
             ["process"], registry=None,
         ),
+        waits=Counter("medic_db_pool_waits_total", WAITS_DOC, ["process"], registry=None),
+        wait_seconds=Counter("medic_db_pool_wait_seconds_total", WAIT_SECONDS_DOC, ["process"], registry=None),
         process=process,
     )  # fmt: skip
     pool.capacity.labels(process).set(2 * get_settings().db_pool_size)
@@ -164,17 +173,27 @@ def _on_checkin(dbapi_connection: Any, record: Any) -> None:
 def _on_pool_timeout() -> None:
     pool = _pool_metrics()
     pool.timeouts.labels(pool.process).inc()
+    pooltrouble.note(pool.process, timed_out=True)
+
+
+def _on_pool_wait(seconds: float) -> None:
+    pool = _pool_metrics()
+    pool.waits.labels(pool.process).inc()
+    pool.wait_seconds.labels(pool.process).inc(seconds)
+    pooltrouble.note(pool.process, timed_out=False)
 
 
 def watch_pools() -> None:
-    """Count checkouts and checkout timeouts of every pool in this process and the children it
-    forks (class-level listeners and the ledger's hook list survive the fork); one mmap write
-    each, no network."""
+    """Count checkouts, waits and timeouts of every pool in this process and the children it
+    forks (class-level listeners and the ledger's hook lists survive the fork); one mmap write
+    each, no network (a wait or timeout is also noted for the health loop: worker/runtime/pooltrouble.py)."""
     if not event.contains(Pool, "checkout", _on_checkout):
         event.listen(Pool, "checkout", _on_checkout)
         event.listen(Pool, "checkin", _on_checkin)
     if _on_pool_timeout not in db.pool_timeout_hooks:
         db.pool_timeout_hooks.append(_on_pool_timeout)
+    if _on_pool_wait not in db.pool_wait_hooks:
+        db.pool_wait_hooks.append(_on_pool_wait)
 
 
 @signals.worker_process_shutdown.connect

@@ -1,0 +1,80 @@
+"""Each process's ledger pool waits and timeouts, told to the control plane for MedicDbPoolSaturated.
+
+The counters (`medic_db_pool_waits_total`, `medic_db_pool_timeouts_total`) are for Prometheus;
+the health loop scrapes nothing. So the metrics layers' pool hooks also `note()` each wait and
+timeout here, and a daemon thread of the process (started by its first wait: a process whose
+pool never waits runs no thread and writes nothing) writes its running totals and the time of
+the last one to one Redis hash, at most once a second, with the process's metric label as the
+field. The loop reads the hash once per period (`read`); the rule judges the times.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from worker.broker.redis_client import get_redis
+from worker.forksafe import PerProcess
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+PUBLISH_EVERY_S = 1.0
+FORGET_AFTER_S = 3600.0  # a process that has not waited for an hour (or is gone) leaves the hash
+
+
+def key() -> str:
+    """Hash: process label -> {"waits", "timeouts", "last_at"} (epoch seconds of the last one).
+    Not in worker/broker/redis_keys.py only because that module belongs to another change."""
+    return f"{get_settings().key_prefix}ops:pool_trouble"
+
+
+class _Trouble:
+    def __init__(self, process: str) -> None:
+        self.process = process
+        self.waits = 0
+        self.timeouts = 0
+        self.last_at = 0.0
+        self.dirty = threading.Event()
+        threading.Thread(target=self._publish_forever, name="medic-pool-trouble", daemon=True).start()
+
+    def _publish_forever(self) -> None:
+        while True:
+            self.dirty.wait()
+            self.dirty.clear()
+            value = {"waits": self.waits, "timeouts": self.timeouts, "last_at": self.last_at}
+            try:
+                get_redis().hset(key(), self.process, json.dumps(value))
+            except Exception as exc:  # noqa: BLE001 - Redis down: try again with the next round
+                log.warning("pool waits not published: %s", exc)
+                self.dirty.set()
+            time.sleep(PUBLISH_EVERY_S)
+
+
+_trouble: PerProcess[str, _Trouble] = PerProcess(_Trouble)
+
+
+def note(process: str, *, timed_out: bool) -> None:
+    """One checkout of this process's pool waited (and, if `timed_out`, got no connection)."""
+    trouble = _trouble.get(process)
+    if timed_out:
+        trouble.timeouts += 1
+    else:
+        trouble.waits += 1
+    trouble.last_at = time.time()
+    trouble.dirty.set()
+
+
+def read(now: float) -> dict[str, dict[str, Any]]:
+    """Every process's published totals; entries older than FORGET_AFTER_S are dropped."""
+    out: dict[str, dict[str, Any]] = {}
+    for process, raw in get_redis().hgetall(key()).items():
+        value = json.loads(raw)
+        if now - float(value["last_at"]) > FORGET_AFTER_S:
+            get_redis().hdel(key(), process)
+            continue
+        out[str(process)] = value
+    return out
