@@ -19,10 +19,12 @@ import redis
 
 from tests.conftest import REDIS_URL, switched_env
 from tests.control.webhook import Webhook
+from tests.ops import pooljobs  # noqa: F401 - registers tests.pool_timeout for enqueue()
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.control import alerts
 from worker.control.loop import loop_stats
+from worker.runtime import pooltrouble
 from worker.submit import enqueue
 from worker.testing.processes import Processes, free_port, wait_for
 from worker.testing.servers import delete_keys
@@ -186,6 +188,51 @@ def test_held_pool_connections_fire_pool_saturated_then_resolve(
         engine.dispose()
         delete_keys(REDIS_URL, prefix)
     assert webhook.calls("MedicDbPoolSaturated", process="medic-99999") == ["firing", "resolved"]
+
+
+def test_a_pool_checkout_that_timed_out_in_a_worker_fires_pool_saturated_then_resolves(
+    private_ledger: dict[str, str], webhook: Webhook, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A real worker child holds a pool of 1 + 1 and asks it for a third connection: that checkout
+    waits, then times out. The child tells the control plane (worker/runtime/pooltrouble.py), and
+    the rule fires for that process after `for` although the wait is long over (within the rule's
+    window), then resolves once the process went a window and `for` without one. Fails if the
+    rule ignores waits/timeouts, the child's hooks do not publish them, or the window is shorter
+    than `for` (a lone timeout would never fire)."""
+    prefix = f"pw{uuid.uuid4().hex[:6]}:"  # its own: the module's control worker must not judge this state too
+    queue = f"q-alert-pw-{uuid.uuid4().hex[:6]}"
+    modules = "worker.examples,tests.testjobs,tests.ops.pooljobs"
+    env = {"MEDIC_KEY_PREFIX": prefix, "MEDIC_ALERT_WEBHOOK_URL": webhook.url, "MEDIC_ALERT_FOR_SECONDS": str(FOR_S),
+           "MEDIC_METRICS_PORT": "0", "MEDIC_JOB_MODULES": modules}  # fmt: skip
+    procs = Processes({**private_ledger, **env}, tmp_path_factory.mktemp("poolwait"))
+    try:
+        with switched_env(env):
+            procs.worker("pool-wait-worker", queues=queue, concurrency=1)
+            enqueue("tests.pool_timeout", {}, queue=queue, max_attempts=1)
+            [process] = wait_for(lambda: list(get_redis().hgetall(pooltrouble.key())), 30, 0.05,
+                                 "the child publishes its wait and timeout")  # fmt: skip
+            wait_for(lambda: json.loads(get_redis().hget(pooltrouble.key(), process) or "{}").get("timeouts") == 1,
+                     10, 0.05, "its timeout published")  # fmt: skip
+            assert process.startswith("worker:"), process
+            last = json.loads(get_redis().hget(pooltrouble.key(), process) or "{}")
+            assert (last["waits"], last["timeouts"]) == (1, 1), last
+            t0 = dt.datetime.fromtimestamp(float(last["last_at"]), dt.UTC)
+            alerts.health_and_alerts(t0)
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S / 2))
+            assert webhook.calls("MedicDbPoolSaturated", process=process) == [], "not before `for`"
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            wait_for(lambda: webhook.calls("MedicDbPoolSaturated", process=process), 10, 0.05, "fires")
+            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still in its window: not re-sent
+            clear = t0 + dt.timedelta(seconds=FOR_S + 2 * 60)  # past the window (for + 2 health periods)
+            alerts.health_and_alerts(clear)
+            assert webhook.calls("MedicDbPoolSaturated", process=process) == ["firing"], "no resolve before `for`"
+            alerts.health_and_alerts(clear + dt.timedelta(seconds=FOR_S + 0.1))
+            wait_for(lambda: len(webhook.calls("MedicDbPoolSaturated", process=process)) == 2, 10, 0.05, "resolved")
+            alerts.health_and_alerts(clear + dt.timedelta(seconds=FOR_S + 1))
+    finally:
+        procs.stop_all()
+        delete_keys(REDIS_URL, prefix)
+    assert webhook.calls("MedicDbPoolSaturated", process=process) == ["firing", "resolved"]
 
 
 def test_slow_api_is_logged_and_fires_api_slow(

@@ -131,7 +131,23 @@ def pool_saturated(snap: Snapshot, s: Settings) -> list[Finding]:
         for process, full in snap.get("api_pool_full", {}).items()
         if full > s.alert_usage_ratio
     ]
+    # Any process whose checkouts waited or timed out lately (worker/runtime/pooltrouble.py). The
+    # window is the rule's `for` plus 2 health periods: one wait holds the condition over `for`,
+    # so a lone timeout fires too (as Prometheus' `increase(...[window]) > 0` would), and it
+    # resolves once the process has gone a window, then `for`, without one.
+    now = float(snap["at"])
+    window = _for_of("MedicDbPoolSaturated", s) + 2 * s.health_period_seconds
+    for process, t in snap.get("pool_trouble", {}).items():
+        ago = now - float(t["last_at"])
+        if ago <= window:
+            summary = (f"{process}: its ledger pool made {t['waits']} checkouts wait, {t['timeouts']} "
+                       f"timed out (the last {max(0.0, ago):.0f} s ago)")  # fmt: skip
+            out.append(Finding({"process": process}, summary, float(t["waits"] + t["timeouts"])))
     return out
+
+
+def _for_of(name: str, s: Settings) -> float:
+    return next(rule for rule in RULES if rule.name == name).for_seconds(s)
 
 
 def api_slow(snap: Snapshot, s: Settings) -> list[Finding]:

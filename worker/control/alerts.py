@@ -20,6 +20,7 @@ from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.control import alert_sinks, snapshot
 from worker.control.alert_rules import RULES, Finding, Rule
+from worker.runtime import pooltrouble
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def firing_gauge(snap: snapshot.Snapshot) -> dict[str, int]:
 def health_and_alerts(now: dt.datetime) -> dict[str, int]:
     """The loop: measure once, judge, send; publish the snapshot for every API's /metrics."""
     snap = snapshot.take(now)
+    snap["pool_trouble"] = pooltrouble.read(now.timestamp())  # every process's pool waits and timeouts
     counts = evaluate(snap, now.timestamp())
     snap["alerts_firing"] = firing_gauge(snap)
     snapshot.publish(snap)
