@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from api.deps import _lookup
+from api.deps import find_key
 from api.stream_hub import STREAM_CLOSED, ClientQueue, LimitError, Subscriber, Update, get_hub
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db, queries
@@ -53,7 +53,7 @@ async def _authenticate(ws: WebSocket) -> ApiKey:
         if raw.startswith("{"):
             with contextlib.suppress(ValueError, AttributeError):
                 raw = str(json.loads(raw).get("key", ""))
-    key = await asyncio.to_thread(_lookup, raw) if raw else None
+    key = await asyncio.to_thread(find_key, raw) if raw else None
     if key is None:
         raise StreamCloseError(4401, "invalid or revoked API key")
     if not key.allows(Scope.READ):

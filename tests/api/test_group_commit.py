@@ -190,7 +190,7 @@ def test_a_row_the_ledger_refuses_fails_alone_and_a_group_is_published_in_one_pi
 
     sent: list[int] = []
     real_publish = submit.publish
-    monkeypatch.setattr(submit, "publish", lambda rows: sent.append(len(rows)) or real_publish(rows))
+    monkeypatch.setattr(submit, "publish", lambda rows, **kw: sent.append(len(rows)) or real_publish(rows, **kw))
     queue = _queue()
     s = get_settings()
 
