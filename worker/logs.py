@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 JOB_FIELDS = ("job_id", "delivery_id", "tenant", "queue", "worker")
-EXTRA_FIELDS = ("route", "status", "duration_ms", "ledger_ms", "alert", "loop")
+EXTRA_FIELDS = ("route", "status", "duration_ms", "ledger_ms", "alert", "loop", "reason")
 # INFO chatter of libraries: their warnings still show
 NOISY = ("alembic", "kombu", "httpx", "httpcore", "amqp", "celery.utils.functional", "urllib3", "asyncio")
 # with MEDIC_LOG_QUIET (medic up's console): a line per task received and done, per beat send
@@ -36,6 +36,17 @@ def job_context(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _job.reset(token)
+
+
+def job_extra(row: Any = None, **fields: Any) -> dict[str, str]:
+    """`extra=` for one line about a job a process acts on outside the job's own run (a control
+    loop, a worker's main process): the job fields of `row` (a ledger row, or anything with its
+    attributes), then `fields`, which win; None is left out."""
+    base: dict[str, Any] = {}
+    if row is not None:
+        base = {k: getattr(row, "id" if k == "job_id" else k, None) for k in JOB_FIELDS}
+    base.update(fields)
+    return {k: str(v) for k, v in base.items() if v is not None}
 
 
 def set_job(**fields: Any) -> None:

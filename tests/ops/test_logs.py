@@ -3,14 +3,28 @@ name it (job_id, delivery_id, queue, worker), so one job can be followed with gr
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import uuid
+from collections.abc import Iterator
 
 import httpx
+import pytest
+import sqlalchemy as sa
 
 from tests import ledger_view
 from tests.conftest import KeyFactory
+from tests.control.fabricate import empty_ledger, queued_job, running_job
+from worker import logs
+from worker.broker import presence
+from worker.clock import seconds, utcnow
+from worker.control.reconcile import reconcile_broker
+from worker.control.recover import recover_stuck
+from worker.control.timeouts import enforce_timeouts
+from worker.ledger import db
+from worker.ledger.models import jobs
 from worker.submit import enqueue
 from worker.testing.processes import Processes, wait_for
 
@@ -63,3 +77,51 @@ def test_one_job_is_followed_by_its_id_across_api_and_worker_lines(procs: Proces
     deliveries = {ln["delivery_id"] for ln in worker_lines}
     assert len(deliveries) == 2, "both runs' worker lines (the retry is a new delivery)"
     assert all(str(ln["worker"]).startswith("grep-worker@") for ln in worker_lines), worker_lines
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The root logger's records as medic's JSON lines (logs.apply: the formatter and job filter)."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logs.apply(handler, "json")
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_a_job_the_loops_act_on_can_be_followed_in_json_logs(
+    private_ledger: dict[str, str], json_log: io.StringIO
+) -> None:
+    """recover_stuck takes a job from a vanished worker, enforce_timeouts kills an overdue one,
+    reconcile_broker re-sends one whose publish the broker refused: each leaves one line that
+    `grep <job id>` finds, with the job's fields and the reason. Fails if a loop logs counts only,
+    or a line about a job lacks its fields (the loops run outside any job's context)."""
+    empty_ledger()
+    lost = running_job("logs-tenant", "ghost@nowhere", 4242, max_attempts=3)
+    overdue = running_job("logs-tenant", "slow@host", 4343, timeout_s=2.0, max_attempts=2)
+    later = utcnow() + seconds(60)
+    presence.announce("slow@host", 4343, incarnation="test", held=[overdue.delivery_id], ttl_s=30)
+    assert recover_stuck(later) == {"requeued": 1, "dead": 0, "lease_late": 1}  # the present worker keeps its job
+    assert enforce_timeouts(later) == {"requeued": 1, "dead": 0}
+    unpublished = queued_job("logs-tenant")
+    with db.begin() as conn:
+        conn.execute(sa.update(jobs).where(jobs.c.id == unpublished.id).values(published_at=None))
+    assert reconcile_broker(later)["unpublished"] == 1
+    lines = _json_lines(json_log.getvalue())
+    for job, worker, reason in [(lost, "ghost@nowhere", "worker_lost"), (overdue, "slow@host", "timed_out"),
+                                (unpublished, None, "unpublished")]:  # fmt: skip
+        [line] = [ln for ln in lines if str(job.id) in json.dumps(ln)]
+        want = {"job_id": str(job.id), "tenant": "logs-tenant", "queue": job.queue, "reason": reason}
+        assert {k: line.get(k) for k in want} == want, line
+        assert line.get("worker") == worker, line
+        if reason == "unpublished":  # the new delivery: the one the worker's lines will carry
+            assert line["delivery_id"] == str(ledger_view.job(job.id).delivery_id) != str(job.delivery_id)
+        else:
+            assert line["delivery_id"] == str(job.delivery_id), line

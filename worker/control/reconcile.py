@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from worker import logs
 from worker.broker import inspect
 from worker.broker.publish import commit_then_publish
 from worker.clock import seconds
@@ -24,6 +25,10 @@ def _republish(rows: list[JobRow], reason: str, now: dt.datetime) -> int:
     after = commit_then_publish(
         lambda conn: [transitions.republish(conn, row, actor=ACTOR, reason=reason, now=now) for row in rows]
     )
+    for row, new in zip(rows, after, strict=True):
+        if new is not None:  # the new delivery_id: the one the worker's lines will carry
+            log.info("reconcile_broker: job %s re-sent (%s) as delivery %s", row.id, reason, new.delivery_id,
+                     extra=logs.job_extra(new, reason=reason))  # fmt: skip
     return sum(row is not None for row in after)
 
 
@@ -78,7 +83,7 @@ def lost_messages(now: dt.datetime, limit: int) -> int:
             detail = (
                 f"its message was lost {resent[row.id]} times; does any worker consume {row.queue!r} with {row.type!r}?"
             )
-            log.error("job %s is undeliverable: %s", row.id, detail)
+            log.error("job %s is undeliverable: %s", row.id, detail, extra=logs.job_extra(row, reason="undeliverable"))
             transitions.give_up_undeliverable(conn, row, actor=ACTOR, now=now, detail=detail)
     given_up = {r.id for r in hopeless}
     retry = [r for r in missing if r.id not in given_up]

@@ -9,6 +9,7 @@ import uuid
 
 from sqlalchemy.engine import Connection
 
+from worker import logs
 from worker.broker import presence
 from worker.broker.publish import commit_then_publish, revoke_deliveries
 from worker.control.loop import sort_outcomes
@@ -40,9 +41,13 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
     s = get_settings()
     late = 0
     taken: list[uuid.UUID] = []
+    acted: list[tuple[JobRow, JobRow]] = []
 
     def give_back_orphans(conn: Connection) -> list[JobRow | None]:
         nonlocal late
+        late = 0
+        taken.clear()
+        acted.clear()
         rows = queries.expired_leases(conn, now, limit or s.control_batch_size)
         held = presence.holding([(r.worker, r.worker_pid, r.delivery_id) for r in rows]) if rows else []
         after: list[JobRow | None] = []
@@ -58,10 +63,15 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
             )  # fmt: skip
             if given is not None:
                 taken.append(row.delivery_id)
+                acted.append((row, given))
                 after.append(given)
         return after
 
     after = commit_then_publish(give_back_orphans)
+    for row, given in acted:  # after the commit: a line per job actually taken
+        where = f"{row.worker}:{row.worker_pid}"
+        extra = logs.job_extra(row, reason="worker_lost")
+        log.warning("recover_stuck: job %s taken from %s (lease expired): %s", row.id, where, given.state, extra=extra)
     # A process that lost its presence but still runs (a stalled heartbeat) must not finish
     # a second execution: kill the old delivery wherever it is.
     revoke_deliveries(taken)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
+from worker import logs
 from worker.broker.publish import commit_then_publish, revoke_deliveries
 from worker.control.loop import sort_outcomes
 from worker.ledger import db, queries, transitions
 from worker.settings import get_settings
 
+log = logging.getLogger(__name__)
 ACTOR = "control:enforce_timeouts"
 
 
@@ -34,4 +37,11 @@ def enforce_timeouts(now: dt.datetime, *, limit: int | None = None) -> dict[str,
             for row in late
         ]
     )  # fmt: skip
+    for row, given in zip(late, after, strict=True):
+        if given is not None:
+            # `late` rows carry ids and times only; the row after names queue and tenant. The
+            # delivery is the killed one: the one the worker's lines about this run carried.
+            extra = logs.job_extra(given, delivery_id=row.delivery_id, reason="timed_out")
+            log.warning("enforce_timeouts: job %s ran more than %.0fs + grace; killed, now %s",
+                        row.id, row.timeout_s, given.state, extra=extra)  # fmt: skip
     return sort_outcomes(after)

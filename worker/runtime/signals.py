@@ -23,7 +23,8 @@ from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 from sqlalchemy.engine import Connection
 
-from worker.broker.publish import commit_then_publish
+from worker import logs
+from worker.broker.publish import TENANT_HEADER, commit_then_publish
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
 from worker.ledger import queries, transitions
@@ -90,10 +91,29 @@ def _report(request: Request, reason: str) -> None:
         )
         if taken is not None:  # the child cannot count a run it died in: the main process does
             job_finished(taken[0], reason, taken[1])
+            log.warning("job %s: its process %s ended under it (%s): %s", ids[0], request.worker_pid, reason,
+                        taken[1].state, extra=_fields(request, reason, taken[0]))  # fmt: skip
     except LedgerUnavailableError:
-        log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0])
+        log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0],
+                    extra=_fields(request, reason))  # fmt: skip
     except Exception:  # a failing hook is logged, never fatal to the worker
-        log.exception("recording %s of job %s failed", reason, ids[0])
+        log.exception("recording %s of job %s failed", reason, ids[0], extra=_fields(request, reason))
+
+
+def _fields(request: Request, reason: str, row: JobRow | None = None) -> dict[str, str]:
+    """The job's fields for a line of the main process, which runs no job (so the child's
+    task_prerun context is not set here): from the row, else from the message."""
+    ids = _job_ids(request.args)
+    info = request.delivery_info or {}
+    return logs.job_extra(
+        row,
+        job_id=ids and ids[0],
+        delivery_id=ids and ids[1],
+        tenant=getattr(request, TENANT_HEADER, None) if row is None else row.tenant,
+        queue=info.get("routing_key") if row is None else row.queue,
+        worker=request.hostname,
+        reason=reason,
+    )
 
 
 class MedicRequest(Request):  # type: ignore[misc]
