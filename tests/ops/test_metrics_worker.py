@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
@@ -77,7 +78,8 @@ def test_a_child_killed_under_a_job_counts_worker_lost(procs: Processes) -> None
     child does not count the run (the child can count nothing: it is gone)."""
     queue = f"q-metrics-lost-{uuid.uuid4().hex[:6]}"
     port = free_port()
-    procs.worker("lost-worker", queues=queue, concurrency=1, MEDIC_METRICS_PORT=str(port))
+    worker = procs.worker("lost-worker", queues=queue, concurrency=1, MEDIC_METRICS_PORT=str(port),
+                          MEDIC_LOG_FORMAT="json")  # fmt: skip
     tag = uuid.uuid4().hex
     job_id = enqueue("tests.hang", {"tag": tag}, queue=queue, max_attempts=2, timeout=120).job.id
     # No control plane runs here: only the worker's main process can give a lost run back.
@@ -89,6 +91,12 @@ def test_a_child_killed_under_a_job_counts_worker_lost(procs: Processes) -> None
     got = wait_for(lambda: finished(scrape(port), queue) == want and finished(scrape(port), queue), 20, 0.2,
                    "the lost runs counted")  # fmt: skip
     assert got == want
+    # The main process's line for each report names the job (it runs no job: the fields are its own)
+    lines = [json.loads(ln) for ln in worker.log().splitlines() if ln.startswith("{") and str(job_id) in ln]
+    reports = [ln for ln in lines if ln["logger"] == "worker.runtime.signals"]
+    assert len(reports) == 2, lines
+    assert all(ln["job_id"] == str(job_id) and ln["queue"] == queue and ln["reason"] == "worker_lost"
+               and ln["tenant"] and ln["worker"] for ln in reports), reports  # fmt: skip
 
 
 def test_a_pool_checkout_that_times_out_is_counted(procs: Processes) -> None:
