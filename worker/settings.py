@@ -224,6 +224,22 @@ class Settings(BaseSettings):
             return json.loads(text) if text.startswith("[") else [m.strip() for m in text.split(",") if m.strip()]
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg2_driver(cls, value: str) -> str:
+        """medic's ledger code speaks psycopg2 (its async-commit prefix is a second statement in
+        the same query string, which psycopg 3's extended protocol refuses). SQLAlchemy 2.1 maps
+        a bare `postgresql://` to psycopg 3, so name the driver here instead of failing later."""
+        scheme, sep, rest = value.partition("://")
+        if scheme in ("postgresql", "postgres"):
+            return f"postgresql+psycopg2{sep}{rest}"
+        if scheme.startswith("postgresql+") and scheme != "postgresql+psycopg2":
+            raise ValueError(
+                f"MEDIC_DATABASE_URL uses the driver {scheme.split('+', 1)[1]!r}; medic runs on psycopg2: "
+                "use postgresql+psycopg2://..."
+            )
+        return value
+
     @field_validator("flower_password")
     @classmethod
     def _refuse_placeholder(cls, value: str) -> str:

@@ -56,3 +56,14 @@ def test_presence_ttl_must_be_shorter_than_the_lease() -> None:
             Settings(lease_seconds=10, presence_ttl_seconds=ttl)
     assert Settings(lease_seconds=10, presence_ttl_seconds=9.5).presence_ttl_seconds == 9.5
     assert Settings(profile="fast").presence_ttl_seconds < Settings(profile="fast").lease_seconds
+
+
+def test_a_bare_postgresql_url_means_psycopg2_and_another_driver_is_refused() -> None:
+    # Bugs caught: postgresql:// left to SQLAlchemy 2.1, which loads psycopg 3 (not installed:
+    # ModuleNotFoundError at the first query); a psycopg 3 URL accepted (every async-commit write
+    # fails: "cannot insert multiple commands into a prepared statement").
+    for bare in ("postgresql://u@h:5432/db", "postgres://u@h:5432/db"):
+        assert Settings(database_url=bare).database_url == "postgresql+psycopg2://u@h:5432/db"
+    assert Settings(database_url="sqlite:///x.db").database_url == "sqlite:///x.db"
+    with pytest.raises(ValueError, match="psycopg2"):
+        Settings(database_url="postgresql+psycopg://u@h/db")
