@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kombu.transport import redis as kombu_redis
 
-from worker.broker import messages
+from worker.broker import messages, redis_keys
 from worker.broker.celery_app import app
 from worker.broker.messages import delivery_message, kombu_priority
 from worker.settings import get_settings
@@ -77,8 +77,10 @@ def test_a_built_message_is_what_send_task_sends(
     assert got == want
 
 
-def test_priorities_land_on_kombus_lists() -> None:
+def test_priorities_land_on_kombus_lists(medic_env: dict[str, str]) -> None:
     # Bug caught: a step boundary off by one (priority 3 vs 2 of kombu's [0, 3, 6, 9] steps).
-    assert [messages.queue_key("q", p) for p in (0, 2, 3, 5, 6, 8, 9)] == [
+    prefix = medic_env["MEDIC_BROKER_KEY_PREFIX"]
+    assert [redis_keys.queue_list_for("q", p).removeprefix(prefix) for p in (0, 2, 3, 5, 6, 8, 9)] == [
         "q", "q", "q\x06\x163", "q\x06\x163", "q\x06\x166", "q\x06\x166", "q\x06\x169",
     ]  # fmt: skip
+    assert set(redis_keys.queue_lists("q")) == {redis_keys.queue_list_for("q", p) for p in range(10)}

@@ -16,32 +16,23 @@ queue with a non-default exchange) must be made here too; the comparison test fa
 from __future__ import annotations
 
 import base64
-import bisect
 import json
 import uuid
 from typing import Any
 
 from celery.utils.nodenames import anon_nodename
 
+from worker.broker import redis_keys
 from worker.broker.celery_app import app
 from worker.clock import utcnow
 from worker.settings import get_settings
 
 TENANT_HEADER = "medic_tenant"
-PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's Redis transport: one list per step (kombu/transport/redis.py)
-PRIORITY_SEP = "\x06\x16"
 
 
 def kombu_priority(priority: int) -> int:
     """medic priority (0..9, higher is more urgent) -> kombu's Redis priority (lower is served first)."""
     return 9 - max(0, min(9, priority))
-
-
-def queue_key(queue: str, kombu_prio: int) -> str:
-    """The Redis list kombu's `_q_for_pri` picks for a message of this priority (without the
-    transport's global key prefix, which the caller adds)."""
-    step = PRIORITY_STEPS[bisect.bisect(PRIORITY_STEPS, kombu_prio) - 1]
-    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
 
 
 def delivery_message(row: Any) -> tuple[str, str]:
@@ -82,4 +73,4 @@ def delivery_message(row: Any) -> tuple[str, str]:
             "delivery_tag": str(uuid.uuid4()),
         },
     }
-    return s.broker_key_prefix + queue_key(row.queue, prio), json.dumps(envelope)
+    return redis_keys.queue_list_for(row.queue, prio), json.dumps(envelope)

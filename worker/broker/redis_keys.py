@@ -100,6 +100,12 @@ def api_latency() -> str:
     return f"{_p()}api:latency"
 
 
+def pool_trouble() -> str:
+    """Hash of ledger pool waits and timeouts per process: process label -> JSON {waits,
+    timeouts, last_at}; written by the process (runtime/pooltrouble.py), read by the alerts."""
+    return f"{_p()}ops:pool_trouble"
+
+
 def alerts_resolved() -> str:
     """List of recently resolved alerts (JSON, newest first, capped)."""
     return f"{_p()}alerts:resolved"
@@ -115,6 +121,14 @@ def queue_lists(queue: str) -> list[str]:
     """The broker's lists of `queue`: the queue itself and its priority sub-queues."""
     prefix = get_settings().broker_key_prefix
     return [prefix + queue] + [f"{prefix}{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def queue_list_for(queue: str, kombu_priority: int) -> str:
+    """The list kombu's `_q_for_pri` puts a message of this (kombu, 0 = first served) priority
+    on: the highest step at or below it, the plain list below the first step."""
+    prefix = get_settings().broker_key_prefix
+    step = max((s for s in PRIORITY_STEPS if s <= kombu_priority), default=0)
+    return f"{prefix}{queue}{PRIORITY_SEP}{step}" if step else prefix + queue
 
 
 def unacked() -> str:

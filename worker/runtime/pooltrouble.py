@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any
 
+from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.forksafe import PerProcess
-from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,8 @@ FORGET_AFTER_S = 3600.0  # a process that has not waited for an hour (or is gone
 
 
 def key() -> str:
-    """Hash: process label -> {"waits", "timeouts", "last_at"} (epoch seconds of the last one).
-    Not in worker/broker/redis_keys.py only because that module belongs to another change."""
-    return f"{get_settings().key_prefix}ops:pool_trouble"
+    """Hash: process label -> {"waits", "timeouts", "last_at"} (epoch seconds of the last one)."""
+    return redis_keys.pool_trouble()
 
 
 class _Trouble:
