@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -156,7 +157,7 @@ def main() -> None:
     procs = Processes(run.env, log_dir)
     report: dict[str, Any] = {
         "bench": "scale",
-        "command": " ".join([".venv/bin/python -m bench.scale", *sys.argv[1:]]),
+        "command": shlex.join([".venv/bin/python", "-m", "bench.scale", *sys.argv[1:]]),
         "note": args.note,
         "statistic": "p50 = median of the timed runs (every run in runs_ms); loops in process, API over HTTP",
         "targets": {
