@@ -109,15 +109,19 @@ def flatness(per_size: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def prune_run() -> dict[str, Any]:
-    """One prune run (the Celery task's body, default budget) on the expired rows; jobs/s."""
+    """One prune run (the loop's function, its default budget) on the expired rows; jobs/s.
+
+    The loop is called with the same `now` the expected count used: the Celery task reads the
+    clock itself, a moment later, by which time another filled row may have crossed the cutoff."""
     from worker.clock import utcnow
-    from worker.control import tasks
+    from worker.control.prune import prune
     from worker.settings import get_settings
 
     before = counts()
-    expected = expired_count(utcnow(), get_settings().retention_days)
+    now = utcnow()
+    expected = expired_count(now, get_settings().retention_days)
     started = time.perf_counter()
-    record = tasks.prune_task.run()
+    record = prune(now)
     elapsed = time.perf_counter() - started
     after = counts()
     rate = record.get("deleted", 0) / elapsed if elapsed else 0.0
