@@ -1,6 +1,5 @@
 """bench/hot_writes.py at a tiny size: both modes run every claim and succeed and report per-job
-figures. No timing is asserted: the figures belong to the
-committed run, on a quiet machine."""
+figures. No timing is asserted: the figures belong to the committed run, on a quiet machine."""
 
 from __future__ import annotations
 
