@@ -159,7 +159,7 @@ def test_a_killed_connection_prepares_again_on_its_replacement(medic_env: dict[s
             conn.commit()
             mine = conn.scalar(sa.text("SELECT pg_backend_pid()"))
         with sa.create_engine(medic_env["MEDIC_DATABASE_URL"]).connect() as admin:
-            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": mine})
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": mine})  # waits for the exit
         with engine.connect() as conn:
             assert conn.scalar(sa.text("SELECT pg_backend_pid()")) != mine  # replaced at checkout
             created = transitions.create_jobs(conn, rows[1:], actor="t", now=rows[1]["created_at"])
