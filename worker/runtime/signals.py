@@ -15,7 +15,9 @@ main process's event loop (kombu's Hub) for each job it starts, and cancels it w
 kombu only marks a cancelled entry: it stays on the heap until its time would have come (the
 job's timeout, 300 s by default), ~500 bytes each. At a few hundred jobs/s that was tens of MB of
 dead entries in the main process (bench/scale_rss.py: 96.9 -> 136.8 MB over 100k no-op jobs),
-and rate x timeout of them in general. `drop_cancelled` takes them off every COMPACT_EVERY_S.
+and rate x timeout of them in general. Plain Celery does the same with the same limits (its main
+process 60.8 MB idle, 118.6 MB after 100k no-ops; flat at 61.1 MB without them). `drop_cancelled` takes
+them off every COMPACT_EVERY_S, so at most that many seconds of jobs' entries are ever held.
 """
 
 from __future__ import annotations
