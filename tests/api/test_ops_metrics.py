@@ -16,6 +16,7 @@ from worker.clock import utcnow
 from worker.control import alerts
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db
+from worker.ops.cli import api_metrics_dir
 from worker.submit import enqueue
 from worker.testing.processes import Processes, free_port, wait_for
 
@@ -123,8 +124,12 @@ def test_one_scrape_sums_every_uvicorn_worker(procs: Processes) -> None:
     share), or the command gives the workers no shared directory."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    stale = api_metrics_dir(port) / "counter_424242.db"  # a previous run's file on this port
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"left over from a previous run")
     medic = str(Path(sys.executable).with_name("medic"))
     api = procs.http_server("api-2w", [medic, "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"], url)
+    assert not stale.exists(), "the directory is wiped at start (a stale file would be summed in)"
     key = ("medic_api_requests_total", (("method", "GET"), ("route", "/health/live"), ("status", "200")))
     before = _samples(httpx.get(f"{url}/metrics", timeout=10).text)[key]  # the readiness probes so far
     n = 40
@@ -134,6 +139,7 @@ def test_one_scrape_sums_every_uvicorn_worker(procs: Processes) -> None:
     workers = [pid for pid in api.children() if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(workers) == 2, workers
     [path] = {_environ(pid)["PROMETHEUS_MULTIPROC_DIR"] for pid in workers}  # one directory, set by `medic api`
+    assert Path(path) == api_metrics_dir(port)  # one per port, not a new one per start
     counted_by = {f.stem.split("_")[1] for f in Path(path).glob("counter_*.db")}
     assert counted_by == {str(pid) for pid in workers}, "both workers counted requests"
     for _ in range(6):  # a new connection each: both workers answer some of these

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -134,8 +136,23 @@ def api(host: str, port: int, workers: int) -> None:
     """Run the HTTP API."""
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # each uvicorn worker writes its metrics here; the one answering a scrape sums them (api/metrics.py)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="medic-api-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_api_metrics_dir(port))
     _exec(processes.api_cmd(host, port, workers))
+
+
+def api_metrics_dir(port: int) -> Path:
+    """Where `medic api --workers N` on `port` keeps its workers' metric files."""
+    return Path(tempfile.gettempdir()) / f"medic-api-metrics-{port}"
+
+
+def fresh_api_metrics_dir(port: int) -> Path:
+    """The metrics directory of the API on `port`, emptied: one per port rather than one per start
+    (the command execs uvicorn, so nothing is left to remove it at exit), and wiped at start as
+    prometheus-client's multiprocess mode requires, or a previous run's counts would be summed in."""
+    path = api_metrics_dir(port)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700, parents=True)
+    return path
 
 
 @main.command()
