@@ -205,3 +205,35 @@ def test_a_write_switches_no_isolation_level(medic_env: dict[str, str], monkeypa
     assert calls == []
     with db.connect() as conn:  # and the pooled connection is back to transactions afterwards
         assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+
+
+def test_a_server_that_lost_its_prepared_statements_is_survived(
+    medic_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Bugs caught: behind a pooler in transaction mode (each transaction on another server
+    # connection) every EXECUTE failing with "prepared statement does not exist" for ever; the
+    # operator not told which setting fixes it. DEALLOCATE ALL stands in for the pooler's switch.
+    from worker.ledger import pg_statements
+
+    monkeypatch.setattr(pg_statements, "_pooler_seen", False)
+    engine = make_engine(medic_env["MEDIC_DATABASE_URL"], pool_size=1)  # one connection: reused
+    monkeypatch.setattr(db, "get_engine", lambda: engine)
+    rows = _rows(4)
+    try:
+        db.write(lambda conn: transitions.create_jobs(conn, rows[:1], actor="t", now=rows[0]["created_at"]))
+        db.write(lambda conn: conn.exec_driver_sql("DEALLOCATE ALL"))  # the server forgets; the client does not
+        # in a transaction the failed EXECUTE aborted it: the error is raised
+        with pytest.raises(sa.exc.DBAPIError, match="does not exist"), engine.begin() as conn:
+            transitions.create_jobs(conn, rows[1:2], actor="t", now=rows[1]["created_at"])
+        assert pg_statements._pooler_seen, "the process stops preparing"
+        assert "MEDIC_DB_PREPARED_STATEMENTS=false" in caplog.text
+        with engine.begin() as conn:  # the next try runs plainly
+            again = transitions.create_jobs(conn, rows[1:2], actor="t", now=rows[1]["created_at"])
+        assert again[0].id == rows[1]["id"]
+        # autocommit (db.write) runs the statement plainly at once, in the same call
+        monkeypatch.setattr(pg_statements, "_pooler_seen", False)
+        db.write(lambda conn: conn.exec_driver_sql("DEALLOCATE ALL"))
+        created = db.write(lambda conn: transitions.create_jobs(conn, rows[2:3], actor="t", now=rows[2]["created_at"]))
+        assert created[0].id == rows[2]["id"] and pg_statements._pooler_seen
+    finally:
+        engine.dispose()

@@ -12,18 +12,21 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect, Result
 
 from worker.ledger.models import JobRow, UTCDateTime, job_events, jobs
 from worker.ledger.states import JobState
 from worker.settings import get_settings
 
+log = logging.getLogger(__name__)
 INCREMENT = object()  # a fenced-transition value meaning "the column plus one"
 
 EVENT_COLUMNS = ("job_id", "at", "from_state", "to_state", "actor", "reason", "delivery_id", "attempt", "detail")
@@ -176,13 +179,40 @@ def _prepared(stmt: sa.Executable, dialect: Dialect) -> Prepared | None:
     return Prepared(name, f"PREPARE {name} AS {body}", call, fixed)
 
 
+# SQLSTATEs of a server whose prepared statements are not the ones this connection made: a
+# pooler in transaction mode (PgBouncer) hands each transaction to another server connection.
+_NOT_PREPARED_HERE = {"26000", "42P05"}  # invalid_sql_statement_name, duplicate_prepared_statement
+_pooler_seen = False
+
+
 def execute_prepared(conn: Connection, stmt: sa.Executable, params: Mapping[str, Any]) -> Result[Any]:
-    """`conn.execute(stmt, params)`, as an EXECUTE of a statement prepared on this connection."""
-    prepared = _prepared(stmt, conn.dialect) if get_settings().db_prepared_statements else None
+    """`conn.execute(stmt, params)`, as an EXECUTE of a statement prepared on this connection.
+
+    If the server turns out not to hold what this connection prepared (a pooler in transaction
+    mode), this process stops preparing, logs how to configure it, and runs the statement plainly
+    when it can (autocommit: the failed statement aborted nothing); inside a transaction the error
+    is raised, and the next try runs plainly."""
+    global _pooler_seen
+    use = get_settings().db_prepared_statements and not _pooler_seen
+    prepared = _prepared(stmt, conn.dialect) if use else None
     if prepared is None:
         return conn.execute(stmt, params)
     done: set[str] = conn.info.setdefault(_PREPARED_KEY, set())
-    if prepared.name not in done:
-        conn.exec_driver_sql(prepared.prepare)
-        done.add(prepared.name)
-    return conn.execute(prepared.call, {**prepared.fixed, **params})
+    try:
+        if prepared.name not in done:
+            conn.exec_driver_sql(prepared.prepare)
+            done.add(prepared.name)
+        return conn.execute(prepared.call, {**prepared.fixed, **params})
+    except sa_exc.DBAPIError as exc:  # psycopg2 raises 26000 as an OperationalError, 42P05 as a ProgrammingError
+        code = getattr(exc.orig, "pgcode", None)
+        if code not in _NOT_PREPARED_HERE:
+            raise
+        _pooler_seen = True
+        log.error(
+            "the ledger lost a statement this connection prepared (%s): a pooler in transaction mode? "
+            "this process now runs its statements unprepared; set MEDIC_DB_PREPARED_STATEMENTS=false",
+            code,
+        )
+        if not getattr(conn.connection.dbapi_connection, "autocommit", False):
+            raise
+        return conn.execute(stmt, params)
