@@ -50,7 +50,7 @@ def prune_line(report: dict[str, Any]) -> str:
     return (
         f"Prune: one run deleted {p['deleted']} expired jobs and {p['events_deleted']} events in {p['seconds']} s: "
         f"{p['jobs_per_s']} jobs/s, {p['ratio_to_e2e']}x the end-to-end rate ({p['e2e_jobs_per_s']} jobs/s); "
-        f"target 10x, {met}."
+        f"target {p['target_ratio']:g}x, {met}."
     )
 
 
@@ -64,7 +64,8 @@ def rss_line(report: dict[str, Any]) -> str:
     return (
         f"RSS after {first['jobs_finished']} and after {last['jobs_finished']} jobs: API {first['api_rss_mb']} -> "
         f"{last['api_rss_mb']} MB (growth {r['api_growth']}), worker children {children} "
-        f"(growth {', '.join(str(g) for g in r['worker_child_growth'].values())}); target within 0.2, {met}."
+        f"(growth {', '.join(str(g) for g in r['worker_child_growth'].values())}); "
+        f"target within {r['target_growth']}, {met}."
     )
 
 

@@ -24,7 +24,6 @@ from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.control import alerts
 from worker.control.loop import loop_stats
-from worker.runtime import pooltrouble
 from worker.submit import enqueue
 from worker.testing.processes import Processes, free_port, wait_for
 from worker.testing.servers import delete_keys
@@ -209,12 +208,13 @@ def test_a_pool_checkout_that_timed_out_in_a_worker_fires_pool_saturated_then_re
         with switched_env(env):
             procs.worker("pool-wait-worker", queues=queue, concurrency=1)
             enqueue("tests.pool_timeout", {}, queue=queue, max_attempts=1)
-            [process] = wait_for(lambda: list(get_redis().hgetall(pooltrouble.key())), 30, 0.05,
+            [process] = wait_for(lambda: list(get_redis().hgetall(redis_keys.pool_trouble())), 30, 0.05,
                                  "the child publishes its wait and timeout")  # fmt: skip
-            wait_for(lambda: json.loads(get_redis().hget(pooltrouble.key(), process) or "{}").get("timeouts") == 1,
+            trouble = redis_keys.pool_trouble()
+            wait_for(lambda: json.loads(get_redis().hget(trouble, process) or "{}").get("timeouts") == 1,
                      10, 0.05, "its timeout published")  # fmt: skip
             assert process.startswith("worker:"), process
-            last = json.loads(get_redis().hget(pooltrouble.key(), process) or "{}")
+            last = json.loads(get_redis().hget(trouble, process) or "{}")
             assert (last["waits"], last["timeouts"]) == (1, 1), last
             t0 = dt.datetime.fromtimestamp(float(last["last_at"]), dt.UTC)
             alerts.health_and_alerts(t0)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.broker.publish import kombu_priority
+from worker.broker.messages import kombu_priority
 from worker.ledger.states import TERMINAL_STATES, TRANSITIONS, JobState, is_allowed
 from worker.ledger.transitions import backoff_delay
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from worker.broker.celery_app import app
 from worker.broker.counters import add_arrivals
-from worker.broker.messages import TENANT_HEADER, delivery_message, kombu_priority
+from worker.broker.messages import delivery_message
 from worker.broker.redis_client import get_redis
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db, transitions
@@ -29,7 +29,6 @@ from worker.ledger.models import JobRow
 from worker.ledger.states import JobState
 
 log = logging.getLogger(__name__)
-__all__ = ["BROKER_ERRORS", "TENANT_HEADER", "commit_then_publish", "kombu_priority", "publish", "revoke_deliveries"]
 
 PUBLISH_BATCH = 1000  # messages per Redis pipeline
 # Every way a send can fail once the row is committed.

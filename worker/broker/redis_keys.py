@@ -119,8 +119,7 @@ PRIORITY_STEPS = (3, 6, 9)  # kombu's default steps; priority 0 lives in the pla
 
 def queue_lists(queue: str) -> list[str]:
     """The broker's lists of `queue`: the queue itself and its priority sub-queues."""
-    prefix = get_settings().broker_key_prefix
-    return [prefix + queue] + [f"{prefix}{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+    return [queue_list_for(queue, step) for step in (0, *PRIORITY_STEPS)]
 
 
 def queue_list_for(queue: str, kombu_priority: int) -> str:

@@ -115,30 +115,21 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 # Called (no arguments) each time a pool checkout in this process times out: the metrics layers
-# count it (medic_db_pool_timeouts_total) without the ledger importing them. A hook never raises.
+# count it (medic_db_pool_timeouts_total) without the ledger importing them.
 pool_timeout_hooks: list[Callable[[], None]] = []
-
-
-def _pool_timed_out() -> None:
-    for hook in pool_timeout_hooks:
-        try:
-            hook()
-        except Exception:  # a failing hook is logged, never turned into a different ledger error
-            log.exception("pool timeout hook failed")
-
-
 # Called with the seconds waited each time a checkout in this process found every connection of
 # its pool checked out and had to wait for one (medic_db_pool_waits_total): it got one, or it
-# timed out (then the timeout hooks are called too). A hook never raises.
+# timed out (then the timeout hooks are called too).
 pool_wait_hooks: list[Callable[[float], None]] = []
 
 
-def _pool_waited(seconds: float) -> None:
-    for hook in pool_wait_hooks:
+def _notify(hooks: list[Callable[..., None]], *args: float) -> None:
+    """Call every hook; a failing hook is logged, never turned into a different ledger error."""
+    for hook in hooks:
         try:
-            hook(seconds)
+            hook(*args)
         except Exception:
-            log.exception("pool wait hook failed")
+            log.exception("pool hook %r failed", hook)
 
 
 class WaitCountingPool(QueuePool):
@@ -155,7 +146,7 @@ class WaitCountingPool(QueuePool):
             try:
                 return super()._do_get()
             finally:
-                _pool_waited(time.monotonic() - started)
+                _notify(pool_wait_hooks, time.monotonic() - started)
         return super()._do_get()
 
 
@@ -165,7 +156,7 @@ def ledger_errors() -> Iterator[None]:
         yield
     except sa_exc.SQLAlchemyError as exc:
         if isinstance(exc, sa_exc.TimeoutError):  # only QueuePool raises it: no connection came free in time
-            _pool_timed_out()
+            _notify(pool_timeout_hooks)
         if is_connection_error(exc):
             raise LedgerUnavailableError(f"ledger unavailable: {type(exc.__cause__ or exc).__name__}") from exc
         raise

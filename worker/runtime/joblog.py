@@ -15,7 +15,7 @@ from typing import Any
 from celery import signals
 
 from worker import logs
-from worker.broker.publish import TENANT_HEADER
+from worker.broker.messages import TENANT_HEADER
 from worker.settings import get_settings
 
 

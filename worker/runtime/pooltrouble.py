@@ -26,11 +26,6 @@ PUBLISH_EVERY_S = 1.0
 FORGET_AFTER_S = 3600.0  # a process that has not waited for an hour (or is gone) leaves the hash
 
 
-def key() -> str:
-    """Hash: process label -> {"waits", "timeouts", "last_at"} (epoch seconds of the last one)."""
-    return redis_keys.pool_trouble()
-
-
 class _Trouble:
     def __init__(self, process: str) -> None:
         self.process = process
@@ -46,7 +41,7 @@ class _Trouble:
             self.dirty.clear()
             value = {"waits": self.waits, "timeouts": self.timeouts, "last_at": self.last_at}
             try:
-                get_redis().hset(key(), self.process, json.dumps(value))
+                get_redis().hset(redis_keys.pool_trouble(), self.process, json.dumps(value))
             except Exception as exc:  # noqa: BLE001 - Redis down: try again with the next round
                 log.warning("pool waits not published: %s", exc)
                 self.dirty.set()
@@ -70,10 +65,10 @@ def note(process: str, *, timed_out: bool) -> None:
 def read(now: float) -> dict[str, dict[str, Any]]:
     """Every process's published totals; entries older than FORGET_AFTER_S are dropped."""
     out: dict[str, dict[str, Any]] = {}
-    for process, raw in get_redis().hgetall(key()).items():
+    for process, raw in get_redis().hgetall(redis_keys.pool_trouble()).items():
         value = json.loads(raw)
         if now - float(value["last_at"]) > FORGET_AFTER_S:
-            get_redis().hdel(key(), process)
+            get_redis().hdel(redis_keys.pool_trouble(), process)
             continue
         out[str(process)] = value
     return out

@@ -37,7 +37,8 @@ from kombu.asynchronous.timer import Timer
 from sqlalchemy.engine import Connection
 
 from worker import logs
-from worker.broker.publish import TENANT_HEADER, commit_then_publish
+from worker.broker.messages import TENANT_HEADER
+from worker.broker.publish import commit_then_publish
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
 from worker.ledger import queries, transitions
