@@ -1,0 +1,103 @@
+"""The typed records that cross the job's path: a job to create (`NewJob`) and a job read back
+(`Job`). The ledger takes the one and returns the other; nothing on the path passes rows or dicts.
+
+Both are frozen: a record is a snapshot of one moment of the ledger, and a change is a new
+transition that returns a new record, never an edit in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.engine import Row
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated job, ready to insert as `queued` (built by worker.accept, written by
+    transitions.create_jobs). Its `id` and first `delivery_id` are made here, on the client, so a
+    write whose reply was lost can be read back by id."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    tenant: str
+    args: Mapping[str, Any]
+    max_attempts: int
+    timeout_s: float
+    backoff_s: float
+    delivery_id: uuid.UUID
+    created_at: dt.datetime
+    idempotency_key: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The columns of the insert (state and the event are added by the ledger)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "queue": self.queue,
+            "priority": self.priority,
+            "tenant": self.tenant,
+            "idempotency_key": self.idempotency_key,
+            "args": dict(self.args),
+            "max_attempts": self.max_attempts,
+            "timeout_s": self.timeout_s,
+            "backoff_s": self.backoff_s,
+            "delivery_id": self.delivery_id,
+            "attempts": 0,
+            "created_at": self.created_at,
+            "updated_at": self.created_at,
+            "published_at": self.created_at,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One row of `jobs` as the ledger returned it (every column, in the table's order)."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    tenant: str
+    idempotency_key: str | None
+    args: Any
+    result: Any
+    error: Any
+    state: str
+    attempts: int
+    max_attempts: int
+    timeout_s: float
+    backoff_s: float
+    delivery_id: uuid.UUID
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    published_at: dt.datetime | None
+    started_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None
+    lease_expires_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    not_before: dt.datetime | None
+    worker: str | None
+    worker_pid: int | None
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> Job:
+        """The record of a row that selected every column of `jobs`."""
+        return cls(**row._mapping)
+
+    @classmethod
+    def maybe(cls, row: Row[Any] | None) -> Job | None:
+        return None if row is None else cls(**row._mapping)
+
+    def fields(self) -> dict[str, Any]:
+        """Every column by name (shallow: `args` and `result` are the record's own objects)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> Job:
+        return dataclasses.replace(self, **changes)
