@@ -35,10 +35,6 @@ def find_key(raw: str) -> ApiKey | None:
     return key
 
 
-def clear_key_cache() -> None:
-    _cache.clear()
-
-
 async def current_key(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
     """Async, so a cached key costs no hop to the threadpool (a hop per dependency was 11 % of a
     POST /jobs, bench/throughput profile); only a cache miss reads the ledger in a worker thread.

@@ -14,7 +14,6 @@ from starlette.routing import Match
 
 from api import metrics
 from worker.errors import (
-    BrokerUnavailableError,
     ForbiddenError,
     IdempotencyConflictError,
     InvalidArgsError,
@@ -51,7 +50,6 @@ STATUS: dict[type[MedicError], int] = {
     QueueFullError: 429,
     TenantQuotaError: 429,
     LedgerUnavailableError: 503,
-    BrokerUnavailableError: 503,
 }
 
 

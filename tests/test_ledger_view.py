@@ -10,9 +10,9 @@ import pytest
 
 from tests.ledger_view import Execution, assert_disjoint, assert_no_overlap, job
 from tests.testjobs import _job_key, get_redis
+from worker.accept import enqueue
 from worker.clock import utcnow
 from worker.ledger import db, transitions
-from worker.submit import enqueue
 
 
 def test_two_overlapping_intervals_fail_and_two_disjoint_pass() -> None:

@@ -1,14 +1,15 @@
 """medic's platform core, in rooms that import one way (checked by import-linter, `make lint`):
 
     worker.ops      the `medic` command, `medic up` and its supervisor
-    worker.control  the control loops and admission
-    worker.submit   enqueue: validate, commit, publish (the library's and the API's way in)
+    worker.control  the control loops
+    worker.accept   accepting jobs: validate, quota, admission, commit, publish (the API's and
+                    the library's one way in)
     worker.runtime  @job, the task body, heartbeat, worker signals
     worker.broker   the Celery app, publishing, what the broker holds, Redis keys
     worker.ledger   tables, the state machine, transitions (writes), queries (reads)
 
 `api` imports this package; nothing here imports `api`. The public surface is
-`from worker import job, enqueue, enqueue_many`.
+`from worker import job, enqueue, enqueue_many, JobRequest`.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 from worker.runtime.registry import job
 
 if TYPE_CHECKING:
-    from worker.submit import enqueue, enqueue_many
+    from worker.accept import JobRequest, enqueue, enqueue_many
 
-__all__ = ["enqueue", "enqueue_many", "job"]
+__all__ = ["JobRequest", "enqueue", "enqueue_many", "job"]
 
 
 def __getattr__(name: str) -> Any:
     # Loaded on first use: enqueueing pulls in the broker and the ledger, which a process that
     # only defines jobs (or reads settings) need not import.
-    if name in ("enqueue", "enqueue_many"):
-        from worker import submit as module
+    if name in ("JobRequest", "enqueue", "enqueue_many"):
+        from worker import accept as module
 
         return getattr(module, name)
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -31,10 +31,6 @@ class LedgerUnavailableError(RetryableError):
     code = "ledger_unavailable"
 
 
-class BrokerUnavailableError(RetryableError):
-    code = "broker_unavailable"
-
-
 class UnknownJobTypeError(PermanentError):
     code = "unknown_job_type"
 

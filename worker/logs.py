@@ -2,20 +2,18 @@
 
 Every line about a job carries its `job_id`, `delivery_id`, `queue`, `worker` (and `tenant` where
 the process knows it), from API, worker and loops alike, so one job can be followed with grep:
-the fields come from a context variable set around each job (`job_context`) or from a log call's
+the fields come from a context variable set around each job (`set_job`) or from a log call's
 `extra`, and a filter puts them on every record. JSON lines carry them as keys; console lines add
 them as `key=value` at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 JOB_FIELDS = ("job_id", "delivery_id", "tenant", "queue", "worker")
@@ -26,16 +24,6 @@ NOISY = ("alembic", "kombu", "httpx", "httpcore", "amqp", "celery.utils.function
 CHATTY = ("celery.worker.strategy", "celery.app.trace", "celery.beat", "celery.worker.control")
 
 _job: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("medic_job", default=None)
-
-
-@contextlib.contextmanager
-def job_context(**fields: Any) -> Iterator[None]:
-    """Every line logged inside names this job (job_id, delivery_id, tenant, queue, worker)."""
-    token = _job.set({k: str(v) for k, v in fields.items() if v is not None})
-    try:
-        yield
-    finally:
-        _job.reset(token)
 
 
 def job_extra(row: Any = None, **fields: Any) -> dict[str, str]:
@@ -50,7 +38,7 @@ def job_extra(row: Any = None, **fields: Any) -> dict[str, str]:
 
 
 def set_job(**fields: Any) -> None:
-    """As job_context, for hooks that cannot wrap the job (Celery's task_prerun / task_postrun)."""
+    """Name this job on every line logged until the next call (Celery's task_prerun; `set_job()` clears)."""
     _job.set({k: str(v) for k, v in fields.items() if v is not None} or None)
 
 

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api import metrics
 from api.deps import AdminKey, ReadKey, SubmitKey
-from api.group_commit import get_committer
 from api.schemas import (
     BatchCreate,
     BatchItem,
@@ -23,26 +22,25 @@ from api.schemas import (
     JobPublic,
     JobsPublic,
 )
+from worker import logs
+from worker.accept import Accepted, Caller, JobRequest, accept
 from worker.broker.publish import commit_then_publish, revoke_deliveries
 from worker.clock import utcnow
-from worker.control.admission import admit_rows, check_tenant_quota
 from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
 from worker.ledger import db, queries, transitions
 from worker.ledger.apikeys import ApiKey
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.ledger.states import JobState
 from worker.settings import get_settings
-from worker.submit import Enqueued, JobRequest, enqueue_rows, prepare
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
 
 
-def _log_job(what: str, row: JobRow) -> None:
+def _log_job(what: str, job: Job) -> None:
     """One line per job the API changes, with the job's fields (worker/logs.py): `grep <job id>`
     over API and worker logs follows the job."""
-    fields = {"job_id": row.id, "delivery_id": row.delivery_id, "tenant": row.tenant, "queue": row.queue}
-    log.info("%s job %s (%s)", what, row.id, row.type, extra={k: str(v) for k, v in fields.items()})
+    log.info("%s job %s (%s)", what, job.id, job.type, extra=logs.job_extra(job))
 
 
 def _request(body: JobCreate, idempotency_key: str | None) -> JobRequest:
@@ -59,25 +57,14 @@ def _request(body: JobCreate, idempotency_key: str | None) -> JobRequest:
     )
 
 
-def _admitted(requests: list[JobRequest], key: ApiKey, *, group: bool = False) -> list[Enqueued]:
-    """Validate (4xx), check the tenant's quota and the queues' admission (429), then enqueue;
-    `group`: one job, committed together with this process's other submissions (group commit)."""
-    rows = prepare(requests, tenant=key.tenant, allowed_queues=key.queues)
-    check_tenant_quota(key.tenant, len(rows))
-    reservations = admit_rows(rows)
-    try:
-        if group and len(rows) == 1 and get_settings().submit_group_commit:
-            return [get_committer().submit(rows[0], actor=f"api:{key.id}")]
-        return enqueue_rows(rows, actor=f"api:{key.id}")
-    finally:
-        for reservation in reservations:
-            reservation.release()
+def _caller(key: ApiKey) -> Caller:
+    return Caller(tenant=key.tenant, actor=f"api:{key.id}", allowed_queues=key.queues)
 
 
-def _count_accepted(rows: list[JobRow]) -> None:
-    for row in rows:
-        metrics.JOBS_ACCEPTED.labels(row.type, row.queue).inc()
-        _log_job("accepted", row)
+def _count_accepted(done: list[Accepted]) -> None:
+    for accepted in done:
+        if accepted.created:
+            metrics.JOBS_ACCEPTED.labels(accepted.job.type, accepted.job.queue).inc()
 
 
 @router.post("", status_code=202, response_model=JobPublic, responses={200: {"description": "Idempotent replay"}})
@@ -88,8 +75,8 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Accept a job: 202 once it is durably queued (even if the broker is down: it is published later)."""
-    done = _admitted([_request(body, idempotency_key)], key, group=True)[0]
-    _count_accepted([done.job] if done.created else [])
+    [done] = accept([_request(body, idempotency_key)], _caller(key), group=True)
+    _count_accepted([done])
     if not done.created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -103,8 +90,8 @@ def submit_batch(body: BatchCreate, key: SubmitKey) -> BatchPublic:
     limit = get_settings().max_batch_size
     if len(body.jobs) > limit:
         raise InvalidArgsError(f"a batch holds at most {limit} jobs", limit=limit)
-    done = _admitted([_request(j, None) for j in body.jobs], key)
-    _count_accepted([d.job for d in done if d.created])
+    done = accept([_request(j, None) for j in body.jobs], _caller(key))
+    _count_accepted(done)
     return BatchPublic(jobs=[JobPublic.of(d.job, published=d.published) for d in done])
 
 
@@ -142,7 +129,7 @@ def list_jobs(
     return JobsPublic(jobs=[JobPublic.of(r) for r in rows], next_cursor=next_cursor)
 
 
-def _owned(job_id: uuid.UUID, tenant: str) -> JobRow:
+def _owned(job_id: uuid.UUID, tenant: str) -> Job:
     with db.connect() as conn:
         row = queries.get_job(conn, job_id, tenant)
     if row is None:

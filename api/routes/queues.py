@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import AdminKey
+from worker.accept import admission
 from worker.broker import inspect, redis_keys
 from worker.broker.counters import known_queues
 from worker.broker.redis_client import get_redis
-from worker.control import admission
 from worker.control.rates import current_rates
 from worker.ledger import db, decisions, queries
 

@@ -8,6 +8,7 @@ while later requests wait in its queue (seen as live admission reservations in R
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import KeyFactory
-from worker.control.admission import reserved
+from worker.accept.admission import reserved
 from worker.ledger import db
 from worker.ledger.models import jobs
+from worker.ledger.records import NewJob
 from worker.testing.processes import Processes, wait_for
 
 
@@ -183,22 +185,21 @@ def test_a_row_the_ledger_refuses_fails_alone_and_a_group_is_published_in_one_pi
 ) -> None:
     # Bug caught: one bad row fails every caller of its group; a publish per job instead of one
     # pipeline per group. In-process: a row the validation would refuse is put in directly.
-    from api.group_commit import GroupCommitter
-    from worker import submit
+    from worker.accept import commit
+    from worker.accept.group_commit import GroupCommitter
+    from worker.accept.validate import JobRequest, new_job
     from worker.clock import utcnow
     from worker.settings import get_settings
 
     sent: list[int] = []
-    real_publish = submit.publish
-    monkeypatch.setattr(submit, "publish", lambda rows, **kw: sent.append(len(rows)) or real_publish(rows, **kw))
+    real_publish = commit.publish
+    monkeypatch.setattr(commit, "publish", lambda rows, **kw: sent.append(len(rows)) or real_publish(rows, **kw))
     queue = _queue()
     s = get_settings()
 
-    def row(message: str) -> dict[str, Any]:
-        built = submit.build_row(
-            submit.JobRequest("examples.echo", {"message": "x"}, queue), tenant="gc", s=s, now=utcnow()
-        )
-        return {**built, "args": {"message": message}}
+    def row(message: str) -> NewJob:
+        built = new_job(JobRequest("examples.echo", {"message": "x"}, queue), tenant="gc", s=s, now=utcnow())
+        return dataclasses.replace(built, args={"message": message})
 
     committer = GroupCommitter(wait_s=0.0, max_rows=100, bound=10)
     outcomes: dict[str, Any] = {}
@@ -221,6 +222,6 @@ def test_a_row_the_ledger_refuses_fails_alone_and_a_group_is_published_in_one_pi
         thread.join(timeout=30)
     assert isinstance(outcomes["bad\x00"], sa.exc.DataError), outcomes
     for message in ("first", "ok-1", "ok-2"):
-        assert isinstance(outcomes[message], submit.Enqueued) and outcomes[message].published, outcomes
+        assert isinstance(outcomes[message], commit.Accepted) and outcomes[message].published, outcomes
         assert _committed(outcomes[message].job.id)
     assert sent == [1, 2], "one pipeline per group: the first alone, then the two good rows of the second"

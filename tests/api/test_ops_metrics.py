@@ -12,12 +12,12 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker.accept import enqueue
 from worker.clock import utcnow
 from worker.control import alerts
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db
 from worker.ops.cli import api_metrics_dir
-from worker.submit import enqueue
 from worker.testing.processes import Processes, free_port, wait_for
 
 

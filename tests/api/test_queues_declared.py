@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from tests.conftest import KeyFactory
+from worker.accept import enqueue
 from worker.errors import UnknownQueueError
 from worker.ledger import apikeys, db
 from worker.settings import get_settings
-from worker.submit import enqueue
 from worker.testing.processes import Processes, wait_for
 
 ECHO = {"type": "examples.echo", "args": {"message": "q"}}

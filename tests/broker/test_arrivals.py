@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 from worker import enqueue, enqueue_many
+from worker.accept import JobRequest
 from worker.broker import counters
 from worker.broker.publish import publish
-from worker.submit import JobRequest
 
 
 def test_new_jobs_count_as_arrivals_and_a_resend_does_not(medic_env: dict[str, str]) -> None:

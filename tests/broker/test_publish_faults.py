@@ -13,12 +13,12 @@ import uuid
 import httpx
 
 from tests.conftest import KeyFactory, switched_env
+from worker.accept import enqueue
 from worker.broker import inspect
 from worker.clock import utcnow
 from worker.control.reconcile import never_published
 from worker.ledger import db, queries
 from worker.ops.stack import PrivateRedis
-from worker.submit import enqueue
 from worker.testing.processes import Processes
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.ledger_view import job
+from worker.accept import enqueue
 from worker.ledger.models import JobRow
-from worker.submit import enqueue
 from worker.testing.processes import Processes, wait_for
 
 pytestmark = pytest.mark.chaos

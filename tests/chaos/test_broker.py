@@ -13,10 +13,10 @@ from tests.chaos.conftest import TERMINAL
 from tests.conftest import KeyFactory, switched_env
 from tests.ledger_view import assert_no_overlap
 from tests.testjobs import executions
+from worker.accept import JobRequest, enqueue_many
 from worker.ledger import db
 from worker.ledger.models import jobs
 from worker.ops.stack import PrivateRedis
-from worker.submit import JobRequest, enqueue_many
 from worker.testing.processes import Processes, wait_for
 
 

@@ -10,13 +10,13 @@ import sqlalchemy as sa
 
 from tests.ledger_view import assert_no_overlap
 from tests.testjobs import executions
+from worker.accept import JobRequest, enqueue_many
 from worker.clock import utcnow
 from worker.control.loop import loop_stats
 from worker.control.recover import ACTOR as RECOVER
 from worker.ledger import db, transitions
 from worker.ledger.models import job_events
 from worker.ops import processes
-from worker.submit import JobRequest, enqueue_many
 from worker.testing.processes import Proc, Processes, wait_for
 
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from worker.accept.validate import JobRequest, new_job
 from worker.broker import inspect
 from worker.clock import utcnow
 from worker.ledger import control_state, db, transitions
 from worker.ledger.models import JobRow, job_events, jobs
 from worker.ledger.models import control_state as control_state_table
 from worker.settings import get_settings
-from worker.submit import JobRequest, build_row
 
 
 def empty_ledger() -> None:
@@ -28,10 +28,10 @@ def empty_ledger() -> None:
 
 def queued_job(tenant: str, queue: str | None = None, **row: Any) -> JobRow:
     now = utcnow()
-    base = build_row(JobRequest("examples.echo", {"message": "x"}, queue=queue or f"q-{uuid.uuid4().hex[:6]}"),
+    base = new_job(JobRequest("examples.echo", {"message": "x"}, queue=queue or f"q-{uuid.uuid4().hex[:6]}"),
                      tenant=tenant, s=get_settings(), now=now)  # fmt: skip
     with db.begin() as conn:
-        return transitions.create_jobs(conn, [{**base, **row}], actor="test", now=now)[0]
+        return transitions.create_jobs(conn, [{**base.row(), **row}], actor="test", now=now)[0]
 
 
 def running_job(tenant: str, worker: str, pid: int, **row: Any) -> JobRow:

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from api.limits import InflightLimit
-from worker.control.admission import ACCEPTING, SHEDDING, Watermarks, next_state, retry_after
+from worker.accept.admission import ACCEPTING, SHEDDING, Watermarks, next_state, retry_after
 from worker.control.scalers import ScaleInputs, desired_slots
 from worker.settings import Settings
 

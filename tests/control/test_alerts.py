@@ -20,11 +20,11 @@ import redis
 from tests.conftest import REDIS_URL, switched_env
 from tests.control.webhook import Webhook
 from tests.ops import pooljobs  # noqa: F401 - registers tests.pool_timeout for enqueue()
+from worker.accept import enqueue
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.control import alerts
 from worker.control.loop import loop_stats
-from worker.submit import enqueue
 from worker.testing.processes import Processes, free_port, wait_for
 from worker.testing.servers import delete_keys
 

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 
 from tests import ROOT
 from tests.conftest import REDIS_URL, _database_url, switched_env
+from worker.accept import JobRequest, enqueue_many
 from worker.control.scalers import CeleryScaler, ProcessScaler
 from worker.ledger import db
 from worker.ledger.models import control_decisions
-from worker.submit import JobRequest, enqueue_many
 from worker.testing.processes import Processes, free_port, wait_for
 from worker.testing.servers import delete_keys, pg_admin_execute
 

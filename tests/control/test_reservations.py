@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import KeyFactory, switched_env
-from worker.control import admission
+from worker.accept import admission
 from worker.errors import QueueFullError
 from worker.ledger import db
 from worker.testing.processes import Processes, wait_for

@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from worker.accept import validate
+from worker.accept.validate import JobRequest
 from worker.clock import utcnow
 from worker.ledger import transitions
 from worker.ledger.db import make_engine
 from worker.ledger.migrate import upgrade
 from worker.ledger.models import JobRow
 from worker.settings import get_settings
-from worker.submit import JobRequest, build_row
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -39,13 +40,13 @@ def new_job(engine: sa.Engine) -> NewJob:
 
     def make(type_: str = "examples.echo", args: dict[str, Any] | None = None, **row: Any) -> JobRow:
         tenant = row.pop("tenant", "ledger-tests")
-        base = build_row(
+        base = validate.new_job(
             JobRequest(type_, args if args is not None else {"message": "x"}),
             tenant=tenant,
             s=get_settings(),
             now=utcnow(),
         )
         with engine.begin() as conn:
-            return transitions.create_jobs(conn, [{**base, **row}], actor="test", now=base["created_at"])[0]
+            return transitions.create_jobs(conn, [{**base.row(), **row}], actor="test", now=base.created_at)[0]
 
     return make

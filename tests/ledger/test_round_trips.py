@@ -10,12 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from tests.ledger.conftest import NewJob
+from worker.accept import validate
+from worker.accept.validate import JobRequest
 from worker.clock import utcnow
 from worker.ledger import db, queries, transitions
 from worker.ledger.db import make_engine
 from worker.ledger.models import job_events
 from worker.settings import get_settings
-from worker.submit import JobRequest, build_row
 
 
 @pytest.fixture
@@ -32,7 +33,10 @@ def statements(engine: sa.Engine) -> Iterator[list[str]]:
 
 def _rows(n: int) -> list[dict[str, Any]]:
     s, now = get_settings(), utcnow()
-    return [build_row(JobRequest("examples.echo", {"message": str(i)}), tenant="rt", s=s, now=now) for i in range(n)]
+    return [
+        validate.new_job(JobRequest("examples.echo", {"message": str(i)}), tenant="rt", s=s, now=now).row()
+        for i in range(n)
+    ]
 
 
 def _per_call(statements: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from tests import ledger_view
 from tests.conftest import KeyFactory
 from tests.control.fabricate import empty_ledger, queued_job, running_job
 from worker import logs
+from worker.accept import enqueue
 from worker.broker import presence
 from worker.clock import seconds, utcnow
 from worker.control.reconcile import reconcile_broker
@@ -25,7 +26,6 @@ from worker.control.recover import recover_stuck
 from worker.control.timeouts import enforce_timeouts
 from worker.ledger import db
 from worker.ledger.models import jobs
-from worker.submit import enqueue
 from worker.testing.processes import Processes, wait_for
 
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import ledger_view
 from tests.ops import pooljobs  # noqa: F401 - registers tests.pool_timeout for enqueue()
 from tests.testjobs import executions
-from worker.submit import enqueue
+from worker.accept import enqueue
 from worker.testing.processes import Processes, free_port, wait_for
 
 

@@ -15,12 +15,12 @@ from sqlalchemy.engine import Row
 
 from tests.ledger_view import assert_no_overlap, job
 from tests.testjobs import executions
+from worker.accept import enqueue
 from worker.broker.inspect import depth
 from worker.broker.publish import publish
 from worker.ledger import db, queries
 from worker.ledger.models import JobRow
 from worker.settings import get_settings
-from worker.submit import enqueue
 from worker.testing.processes import wait_for
 
 TERMINAL = {"succeeded", "dead", "cancelled"}

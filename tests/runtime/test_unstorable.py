@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from tests.api_client import events, submit, wait_state
+from worker.accept.validate import JobRequest, new_jobs
 from worker.clock import utcnow
 from worker.ledger import db, queries, transitions
 from worker.settings import get_settings
-from worker.submit import JobRequest, prepare
 
 
 def any_payload(payload: str) -> str:
@@ -75,7 +75,7 @@ def test_a_data_error_at_finalize_is_recorded_as_a_job_error(medic_env: dict[str
     from worker.runtime.task import record_outcome
 
     s = get_settings()
-    [row] = prepare(
+    [row] = new_jobs(
         [JobRequest("examples.echo", {"message": "x"}, None, 0, 60, 1, None)], tenant=f"t{uuid.uuid4().hex[:8]}"
     )
     with db.begin() as conn:  # written, never published: no worker can take it

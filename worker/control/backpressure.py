@@ -7,10 +7,10 @@ import datetime as dt
 import logging
 from typing import Any
 
+from worker.accept import admission
 from worker.broker import inspect, redis_keys
 from worker.broker.counters import known_queues
 from worker.broker.redis_client import get_redis
-from worker.control import admission
 from worker.control.rates import update_rates
 from worker.ledger import decisions
 from worker.settings import get_settings

@@ -24,6 +24,7 @@ from worker.clock import seconds
 from worker.errors import InvalidTransitionError
 from worker.ledger import pg_statements as pg
 from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.records import NewJob
 from worker.ledger.states import JobState, is_allowed
 
 
@@ -59,6 +60,7 @@ def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: s
 
     On PostgreSQL: one statement, `ON CONFLICT (id) DO NOTHING` so that re-running it after a lost
     connection (db.write) cannot duplicate a job: a row the first try committed is read back."""
+    rows = [r.row() if isinstance(r, NewJob) else r for r in rows]  # TEMP until the ledger takes NewJob
     if not rows:
         return []
     if conn.dialect.name == "postgresql":
@@ -73,6 +75,7 @@ def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: s
 
 def create_job_once(conn: Connection, row: Mapping[str, Any], *, actor: str, now: dt.datetime) -> JobRow | None:
     """Insert a job unless its (tenant, idempotency_key) exists; None if it did (race-free)."""
+    row = row.row() if isinstance(row, NewJob) else row  # TEMP until the ledger takes NewJob
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     stmt = (
         dialect_insert(jobs)

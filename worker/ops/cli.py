@@ -17,7 +17,6 @@ from worker.ops import processes
 from worker.settings import get_settings, reset_settings
 
 EXIT_CONFIG = 2
-EXIT_DEPENDENCY = 3
 EXIT_JOB_FAILED = 4
 
 

@@ -25,7 +25,6 @@ from worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, g
 log = logging.getLogger("medic.up")
 
 EXIT_OK = 0
-EXIT_NO_REDIS = 3
 EXIT_API_DID_NOT_START = 5
 
 

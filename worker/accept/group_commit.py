@@ -1,7 +1,7 @@
-"""Group commit for POST /jobs: concurrent submissions of one API process share one transaction.
+"""Group commit: concurrent single-job submissions of one process share one transaction.
 
 Each request is validated and admitted in its own thread (4xx and 429 never reach a group), then
-hands its row to this process's committer and waits. One committer thread takes the first row
+hands its job to this process's committer and waits. One committer thread takes the first row
 waiting, gathers what else is waiting (and, while requests arrive together, waits at most
 `submit_group_wait_ms` or until `submit_group_max_rows`), commits them in ONE transaction, sends
 their messages in ONE Redis pipeline, and only then answers each caller: a 202 still means
@@ -9,7 +9,7 @@ committed. PostgreSQL pays one WAL flush per group instead of one per job.
 
 A row that the ledger refuses would fail the whole transaction; the group is then committed row
 by row, so only that row's caller gets the error. A caller whose idempotency key was used for a
-different job gets its 409 alone (worker.submit.commit_rows, `separate`). The waiting queue is
+different job gets its 409 alone (worker.accept.commit, `separate`). The waiting queue is
 bounded: when it is full the request is refused at once with the same 503 as the in-flight limit.
 """
 
@@ -20,23 +20,23 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
+from worker.accept.commit import Accepted, Committed, commit, publish_new
 from worker.errors import LedgerUnavailableError, MedicError, OverloadedError
 from worker.forksafe import PerProcess
+from worker.ledger.records import NewJob
 from worker.settings import get_settings
-from worker.submit import Committed, Enqueued, commit_rows, publish_new
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Waiting:
-    """One caller's row, and where its outcome is handed back."""
+    """One caller's job, and where its outcome is handed back."""
 
-    row: dict[str, Any]
+    job: NewJob
     actor: str
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Committed | BaseException | None = None
@@ -54,18 +54,17 @@ class GroupCommitter:
         self.max_rows = max_rows
         self._queue: queue.Queue[_Waiting] = queue.Queue(maxsize=bound)
         self._last_group = 1
-        self.groups = 0  # committed groups, for tests and metrics
         self._thread = threading.Thread(target=self._run, name="medic-group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, row: dict[str, Any], actor: str) -> Enqueued:
-        """Commit `row` with whatever else is waiting; returns once it is committed (and sent).
+    def submit(self, job: NewJob, actor: str) -> Accepted:
+        """Commit `job` with whatever else is waiting; returns once it is committed (and sent).
 
         Raises:
             OverloadedError: too many rows already wait (503, Retry-After 1).
             IdempotencyConflictError, LedgerUnavailableError, ...: this row's own outcome.
         """
-        waiting = _Waiting(row, actor)
+        waiting = _Waiting(job, actor)
         try:
             self._queue.put_nowait(waiting)
         except queue.Full:
@@ -76,7 +75,7 @@ class GroupCommitter:
         outcome = waiting.outcome
         if isinstance(outcome, BaseException):
             raise outcome
-        assert isinstance(outcome, Enqueued)
+        assert isinstance(outcome, Accepted)
         return outcome
 
     def _gather(self) -> list[_Waiting]:
@@ -112,10 +111,10 @@ class GroupCommitter:
                         waiting.answer(exc)
 
     def _commit(self, group: list[_Waiting]) -> None:
-        rows, actors = [w.row for w in group], [w.actor for w in group]
+        news, actors = [w.job for w in group], [w.actor for w in group]
         done: list[Committed | BaseException]
         try:
-            done = list(commit_rows(rows, actors, separate=True))
+            done = list(commit(news, actors, separate=True))
         except LedgerUnavailableError as exc:  # nothing committed, for anyone: each gets the 503
             for waiting in group:
                 waiting.answer(exc)
@@ -127,8 +126,7 @@ class GroupCommitter:
             # One row the ledger refused failed them all: commit each alone, so only it fails.
             log.warning("group of %d failed (%s); committing its rows one by one", len(group), exc)
             done = [self._alone(w) for w in group]
-        self.groups += 1
-        sent = publish_new([d for d in done if isinstance(d, Enqueued)])
+        sent = publish_new([d for d in done if isinstance(d, Accepted)])
         answers = iter(sent)
         for waiting, outcome in zip(group, done, strict=True):
             waiting.answer(outcome if isinstance(outcome, BaseException) else next(answers))
@@ -136,7 +134,7 @@ class GroupCommitter:
     @staticmethod
     def _alone(waiting: _Waiting) -> Committed | BaseException:
         try:
-            return commit_rows([waiting.row], [waiting.actor], separate=True)[0]
+            return commit([waiting.job], [waiting.actor], separate=True)[0]
         except (sa_exc.SQLAlchemyError, MedicError) as exc:
             return exc
 

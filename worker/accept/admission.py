@@ -1,7 +1,8 @@
 """Admission control: whether a queue accepts work, decided with hysteresis by the
-apply_backpressure loop and enforced at the door by the API, which also measures for itself.
+apply_backpressure loop (worker/control/backpressure.py) and enforced when a job is accepted,
+which also measures for itself.
 
-The API's own check is one atomic Lua call: queue depth (the LLENs of the queue and its
+The accept path's own check is one atomic Lua call: queue depth (the LLENs of the queue and its
 priority sub-queues) plus jobs admitted but not yet published, against the watermark. So even
 submissions arriving far faster than the loop's period cannot push a queue past its limit, and
 a stale loop state never lets work through blindly.
@@ -12,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,8 @@ import redis
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.broker.scripts import run_script
-from worker.errors import QueueFullError, TenantQuotaError
-from worker.ledger import db, queries
+from worker.errors import QueueFullError
+from worker.ledger.records import NewJob
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -129,49 +129,13 @@ def admit(queue: str, n: int, priority: int, *, ttl_ms: int = PENDING_TTL_MS) ->
     return Reservation(queue, n, member)
 
 
-_quota_cache: dict[str, tuple[int, float]] = {}
-QUOTA_CACHE_S = 1.0
-
-
-def _queued_count(tenant: str, quota: int) -> int:
-    """The tenant's queued jobs (counted up to quota + 1), cached for a second per process:
-    the count costs in proportion to the backlog (15 ms at 100k queued, measured), and a quota
-    is a guard rail, not a fence."""
-    hit = _quota_cache.get(tenant)
-    if hit is not None and hit[1] > time.monotonic():
-        return hit[0]
-    with db.connect() as conn:
-        queued = queries.tenant_queued(conn, tenant, up_to=quota + 1)
-    _quota_cache[tenant] = (queued, time.monotonic() + QUOTA_CACHE_S)
-    return queued
-
-
-def check_tenant_quota(tenant: str, n: int) -> None:
-    """Raises:
-    TenantQuotaError: the tenant's queued jobs plus `n` would pass its quota.
-    """
-    s = get_settings()
-    quota = s.tenant_queued_quota
-    queued = _queued_count(tenant, quota)
-    if queued + n > quota:
-        raise TenantQuotaError(
-            f"tenant {tenant!r} has {queued} queued jobs; its quota is {quota}",
-            queued=queued,
-            quota=quota,
-            retry_after=min(30, s.retry_after_max_seconds),
-        )
-    hit = _quota_cache.get(tenant)
-    if hit is not None:  # count what this process admits until the next real count
-        _quota_cache[tenant] = (hit[0] + n, hit[1])
-
-
 def published_state(queue: str) -> dict[str, Any]:
     """What apply_backpressure last published for `queue` (empty when stale)."""
     return dict(get_redis().hgetall(redis_keys.admission(queue)))
 
 
-def admit_rows(rows: Sequence[Mapping[str, Any]]) -> list[Reservation]:
-    """Reserve room for prepared job rows, queue by queue; all or nothing.
+def admit_jobs(news: Sequence[NewJob]) -> list[Reservation]:
+    """Reserve room for validated jobs, queue by queue; all or nothing.
 
     A group gets the critical headroom only if every job in it is critical.
 
@@ -179,8 +143,8 @@ def admit_rows(rows: Sequence[Mapping[str, Any]]) -> list[Reservation]:
         QueueFullError
     """
     groups: dict[str, list[int]] = {}
-    for row in rows:
-        groups.setdefault(row["queue"], []).append(row["priority"])
+    for new in news:
+        groups.setdefault(new.queue, []).append(new.priority)
     held: list[Reservation] = []
     try:
         for queue, priorities in groups.items():
