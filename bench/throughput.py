@@ -150,12 +150,21 @@ class Bench:
         return {"load_before_each_round": loads, "runs": runs}
 
 
-def cpu_per(runs: list[dict[str, Any]], count: str, skip: str) -> dict[str, float]:
-    """Median CPU ms per unit (`count` of each run) of every process group not starting with `skip`."""
-    groups = [g for g in runs[0]["cpu"]["cpu_s"] if not g.startswith(skip)]
-    return {
-        g: round(statistics.median(r["cpu"]["cpu_s"][g] * 1000 / max(1, r[count]) for r in runs), 3) for g in groups
-    }
+def report(done: dict[str, Any], how: dict[str, Any], figures: dict[str, int], per: str, count: str) -> dict[str, Any]:
+    """A medic/plain comparison's JSON: how it ran, the load before each round, and per side the
+    summary of each figure (name -> digits; latencies lower is better), every raw run, and the
+    median CPU ms per `per` (`count` in each run) of each process group, the other side's left out."""
+    out = {**how, "load_before_each_round": done["load_before_each_round"]}
+    for name, rs in done["runs"].items():
+        out[name] = {f: summary([r[f] for r in rs if r[f]], higher_is_better="_ms" not in f, digits=d)
+                     for f, d in figures.items()}  # fmt: skip
+        out[name]["runs"] = [{k: v for k, v in r.items() if k != "cpu"} for r in rs]
+        groups = [g for g in rs[0]["cpu"]["cpu_s"] if not g.startswith("plain" if name == "medic" else "medic")]
+        out[name][f"cpu_ms_per_{per}_median"] = {
+            g: round(statistics.median(r["cpu"]["cpu_s"][g] * 1000 / max(1, r[count]) for r in rs), 3) for g in groups
+        }
+        out[name]["machine_busy_cores_median"] = statistics.median(r["cpu"]["machine_busy_cores"] for r in rs)
+    return out
 
 
 # ------------------------------------------------------------------------------------ enqueue
@@ -197,20 +206,10 @@ def enqueue(bench: Bench) -> dict[str, Any]:
 
     sides = {f.__name__: side(f) for f in (medic_single, plain_apply_async, medic_batch, plain_batch)}
     done = bench.alternate(sides)
-    out: dict[str, Any] = {
-        "unit": "jobs/s",
-        "each_run": f"{s.enqueue_s} s or {s.enqueue_cap} jobs, whichever first; empty table and queue",
-        "order": f"{s.rounds} rounds of {', '.join(sides)}",
-        "load_before_each_round": done["load_before_each_round"],
-    }
-    calls = {
-        "medic_single": "worker.enqueue('examples.echo', {'message': 'x'})",
-        "plain_apply_async": "plain.noop.apply_async()",
-        "medic_batch": f"worker.enqueue_many([...{s.batch} JobRequests...])",
-        "plain_batch": f"{s.batch} x plain.noop.apply_async(producer=p) inside producer.batch(): one pipeline",
-    }
+    out: dict[str, Any] = {"unit": "jobs/s", "each_run": f"{s.enqueue_s} s or {s.enqueue_cap} jobs, whichever first"}
+    out["load_before_each_round"] = done["load_before_each_round"]
     for name, runs in done["runs"].items():
-        out[name] = {**summary([r["jobs_per_s"] for r in runs]), "call": calls[name]}
+        out[name] = summary([r["jobs_per_s"] for r in runs])
     out["ratio_single_vs_plain"] = ratio(out["medic_single"], out["plain_apply_async"], 0.6)
     out["ratio_batch_vs_plain_batch"] = ratio(out["medic_batch"], out["plain_batch"], 1.0)
     return out
@@ -286,25 +285,13 @@ def http(bench: Bench) -> dict[str, Any]:
     meter = CpuMeter(lambda: {"medic_api": [medic_proc.pid], "plain_api": [plain_proc.pid], **shared_groups()})
     done = bench.alternate({name: side(*b) for name, b in bodies.items()}, meter)
     bench.stop(plain_proc, medic_proc)
-    out: dict[str, Any] = {
+    how = {
         "unit": "requests/s (2xx only), latency ms",
-        "client": f"httpx, {s.http_threads} threads with keep-alive, {s.http_requests} requests "
-        f"or {s.http_s} s per run, to {HOST} only",
-        "order": f"{s.rounds} rounds of medic, plain; empty table and queue before each run",
+        "client": f"httpx, {s.http_threads} keep-alive threads, {s.http_requests} requests or {s.http_s} s a run",
         "medic_body": bodies["medic"][1],
         "plain_endpoint": "bench/plain.py: sync FastAPI route, pydantic body, apply_async, no auth",
-        "load_before_each_round": done["load_before_each_round"],
     }
-    for name, rs in done["runs"].items():
-        out[name] = {
-            "rps": summary([x["rps"] for x in rs]),
-            "p50_ms": summary([x["p50_ms"] for x in rs], higher_is_better=False, digits=2),
-            "p99_ms": summary([x["p99_ms"] for x in rs], higher_is_better=False, digits=2),
-            "errors": dict(sum((Counter(x["errors"]) for x in rs), Counter())),
-            "raw_runs": [{k: v for k, v in x.items() if k != "cpu"} for x in rs],
-            "cpu_ms_per_request_median": cpu_per(rs, "ok", skip="plain" if name == "medic" else "medic"),
-            "machine_busy_cores_median": statistics.median(x["cpu"]["machine_busy_cores"] for x in rs),
-        }
+    out = report(done, how, {"rps": 1, "p50_ms": 2, "p99_ms": 2}, "request", "ok")
     out["ratio_rps_medic_vs_plain"] = ratio(out["medic"]["rps"], out["plain"]["rps"], 0.8)
     return out
 
@@ -389,27 +376,15 @@ def e2e(bench: Bench, events: bool) -> dict[str, Any]:
     }
     done = bench.alternate(sides, meter)
     bench.stop(plain_w, medic_w)
-    out: dict[str, Any] = {
-        "unit": "jobs/s from the first publish to the last completion",
+    how = {
+        "unit": "jobs/s from the first publish to the last completion the worker child records",
         "jobs_per_run": s.e2e_jobs,
+        "workers": f"one a side, prefork -c {s.concurrency}, prefetch 1, acks_late",
         "task_events": "on (-E) on both workers" if events else "off (no -E) on both workers",
-        "workers": f"one worker per side, prefork -c {s.concurrency}, prefetch 1, acks_late, INFO logging",
-        "publishing": f"both sides in batches of {s.batch}, one Redis pipeline per batch "
-        "(medic: enqueue_many; plain: apply_async inside producer.batch())",
-        "completion": "the wall-clock time the worker child records at completion, before the ack "
-        "(medic: the ledger's finished_at at finalize; plain: RPUSH(time) in the task), "
-        "polled every 0.1 s on both sides",
-        "order": f"{s.rounds} rounds of medic, plain after a warm-up of {s.e2e_jobs // 10} jobs each",
-        "load_before_each_round": done["load_before_each_round"],
     }
-    for name, rs in done["runs"].items():
-        out[name] = {
-            "jobs_per_s": summary([r["jobs_per_s"] for r in rs if r["jobs_per_s"]]),
-            "all_completed": all(r["completed"] == r["of"] for r in rs),
-            "runs": [{k: v for k, v in r.items() if k != "cpu"} for r in rs],
-            "cpu_ms_per_job_median": cpu_per(rs, "of", skip="plain" if name == "medic" else "medic"),
-            "machine_busy_cores_median": statistics.median(r["cpu"]["machine_busy_cores"] for r in rs),
-        }
+    out = report(done, how, {"jobs_per_s": 1}, "job", "of")
+    for name in done["runs"]:
+        out[name]["all_completed"] = all(r["completed"] == r["of"] for r in done["runs"][name])
     out["ratio_medic_vs_plain"] = ratio(out["medic"]["jobs_per_s"], out["plain"]["jobs_per_s"], 0.8)
     return out
 
