@@ -1,6 +1,6 @@
 """WS /jobs/stream under many clients: latency from COMMIT to client, and the API's memory.
 
-`python -m bench.stream --clients 200` starts a private medic API (bench/medic_run.py: its own
+`python -m bench.stream --clients 200` starts a private medic API (bench/common.py: its own
 database and key prefixes), parks `--jobs` jobs of one tenant, connects `--clients` stream
 clients on 127.0.0.1 (client i follows job i % jobs), then for `--seconds` commits one transition
 per job per round (`--rate` rounds a second, one transaction a round, straight into job_events:
