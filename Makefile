@@ -37,6 +37,6 @@ clean:
 docs: $(STAMP)  ## regenerate docs/configuration.md
 	$(PY) -m worker.ops.config_doc
 
-bench: $(STAMP)  ## the scale bench at 10k, 100k and 1M jobs (~10 min; not part of `make test`) -> docs/bench/scale.json
-	$(PY) -m bench.scale > docs/bench/scale.json.new
-	mv docs/bench/scale.json.new docs/bench/scale.json
+bench: $(STAMP)  ## one bench -> docs/bench/<it>.json: scale by default (~10 min), BENCH=throughput (~3 min); not in `make test`
+	$(PY) -m bench.$(or $(BENCH),scale) > docs/bench/$(or $(BENCH),scale).json.new
+	mv docs/bench/$(or $(BENCH),scale).json.new docs/bench/$(or $(BENCH),scale).json

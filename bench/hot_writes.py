@@ -1,13 +1,12 @@
 """The worker's two ledger writes per job (claim, then succeed), in process, with the hot
 statements prepared per connection (MEDIC_DB_PREPARED_STATEMENTS, the default) and without.
 
-Run: `.venv/bin/python -m bench.hot_writes [--jobs 2000 --rounds 3] > docs/bench/hot_writes.json`
+    .venv/bin/python -m bench.hot_writes [--jobs 2000 --rounds 3] > docs/bench/hot_writes.json
 
-Per job: wall time, this process's CPU and the PostgreSQL backend's CPU (from /proc/<pid>/stat
-of the connection's server process: the pool is one connection, so every write uses it).
-Rounds alternate the two modes after a warm-up; the JSON keeps every raw figure and the load
-before each round. One process, one connection: the figures isolate the statement path, not
-a worker's throughput (bench.throughput measures that).
+Per job: wall time, this process's CPU and the PostgreSQL backend's CPU (the pool is one
+connection, so every write uses the same server process). Rounds alternate the two modes after a
+warm-up, the load recorded before each. One process, one connection: the figures isolate the
+statement path, not a worker's throughput (bench.throughput measures that).
 """
 
 from __future__ import annotations
@@ -15,60 +14,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from typing import Any
 
-from bench.medic_run import MedicRun
-from bench.profiling import load_check
-from bench.stats import summary
+import sqlalchemy as sa
 
-TICK = os.sysconf("SC_CLK_TCK")
+from bench.common import MedicRun, header, job_request_class, load_check, proc_cpu, summary
 
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+QUEUE = "bench-hw"
 
 
-def _round(jobs: int) -> dict[str, float]:
-    """claim + succeed of `jobs` fresh jobs, one connection; ms per job."""
-    import sqlalchemy as sa
-
+def one_round(jobs: int) -> dict[str, float]:
+    """claim + succeed of `jobs` fresh jobs (enqueued first, not timed), one connection; ms per job."""
+    from worker import enqueue_many
     from worker.clock import utcnow
     from worker.ledger import db, transitions
-    from worker.settings import get_settings
-    from worker.submit import JobRequest, build_row
 
-    s, now = get_settings(), utcnow()
-    rows = [build_row(JobRequest("examples.echo", {"message": "x"}, queue="bench-hw"), tenant="hw", s=s, now=now)
-            for _ in range(jobs)]  # fmt: skip
+    job_request = job_request_class()
     for start in range(0, jobs, 500):
-        db.write(lambda c, part=rows[start : start + 500]: transitions.create_jobs(c, part, actor="bench", now=now))
-    backend = db.write(lambda c: int(c.scalar(sa.text("SELECT pg_backend_pid()"))))
-    wall0, cpu0, be0 = time.perf_counter(), time.process_time(), _cpu_s(backend)
-    for r in rows:
+        enqueue_many(
+            [job_request("examples.echo", {"message": "x"}, queue=QUEUE) for _ in range(min(500, jobs - start))]
+        )
+    with db.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, delivery_id FROM jobs WHERE state = 'queued'")).all()
+        backend = int(conn.scalar(sa.text("SELECT pg_backend_pid()")))
+    wall0, cpu0, pg0 = time.perf_counter(), time.process_time(), proc_cpu(backend) or 0.0
+    for job_id, delivery_id in rows:
         job = db.write(
-            lambda c, r=r: transitions.claim(c, r["id"], r["delivery_id"], worker="w", pid=1, now=utcnow(), lease_s=30),
+            lambda c, i=job_id, d=delivery_id: transitions.claim(c, i, d, worker="w", pid=1, now=utcnow(), lease_s=30),
             sync_commit=False,
         )
         assert job is not None
         done = db.write(lambda c, j=job: transitions.succeed(c, j.id, j.delivery_id, None, actor="w:1", now=utcnow()))
         assert done is not None and done.state == "succeeded"
-    wall, cpu, be = time.perf_counter() - wall0, time.process_time() - cpu0, _cpu_s(backend) - be0
+    wall, cpu, pg = time.perf_counter() - wall0, time.process_time() - cpu0, (proc_cpu(backend) or 0.0) - pg0
     with db.begin() as conn:
-        conn.execute(sa.text("DELETE FROM job_events"))
-        conn.execute(sa.text("DELETE FROM jobs"))
-    return {"wall_ms": wall / jobs * 1000, "client_cpu_ms": cpu / jobs * 1000, "postgres_cpu_ms": be / jobs * 1000}
+        conn.execute(sa.text("TRUNCATE jobs CASCADE"))
+    return {"wall_ms": wall / jobs * 1000, "client_cpu_ms": cpu / jobs * 1000, "postgres_cpu_ms": pg / jobs * 1000}
 
 
-def _head() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-
-
-def _set_mode(prepared: bool) -> None:
+def set_mode(prepared: bool) -> None:
     from worker.ledger.db import dispose_engine
     from worker.settings import reset_settings
 
@@ -84,29 +69,24 @@ def main() -> None:
     args = parser.parse_args()
     run = MedicRun("production", {"MEDIC_DB_POOL_SIZE": "1"})
     started = time.time()
-    raw: dict[str, list[dict[str, float]]] = {"prepared": [], "not_prepared": []}
-    loads: list[dict[str, Any]] = []
+    modes = {"prepared": True, "not_prepared": False}
+    raw: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    loads = []
     try:
         run.create()
-        for mode in ("prepared", "not_prepared"):  # warm-up, not recorded
-            _set_mode(mode == "prepared")
-            _round(200)
+        for prepared in modes.values():  # warm-up, not recorded
+            set_mode(prepared)
+            one_round(200)
         for _ in range(args.rounds):
             loads.append(load_check())
-            for mode in ("prepared", "not_prepared"):
-                _set_mode(mode == "prepared")
-                raw[mode].append(_round(args.jobs))
+            for mode, prepared in modes.items():
+                set_mode(prepared)
+                raw[mode].append(one_round(args.jobs))
     finally:
         run.drop()
     out: dict[str, Any] = {
-        "bench": "hot_writes",
-        "command": " ".join([os.path.basename(sys.executable), "-m", "bench.hot_writes", *sys.argv[1:]]),
+        **header("hot_writes"),
         "what": "claim (async commit) + succeed (sync commit) per job, one connection, in process",
-        "code": {
-            "head": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-            ).stdout.strip()
-        },
         "jobs_per_round": args.jobs,
         "order": f"{args.rounds} rounds of prepared, not_prepared after a warm-up of 200 jobs each",
         "load_before_each_round": loads,

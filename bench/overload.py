@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from bench.medic_run import ROOT, MedicRun
+from bench.common import ROOT, MedicRun, header, percentile
 from worker.testing.processes import Processes
 
 JOB_S = 0.2
@@ -35,11 +35,10 @@ PROFILE = "fast"
 TERMINAL = ("succeeded", "dead", "cancelled")
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+def ms(values: list[float], q: float) -> float | None:
+    """The `q` quantile of latencies in seconds, in ms."""
+    value = percentile(sorted(values), q)
+    return None if value is None else round(value * 1000, 1)
 
 
 class Recorder:
@@ -117,8 +116,8 @@ def summarize(rec: Recorder, high: int, low: int, hard: int, seconds: float) -> 
         "accepted_per_s": round(len(ok) / seconds, 1),
         "rejected_per_s": round(len(no) / seconds, 1),
         "latency_ms": {
-            "202": {"p50": percentile([a[2] for a in ok], 0.5), "p99": percentile([a[2] for a in ok], 0.99)},
-            "429": {"p50": percentile([a[2] for a in no], 0.5), "p99": percentile([a[2] for a in no], 0.99)},
+            "202": {"p50": ms([a[2] for a in ok], 0.5), "p99": ms([a[2] for a in ok], 0.99)},
+            "429": {"p50": ms([a[2] for a in no], 0.5), "p99": ms([a[2] for a in no], 0.99)},
         },
         "depth": {"peak": max(s[1] for s in rec.samples), "median": statistics.median(s[1] for s in rec.samples)},
         "watermarks": {"high": high, "low": low, "hard_limit": hard},
@@ -201,7 +200,7 @@ def main() -> None:
         procs.stop_all()
         medic.drop()
     plot(rec, wm.high, wm.low, wm.hard, args.plot)
-    report: dict[str, Any] = {"bench": "overload", "profile": PROFILE, "seconds": args.seconds}
+    report: dict[str, Any] = {**header("overload"), "profile": PROFILE, "seconds": args.seconds}
     report |= {"clients": args.clients, "job_seconds": JOB_S}
     report["accepted_jobs"] = {"accepted_202": accepted, **jobs_end}
     report["events_by_reason"] = reasons

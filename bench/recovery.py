@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import tempfile
@@ -23,9 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from bench.medic_run import REDIS_URL, ROOT, MedicRun, plain_worker_argv
+from bench.common import REDIS_URL, ROOT, MedicRun, header, job_request_class, start_plain_worker, use_plain
 from worker.testing.processes import Processes, wait_for
 from worker.testing.servers import delete_keys
 
@@ -40,16 +37,17 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
     medic = MedicRun("production")
+    from worker import enqueue_many
     from worker.ledger import db, queries
     from worker.settings import get_settings
-    from worker.submit import JobRequest, enqueue_many
 
     medic.create()
     procs = Processes(medic.env, log_dir)
     try:
         a = procs.worker("medic-a", queues=QUEUE, concurrency=n)
         procs.control_plane()
-        done = enqueue_many([JobRequest("examples.sleep", {"seconds": job_seconds}, queue=QUEUE) for _ in range(n)])
+        job_request = job_request_class()
+        done = enqueue_many([job_request("examples.sleep", {"seconds": job_seconds}, queue=QUEUE) for _ in range(n)])
         ids = [d.job.id for d in done]
 
         def rows() -> list[Any]:
@@ -82,20 +80,15 @@ def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
 
 def bench_plain(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
     prefix = f"bench-plain-{uuid.uuid4().hex[:8]}:"
-    env = {**os.environ, "BENCH_REDIS_URL": REDIS_URL, "BENCH_PLAIN_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
-    os.environ.update(env)
-    from bench.plain_celery_app import app, plain_sleep
-
-    app.conf.broker_transport_options = {"global_keyprefix": prefix}
-    records = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    procs = Processes(env, log_dir)
+    plain = use_plain(prefix)
+    records = plain.records
+    procs = Processes({**os.environ, "PYTHONPATH": str(ROOT)}, log_dir)
     try:
-        a = procs.start("plain-a", plain_worker_argv(QUEUE, n, "plain-a@%h"))
-        tags = [uuid.uuid4().hex for _ in range(n)]
-        for tag in tags:
-            plain_sleep.apply_async((job_seconds, tag), queue=QUEUE)
+        a = start_plain_worker(procs, "plain-a", QUEUE, n)
+        for _ in range(n):
+            plain.plain_sleep.apply_async((job_seconds, uuid.uuid4().hex), queue=QUEUE)
         wait_for(lambda: records.hlen(f"{prefix}started") == n, 60, 0.05, "all tasks started on A")
-        procs.start("plain-b", plain_worker_argv(QUEUE, n, "plain-b@%h"))
+        start_plain_worker(procs, "plain-b", QUEUE, n)
         killed = time.time()
         a.kill_group(signal.SIGKILL)
         deadline = time.time() + cap
@@ -122,10 +115,9 @@ def main() -> None:
     args = parser.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="medic-bench-"))
     report = {
-        "bench": "recovery",
+        **header("recovery"),
         "jobs": args.jobs,
         "job_seconds": args.job_seconds,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "medic": bench_medic(args.jobs, args.job_seconds, args.cap, log_dir),
         "plain_celery": bench_plain(args.jobs, args.job_seconds, args.cap, log_dir),
         "logs": str(log_dir),

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -34,8 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.medic_run import ROOT, MedicRun
-from bench.profiling import load_check
+from bench.common import ROOT, MedicRun, header, load_check
 from bench.scale_fill import (
     QUEUES,
     counts,
@@ -48,7 +44,6 @@ from bench.scale_fill import (
 )
 from bench.scale_ops import ApiTarget, time_api, time_loops
 from bench.scale_rss import rss_check
-from bench.throughput import git_state
 from worker.testing.processes import Processes
 
 FLAT_RATIO = 2.0
@@ -160,8 +155,7 @@ def main() -> None:
     run = MedicRun("production", run=f"scale_{uuid.uuid4().hex[:8]}")
     procs = Processes(run.env, log_dir)
     report: dict[str, Any] = {
-        "bench": "scale",
-        "command": shlex.join([".venv/bin/python", "-m", "bench.scale", *sys.argv[1:]]),
+        **header("scale"),
         "note": args.note,
         "statistic": "p50 = median of the timed runs (every run in runs_ms); loops in process, API over HTTP",
         "targets": {
@@ -170,13 +164,6 @@ def main() -> None:
             "prune_vs_e2e": PRUNE_FACTOR,
             "rss_growth": 0.2,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_at_start": os.getloadavg(),
-            "note": "2 shared cores: other engineers' tests may run at the same time; see load_* per size",
-        },
-        "code": git_state(),
         "database": run.db_name,
         "key_prefixes": [run.key_prefix, run.broker_prefix],
         "medic_settings": "MEDIC_PROFILE=production defaults; PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379/0",

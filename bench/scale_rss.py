@@ -7,13 +7,12 @@ and after all of them. Growth between the two is a leak, or a cache without a bo
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
-from bench.profiling import load_check
+from bench.common import load_check, vm_rss_mb
 from worker.ledger import db
 from worker.testing.processes import Proc, Processes
 
@@ -21,14 +20,6 @@ RSS_QUEUE = "bench-scale-rss"
 BATCH = 100
 BACKLOG = 2000  # at most this many submitted and not yet finished: no shedding, bounded queue
 ECHO = {"type": "examples.echo", "args": {"message": "x"}, "queue": RSS_QUEUE}
-
-
-def vm_rss_mb(pid: int) -> float:
-    """VmRSS of a process, from /proc/<pid>/status, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise ValueError(f"no VmRSS for {pid}")
 
 
 def _finished() -> int:

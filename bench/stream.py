@@ -1,6 +1,6 @@
 """WS /jobs/stream under many clients: latency from COMMIT to client, and the API's memory.
 
-`python -m bench.stream --clients 200` starts a private medic API (bench/medic_run.py: its own
+`python -m bench.stream --clients 200` starts a private medic API (bench/common.py: its own
 database and key prefixes), parks `--jobs` jobs of one tenant, connects `--clients` stream
 clients on 127.0.0.1 (client i follows job i % jobs), then for `--seconds` commits one transition
 per job per round (`--rate` rounds a second, one transaction a round, straight into job_events:
@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import tempfile
 import time
 import uuid
@@ -27,19 +26,10 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from bench.medic_run import ROOT, MedicRun
-from bench.stats import percentile
+from bench.common import ROOT, MedicRun, header, percentile, vm_rss_mb
 from worker.testing.processes import Processes
 
 MAX_CLIENTS = 2000  # loopback only, and a shared machine: keep it bounded
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def park_jobs(tenant: str, n: int) -> list[str]:
@@ -99,7 +89,7 @@ async def run(
     received: list[list[tuple[int, float]]] = [[] for _ in range(n_clients)]
     stop = asyncio.Event()
     readies = [asyncio.Event() for _ in range(n_clients)]
-    rss_idle = rss_kb(api_pid)
+    rss_idle = vm_rss_mb(api_pid)
     tasks = []
     for i in range(n_clients):
         url = f"{base}?job_id={job_ids[i % len(job_ids)]}"
@@ -107,14 +97,14 @@ async def run(
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # connect in waves, not a SYN flood
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
-    rss_connected = rss_kb(api_pid)
+    rss_connected = vm_rss_mb(api_pid)
     commits: dict[int, float] = {}
     rss_peak = rss_connected
     rounds = int(seconds * rate)
     started = time.monotonic()
     for r in range(rounds):
         commits[r] = await asyncio.to_thread(commit_round, job_ids, r)
-        rss_peak = max(rss_peak, rss_kb(api_pid))
+        rss_peak = max(rss_peak, vm_rss_mb(api_pid))
         await asyncio.sleep(max(0.0, started + (r + 1) / rate - time.monotonic()))
     expected = rounds * n_clients
     deadline = time.monotonic() + 10
@@ -132,11 +122,7 @@ async def run(
         "deliveries_expected": expected,
         "deliveries_received": len(latencies),
         "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": ms(1.0)},
-        "api_rss_mb": {
-            "idle": round(rss_idle / 1024, 1),
-            "clients_connected": round(rss_connected / 1024, 1),
-            "peak_during_load": round(rss_peak / 1024, 1),
-        },
+        "api_rss_mb": {"idle": rss_idle, "clients_connected": rss_connected, "peak_during_load": rss_peak},
     }
 
 
@@ -216,20 +202,13 @@ def main() -> None:
         medic.drop()
     from worker.settings import get_settings
 
-    result.update(
-        {
-            "command": f"python -m bench.stream --clients {a.clients} --jobs {a.jobs}"
-            f" --seconds {a.seconds} --rate {a.rate}",
-            "poll_seconds": get_settings().ws_poll_seconds,
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "shared": True,
-                "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-            },
-            "what": "COMMIT of a job_events row -> the message in a stream client's hands, loopback, one API process",
-        }
-    )
+    result = {
+        **header("stream"),
+        "what": "COMMIT of a job_events row -> the message in a stream client's hands, loopback, one API process",
+        "poll_seconds": get_settings().ws_poll_seconds,
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        **result,
+    }
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

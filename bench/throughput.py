@@ -1,138 +1,421 @@
-"""Throughput: medic vs plain Celery, same run, same Redis, same machine.
+"""Throughput: medic against plain Celery, side by side in one run, same Redis, same settings.
 
-    (a) enqueue rate from Python: medic `enqueue()` one job per call and `enqueue_many()` in
-        batches, vs plain Celery `apply_async` in a loop (`plain.noop`);
-    (b) HTTP `POST /jobs` through medic's real API (uvicorn) vs a bare FastAPI endpoint that only
-        calls `apply_async` (bench/plain_api.py), driven by the same bounded thread-pool client;
-    (c) end to end: N no-op jobs through one worker each (prefork, same concurrency, acks_late),
-        from the first publish to the last completion (medic: the ledger's finished_at; plain:
-        each task records its completion time in Redis);
-    then py-spy profiles of medic's single and batch enqueue and of its worker processes during
-    (c) (wall clock, I/O waits included), of its API process during (b) (the GIL holder), and the
-    CPU each process group spends per job in (b) and (c), summed up in "where_time_goes".
+Three comparisons, each a pair of sides run alternately (medic, plain, medic, plain ...) for
+`rounds` rounds after a warm-up of each, the load recorded before every round, with an empty
+ledger and empty queues before every measurement; the JSON keeps every raw figure, the median of
+each side and their ratio:
 
-    .venv/bin/python -m bench.throughput            # full run, about 3 minutes on 2 cores
-    .venv/bin/python -m bench.throughput --quick    # tiny sizes, about 25 s: a smoke test
+    enqueue  `enqueue()` vs `apply_async()` in a loop, and `enqueue_many()` of 100 vs 100
+             `apply_async(producer=p)` inside plain Celery's own `producer.batch()` (one Redis
+             pipeline each), from this process;
+    http     `POST /jobs` through medic's API (uvicorn) vs bench/plain.py's bare FastAPI route that
+             only calls `apply_async`, the same bounded keep-alive client on 127.0.0.1;
+    e2e      N no-op jobs through one worker per side (prefork, same concurrency, acks_late, the
+             same task-event setting on both: off, then on), both published in the same batches,
+             from the first publish to the last completion the worker child records (medic: the
+             ledger's finished_at; plain: an RPUSH of the time), polled every 0.1 s on both.
 
-Sides run alternately (medic, plain, medic, plain), each after a warm-up; the ledger table and
-the queues are emptied before every measurement. Every load loop is bounded in count and time and
-talks only to 127.0.0.1. Prints one JSON object. Needs PostgreSQL and Redis on 127.0.0.1 (like the
-tests); creates and drops its own database `medic_bench_<random>` and deletes its Redis keys
-(prefixes `bench<run>:`, `benchb<run>:`, `bench-plain-<run>:`) at the end.
+The CPU of each process group (the API or worker processes, PostgreSQL, Redis) is metered per
+request or job. Prints one JSON object; the docs' table is bench/tables.py's rendering of it.
 
-This module is the command line and the report (orchestration, JSON, the "where_time_goes"
-digest); the scenarios are bench/throughput_enqueue.py, _http.py and _e2e.py, their shared run in
-bench/throughput_env.py, the numbers in bench/stats.py and the measuring in bench/profiling.py.
+    make bench BENCH=throughput                                    # ~3 min -> docs/bench/throughput.json
+    .venv/bin/python -m bench.throughput --quick > /tmp/tp.json    # tiny sizes, ~30 s: a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import json
 import os
-import platform
-import subprocess
+import statistics
+import sys
 import tempfile
 import time
-from dataclasses import asdict
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.medic_run import ROOT
-from bench.throughput_e2e import e2e
-from bench.throughput_enqueue import enqueue, profile_enqueue
-from bench.throughput_env import FULL, QUICK, Bench
-from bench.throughput_http import http
+import httpx
+import redis
+import sqlalchemy as sa
+
+from bench.common import (
+    REDIS_URL,
+    CpuMeter,
+    MedicRun,
+    header,
+    job_request_class,
+    load_check,
+    percentile,
+    pids_named,
+    ratio,
+    ready,
+    start_plain_worker,
+    summary,
+    use_plain,
+)
+from worker.testing.processes import Proc, Processes, free_port
+from worker.testing.servers import delete_keys
+
+HOST = "127.0.0.1"
+QUEUE = "bench-tp"  # enqueue and http: nobody consumes it; e2e: one worker per side, each its prefix
+ECHO = {"message": "x"}
+
+Side = Callable[[bool], dict[str, Any]]  # one measurement (True: the warm-up's size) -> its figures
 
 
-def git_state() -> dict[str, Any]:
-    """The code measured: HEAD, and the files outside bench/ that differ from it."""
+@dataclass(frozen=True)
+class Sizes:
+    """How much each comparison does: FULL for the published figures, QUICK for a smoke test."""
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+    rounds: int
+    enqueue_s: float  # one enqueue measurement: this long or ...
+    enqueue_cap: int  # ... this many jobs, whichever first
+    batch: int  # enqueue_many's batch, and both sides' publish batch end to end
+    http_requests: int  # one HTTP measurement: this many requests or ...
+    http_s: float  # ... this long
+    http_threads: int
+    e2e_jobs: int
+    e2e_cap_s: float  # the longest wait for one end-to-end measurement
+    concurrency: int  # prefork children per worker
 
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if len(line) > 3]
+
+FULL = Sizes(3, 3.0, 50_000, 100, 1200, 8.0, 8, 2000, 90.0, 2)
+QUICK = Sizes(2, 0.3, 2_000, 20, 60, 3.0, 4, 60, 30.0, 2)
+
+
+class Bench:
+    """One run: a private medic, plain Celery on its own prefix, the processes both sides start."""
+
+    def __init__(self, sizes: Sizes) -> None:
+        self.sizes = sizes
+        run = uuid.uuid4().hex[:8]
+        self.plain_prefix = f"bench-plain-{run}:"
+        plain_env = {"BENCH_REDIS_URL": REDIS_URL, "BENCH_PLAIN_PREFIX": self.plain_prefix}
+        self.medic = MedicRun("production", plain_env, run=run)
+        self.plain = use_plain(self.plain_prefix)
+        self.r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        self.log_dir = Path(tempfile.mkdtemp(prefix="medic-bench-"))
+        self.procs = Processes(self.medic.env, self.log_dir)
+
+    def close(self) -> None:
+        try:
+            self.procs.stop_all()
+            self.plain.celery.pool.force_close_all()
+        finally:
+            self.medic.drop()
+            delete_keys(REDIS_URL, self.plain_prefix)
+
+    def stop(self, *procs: Proc) -> None:
+        """Stop processes now, once their comparison is done, rather than at close()."""
+        for proc in procs:
+            proc.stop()
+            self.procs.procs.remove(proc)
+
+    def reset(self) -> None:
+        """An empty ledger and empty queues before each measurement, so every one starts alike."""
+        from worker.ledger import db
+
+        with db.begin() as conn:
+            conn.execute(sa.text("TRUNCATE jobs CASCADE"))
+        for prefix in (self.medic.broker_prefix, self.plain_prefix):
+            for key in self.r.scan_iter(match=f"{prefix}{QUEUE}*", count=1000):
+                self.r.delete(key)
+        gc.collect()
+
+    def alternate(self, sides: dict[str, Side], meter: CpuMeter | None = None) -> dict[str, Any]:
+        """A warm-up of each side, then `rounds` rounds of every side in turn, the load checked
+        before each round and the CPU metered around each measurement; every raw result."""
+        for side in sides.values():
+            self.reset()
+            side(True)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        loads = []
+        for _ in range(self.sizes.rounds):
+            loads.append(load_check())
+            for name, side in sides.items():
+                self.reset()
+                if meter:
+                    meter.start()
+                runs[name].append(side(False))
+                if meter:
+                    runs[name][-1]["cpu"] = meter.stop()
+        self.reset()
+        return {"load_before_each_round": loads, "runs": runs}
+
+
+def report(done: dict[str, Any], how: dict[str, Any], figures: dict[str, int], per: str, count: str) -> dict[str, Any]:
+    """A medic/plain comparison's JSON: how it ran, the load before each round, and per side the
+    summary of each figure (name -> digits; latencies lower is better), every raw run, and the
+    median CPU ms per `per` (`count` in each run) of each process group, the other side's left out."""
+    out = {**how, "load_before_each_round": done["load_before_each_round"]}
+    for name, rs in done["runs"].items():
+        out[name] = {f: summary([r[f] for r in rs if r[f]], higher_is_better="_ms" not in f, digits=d)
+                     for f, d in figures.items()}  # fmt: skip
+        out[name]["runs"] = [{k: v for k, v in r.items() if k != "cpu"} for r in rs]
+        groups = [g for g in rs[0]["cpu"]["cpu_s"] if not g.startswith("plain" if name == "medic" else "medic")]
+        out[name][f"cpu_ms_per_{per}_median"] = {
+            g: round(statistics.median(r["cpu"]["cpu_s"][g] * 1000 / max(1, r[count]) for r in rs), 3) for g in groups
+        }
+        out[name]["machine_busy_cores_median"] = statistics.median(r["cpu"]["machine_busy_cores"] for r in rs)
+    return out
+
+
+# ------------------------------------------------------------------------------------ enqueue
+
+
+def rate(step: Callable[[], int], seconds: float, cap: int) -> dict[str, Any]:
+    """Jobs per second of `step` (which returns the jobs it enqueued) in a loop, bounded both ways."""
+    n, started = 0, time.perf_counter()
+    while n < cap and time.perf_counter() < started + seconds:
+        n += step()
+    return {"jobs_per_s": n / (time.perf_counter() - started)}
+
+
+def enqueue(bench: Bench) -> dict[str, Any]:
+    from worker import enqueue, enqueue_many
+
+    s, noop, job_request = bench.sizes, bench.plain.plain_noop, job_request_class()
+
+    def medic_single() -> int:
+        enqueue("examples.echo", ECHO, queue=QUEUE)
+        return 1
+
+    def plain_apply_async() -> int:
+        noop.apply_async(queue=QUEUE)
+        return 1
+
+    def medic_batch() -> int:
+        return len(enqueue_many([job_request("examples.echo", ECHO, queue=QUEUE) for _ in range(s.batch)]))
+
+    def plain_batch() -> int:
+        """Plain Celery's own batch: the same messages in one Redis pipeline, as medic sends them."""
+        with bench.plain.celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
+            for _ in range(s.batch):
+                noop.apply_async(queue=QUEUE, producer=producer)
+        return s.batch
+
+    def side(step: Callable[[], int]) -> Side:
+        return lambda warm_up: rate(step, s.enqueue_s / 6 if warm_up else s.enqueue_s, s.enqueue_cap)
+
+    sides = {f.__name__: side(f) for f in (medic_single, plain_apply_async, medic_batch, plain_batch)}
+    done = bench.alternate(sides)
+    out: dict[str, Any] = {"unit": "jobs/s", "each_run": f"{s.enqueue_s} s or {s.enqueue_cap} jobs, whichever first"}
+    out["load_before_each_round"] = done["load_before_each_round"]
+    for name, runs in done["runs"].items():
+        out[name] = summary([r["jobs_per_s"] for r in runs])
+    out["ratio_single_vs_plain"] = ratio(out["medic_single"], out["plain_apply_async"], 0.6)
+    out["ratio_batch_vs_plain_batch"] = ratio(out["medic_batch"], out["plain_batch"], 1.0)
+    return out
+
+
+# --------------------------------------------------------------------------------------- http
+
+
+def post_jobs(
+    url: str, body: dict[str, Any], headers: dict[str, str], n: int, seconds: float, threads: int
+) -> dict[str, Any]:
+    """At most `n` POST /jobs or `seconds`, from `threads` keep-alive clients; rate and latency."""
+    assert url.startswith(f"http://{HOST}:"), url
+    counter, deadline = itertools.count(), time.monotonic() + seconds
+
+    def client() -> tuple[list[float], Counter[str]]:
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        with httpx.Client(base_url=url, headers=headers, timeout=10.0) as c:
+            while time.monotonic() < deadline and next(counter) < n:
+                t = time.perf_counter()
+                try:
+                    status = c.post("/jobs", json=body).status_code
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] += 1
+                    continue
+                if status in (200, 202):
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    errors[str(status)] += 1
+        return latencies, errors
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(lambda _: client(), range(threads)))
+    elapsed = time.perf_counter() - started
+    latencies = sorted(x for lat, _ in results for x in lat)
     return {
-        "head": git("rev-parse", "--short", "HEAD").strip(),
-        "uncommitted_files_outside_bench": [f for f in changed if not f.startswith("bench/")],
+        "ok": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": (percentile(latencies, 0.5) or 0) * 1000,
+        "p99_ms": (percentile(latencies, 0.99) or 0) * 1000,
+        "errors": dict(sum((e for _, e in results), Counter())),
     }
+
+
+def http(bench: Bench) -> dict[str, Any]:
+    from worker.ledger import db
+    from worker.ledger.apikeys import Scope, create_key
+
+    s = bench.sizes
+    with db.begin() as conn:
+        key = create_key(conn, "bench", frozenset({Scope.SUBMIT}), name="bench-throughput")
+    medic_proc, medic_url = bench.procs.api("medic-api")
+    plain_url = f"http://{HOST}:{free_port()}"
+    plain_argv = [sys.executable, "-m", "uvicorn", "bench.plain:api", "--host", HOST,
+                  "--port", plain_url.rsplit(":", 1)[1], "--no-access-log"]  # fmt: skip
+    plain_proc = bench.procs.http_server("plain-api", plain_argv, plain_url)
+    bodies = {
+        "medic": (
+            medic_url,
+            {"type": "examples.echo", "args": ECHO, "queue": QUEUE},
+            {"Authorization": f"Bearer {key}"},
+        ),
+        "plain": (plain_url, {"type": "plain.noop", "args": {}, "queue": QUEUE}, {}),
+    }
+
+    def side(url: str, body: dict[str, Any], headers: dict[str, str]) -> Side:
+        return lambda warm_up: post_jobs(
+            url, body, headers, s.http_requests // (8 if warm_up else 1), s.http_s, s.http_threads
+        )
+
+    meter = CpuMeter(lambda: {"medic_api": [medic_proc.pid], "plain_api": [plain_proc.pid], **shared_groups()})
+    done = bench.alternate({name: side(*b) for name, b in bodies.items()}, meter)
+    bench.stop(plain_proc, medic_proc)
+    how = {
+        "unit": "requests/s (2xx only), latency ms",
+        "client": f"httpx, {s.http_threads} keep-alive threads, {s.http_requests} requests or {s.http_s} s a run",
+        "medic_body": bodies["medic"][1],
+        "plain_endpoint": "bench/plain.py: sync FastAPI route, pydantic body, apply_async, no auth",
+    }
+    out = report(done, how, {"rps": 1, "p50_ms": 2, "p99_ms": 2}, "request", "ok")
+    out["ratio_rps_medic_vs_plain"] = ratio(out["medic"]["rps"], out["plain"]["rps"], 0.8)
+    return out
+
+
+def shared_groups() -> dict[str, list[int]]:
+    """The process groups both sides share: PostgreSQL, Redis, and this process (the client)."""
+    return {
+        "postgres_all": pids_named("postgres"),
+        "redis_server": pids_named("redis-server"),
+        "bench_process": [os.getpid()],
+    }
+
+
+# ----------------------------------------------------------------------------------- e2e
+
+
+def medic_drain(bench: Bench, n: int) -> dict[str, Any]:
+    """Publish n echo jobs in batches; done when the ledger has them all finished."""
+    from worker import enqueue_many
+    from worker.ledger import db
+
+    b, job_request = bench.sizes.batch, job_request_class()
+    started = time.time()
+    for i in range(0, n, b):
+        enqueue_many([job_request("examples.echo", ECHO, queue=QUEUE) for _ in range(min(b, n - i))])
+    query = sa.text(
+        "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
+        " count(*) FILTER (WHERE state NOT IN ('queued', 'running', 'succeeded')), max(finished_at) FROM jobs"
+    )
+    deadline = time.monotonic() + bench.sizes.e2e_cap_s
+    while True:
+        with db.connect() as conn:
+            ok, bad, last = conn.execute(query).one()
+        if ok + bad >= n or time.monotonic() > deadline:
+            return drained(n, ok, bad, started, last.timestamp() if last else None)
+        time.sleep(0.1)
+
+
+def plain_drain(bench: Bench, n: int) -> dict[str, Any]:
+    """Publish n tasks in batches of the same size, each in one pipeline (producer.batch()); done
+    when each has recorded its completion in Redis."""
+    task, b, tag = bench.plain.plain_noop_done, bench.sizes.batch, uuid.uuid4().hex[:12]
+    done_key, at_key = f"{bench.plain_prefix}done:{tag}", f"{bench.plain_prefix}done_at:{tag}"
+    started = time.time()
+    for i in range(0, n, b):
+        with bench.plain.celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
+            for _ in range(min(b, n - i)):
+                task.apply_async((tag,), queue=QUEUE, producer=producer)
+    deadline = time.monotonic() + bench.sizes.e2e_cap_s
+    while int(bench.r.get(done_key) or 0) < n and time.monotonic() <= deadline:
+        time.sleep(0.1)
+    times = [float(t) for t in bench.r.lrange(at_key, 0, -1)]
+    bench.r.delete(done_key, at_key)
+    return drained(n, len(times), 0, started, max(times) if times else None)
+
+
+def drained(n: int, ok: int, bad: int, started: float, last: float | None) -> dict[str, Any]:
+    span = (last - started) if last else None
+    return {
+        "completed": ok,
+        "of": n,
+        "failed": bad,
+        "jobs_per_s": round(ok / span, 1) if span and ok == n else None,
+        "first_publish_to_last_completion_s": round(span, 3) if span else None,
+    }
+
+
+def e2e(bench: Bench, events: bool) -> dict[str, Any]:
+    """One medic and one plain worker with the same concurrency and event setting, alternating."""
+    s, flags = bench.sizes, ["-E"] if events else []
+    tag = "ev" if events else "noev"
+    from worker.ops.processes import worker_cmd
+
+    medic_w = ready(bench.procs.start(f"medic-{tag}", [*worker_cmd(QUEUE, s.concurrency, f"medic-{tag}"), *flags]))
+    plain_w = start_plain_worker(bench.procs, f"plain-{tag}", QUEUE, s.concurrency, *flags)
+    groups = {"medic_worker_main": [medic_w.pid], "plain_worker_main": [plain_w.pid]}
+    meter = CpuMeter(lambda: {**groups, "medic_worker_children": medic_w.children(),
+                              "plain_worker_children": plain_w.children(), **shared_groups()})  # fmt: skip
+    sides: dict[str, Side] = {
+        "medic": lambda warm_up: medic_drain(bench, s.e2e_jobs // (10 if warm_up else 1)),
+        "plain": lambda warm_up: plain_drain(bench, s.e2e_jobs // (10 if warm_up else 1)),
+    }
+    done = bench.alternate(sides, meter)
+    bench.stop(plain_w, medic_w)
+    how = {
+        "unit": "jobs/s from the first publish to the last completion the worker child records",
+        "jobs_per_run": s.e2e_jobs,
+        "workers": f"one a side, prefork -c {s.concurrency}, prefetch 1, acks_late",
+        "task_events": "on (-E) on both workers" if events else "off (no -E) on both workers",
+    }
+    out = report(done, how, {"jobs_per_s": 1}, "job", "of")
+    for name in done["runs"]:
+        out[name]["all_completed"] = all(r["completed"] == r["of"] for r in done["runs"][name])
+    out["ratio_medic_vs_plain"] = ratio(out["medic"]["jobs_per_s"], out["plain"]["jobs_per_s"], 0.8)
+    return out
 
 
 def main() -> None:
-    """Every scenario in order on one Bench, then one JSON object on stdout."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test of every step.")
-    parser.add_argument("--skip-profile", action="store_true", help="No py-spy profiles.")
-    parser.add_argument(
-        "--only", default="enqueue,http,e2e", help="Comma-separated scenarios to run (enqueue, http, e2e)."
-    )
+    parser.add_argument("--only", default="enqueue,http,e2e", help="Comparisons to run, comma-separated.")
     args = parser.parse_args()
-    only = set(args.only.split(","))
-    sizes = QUICK if args.quick else FULL
-    log_dir = Path(tempfile.mkdtemp(prefix="medic-bench-"))
+    only, sizes = set(args.only.split(",")), QUICK if args.quick else FULL
     started = time.monotonic()
-    bench = Bench(sizes, log_dir, profile=not args.skip_profile)
     report: dict[str, Any] = {
-        "bench": "throughput",
+        **header("throughput"),
         "mode": "quick" if args.quick else "full",
         "statistic": "median of the alternating runs (best also given); ratios = medic / plain of each",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
-        "code": git_state(),
         "sizes": asdict(sizes),
         "medic_settings": "MEDIC_PROFILE=production defaults; PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379/0",
     }
+    bench = Bench(sizes)
     try:
-        bench.setup()
+        bench.medic.create()
         if "enqueue" in only:
             report["enqueue"] = enqueue(bench)
-            if not args.skip_profile:
-                for mode in ("medic_single", "medic_batch"):
-                    rate = report["enqueue"][mode]["median"]
-                    report[f"profile_enqueue_{mode.removeprefix('medic_')}"] = profile_enqueue(bench, mode, rate)
         if "http" in only:
             report["http"] = http(bench)
         if "e2e" in only:
-            report["end_to_end"] = e2e(bench)
+            report["end_to_end"] = {"events_off": e2e(bench, False), "events_on": e2e(bench, True)}
     finally:
-        bench.teardown()
-    report["where_time_goes"] = where_time_goes(report)
-    report["logs"] = str(log_dir)
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
+        bench.close()
+    report |= {"logs": str(bench.log_dir), "elapsed_s": round(time.monotonic() - started, 1)}
     print(json.dumps(report, indent=2))
-
-
-def _top_lines(section: dict[str, Any] | None, n: int = 4) -> list[str]:
-    """The `n` largest steps of a profile as one line each: share, step, ms/job, dominant kind of work."""
-    lines = []
-    for r in (section or {}).get("by_step", [])[:n]:
-        notes = [f"{r['ms_per_job']} ms/job"] if "ms_per_job" in r else []
-        notes += [f"{share:.0%} {kind}" for kind, share in r.get("of_which", {}).items() if share >= 0.3][:1]
-        lines.append(f"{r['share']:.0%} {r['what']}" + (f" [{'; '.join(notes)}]" if notes else ""))
-    return lines
-
-
-def where_time_goes(report: dict[str, Any]) -> dict[str, Any]:
-    """The few largest costs of each profile, in one place."""
-    e2e = report.get("end_to_end", {}).get("events_off", {})
-    profiles = e2e.get("profiles", {})
-    sections: list[tuple[str, dict[str, Any] | None, int]] = [
-        ("enqueue_single (bench process, wall clock)", report.get("profile_enqueue_single"), 6),
-        ("enqueue_batch (bench process, wall clock)", report.get("profile_enqueue_batch"), 5),
-        ("http medic API process (GIL holder)", report.get("http", {}).get("profile_medic_api"), 7),
-    ]
-    for side in ("medic", "plain"):
-        p = profiles.get(side, {})
-        sections.append((f"end_to_end {side} worker children (wall clock)", p.get("children_main_thread"), 4))
-        sections.append((f"end_to_end {side} worker main process (wall clock)", p.get("main_process"), 4))
-    out: dict[str, Any] = {title: _top_lines(section, n) for title, section, n in sections if section}
-    for side in ("medic", "plain"):
-        if side in e2e:
-            out[f"end_to_end (events off) {side} CPU ms per job by process group"] = e2e[side]["cpu_ms_per_job_median"]
-    http = report.get("http", {})
-    for side in ("medic", "plain"):
-        if side in http:
-            out[f"http {side} CPU ms per request by process group"] = http[side]["cpu_ms_per_request_median"]
-    return out
 
 
 if __name__ == "__main__":
