@@ -9,7 +9,6 @@ round (`load_check`), and the code it measured (`header`).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import platform
 import shlex
@@ -97,13 +96,6 @@ def ready(proc: Proc) -> Proc:
     wait_for(lambda: "ready." in proc.log() or not proc.alive(), 30, 0.1, f"{proc.name} ready")
     assert proc.alive(), proc.log()
     return proc
-
-
-def job_request_class() -> Any:
-    """The JobRequest `enqueue_many` takes, from the public surface when it exports one."""
-    import worker
-
-    return getattr(worker, "JobRequest", None) or importlib.import_module("worker.submit").JobRequest
 
 
 # ------------------------------------------------------------------------------- the numbers

@@ -19,21 +19,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import MedicRun, header, job_request_class, load_check, proc_cpu, summary
+from bench.common import MedicRun, header, load_check, proc_cpu, summary
 
 QUEUE = "bench-hw"
 
 
 def one_round(jobs: int) -> dict[str, float]:
     """claim + succeed of `jobs` fresh jobs (enqueued first, not timed), one connection; ms per job."""
-    from worker import enqueue_many
+    from worker import JobRequest, enqueue_many
     from worker.clock import utcnow
     from worker.ledger import db, transitions
 
-    job_request = job_request_class()
     for start in range(0, jobs, 500):
         enqueue_many(
-            [job_request("examples.echo", {"message": "x"}, queue=QUEUE) for _ in range(min(500, jobs - start))]
+            [JobRequest("examples.echo", {"message": "x"}, queue=QUEUE) for _ in range(min(500, jobs - start))]
         )
     with db.connect() as conn:
         rows = conn.execute(sa.text("SELECT id, delivery_id FROM jobs WHERE state = 'queued'")).all()

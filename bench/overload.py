@@ -64,8 +64,8 @@ def flood(url: str, key: str, queue: str, rec: Recorder, t0: float, seconds: flo
 
 
 def sample(queue: str, rec: Recorder, t0: float, stop: threading.Event) -> None:
+    from worker.accept import admission
     from worker.broker import inspect
-    from worker.control import admission
 
     while not stop.is_set():
         state = admission.published_state(queue).get("state", "unknown")
@@ -165,7 +165,7 @@ def main() -> None:
     queue = "flood"
     extra = {"MEDIC_QUEUE_WATERMARKS": json.dumps({queue: [args.high, args.low]}), "MEDIC_API_MAX_INFLIGHT": "256"}
     medic = MedicRun(PROFILE, extra)
-    from worker.control import admission
+    from worker.accept import admission
     from worker.ledger import apikeys, db
 
     medic.create()

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import REDIS_URL, ROOT, MedicRun, header, job_request_class, start_plain_worker, use_plain
+from bench.common import REDIS_URL, ROOT, MedicRun, header, start_plain_worker, use_plain
 from worker.testing.processes import Processes, wait_for
 from worker.testing.servers import delete_keys
 
@@ -37,7 +37,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[str, Any]:
     medic = MedicRun("production")
-    from worker import enqueue_many
+    from worker import JobRequest, enqueue_many
     from worker.ledger import db, queries
     from worker.settings import get_settings
 
@@ -46,8 +46,7 @@ def bench_medic(n: int, job_seconds: float, cap: float, log_dir: Path) -> dict[s
     try:
         a = procs.worker("medic-a", queues=QUEUE, concurrency=n)
         procs.control_plane()
-        job_request = job_request_class()
-        done = enqueue_many([job_request("examples.sleep", {"seconds": job_seconds}, queue=QUEUE) for _ in range(n)])
+        done = enqueue_many([JobRequest("examples.sleep", {"seconds": job_seconds}, queue=QUEUE) for _ in range(n)])
         ids = [d.job.id for d in done]
 
         def rows() -> list[Any]:

@@ -50,7 +50,6 @@ from bench.common import (
     CpuMeter,
     MedicRun,
     header,
-    job_request_class,
     load_check,
     percentile,
     pids_named,
@@ -179,9 +178,9 @@ def rate(step: Callable[[], int], seconds: float, cap: int) -> dict[str, Any]:
 
 
 def enqueue(bench: Bench) -> dict[str, Any]:
-    from worker import enqueue, enqueue_many
+    from worker import JobRequest, enqueue, enqueue_many
 
-    s, noop, job_request = bench.sizes, bench.plain.plain_noop, job_request_class()
+    s, noop = bench.sizes, bench.plain.plain_noop
 
     def medic_single() -> int:
         enqueue("examples.echo", ECHO, queue=QUEUE)
@@ -192,7 +191,7 @@ def enqueue(bench: Bench) -> dict[str, Any]:
         return 1
 
     def medic_batch() -> int:
-        return len(enqueue_many([job_request("examples.echo", ECHO, queue=QUEUE) for _ in range(s.batch)]))
+        return len(enqueue_many([JobRequest("examples.echo", ECHO, queue=QUEUE) for _ in range(s.batch)]))
 
     def plain_batch() -> int:
         """Plain Celery's own batch: the same messages in one Redis pipeline, as medic sends them."""
@@ -310,13 +309,13 @@ def shared_groups() -> dict[str, list[int]]:
 
 def medic_drain(bench: Bench, n: int) -> dict[str, Any]:
     """Publish n echo jobs in batches; done when the ledger has them all finished."""
-    from worker import enqueue_many
+    from worker import JobRequest, enqueue_many
     from worker.ledger import db
 
-    b, job_request = bench.sizes.batch, job_request_class()
+    b = bench.sizes.batch
     started = time.time()
     for i in range(0, n, b):
-        enqueue_many([job_request("examples.echo", ECHO, queue=QUEUE) for _ in range(min(b, n - i))])
+        enqueue_many([JobRequest("examples.echo", ECHO, queue=QUEUE) for _ in range(min(b, n - i))])
     query = sa.text(
         "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
         " count(*) FILTER (WHERE state NOT IN ('queued', 'running', 'succeeded')), max(finished_at) FROM jobs"
