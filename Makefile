@@ -20,12 +20,13 @@ test: $(STAMP)  ## the whole suite: every room (tests/<room>) and the chaos suit
 test-fast: $(STAMP)  ## without the chaos suite
 	$(PY) -m pytest -m "not chaos"
 
-lint: $(STAMP)  ## ruff, mypy strict, the import layers, docs/configuration.md up to date
+lint: $(STAMP)  ## ruff, mypy strict, the import layers, docs/configuration.md and deploy/prometheus/rules.yml up to date
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) -m worker.ops.config_doc --check
+	$(PY) -m worker.control.alert_rules --check
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -48,6 +48,8 @@ class MedicRun:
             "MEDIC_KEY_PREFIX": self.key_prefix,
             "MEDIC_BROKER_KEY_PREFIX": self.broker_prefix,
             "MEDIC_PROFILE": profile,
+            "MEDIC_JOB_MODULES": "worker.examples",  # the benches run the demo jobs
+            "MEDIC_ALLOW_EXAMPLE_JOBS": "true",
             "MEDIC_QUEUES": "bench-*,flood",  # queues are declared: the benches' own
             **(extra_env or {}),
             "PYTHONPATH": str(ROOT),

@@ -1,4 +1,5 @@
-"""Example jobs, loaded by default: the README's tour, the demo and the tests use them."""
+"""Example jobs for the README's tour, `medic up` and the tests; refused under MEDIC_PROFILE=production
+(worker/settings.py) unless MEDIC_ALLOW_EXAMPLE_JOBS is set."""
 
 from __future__ import annotations
 

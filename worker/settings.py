@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/medic"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret"}
+EXAMPLE_JOBS = "worker.examples"
 
 # `MEDIC_PROFILE=fast`: short leases and periods so tests and demos see recovery in seconds.
 # Only defaults change; a variable set explicitly always wins.
@@ -58,8 +59,14 @@ class Settings(BaseSettings):
         "", description="kombu global_keyprefix in front of every broker key (queues, unacked)."
     )
     job_modules: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["worker.examples"],
-        description="Comma-separated modules imported at start so their @job functions register.",
+        default_factory=list,
+        description="Comma-separated modules imported at start so their @job functions register "
+        "(`medic up` and the tests load `worker.examples`, the demo jobs).",
+    )
+    allow_example_jobs: bool = Field(
+        False,
+        description="Let `MEDIC_PROFILE=production` load `worker.examples` (for a demo only: any tenant "
+        "with a submit key could run `examples.crash`, which kills a worker child).",
     )
 
     # liveness
@@ -213,6 +220,18 @@ class Settings(BaseSettings):
                 f"MEDIC_PRESENCE_TTL_SECONDS ({self.presence_ttl_seconds:g}) must be shorter than "
                 f"MEDIC_LEASE_SECONDS ({self.lease_seconds:g}): a worker's presence must lapse before "
                 "its jobs' leases do, or recovery of a dead worker's jobs waits on the presence"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_demo_jobs_in_production(self) -> Settings:
+        """The demo jobs let any tenant with a submit key kill a worker child (`examples.crash`) or
+        hold a slot as long as it likes (`examples.sleep`): not in production unless asked for."""
+        if self.profile == "production" and EXAMPLE_JOBS in self.job_modules and not self.allow_example_jobs:
+            raise ValueError(
+                f"MEDIC_JOB_MODULES names {EXAMPLE_JOBS}, medic's demo jobs (examples.crash kills a worker "
+                "child, examples.sleep holds a slot as long as asked), and MEDIC_PROFILE is production: "
+                "name your own job modules, or set MEDIC_ALLOW_EXAMPLE_JOBS=true for a demo"
             )
         return self
 

@@ -45,6 +45,17 @@ def test_compose_refuses_to_start_without_the_secrets() -> None:
     assert "POSTGRES_PASSWORD" in run.stderr
 
 
+def test_compose_refuses_to_start_without_the_operators_job_modules(tmp_path: Path) -> None:
+    """No default: the demo jobs are not a fallback, the operator names their own modules."""
+    env = tmp_path / ".env"
+    env.write_text(
+        "".join(line for line in ENV_EXAMPLE.read_text().splitlines(True) if "MEDIC_JOB_MODULES" not in line)
+    )
+    run = _compose("config", "--quiet", env_file=env)
+    assert run.returncode != 0
+    assert "MEDIC_JOB_MODULES" in run.stderr
+
+
 def test_compose_spec_schema_accepts_the_file() -> None:
     exe = shutil.which("check-jsonschema", path=str(BIN)) or "check-jsonschema"
     run = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """deploy/prometheus and deploy/grafana, offline: promtool checks the config, the rules and their
-unit tests (deploy/prometheus/rules_test.yml), the alert names and `for` durations mirror medic's
-own health_and_alerts rules, and every dashboard query is valid PromQL. Whether the metrics they
+unit tests (deploy/prometheus/rules_test.yml), the rules file is the one rendered from medic's own
+health_and_alerts rules (worker/control/alert_rules.py: expressions, thresholds, `for`), and every
+dashboard query is valid PromQL. Whether the metrics they
 name exist is checked against live processes in test_live_prometheus.py."""
 
 from __future__ import annotations
@@ -89,18 +90,67 @@ def test_every_rule_has_a_severity_and_a_summary() -> None:
         assert r["annotations"]["summary"], r["alert"]
 
 
-def test_rules_mirror_medics_own_alert_rules() -> None:
-    """Same name, severity and `for` as worker/control/alert_rules.py with default settings."""
-    alert_rules = pytest.importorskip("worker.control.alert_rules", reason="issue 10's alert rules not landed")
+def drift(file_rules: list[dict[str, Any]]) -> list[str]:
+    """Where a rules file differs from worker/control/alert_rules.py with default settings: rule by
+    rule, its severity, expression (threshold included), `for` and summary."""
+    from worker.control import alert_rules
     from worker.settings import Settings
 
     s = Settings(profile="production")
-    ours = {r["alert"]: r for r in rules()}
+    ours = {r["alert"]: r for r in file_rules}
+    out = []
     for rule in alert_rules.RULES:
-        assert rule.name in ours, f"{rule.name} is evaluated by medic but not by Prometheus"
-        mine = ours[rule.name]
-        assert mine["labels"]["severity"] == rule.severity, rule.name
-        assert _seconds(mine.get("for", "0s")) == rule.for_seconds(s), rule.name
+        mine = ours.get(rule.name)
+        if mine is None:
+            out.append(f"{rule.name} is evaluated by medic but not by Prometheus")
+            continue
+        if mine["labels"]["severity"] != rule.severity:
+            out.append(f"{rule.name}: severity {mine['labels']['severity']} != {rule.severity}")
+        if mine["expr"] != rule.promql():
+            out.append(f"{rule.name}: expr {mine['expr']!r} != {rule.promql()!r}")
+        if _seconds(mine.get("for", "0s")) != rule.for_seconds(s):
+            out.append(f"{rule.name}: for {mine.get('for')} != {rule.for_seconds(s):g} s")
+        if mine["annotations"]["summary"] != rule.prometheus_summary():
+            out.append(f"{rule.name}: summary {mine['annotations']['summary']!r} != {rule.prometheus_summary()!r}")
+    return out
+
+
+def test_rules_mirror_medics_own_alert_rules() -> None:
+    """Same name, severity, expression with its threshold, and `for` as worker/control/alert_rules.py
+    with default settings."""
+    assert drift(rules()) == []
+
+
+def test_rules_file_is_what_the_python_rules_render() -> None:
+    run = subprocess.run([sys.executable, "-m", "worker.control.alert_rules", "--check"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize(
+    ("rule", "old", "new"),
+    [
+        ("MedicQueueBacklogOld", "for: 1m", "for: 2m"),  # the first rule with a `for`
+        ("MedicQueueBacklogOld", "queued_age_seconds) > 300", "queued_age_seconds) > 600"),
+        ("MedicDbPoolSaturated", "medic_db_pool_capacity) > 0.8", "medic_db_pool_capacity) > 0.9"),
+        ("MedicQueueUnconsumed", "max by (queue) (medic_queue_depth) > 0", "max by (queue) (medic_queue_depth) > 1"),
+        ("MedicQueueShedding", "(medic_queue_shedding) == 1\n", "(medic_queue_shedding) == 1\n        for: 1m\n"),
+    ],
+)  # fmt: skip
+def test_a_rules_file_that_drifts_is_caught(tmp_path: Path, rule: str, old: str, new: str) -> None:
+    """An edit of a `for`, a threshold or an expression: the field comparison names the rule, and
+    `--check` (make lint) refuses the file."""
+    from worker.control import alert_rules
+
+    text = (PROM / "rules.yml").read_text()
+    assert old in text
+    path = tmp_path / "rules.yml"
+    path.write_text(text.replace(old, new, 1))
+    data = yaml.safe_load(path.read_text())
+    found = drift([r for g in data["groups"] for r in g["rules"]])
+    assert len(found) == 1 and found[0].startswith(rule), found
+    assert alert_rules.main(["--check"], path=path) == 1
+    assert alert_rules.main(["--check"], path=PROM / "rules.yml") == 0
 
 
 @needs_promtool

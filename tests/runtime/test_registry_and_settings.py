@@ -67,3 +67,37 @@ def test_a_bare_postgresql_url_means_psycopg2_and_another_driver_is_refused() ->
     assert Settings(database_url="sqlite:///x.db").database_url == "sqlite:///x.db"
     with pytest.raises(ValueError, match="psycopg2"):
         Settings(database_url="postgresql+psycopg://u@h/db")
+
+
+DEMO_REFUSED = r"MEDIC_JOB_MODULES names worker\.examples.*MEDIC_ALLOW_EXAMPLE_JOBS=true"
+
+
+def test_production_refuses_the_demo_jobs_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`examples.crash` kills a worker child: a deployment must not load it by accident."""
+    for modules in ("worker.examples", "myapp.jobs, worker.examples"):
+        with pytest.raises(ValueError, match=DEMO_REFUSED):
+            Settings(profile="production", job_modules=modules, allow_example_jobs=False)
+    allowed = Settings(profile="production", job_modules="worker.examples", allow_example_jobs=True)
+    assert allowed.job_modules == ["worker.examples"]
+    assert Settings(profile="production", job_modules="myapp.jobs", allow_example_jobs=False).job_modules == [
+        "myapp.jobs"
+    ]
+    # as a deployment sets them: from the environment
+    for name in ("MEDIC_ALLOW_EXAMPLE_JOBS", "MEDIC_FLOWER_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MEDIC_PROFILE", "production")
+    monkeypatch.setenv("MEDIC_JOB_MODULES", "worker.examples")
+    with pytest.raises(ValueError, match=DEMO_REFUSED):
+        Settings()
+    monkeypatch.setenv("MEDIC_ALLOW_EXAMPLE_JOBS", "true")
+    assert Settings().job_modules == ["worker.examples"]
+
+
+def test_the_fast_profile_loads_the_demo_jobs_and_production_loads_none_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings(profile="fast", job_modules="worker.examples", allow_example_jobs=False).job_modules == [
+        "worker.examples"
+    ]
+    monkeypatch.delenv("MEDIC_JOB_MODULES", raising=False)
+    assert Settings(profile="production", allow_example_jobs=False).job_modules == []

@@ -231,6 +231,8 @@ def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int
     redis_url, private_redis = choose_redis()
     os.environ["MEDIC_DATABASE_URL"] = database_url
     os.environ["MEDIC_REDIS_URL"] = redis_url
+    os.environ.setdefault("MEDIC_JOB_MODULES", "worker.examples")  # the README's tour runs the demo jobs
+    os.environ.setdefault("MEDIC_ALLOW_EXAMPLE_JOBS", "true")  # a stack on this host, not a deployment
     reset_settings()
     s = get_settings()
     try:
