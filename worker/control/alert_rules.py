@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.control.snapshot import QueueGauges, Snapshot
+
 WARNING = "warning"
 CRITICAL = "critical"
-Snapshot = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Rule:
         return s.alert_for_seconds if self.default_for is None else self.default_for
 
 
-def _queues(snap: Snapshot) -> dict[str, dict[str, Any]]:
+def _queues(snap: Snapshot) -> dict[str, QueueGauges]:
     return dict(snap.get("queues", {}))
 
 
@@ -80,7 +82,8 @@ def queue_unconsumed(snap: Snapshot, s: Settings) -> list[Finding]:
 
 
 def lease_late(snap: Snapshot, s: Settings) -> list[Finding]:
-    late = int(snap.get("loops", {}).get("recover_stuck", {}).get("lease_late") or 0)
+    recover = snap.get("loops", {}).get("recover_stuck")
+    late = int(recover["lease_late"] or 0) if recover else 0
     return [Finding({}, f"{late} running jobs have expired leases while their worker is present", late)] if late else []
 
 
