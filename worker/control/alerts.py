@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 from worker.broker import redis_keys
@@ -117,9 +116,10 @@ def firing_gauge(snap: snapshot.Snapshot) -> dict[str, int]:
     return counts
 
 
-def health_and_alerts(now: dt.datetime, loop_periods: Mapping[str, float] = MappingProxyType({})) -> dict[str, int]:
+def health_and_alerts(now: dt.datetime, loop_periods: Mapping[str, float]) -> dict[str, int]:
     """The loop: measure once, judge, send; publish the snapshot for every API's /metrics.
-    `loop_periods` names the loops whose age is judged (worker/control/registry.py hands them in)."""
+    `loop_periods` names the loops whose age is judged: the loop as registered
+    (worker/control/registry.py `health_and_alerts`) hands in the registry's."""
     snap = snapshot.take(now, loop_periods)
     snap["pool_trouble"] = pooltrouble.read(now.timestamp())  # every process's pool waits and timeouts
     counts = evaluate(snap, now.timestamp())

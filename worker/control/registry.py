@@ -3,8 +3,9 @@ the counts its metrics report as recoveries, and whether the staleness rule watc
 
 The Celery tasks (worker/control/tasks.py), the beat schedule (worker/control/schedule.py), the
 loop metrics (worker/control/metrics.py) and the loop ages the MedicLoopStale rule judges (the
-health snapshot) all read `LOOPS`; adding a loop is one `Loop(...)` here, its setting, and its
-test (tests/control/test_registry.py proves each consumer covers every loop).
+health snapshot) all read `LOOPS`. Adding a loop is one `Loop(...)` here plus its test; the period
+setting it names must exist (refused at import otherwise), and tests/control/test_registry.py
+fails until every consumer covers it and the docs list it with its periods.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class Loop:
         return max(1.0, 0.9 * self.period(s))
 
 
-def _health_and_alerts(now: dt.datetime) -> dict[str, int]:
-    """The health loop judges the other loops' ages, so it is handed the roster it belongs to."""
+def health_and_alerts(now: dt.datetime) -> dict[str, int]:
+    """The health loop as the control plane runs it: it judges the other loops' ages, so it is
+    handed the roster it belongs to (worker/control/alerts.py cannot import this module)."""
     return alerts.health_and_alerts(now, loop_periods(get_settings()))
 
 
@@ -86,9 +88,8 @@ LOOPS: tuple[Loop, ...] = (
     Loop("prune", prune, "prune_period_seconds", watched=False),
     # Whenever it judges, it runs: its own age says nothing. Beat's tick (MedicLoopStale, loop
     # "beat") and the control worker's watchdog (worker/control/tasks.py) cover it.
-    Loop("health_and_alerts", _health_and_alerts, "health_period_seconds", watched=False),
+    Loop("health_and_alerts", health_and_alerts, "health_period_seconds", watched=False),
 )
-BY_NAME: Mapping[str, Loop] = MappingProxyType({loop.name: loop for loop in LOOPS})
 
 
 def loop_periods(s: Settings) -> dict[str, float]:
