@@ -1,5 +1,6 @@
-"""The beat schedule, at the top level so it is found at a glance: every control loop, its
-period (a setting) and its queue live in `worker.control.schedule`; `medic beat` installs it.
+"""The beat schedule, at the top level so it is found at a glance: every control loop is declared
+in `worker.control.registry` (its function, its period setting), and `worker.control.schedule`
+makes one entry per loop on the control queue; `medic beat` installs it.
 
     python -c "import beat_schedule, json; print(json.dumps(beat_schedule.current(), indent=1))"
 """

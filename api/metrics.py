@@ -7,8 +7,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import cast
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -119,12 +119,13 @@ class SnapshotCollector(Collector):
             firing.add_metric(key.split("|", 1), n)
         yield firing
 
-    def _queues(self, snap: dict[str, Any]) -> Iterator[Metric]:
+    def _queues(self, snap: snapshot.Snapshot) -> Iterator[Metric]:
         for field, (name, doc) in QUEUE_GAUGES.items():
             family = GaugeMetricFamily(name, doc, labels=["queue"])
             for queue, values in snap.get("queues", {}).items():
-                if values.get(field) is not None:
-                    family.add_metric([queue], float(values[field]))
+                value = cast(Mapping[str, float | None], values).get(field)  # QUEUE_GAUGES names its keys
+                if value is not None:
+                    family.add_metric([queue], float(value))
             yield family
 
 

@@ -27,14 +27,15 @@ def loop_ops() -> dict[str, Callable[[], dict[str, Any]]]:
     """Each loop's Celery task body, called in this process (the same code the control worker runs)."""
     from worker.control import tasks
 
-    return {
-        "recover_stuck": tasks.recover_stuck_task.run,
-        "enforce_timeouts": tasks.enforce_timeouts_task.run,
-        "reconcile_broker": tasks.reconcile_broker_task.run,
-        "apply_backpressure": tasks.apply_backpressure_task.run,
-        "autoscale": tasks.autoscale_task.run,
-        "health_and_alerts": tasks.health_and_alerts_task.run,
-    }
+    timed = (
+        "recover_stuck",
+        "enforce_timeouts",
+        "reconcile_broker",
+        "apply_backpressure",
+        "autoscale",
+        "health_and_alerts",
+    )
+    return {name: tasks.TASKS[name].run for name in timed}
 
 
 def expected_loop_answer(name: str) -> dict[str, int]:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from worker.accept import enqueue
 from worker.clock import utcnow
-from worker.control import alerts
+from worker.control import registry
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db
 from worker.ops.cli import api_metrics_dir
@@ -33,7 +33,7 @@ def test_metrics_serve_the_health_snapshot(stack: str) -> None:
     queue = f"q-snap-{uuid.uuid4().hex[:6]}"  # no worker consumes it: its jobs stay queued
     for i in range(3):
         enqueue("examples.echo", {"message": str(i)}, queue=queue)
-    alerts.health_and_alerts(utcnow())  # what the control plane runs every period
+    registry.health_and_alerts(utcnow())  # what the control plane runs every period
     got = _samples(httpx.get(f"{stack}/metrics", timeout=10).text)
     q = (("queue", queue),)
     assert got[("medic_queue_depth", q)] == 3

@@ -23,7 +23,7 @@ from tests.ops import pooljobs  # noqa: F401 - registers tests.pool_timeout for 
 from worker.accept import enqueue
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
-from worker.control import alerts
+from worker.control import alerts, registry
 from worker.control.loop import loop_stats
 from worker.testing.processes import Processes, free_port, wait_for
 from worker.testing.servers import delete_keys
@@ -125,18 +125,18 @@ def test_evicting_redis_fires_eviction_policy_then_resolves(private_ledger: dict
     try:
         with switched_env(env):
             t0 = dt.datetime.now(dt.UTC)
-            alerts.health_and_alerts(t0)
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S / 2))
+            registry.health_and_alerts(t0)
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S / 2))
             assert [a["firing"] for a in alerts.active() if a["name"] == "MedicRedisEvictionPolicy"] == [False]
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
             wait_for(lambda: webhook.calls("MedicRedisEvictionPolicy"), 10, 0.05, "eviction policy fires")
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still firing: not re-sent
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still firing: not re-sent
             private.config_set("maxmemory-policy", "noeviction")
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 2))  # clear: resolves after `for`
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 2))  # clear: resolves after `for`
             assert webhook.calls("MedicRedisEvictionPolicy") == ["firing"], "no resolve before it stays clear"
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 2.1))
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 2.1))
             wait_for(lambda: len(webhook.calls("MedicRedisEvictionPolicy")) == 2, 10, 0.05, "resolved")
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 3))
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 3))
             body = next(b for b in webhook.bodies if b["commonLabels"]["alertname"] == "MedicRedisEvictionPolicy")
             assert body["commonLabels"] == {"alertname": "MedicRedisEvictionPolicy", "severity": "critical",
                                             "policy": "allkeys-lru"}  # fmt: skip
@@ -170,17 +170,17 @@ def test_held_pool_connections_fire_pool_saturated_then_resolve(
             for conn in held:
                 conn.execute(sa.text("SELECT 1"))  # opens the transaction: `idle in transaction`
             t0 = dt.datetime.now(dt.UTC)
-            alerts.health_and_alerts(t0)
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            registry.health_and_alerts(t0)
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
             wait_for(lambda: webhook.calls("MedicDbPoolSaturated", process="medic-99999"), 10, 0.05, "fires")
             for conn in held:
                 conn.rollback()  # back in the pool: `idle`
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 1.1))  # clear for `for`
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 1.1))  # clear for `for`
             wait_for(
                 lambda: len(webhook.calls("MedicDbPoolSaturated", process="medic-99999")) == 2, 10, 0.05, "resolved"
             )
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 2))
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 2))
     finally:
         for conn in held:
             conn.close()
@@ -217,18 +217,18 @@ def test_a_pool_checkout_that_timed_out_in_a_worker_fires_pool_saturated_then_re
             last = json.loads(get_redis().hget(trouble, process) or "{}")
             assert (last["waits"], last["timeouts"]) == (1, 1), last
             t0 = dt.datetime.fromtimestamp(float(last["last_at"]), dt.UTC)
-            alerts.health_and_alerts(t0)
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S / 2))
+            registry.health_and_alerts(t0)
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S / 2))
             assert webhook.calls("MedicDbPoolSaturated", process=process) == [], "not before `for`"
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
             wait_for(lambda: webhook.calls("MedicDbPoolSaturated", process=process), 10, 0.05, "fires")
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still in its window: not re-sent
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still in its window: not re-sent
             clear = t0 + dt.timedelta(seconds=FOR_S + 2 * 60)  # past the window (for + 2 health periods)
-            alerts.health_and_alerts(clear)
+            registry.health_and_alerts(clear)
             assert webhook.calls("MedicDbPoolSaturated", process=process) == ["firing"], "no resolve before `for`"
-            alerts.health_and_alerts(clear + dt.timedelta(seconds=FOR_S + 0.1))
+            registry.health_and_alerts(clear + dt.timedelta(seconds=FOR_S + 0.1))
             wait_for(lambda: len(webhook.calls("MedicDbPoolSaturated", process=process)) == 2, 10, 0.05, "resolved")
-            alerts.health_and_alerts(clear + dt.timedelta(seconds=FOR_S + 1))
+            registry.health_and_alerts(clear + dt.timedelta(seconds=FOR_S + 1))
     finally:
         procs.stop_all()
         delete_keys(REDIS_URL, prefix)
@@ -254,12 +254,12 @@ def test_slow_api_is_logged_and_fires_api_slow(
         with switched_env(env):
             wait_for(lambda: get_redis().hlen(redis_keys.api_latency()) == 1, 15, 0.1, "p95 published")
             t0 = dt.datetime.now(dt.UTC)
-            alerts.health_and_alerts(t0)
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            registry.health_and_alerts(t0)
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
             wait_for(lambda: webhook.calls("MedicApiSlow"), 10, 0.05, "api slow fires")
             procs.stop_all()  # the API is gone: its p95 goes stale, and the alert clears
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=60))
-            alerts.health_and_alerts(t0 + dt.timedelta(seconds=60 + FOR_S + 0.1))  # clear for `for`
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=60))
+            registry.health_and_alerts(t0 + dt.timedelta(seconds=60 + FOR_S + 0.1))  # clear for `for`
             wait_for(lambda: len(webhook.calls("MedicApiSlow")) == 2, 10, 0.05, "api slow resolves")
     finally:
         procs.stop_all()

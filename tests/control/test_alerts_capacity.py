@@ -23,7 +23,7 @@ from tests.control import fabricate
 from tests.control.webhook import Webhook
 from worker.broker import presence
 from worker.clock import seconds, utcnow
-from worker.control import alerts, snapshot
+from worker.control import alerts, registry, snapshot
 from worker.control.loop import run_loop
 from worker.control.recover import recover_stuck
 from worker.ledger import db, transitions
@@ -61,7 +61,7 @@ def fire_then_resolve(
     clock must move for it to count (0 for most; a minute for the dead-jobs window)."""
 
     def run(at: float) -> None:
-        alerts.health_and_alerts(t0 + dt.timedelta(seconds=at))
+        registry.health_and_alerts(t0 + dt.timedelta(seconds=at))
 
     run(0)
     assert _state(name, labels) == [False], "pending only: its `for` has not passed"
@@ -184,7 +184,7 @@ def test_postgres_connections_past_80_percent_fire_then_resolve(
                 return 0.0
 
             fire_then_resolve(webhook, "MedicPostgresConnectionsHigh", "critical", {}, utcnow(), release)
-            alerts.health_and_alerts(utcnow())
+            registry.health_and_alerts(utcnow())
             assert snapshot.read()["postgres"]["connections"] == 1, "the loop's own session, no background process"
     finally:
         for conn in held:

@@ -17,14 +17,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from worker.control.snapshot import API_MIN_SAMPLES
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.control.snapshot import QueueGauges, Snapshot
+
 WARNING = "warning"
 CRITICAL = "critical"
-Snapshot = dict[str, Any]
 RULES_FILE = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
 
 
@@ -87,7 +89,7 @@ class Rule:
         return text.replace("$threshold", _number(value)).replace("$percent", _number(100 * value))
 
 
-def _queues(snap: Snapshot) -> dict[str, dict[str, Any]]:
+def _queues(snap: Snapshot) -> dict[str, QueueGauges]:
     return dict(snap.get("queues", {}))
 
 
@@ -125,7 +127,8 @@ def queue_unconsumed(snap: Snapshot, s: Settings) -> list[Finding]:
 
 
 def lease_late(snap: Snapshot, s: Settings) -> list[Finding]:
-    late = int(snap.get("loops", {}).get("recover_stuck", {}).get("lease_late") or 0)
+    recover = snap.get("loops", {}).get("recover_stuck")
+    late = int(recover["lease_late"] or 0) if recover else 0
     return [Finding({}, f"{late} running jobs have expired leases while their worker is present", late)] if late else []
 
 

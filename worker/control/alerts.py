@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from worker.broker import redis_keys
@@ -115,9 +116,11 @@ def firing_gauge(snap: snapshot.Snapshot) -> dict[str, int]:
     return counts
 
 
-def health_and_alerts(now: dt.datetime) -> dict[str, int]:
-    """The loop: measure once, judge, send; publish the snapshot for every API's /metrics."""
-    snap = snapshot.take(now)
+def health_and_alerts(now: dt.datetime, loop_periods: Mapping[str, float]) -> dict[str, int]:
+    """The loop: measure once, judge, send; publish the snapshot for every API's /metrics.
+    `loop_periods` names the loops whose age is judged: the loop as registered
+    (worker/control/registry.py `health_and_alerts`) hands in the registry's."""
+    snap = snapshot.take(now, loop_periods)
     snap["pool_trouble"] = pooltrouble.read(now.timestamp())  # every process's pool waits and timeouts
     counts = evaluate(snap, now.timestamp())
     snap["alerts_firing"] = firing_gauge(snap)

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from worker.forksafe import PerProcess
 
+if TYPE_CHECKING:
+    from worker.control.registry import Loop
+
 log = logging.getLogger(__name__)
 
 LOOP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-# loop -> {count in the loop's result: outcome label}
-RECOVERY_COUNTS: dict[str, dict[str, str]] = {
-    "recover_stuck": {"requeued": "requeued", "dead": "dead"},
-    "enforce_timeouts": {"requeued": "requeued", "dead": "dead"},
-    "reconcile_broker": {"after_restart": "republished", "unpublished": "republished", "lost": "republished"},
-}
 
 
 @dataclass
@@ -64,17 +61,18 @@ def loop_metrics() -> LoopMetrics:
     return _metrics.get("loop_metrics")
 
 
-def observe_run(name: str, record: dict[str, Any]) -> None:
-    """Count one run of loop `name` (its run record from run_loop); never raises."""
+def observe_run(loop: Loop, record: dict[str, Any]) -> None:
+    """Count one run of `loop` (its run record from run_loop), with the recoveries its
+    declaration names (worker/control/registry.py); never raises."""
     if "skipped" in record:
         return
     try:
         m = loop_metrics()
-        m.runs.labels(name).inc()
-        m.last_run.labels(name).set(float(record["at"]))
-        m.duration.labels(name).observe(float(record["seconds"]))
-        for count, outcome in RECOVERY_COUNTS.get(name, {}).items():
+        m.runs.labels(loop.name).inc()
+        m.last_run.labels(loop.name).set(float(record["at"]))
+        m.duration.labels(loop.name).observe(float(record["seconds"]))
+        for count, outcome in loop.recoveries.items():
             if record.get(count):
-                m.recoveries.labels(name, outcome).inc(int(record[count]))
+                m.recoveries.labels(loop.name, outcome).inc(int(record[count]))
     except Exception:
         log.exception("loop metrics not recorded")

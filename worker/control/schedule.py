@@ -1,4 +1,5 @@
-"""The beat schedule: every control loop, its period and its queue.
+"""The beat schedule: every control loop of the registry (worker/control/registry.py), its period
+and its queue, and beat's liveness tick.
 
 All loops run on the dedicated `medic.control` queue, so a backlog of application jobs can never
 delay recovery. `expires` drops a run that missed its slot instead of piling runs up; each loop
@@ -11,29 +12,22 @@ from typing import Any
 
 from celery import Celery
 
-from worker.broker.celery_app import CONTROL_QUEUE
+from worker.broker.celery_app import CONTROL_QUEUE, CONTROL_TASK_PREFIX
+from worker.control.registry import LOOPS
 from worker.settings import Settings, get_settings
 
+BEAT_ALIVE_TASK = CONTROL_TASK_PREFIX + "beat_alive"
 
-def _entry(task: str, period: float) -> dict[str, Any]:
-    return {
-        "task": task,
-        "schedule": period,
-        "options": {"queue": CONTROL_QUEUE, "expires": max(1.0, period * 0.9)},
-    }
+
+def _entry(task: str, period: float, expires: float) -> dict[str, Any]:
+    return {"task": task, "schedule": period, "options": {"queue": CONTROL_QUEUE, "expires": expires}}
 
 
 def beat_schedule(s: Settings) -> dict[str, dict[str, Any]]:
-    return {
-        "recover-stuck": _entry("medic.control.recover_stuck", s.recover_period_seconds),
-        "enforce-timeouts": _entry("medic.control.enforce_timeouts", s.timeout_period_seconds),
-        "reconcile-broker": _entry("medic.control.reconcile_broker", s.reconcile_period_seconds),
-        "apply-backpressure": _entry("medic.control.apply_backpressure", s.backpressure_period_seconds),
-        "autoscale": _entry("medic.control.autoscale", s.autoscale_period_seconds),
-        "prune": _entry("medic.control.prune", s.prune_period_seconds),
-        "health-and-alerts": _entry("medic.control.health_and_alerts", s.health_period_seconds),
-        "beat-alive": _entry("medic.control.beat_alive", s.beat_alive_seconds),
-    }
+    schedule = {loop.schedule_key: _entry(loop.task_name, loop.period(s), loop.expires(s)) for loop in LOOPS}
+    # Not a loop: no lock, no run record; its age is what says beat and the control worker live.
+    schedule["beat-alive"] = _entry(BEAT_ALIVE_TASK, s.beat_alive_seconds, max(1.0, 0.9 * s.beat_alive_seconds))
+    return schedule
 
 
 def install(app: Celery) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NotRequired, TypedDict, cast
 
 import sqlalchemy as sa
 
@@ -23,9 +24,67 @@ from worker.clock import seconds
 from worker.control.loop import loop_stats
 from worker.ledger import db, queries
 from worker.runtime.metrics import live_consumers
-from worker.settings import Settings, get_settings
+from worker.settings import get_settings
 
-Snapshot = dict[str, Any]
+
+class QueueGauges(TypedDict):
+    """One queue, as medic_queue_* serves it (api/metrics.py QUEUE_GAUGES)."""
+
+    depth: int
+    queued: int
+    high_watermark: int
+    low_watermark: int
+    shedding: int
+    arrival_rate: float
+    drain_rate: float
+    desired_slots: int | None
+    oldest_queued_age_seconds: float | None
+    consumers: int
+
+
+class PostgresGauges(TypedDict, total=False):
+    """The server's view of connections; empty when the ledger is not PostgreSQL."""
+
+    busy_by_process: dict[str, int]
+    connections: int
+    max_connections: int
+
+
+class RedisGauges(TypedDict):
+    used_memory_bytes: int
+    maxmemory_bytes: int
+    maxmemory_policy: str
+
+
+class LoopAge(TypedDict):
+    """A watched loop's last run (None: never seen) and period, for the staleness rule."""
+
+    last_run: float | None
+    period: float
+    lease_late: int
+
+
+class Snapshot(TypedDict):
+    """The health snapshot: taken by `take`, completed and published by the health loop
+    (worker/control/alerts.py), judged by worker/control/alert_rules.py, served by api/metrics.py."""
+
+    at: float
+    redis: RedisGauges
+    watching_since: float
+    ledger_up: int
+    ledger_error: NotRequired[str]  # only while the ledger is down
+    dead_last_minute: NotRequired[int]  # only while the ledger is up
+    postgres: NotRequired[PostgresGauges]  # only while the ledger is up
+    queues: dict[str, QueueGauges]
+    beat_tick_age_seconds: float | None
+    beat_period_seconds: float
+    workers_live: int
+    api_p95_ms: dict[str, float]
+    api_pool_full: dict[str, float]
+    loops: dict[str, LoopAge]
+    pool_trouble: NotRequired[dict[str, dict[str, Any]]]  # worker/runtime/pooltrouble.py read()
+    alerts_firing: NotRequired[dict[str, int]]  # "name|severity" -> instances firing
+
 
 # Connections each medic process holds checked out, as the server sees them: a pooled connection
 # waiting in its pool is `idle`; one a caller holds is `active` or `idle in transaction`. Every
@@ -41,18 +100,7 @@ BUSY_BY_PROCESS = (
 CLIENT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
 
 
-def loop_periods(s: Settings) -> dict[str, float]:
-    """Every loop beat schedules, with its period: a loop not run for 3 periods is stale."""
-    return {
-        "recover_stuck": s.recover_period_seconds,
-        "enforce_timeouts": s.timeout_period_seconds,
-        "reconcile_broker": s.reconcile_period_seconds,
-        "apply_backpressure": s.backpressure_period_seconds,
-        "autoscale": s.autoscale_period_seconds,
-    }
-
-
-def _queue(queue: str, queued: int, oldest: dt.datetime | None, now: dt.datetime) -> dict[str, Any]:
+def _queue(queue: str, queued: int, oldest: dt.datetime | None, now: dt.datetime) -> QueueGauges:
     r = get_redis()
     wm = admission.watermarks(queue)
     gate = r.hgetall(redis_keys.admission(queue))
@@ -72,9 +120,9 @@ def _queue(queue: str, queued: int, oldest: dt.datetime | None, now: dt.datetime
     }
 
 
-def _ledger(now: dt.datetime) -> tuple[dict[str, int], dict[str, dt.datetime], int, dict[str, Any]]:
+def _ledger(now: dt.datetime) -> tuple[dict[str, int], dict[str, dt.datetime], int, PostgresGauges]:
     with db.connect() as conn:
-        pg: dict[str, Any] = {}
+        pg: PostgresGauges = {}
         # The server's view first: a ledger slowed by locks would hold the jobs reads below, and
         # the pools would look idle by the time they answer.
         if conn.dialect.name == "postgresql":
@@ -88,7 +136,7 @@ def _ledger(now: dt.datetime) -> tuple[dict[str, int], dict[str, dt.datetime], i
     return queued, oldest, dead, pg
 
 
-def _redis() -> dict[str, Any]:
+def _redis() -> RedisGauges:
     info = get_redis().info("memory")
     return {
         "used_memory_bytes": int(info.get("used_memory", 0)),
@@ -118,31 +166,56 @@ def _api_processes(now: float) -> tuple[dict[str, float], dict[str, float]]:
     return p95, pool_full
 
 
-def take(now: dt.datetime) -> Snapshot:
-    """Measure everything once. A ledger outage leaves its part out, never the rest."""
+def _loop_ages(loop_periods: Mapping[str, float]) -> dict[str, LoopAge]:
+    ages: dict[str, LoopAge] = {}
+    for name, period in loop_periods.items():
+        last = loop_stats(name).get("last", {})
+        ages[name] = {"last_run": last.get("at"), "period": period, "lease_late": int(last.get("lease_late", 0))}
+    return ages
+
+
+def _beat_tick_age(now: float) -> float | None:
+    tick = get_redis().get(redis_keys.beat_alive())
+    return None if tick is None else max(0.0, now - float(tick))
+
+
+def _watching_since(now: float) -> float:
+    """When the health loop first ran on this Redis: a loop never seen is late from then on."""
+    get_redis().set(redis_keys.ops_watch_since(), now, nx=True)
+    return float(get_redis().get(redis_keys.ops_watch_since()) or now)
+
+
+def take(now: dt.datetime, loop_periods: Mapping[str, float]) -> Snapshot:
+    """Measure everything once, with the age of each loop of `loop_periods` (name -> period).
+    A ledger outage leaves its part out, never the rest."""
     s = get_settings()
-    snap: Snapshot = {"at": now.timestamp(), "redis": _redis()}
-    get_redis().set(redis_keys.ops_watch_since(), now.timestamp(), nx=True)
-    snap["watching_since"] = float(get_redis().get(redis_keys.ops_watch_since()) or now.timestamp())
+    at = now.timestamp()
+    redis_gauges = _redis()
+    watching_since = _watching_since(at)
+    error: str | None = None
     try:
         queued, oldest, dead, pg = _ledger(now)
-        snap.update(ledger_up=1, dead_last_minute=dead, postgres=pg)
     except Exception as exc:  # noqa: BLE001 - reported as ledger_up 0; the Redis gauges still count
-        queued, oldest = {}, {}
-        snap.update(ledger_up=0, ledger_error=str(exc)[:300])
+        queued, oldest, dead, pg, error = {}, {}, 0, {}, str(exc)[:300]
     names = set(known_queues()) | set(queued)
-    snap["queues"] = {q: _queue(q, queued.get(q, 0), oldest.get(q), now) for q in sorted(names)}
-    tick = get_redis().get(redis_keys.beat_alive())
-    snap["beat_tick_age_seconds"] = None if tick is None else max(0.0, now.timestamp() - float(tick))
-    snap["beat_period_seconds"] = s.beat_alive_seconds
-    snap["workers_live"] = presence.live_count(s.presence_ttl_seconds, now.timestamp())
-    snap["api_p95_ms"], snap["api_pool_full"] = _api_processes(now.timestamp())
-    loops: dict[str, Any] = {}
-    for name, period in loop_periods(s).items():
-        stats = loop_stats(name)
-        last = stats.get("last", {})
-        loops[name] = {"last_run": last.get("at"), "period": period, "lease_late": last.get("lease_late", 0)}
-    snap["loops"] = loops
+    api_p95_ms, api_pool_full = _api_processes(at)
+    snap: Snapshot = {
+        "at": at,
+        "redis": redis_gauges,
+        "watching_since": watching_since,
+        "ledger_up": int(error is None),
+        "queues": {q: _queue(q, queued.get(q, 0), oldest.get(q), now) for q in sorted(names)},
+        "beat_tick_age_seconds": _beat_tick_age(at),
+        "beat_period_seconds": s.beat_alive_seconds,
+        "workers_live": presence.live_count(s.presence_ttl_seconds, at),
+        "api_p95_ms": api_p95_ms,
+        "api_pool_full": api_pool_full,
+        "loops": _loop_ages(loop_periods),
+    }
+    if error is None:
+        snap["dead_last_minute"], snap["postgres"] = dead, pg
+    else:
+        snap["ledger_error"] = error
     return snap
 
 
@@ -154,7 +227,7 @@ def publish(snap: Snapshot) -> None:
 
 def read() -> Snapshot | None:
     raw = get_redis().get(redis_keys.ops_snapshot())
-    return None if raw is None else dict(json.loads(raw))
+    return None if raw is None else cast(Snapshot, json.loads(raw))
 
 
 def age(snap: Snapshot) -> float:

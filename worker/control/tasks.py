@@ -7,72 +7,41 @@ import threading
 import time
 from typing import Any
 
-from celery import signals
+from celery import Task, signals
 
 from worker.broker import redis_keys
 from worker.broker.celery_app import CONTROL_QUEUE, app
 from worker.broker.redis_client import eviction_risk, get_redis
 from worker.control import schedule
-from worker.control.alerts import health_and_alerts
-from worker.control.autoscale import autoscale
-from worker.control.backpressure import apply_backpressure
-from worker.control.loop import LoopFn, loop_stats, run_loop
+from worker.control.loop import loop_stats, run_loop
 from worker.control.metrics import observe_run
-from worker.control.prune import prune
-from worker.control.reconcile import reconcile_broker
-from worker.control.recover import recover_stuck
-from worker.control.timeouts import enforce_timeouts
+from worker.control.registry import LOOPS, Loop
 from worker.runtime import joblog  # noqa: F401 - registers medic's log format and job fields
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
-MIN_LOCK_TTL_S = 10.0
 schedule.install(app)
 
 
-def _run(name: str, fn: LoopFn, period_s: float) -> dict[str, Any]:
-    # The lock outlives a crashed run by a few periods at most, then the next run takes over.
-    record = run_loop(name, fn, lock_ttl_s=max(MIN_LOCK_TTL_S, 3 * period_s))
-    observe_run(name, record)
-    return record
+def _loop_task(loop: Loop) -> Task[[], dict[str, Any]]:
+    """The Celery task of `loop`: one locked, recorded and counted run."""
+
+    def run() -> dict[str, Any]:
+        record = run_loop(loop.name, loop.run, lock_ttl_s=loop.lock_ttl(get_settings()))
+        observe_run(loop, record)
+        return record
+
+    run.__name__ = run.__qualname__ = f"{loop.name}_task"
+    run.__doc__ = f"One run of the {loop.name} control loop."
+    task: Task[[], dict[str, Any]] = app.task(name=loop.task_name, ignore_result=True)(run)
+    return task
 
 
-@app.task(name="medic.control.recover_stuck", ignore_result=True)
-def recover_stuck_task() -> dict[str, Any]:
-    return _run("recover_stuck", recover_stuck, get_settings().recover_period_seconds)
+# loop name -> its task; the worker finds each by its task name, beat schedules that name
+TASKS: dict[str, Task[[], dict[str, Any]]] = {loop.name: _loop_task(loop) for loop in LOOPS}
 
 
-@app.task(name="medic.control.enforce_timeouts", ignore_result=True)
-def enforce_timeouts_task() -> dict[str, Any]:
-    return _run("enforce_timeouts", enforce_timeouts, get_settings().timeout_period_seconds)
-
-
-@app.task(name="medic.control.reconcile_broker", ignore_result=True)
-def reconcile_broker_task() -> dict[str, Any]:
-    return _run("reconcile_broker", reconcile_broker, get_settings().reconcile_period_seconds)
-
-
-@app.task(name="medic.control.apply_backpressure", ignore_result=True)
-def apply_backpressure_task() -> dict[str, Any]:
-    return _run("apply_backpressure", apply_backpressure, get_settings().backpressure_period_seconds)
-
-
-@app.task(name="medic.control.autoscale", ignore_result=True)
-def autoscale_task() -> dict[str, Any]:
-    return _run("autoscale", autoscale, get_settings().autoscale_period_seconds)
-
-
-@app.task(name="medic.control.prune", ignore_result=True)
-def prune_task() -> dict[str, Any]:
-    return _run("prune", prune, get_settings().prune_period_seconds)
-
-
-@app.task(name="medic.control.health_and_alerts", ignore_result=True)
-def health_and_alerts_task() -> dict[str, Any]:
-    return _run("health_and_alerts", health_and_alerts, get_settings().health_period_seconds)
-
-
-@app.task(name="medic.control.beat_alive", ignore_result=True)
+@app.task(name=schedule.BEAT_ALIVE_TASK, ignore_result=True)
 def beat_alive() -> None:
     """Proves beat schedules and the control worker consumes: health reads this key's age."""
     s = get_settings()
@@ -89,7 +58,7 @@ def _health_watchdog() -> None:
         try:
             last = loop_stats("health_and_alerts").get("last", {}).get("at")
             if last is None or time.time() - float(last) > 2 * period:
-                health_and_alerts_task()
+                TASKS["health_and_alerts"]()
         except Exception:
             log.exception("health watchdog run failed")
 
