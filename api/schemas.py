@@ -66,8 +66,8 @@ class JobPublic(BaseModel):
     worker_pid: int | None = None
 
     @classmethod
-    def of(cls, row: Any, *, published: bool = True) -> JobPublic:
-        public = cls.model_validate(row._asdict())
+    def of(cls, job: Any, *, published: bool = True) -> JobPublic:
+        public = cls.model_validate(job, from_attributes=True)
         if not published:
             public.published_at = None
         return public

@@ -7,6 +7,7 @@ raise and leave the ledger untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from worker.clock import utcnow
 from worker.errors import ForbiddenError, IdempotencyConflictError, InvalidArgsError, MedicError, PayloadTooLargeError
 from worker.ledger import db, queries, transitions
 from worker.ledger.models import JobRow
+from worker.ledger.records import NewJob
 from worker.runtime.queues import DeclaredQueues, check_queue, declared_queues
 from worker.runtime.registry import get_spec
 from worker.settings import Settings, get_settings
@@ -99,9 +101,13 @@ def build_row(
     }
 
 
+def _record(row: Mapping[str, Any]) -> NewJob:
+    return NewJob(**{f.name: row[f.name] for f in dataclasses.fields(NewJob)})
+
+
 def _enqueue_once(conn: Connection, row: dict[str, Any], *, actor: str, now: Any) -> Enqueued:
     """A job with an idempotency key: the first request creates it, later ones get it back."""
-    inserted = transitions.create_job_once(conn, row, actor=actor, now=now)
+    inserted = transitions.create_job_once(conn, _record(row), actor=actor, now=now)
     if inserted is not None:
         return Enqueued(inserted, True)
     existing = queries.find_by_idempotency_key(conn, row["tenant"], row["idempotency_key"])
@@ -135,7 +141,7 @@ def _create_plain(conn: Connection, rows: Sequence[dict[str, Any]], actors: Sequ
         by_actor.setdefault(actor, []).append(row)
     created: dict[uuid.UUID, JobRow] = {}
     for actor, group in by_actor.items():
-        for job in transitions.create_jobs(conn, group, actor=actor, now=group[0]["created_at"]):
+        for job in transitions.create_jobs(conn, [_record(r) for r in group], actor=actor, now=group[0]["created_at"]):
             created[job.id] = job
     return created
 
