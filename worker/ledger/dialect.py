@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from worker.ledger import pg_statements
-from worker.ledger.events import Event, returning_with_events
+from worker.ledger.events import Event, created, returning_with_events
 from worker.ledger.models import jobs
 from worker.ledger.records import Job, NewJob
 from worker.ledger.states import JobState
@@ -41,11 +41,6 @@ _BUSY_BY_PROCESS = (
 # background processes are rows of pg_stat_activity too, but take no max_connections slot).
 _CLIENT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
 _SNAPSHOT = "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint FROM pg_current_snapshot() s"
-
-
-def created(actor: str, now: dt.datetime) -> Event:
-    """The event of a job's creation (the only write of an initial state)."""
-    return Event(JobState.QUEUED.value, "enqueued", actor=actor, at=now)
 
 
 def job_update(
@@ -213,30 +208,23 @@ class PostgreSQL:
 
     @contextlib.contextmanager
     def one_write(self, conn: Connection, *, sync_commit: bool) -> Iterator[None]:
-        """ONE statement as its own transaction: autocommit, one round trip (psycopg2 would send
-        BEGIN and COMMIT as two more). `sync_commit=False` adds `SET LOCAL synchronous_commit =
-        off` to the statement (worker/ledger/db.py)."""
+        """ONE statement as its own transaction: autocommit on the driver's connection, one round
+        trip (psycopg2 would send BEGIN and COMMIT as two more). `sync_commit=False` adds `SET
+        LOCAL synchronous_commit = off` to the statement (worker/ledger/db.py).
+
+        Not `execution_options(isolation_level="AUTOCOMMIT")`: psycopg2's `set_isolation_level`
+        sends `SET default_transaction_isolation TO DEFAULT` on every checkout, a second round trip
+        per write (seen in the server's statement log). The `autocommit` attribute is a client-side
+        flag; it is switched back before the connection returns to the pool, whose reset (a
+        ROLLBACK of no transaction) then costs nothing."""
         conn.execution_options(**{ASYNC_COMMIT: not sync_commit})
-        with _driver_autocommit(conn):
+        raw = conn.connection.dbapi_connection
+        raw.autocommit = True  # type: ignore[union-attr]
+        try:
             yield
-
-
-@contextlib.contextmanager
-def _driver_autocommit(conn: Connection) -> Iterator[None]:
-    """Autocommit on the driver's connection for the duration of one write.
-
-    Not `execution_options(isolation_level="AUTOCOMMIT")`: psycopg2's `set_isolation_level` sends
-    `SET default_transaction_isolation TO DEFAULT` on every checkout, a second round trip per
-    write (seen in the server's statement log). The `autocommit` attribute is a client-side flag;
-    it is switched back before the connection returns to the pool, whose reset (a ROLLBACK of no
-    transaction) then costs nothing."""
-    raw = conn.connection.dbapi_connection
-    raw.autocommit = True  # type: ignore[union-attr]
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # a dead connection is discarded by the pool anyway
-            raw.autocommit = False  # type: ignore[union-attr]
+        finally:
+            with contextlib.suppress(Exception):  # a dead connection is discarded by the pool anyway
+                raw.autocommit = False  # type: ignore[union-attr]
 
 
 _DIALECTS: dict[str, LedgerDialect] = {"postgresql": PostgreSQL(), "sqlite": SQLite()}

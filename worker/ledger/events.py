@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from worker.ledger.models import job_events
 from worker.ledger.records import Job
+from worker.ledger.states import JobState
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,6 +55,11 @@ class Event:
         """One event per row of `changed`, in SQL: `INSERT INTO job_events SELECT ... FROM changed`."""
         values = self.values(changed.c)
         return job_events.insert().from_select(list(values), sa.select(*(_sql(k, v) for k, v in values.items())))
+
+
+def created(actor: Any, at: Any) -> Event:
+    """The event of a job's creation (the only write of an initial state)."""
+    return Event(JobState.QUEUED.value, "enqueued", actor=actor, at=at)
 
 
 def _sql(column: str, value: Any) -> sa.ColumnElement[Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from worker.ledger import events
 from worker.ledger.events import Event, returning_with_events
 from worker.ledger.models import UTCDateTime, jobs
 from worker.ledger.prepared import execute_prepared
@@ -42,7 +43,7 @@ def _create_statement(columns: tuple[str, ...]) -> sa.Select[Any]:
     """`INSERT ... SELECT FROM jsonb_populate_recordset(:rows)`: ONE bind parameter for any number
     of rows, so the statement text is the same for 1 or 1,000 rows and compiled once."""
     names = ", ".join(columns)
-    created = (
+    inserted = (
         sa.text(
             f"INSERT INTO jobs ({names}) SELECT {names} "
             "FROM jsonb_populate_recordset(NULL::jobs, CAST(:rows AS jsonb)) "
@@ -51,7 +52,7 @@ def _create_statement(columns: tuple[str, ...]) -> sa.Select[Any]:
         .columns(*jobs.c)
         .cte("created")
     )
-    return returning_with_events(created, Event(JobState.QUEUED.value, "enqueued", actor=_ACTOR, at=_NOW))
+    return returning_with_events(inserted, events.created(_ACTOR, _NOW))
 
 
 def create_jobs(conn: Connection, news: Sequence[NewJob], *, actor: str, now: dt.datetime) -> list[Job]:
@@ -86,7 +87,7 @@ def fenced_statement(
         .returning(*jobs.c)
         .cte("moved")
     )
-    return returning_with_events(moved, Event(to, reason, actor=_ACTOR, at=_NOW, frm=frm))
+    return returning_with_events(moved, events.Event(to, reason, actor=_ACTOR, at=_NOW, frm=frm))
 
 
 def fenced(

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from worker.clock import seconds
 from worker.errors import InvalidTransitionError
-from worker.ledger import dialect
+from worker.ledger import dialect, events
 from worker.ledger.events import Event
 from worker.ledger.models import job_events, jobs
 from worker.ledger.records import Job, NewJob, Overdue
@@ -53,7 +53,7 @@ def create_job_once(conn: Connection, new: NewJob, *, actor: str, now: dt.dateti
     stmt = ledger.insert_on_conflict(jobs, values, ["tenant", "idempotency_key"]).returning(*jobs.c)
     inserted = Job.maybe(conn.execute(stmt).first())
     if inserted is not None:
-        conn.execute(*dialect.created(actor, now).insert_for([inserted]))
+        conn.execute(*events.created(actor, now).insert_for([inserted]))
     return inserted
 
 
