@@ -338,12 +338,9 @@ class Hub:
 def _one_snapshot(read: Callable[[Connection], T]) -> tuple[T, tuple[int, int]]:
     """`read` and the snapshot horizon under ONE snapshot (REPEATABLE READ), so "xmin has passed
     the hole's xmax and this read did not see it" means the hole's transaction rolled back."""
-    with db.ledger_errors(), db.get_engine().connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            horizon = queries.snapshot_horizon(conn)
-            return read(conn), horizon
+    with db.snapshot() as conn:
+        horizon = queries.snapshot_horizon(conn)
+        return read(conn), horizon
 
 
 def _end() -> tuple[int, tuple[int, int]]:

@@ -9,10 +9,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import ledger_view
-from worker.accept.validate import JobRequest, new_job
+from tests.ledger.make import a_new_job
 from worker.clock import utcnow
 from worker.ledger import db, transitions
-from worker.settings import get_settings
 from worker.testing.processes import Processes, free_port, wait_for
 
 
@@ -36,10 +35,9 @@ def test_control_worker_exports_loop_runs_and_recoveries(
     try:
         # a running job whose worker never existed: recover_stuck requeues it once its lease is over
         now = utcnow()
-        row = new_job(JobRequest("examples.echo", {"message": "x"}, queue=f"q-cm-{uuid.uuid4().hex[:6]}"),
-                        tenant="cm", s=get_settings(), now=now)  # fmt: skip
+        new = a_new_job("cm", queue=f"q-cm-{uuid.uuid4().hex[:6]}", created_at=now)
         with db.begin() as conn:
-            job = transitions.create_jobs(conn, [row.row()], actor="test", now=now)[0]
+            job = transitions.create_jobs(conn, [new], actor="test", now=now)[0]
             transitions.claim(conn, job.id, job.delivery_id, worker="ghost@nowhere", pid=1, now=now, lease_s=1)
         procs.control_plane()
 

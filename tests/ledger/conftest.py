@@ -9,14 +9,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from worker.accept import validate
-from worker.accept.validate import JobRequest
-from worker.clock import utcnow
+from tests.ledger.make import a_new_job
 from worker.ledger import transitions
 from worker.ledger.db import make_engine
 from worker.ledger.migrate import upgrade
-from worker.ledger.models import JobRow
-from worker.settings import get_settings
+from worker.ledger.records import Job
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -31,22 +28,16 @@ def engine(request: pytest.FixtureRequest, medic_env: dict[str, str], tmp_path: 
     eng.dispose()
 
 
-NewJob = Callable[..., JobRow]
+NewJob = Callable[..., Job]
 
 
 @pytest.fixture
 def new_job(engine: sa.Engine) -> NewJob:
     """Insert a queued job through the ledger; keyword arguments override the row."""
 
-    def make(type_: str = "examples.echo", args: dict[str, Any] | None = None, **row: Any) -> JobRow:
-        tenant = row.pop("tenant", "ledger-tests")
-        base = validate.new_job(
-            JobRequest(type_, args if args is not None else {"message": "x"}),
-            tenant=tenant,
-            s=get_settings(),
-            now=utcnow(),
-        )
+    def make(type_: str = "examples.echo", **fields: Any) -> Job:
+        new = a_new_job(type_=type_, **fields)
         with engine.begin() as conn:
-            return transitions.create_jobs(conn, [{**base.row(), **row}], actor="test", now=base.created_at)[0]
+            return transitions.create_jobs(conn, [new], actor="test", now=new.created_at)[0]
 
     return make

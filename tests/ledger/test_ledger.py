@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.ledger.conftest import NewJob
+from tests.ledger.make import a_new_job
 from worker.clock import utcnow
 from worker.errors import InvalidTransitionError
 from worker.ledger import queries, transitions
@@ -162,10 +163,9 @@ def test_leases_extend_only_for_the_delivery_held(engine: sa.Engine, new_job: Ne
 
 def test_idempotent_create_returns_none_for_a_repeat(engine: sa.Engine, new_job: NewJob) -> None:
     first = new_job(idempotency_key="k1")
-    row = {c.name: getattr(first, c.name) for c in jobs.c if c.name != "state"}
-    row.update(id=uuid.uuid4(), delivery_id=uuid.uuid4())
+    again = a_new_job(first.tenant, idempotency_key="k1")  # a new id and delivery, the same key
     with engine.begin() as conn:
-        assert transitions.create_job_once(conn, row, actor="t", now=utcnow()) is None
+        assert transitions.create_job_once(conn, again, actor="t", now=utcnow()) is None
         found = queries.find_by_idempotency_key(conn, "ledger-tests", "k1")
         count = conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.idempotency_key == "k1"))
     assert found is not None and found.id == first.id

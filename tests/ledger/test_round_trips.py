@@ -10,13 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from tests.ledger.conftest import NewJob
-from worker.accept import validate
-from worker.accept.validate import JobRequest
+from tests.ledger.make import a_new_job
 from worker.clock import utcnow
-from worker.ledger import db, queries, transitions
+from worker.ledger import db, prepared, queries, transitions
 from worker.ledger.db import make_engine
 from worker.ledger.models import job_events
-from worker.settings import get_settings
+from worker.ledger.records import NewJob as NewJobRecord
 
 
 @pytest.fixture
@@ -31,12 +30,9 @@ def statements(engine: sa.Engine) -> Iterator[list[str]]:
     sa.event.remove(engine, "before_cursor_execute", record)
 
 
-def _rows(n: int) -> list[dict[str, Any]]:
-    s, now = get_settings(), utcnow()
-    return [
-        validate.new_job(JobRequest("examples.echo", {"message": str(i)}), tenant="rt", s=s, now=now).row()
-        for i in range(n)
-    ]
+def _rows(n: int) -> list[NewJobRecord]:
+    now = utcnow()
+    return [a_new_job("rt", args={"message": str(i)}, created_at=now) for i in range(n)]
 
 
 def _per_call(statements: list[str]) -> list[str]:
@@ -67,13 +63,13 @@ def test_create_and_claim_are_one_statement_each_on_postgresql(
 def test_a_batch_comes_back_in_order_with_one_event_per_job_in_id_order(engine: sa.Engine) -> None:
     rows = _rows(40)
     with engine.begin() as conn:
-        created = transitions.create_jobs(conn, rows, actor="t", now=rows[0]["created_at"])
-    assert [r.id for r in created] == [r["id"] for r in rows]
+        created = transitions.create_jobs(conn, rows, actor="t", now=rows[0].created_at)
+    assert [r.id for r in created] == [r.id for r in rows]
     with engine.connect() as conn:
         events = conn.execute(
-            sa.select(job_events.c.id, job_events.c.job_id).where(job_events.c.job_id.in_([r["id"] for r in rows]))
+            sa.select(job_events.c.id, job_events.c.job_id).where(job_events.c.job_id.in_([r.id for r in rows]))
         ).all()
-    assert sorted(e.job_id for e in events) == sorted(r["id"] for r in rows)  # one each, none twice
+    assert sorted(e.job_id for e in events) == sorted(r.id for r in rows)  # one each, none twice
     ids = [e.id for e in events]
     assert len(set(ids)) == len(ids)
 
@@ -85,12 +81,12 @@ def test_rerunning_a_create_after_a_lost_connection_duplicates_nothing(engine: s
         pytest.skip("db.write re-runs only on PostgreSQL's autocommit path; SQLite is a transaction")
     rows = _rows(3)
     with engine.begin() as conn:
-        first = transitions.create_jobs(conn, rows, actor="t", now=rows[0]["created_at"])
+        first = transitions.create_jobs(conn, rows, actor="t", now=rows[0].created_at)
     with engine.begin() as conn:
-        again = transitions.create_jobs(conn, rows, actor="t", now=rows[0]["created_at"])
+        again = transitions.create_jobs(conn, rows, actor="t", now=rows[0].created_at)
     assert [r.id for r in again] == [r.id for r in first]
     with engine.connect() as conn:
-        n = conn.scalar(sa.select(sa.func.count()).where(job_events.c.job_id.in_([r["id"] for r in rows])))
+        n = conn.scalar(sa.select(sa.func.count()).where(job_events.c.job_id.in_([r.id for r in rows])))
     assert n == 3
 
 
@@ -124,8 +120,8 @@ def test_a_write_survives_killed_connections(medic_env: dict[str, str]) -> None:
         )
     assert killed == 1
     rows = _rows(1)
-    created = db.write(lambda conn: transitions.create_jobs(conn, rows, actor="t", now=rows[0]["created_at"]))
-    assert created[0].id == rows[0]["id"]
+    created = db.write(lambda conn: transitions.create_jobs(conn, rows, actor="t", now=rows[0].created_at))
+    assert created[0].id == rows[0].id
 
 
 def _claim_and_succeed(conn: sa.Connection, job: Any) -> Any:
@@ -159,18 +155,18 @@ def test_a_killed_connection_prepares_again_on_its_replacement(medic_env: dict[s
     rows = _rows(2)
     try:
         with engine.connect() as conn:  # prepare the create on a connection, then kill its backend
-            transitions.create_jobs(conn, rows[:1], actor="t", now=rows[0]["created_at"])
+            transitions.create_jobs(conn, rows[:1], actor="t", now=rows[0].created_at)
             conn.commit()
             mine = conn.scalar(sa.text("SELECT pg_backend_pid()"))
         with sa.create_engine(medic_env["MEDIC_DATABASE_URL"]).connect() as admin:
             admin.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": mine})  # waits for the exit
         with engine.connect() as conn:
             assert conn.scalar(sa.text("SELECT pg_backend_pid()")) != mine  # replaced at checkout
-            created = transitions.create_jobs(conn, rows[1:], actor="t", now=rows[1]["created_at"])
+            created = transitions.create_jobs(conn, rows[1:], actor="t", now=rows[1].created_at)
             conn.commit()
     finally:
         engine.dispose()
-    assert created[0].id == rows[1]["id"]
+    assert created[0].id == rows[1].id
 
 
 def test_prepared_statements_can_be_turned_off(
@@ -217,27 +213,25 @@ def test_a_server_that_lost_its_prepared_statements_is_survived(
     # Bugs caught: behind a pooler in transaction mode (each transaction on another server
     # connection) every EXECUTE failing with "prepared statement does not exist" for ever; the
     # operator not told which setting fixes it. DEALLOCATE ALL stands in for the pooler's switch.
-    from worker.ledger import pg_statements
-
-    monkeypatch.setattr(pg_statements, "_pooler_seen", False)
+    monkeypatch.setattr(prepared, "_pooler_seen", False)
     engine = make_engine(medic_env["MEDIC_DATABASE_URL"], pool_size=1)  # one connection: reused
     monkeypatch.setattr(db, "get_engine", lambda: engine)
     rows = _rows(4)
     try:
-        db.write(lambda conn: transitions.create_jobs(conn, rows[:1], actor="t", now=rows[0]["created_at"]))
+        db.write(lambda conn: transitions.create_jobs(conn, rows[:1], actor="t", now=rows[0].created_at))
         db.write(lambda conn: conn.exec_driver_sql("DEALLOCATE ALL"))  # the server forgets; the client does not
         # in a transaction the failed EXECUTE aborted it: the error is raised
         with pytest.raises(sa.exc.DBAPIError, match="does not exist"), engine.begin() as conn:
-            transitions.create_jobs(conn, rows[1:2], actor="t", now=rows[1]["created_at"])
-        assert pg_statements._pooler_seen, "the process stops preparing"
+            transitions.create_jobs(conn, rows[1:2], actor="t", now=rows[1].created_at)
+        assert prepared._pooler_seen, "the process stops preparing"
         assert "MEDIC_DB_PREPARED_STATEMENTS=false" in caplog.text
         with engine.begin() as conn:  # the next try runs plainly
-            again = transitions.create_jobs(conn, rows[1:2], actor="t", now=rows[1]["created_at"])
-        assert again[0].id == rows[1]["id"]
+            again = transitions.create_jobs(conn, rows[1:2], actor="t", now=rows[1].created_at)
+        assert again[0].id == rows[1].id
         # autocommit (db.write) runs the statement plainly at once, in the same call
-        monkeypatch.setattr(pg_statements, "_pooler_seen", False)
+        monkeypatch.setattr(prepared, "_pooler_seen", False)
         db.write(lambda conn: conn.exec_driver_sql("DEALLOCATE ALL"))
-        created = db.write(lambda conn: transitions.create_jobs(conn, rows[2:3], actor="t", now=rows[2]["created_at"]))
-        assert created[0].id == rows[2]["id"] and pg_statements._pooler_seen
+        created = db.write(lambda conn: transitions.create_jobs(conn, rows[2:3], actor="t", now=rows[2].created_at))
+        assert created[0].id == rows[2].id and prepared._pooler_seen
     finally:
         engine.dispose()

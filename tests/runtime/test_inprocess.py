@@ -119,10 +119,10 @@ def test_a_stale_delivery_is_dropped(inproc_worker: str) -> None:
     tag = uuid.uuid4().hex
     enqueued = enqueue("tests.record", {"tag": tag, "seconds": 0.5}, queue="nobody-consumes-this")
     row = job(enqueued.job.id)
-    here = row._asdict() | {"queue": inproc_worker}
-    publish([type("StaleRow", (), here | {"delivery_id": uuid.uuid4()})()])
+    here = row.replace(queue=inproc_worker)
+    publish([here.replace(delivery_id=uuid.uuid4())])
     wait_for(lambda: depth(inproc_worker) == 0, 10, 0.02, "the stale message taken")
-    publish([type("CurrentRow", (), here)()])
+    publish([here])
     done = finished(row.id)
     assert done.state == "succeeded" and done.attempts == 1
     assert len(executions(tag)) == 1

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.api_client import events, submit, wait_state
-from worker.accept.validate import JobRequest, new_jobs
+from tests.ledger.make import a_new_job
 from worker.clock import utcnow
 from worker.ledger import db, queries, transitions
 from worker.settings import get_settings
@@ -75,11 +75,9 @@ def test_a_data_error_at_finalize_is_recorded_as_a_job_error(medic_env: dict[str
     from worker.runtime.task import record_outcome
 
     s = get_settings()
-    [row] = new_jobs(
-        [JobRequest("examples.echo", {"message": "x"}, None, 0, 60, 1, None)], tenant=f"t{uuid.uuid4().hex[:8]}"
-    )
+    new = a_new_job(f"t{uuid.uuid4().hex[:8]}", timeout_s=60.0, max_attempts=1)
     with db.begin() as conn:  # written, never published: no worker can take it
-        [created] = transitions.create_jobs(conn, [row], actor="test", now=utcnow())
+        [created] = transitions.create_jobs(conn, [new], actor="test", now=utcnow())
         claimed = transitions.claim(
             conn, created.id, created.delivery_id, worker="test", pid=0, now=utcnow(), lease_s=s.lease_seconds
         )

@@ -14,8 +14,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict, cast
 
-import sqlalchemy as sa
-
 from worker.accept import admission
 from worker.broker import inspect, presence, redis_keys
 from worker.broker.counters import known_queues
@@ -86,20 +84,6 @@ class Snapshot(TypedDict):
     alerts_firing: NotRequired[dict[str, int]]  # "name|severity" -> instances firing
 
 
-# Connections each medic process holds checked out, as the server sees them: a pooled connection
-# waiting in its pool is `idle`; one a caller holds is `active` or `idle in transaction`. Every
-# medic engine names itself `medic-<pid>` (worker/ledger/db.py), so this is the pool use of
-# every process of the fleet in one query, with no cost on the path of a job.
-BUSY_BY_PROCESS = (
-    "SELECT application_name, count(*) FROM pg_stat_activity WHERE application_name LIKE 'medic-%' "
-    "AND state <> 'idle' GROUP BY application_name ORDER BY count(*) DESC LIMIT 20"
-)
-
-# Connection slots in use: client backends only (the checkpointer, WAL writer and the other
-# background processes are rows of pg_stat_activity too, but take no max_connections slot).
-CLIENT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-
-
 def _queue(queue: str, queued: int, oldest: dt.datetime | None, now: dt.datetime) -> QueueGauges:
     r = get_redis()
     wm = admission.watermarks(queue)
@@ -122,14 +106,9 @@ def _queue(queue: str, queued: int, oldest: dt.datetime | None, now: dt.datetime
 
 def _ledger(now: dt.datetime) -> tuple[dict[str, int], dict[str, dt.datetime], int, PostgresGauges]:
     with db.connect() as conn:
-        pg: PostgresGauges = {}
         # The server's view first: a ledger slowed by locks would hold the jobs reads below, and
         # the pools would look idle by the time they answer.
-        if conn.dialect.name == "postgresql":
-            busy = conn.execute(sa.text(BUSY_BY_PROCESS)).all()
-            pg["busy_by_process"] = {str(app): int(n) for app, n in busy}
-            pg["connections"] = int(conn.scalar(sa.text(CLIENT_CONNECTIONS)) or 0)
-            pg["max_connections"] = int(conn.scalar(sa.text("SHOW max_connections")) or 0)
+        pg = cast(PostgresGauges, queries.server_connections(conn) or {})
         queued = {q: n for state, q, n in queries.live_counts_by_queue(conn) if state == "queued"}
         oldest = queries.oldest_queued_by_queue(conn)
         dead = queries.dead_since(conn, now - seconds(60))

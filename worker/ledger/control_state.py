@@ -6,9 +6,8 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from worker.ledger import db
+from worker.ledger import db, dialect
 from worker.ledger.models import control_state
 
 BROKER_RUN_ID = "broker_run_id"
@@ -22,9 +21,8 @@ def get(name: str) -> str | None:
 
 def put(name: str, value: str, *, now: dt.datetime) -> None:
     with db.begin() as conn:
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = dialect_insert(control_state).values(name=name, value=value, updated_at=now)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"value": value, "updated_at": now}))
+        changed = {"value": value, "updated_at": now}
+        conn.execute(dialect.of(conn).insert_on_conflict(control_state, {"name": name, **changed}, ["name"], changed))
 
 
 def delete(name: str) -> None:

@@ -30,6 +30,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from worker.errors import LedgerUnavailableError
 from worker.forksafe import PerProcess
+from worker.ledger import dialect
+from worker.ledger.dialect import ASYNC_COMMIT
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -75,9 +77,6 @@ def _dead_on_arrival(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
     poller.register(dbapi_conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
     if poller.poll(0):
         raise sa_exc.DisconnectionError("the ledger closed this pooled connection")
-
-
-ASYNC_COMMIT = "medic_async_commit"  # execution option: commit this statement's transaction asynchronously
 
 
 def _async_commit(
@@ -175,6 +174,15 @@ def connect() -> Iterator[Connection]:
         yield conn
 
 
+@contextlib.contextmanager
+def snapshot() -> Iterator[Connection]:
+    """One transaction whose every read sees the same snapshot (REPEATABLE READ on PostgreSQL)."""
+    with ledger_errors(), get_engine().connect() as conn:
+        conn = dialect.of(conn).one_snapshot(conn)
+        with conn.begin():
+            yield conn
+
+
 def _lost_connection(exc: LedgerUnavailableError) -> bool:
     cause = exc.__cause__
     return isinstance(cause, sa_exc.DBAPIError) and bool(cause.connection_invalidated)
@@ -191,36 +199,17 @@ def write(fn: Callable[[Connection], T], *, sync_commit: bool = True) -> T:
     """
     for attempt in (1, 2):
         try:
-            with ledger_errors(), get_engine().connect() as conn:
-                if conn.dialect.name != "postgresql":
-                    with conn.begin():
-                        return fn(conn)
-                conn.execution_options(**{ASYNC_COMMIT: not sync_commit})
-                with _driver_autocommit(conn):
-                    return fn(conn)
+            with (
+                ledger_errors(),
+                get_engine().connect() as conn,
+                dialect.of(conn).one_write(conn, sync_commit=sync_commit),
+            ):
+                return fn(conn)
         except LedgerUnavailableError as exc:
             if attempt == 2 or not _lost_connection(exc):
                 raise
             log.info("ledger connection lost under a write; retrying once on a fresh one: %s", exc)
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _driver_autocommit(conn: Connection) -> Iterator[None]:
-    """Autocommit on the driver's connection for the duration of one write.
-
-    Not `execution_options(isolation_level="AUTOCOMMIT")`: psycopg2's `set_isolation_level` sends
-    `SET default_transaction_isolation TO DEFAULT` on every checkout, a second round trip per
-    write (seen in the server's statement log). The `autocommit` attribute is a client-side flag;
-    it is switched back before the connection returns to the pool, whose reset (a ROLLBACK of no
-    transaction) then costs nothing."""
-    raw = conn.connection.dbapi_connection
-    raw.autocommit = True  # type: ignore[union-attr]
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # a dead connection is discarded by the pool anyway
-            raw.autocommit = False  # type: ignore[union-attr]
 
 
 def with_ledger_retry(fn: Callable[[], T], *, budget_s: float, what: str) -> T:

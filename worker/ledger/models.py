@@ -7,7 +7,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect, Row
+from sqlalchemy.engine import Dialect
+
+from worker.ledger.records import Job
 
 metadata = sa.MetaData(
     naming_convention={
@@ -30,8 +32,8 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the ledger; use worker.clock.utcnow()")
-        value = value.astimezone(dt.UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        # in UTC on every backend; SQLite's DATETIME stores the fields and drops the zone itself
+        return value.astimezone(dt.UTC)
 
     def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is not None and value.tzinfo is None:
@@ -39,8 +41,8 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         return value
 
 
-JobRow = Row[Any]
-"""One row of `jobs`, as every query and transition returns it."""
+JobRow = Job
+"""One row of `jobs`, as every query and transition returns it (the record, worker/ledger/records.py)."""
 
 JSONType: Any = sa.JSON().with_variant(JSONB(), "postgresql")
 

@@ -1,56 +1,33 @@
 """PostgreSQL's form of the hot writes: row + event in ONE statement, built and compiled once.
 
-Used by worker/ledger/transitions.py (which keeps the two-statement form for SQLite). Every
-statement here is cached: a Core statement built per call cost ~1 ms of Python, and SQLAlchemy
-never caches a multi-VALUES insert (4 ms per call), both measured with cProfile.
+Used by the ledger's PostgreSQL dialect (worker/ledger/dialect.py); each statement is cached and
+run as a prepared statement (worker/ledger/prepared.py): a Core statement built per call costs
+more Python than the write itself, and SQLAlchemy never caches a multi-VALUES insert.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import functools
-import hashlib
 import json
-import logging
-import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Dialect, Result
+from sqlalchemy.engine import Connection
 
-from worker.ledger.models import JobRow, UTCDateTime, job_events, jobs
+from worker.ledger import events
+from worker.ledger.events import Event, returning_with_events
+from worker.ledger.models import UTCDateTime, jobs
+from worker.ledger.prepared import execute_prepared
+from worker.ledger.records import Job, NewJob
 from worker.ledger.states import JobState
-from worker.settings import get_settings
 
-log = logging.getLogger(__name__)
 INCREMENT = object()  # a fenced-transition value meaning "the column plus one"
 
-EVENT_COLUMNS = ("job_id", "at", "from_state", "to_state", "actor", "reason", "delivery_id", "attempt", "detail")
-
-
-def with_events(
-    changed: sa.CTE, *, frm: str | None, to: str, actor: str, reason: str, now: dt.datetime, detail: str | None
-) -> sa.Select[Any]:
-    """`SELECT * FROM changed`, also inserting one event per row of `changed` (a DML CTE)."""
-    event = job_events.insert().from_select(
-        list(EVENT_COLUMNS),
-        sa.select(
-            changed.c.id,
-            sa.literal(now, UTCDateTime),
-            sa.literal(frm, sa.String) if frm is not None else sa.null(),
-            sa.literal(to, sa.String),
-            sa.literal(actor, sa.String),
-            sa.literal(reason, sa.String),
-            changed.c.delivery_id,
-            changed.c.attempts,
-            sa.literal(detail, sa.Text) if detail is not None else sa.null(),
-        ),
-    )
-    return sa.select(*changed.c).add_cte(event.cte("ev"))
+_NOW = sa.bindparam("p_now", type_=UTCDateTime)
+_ACTOR = sa.bindparam("p_actor", type_=sa.String)
 
 
 def _json_default(value: Any) -> str:
@@ -62,43 +39,41 @@ def _json_default(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _create_statement(columns: tuple[str, ...]) -> sa.TextualSelect:
+def _create_statement(columns: tuple[str, ...]) -> sa.Select[Any]:
     """`INSERT ... SELECT FROM jsonb_populate_recordset(:rows)`: ONE bind parameter for any number
-    of rows, so the statement text is the same for 1 or 1,000 rows and compiled once. (A
-    multi-VALUES insert is never cached by SQLAlchemy: compiling it cost 4 ms per call.)"""
+    of rows, so the statement text is the same for 1 or 1,000 rows and compiled once."""
     names = ", ".join(columns)
-    returned = ", ".join(c.name for c in jobs.c)
-    return sa.text(
-        f"WITH created AS (INSERT INTO jobs ({names}) SELECT {names} "
-        "FROM jsonb_populate_recordset(NULL::jobs, CAST(:rows AS jsonb)) "
-        "ON CONFLICT (id) DO NOTHING RETURNING *), "
-        "ev AS (INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason, delivery_id, attempt) "
-        "SELECT id, CAST(:now AS timestamptz), NULL, 'queued', :actor, 'enqueued', delivery_id, 0 FROM created) "
-        f"SELECT {returned} FROM created"
-    ).columns(*jobs.c)
+    inserted = (
+        sa.text(
+            f"INSERT INTO jobs ({names}) SELECT {names} "
+            "FROM jsonb_populate_recordset(NULL::jobs, CAST(:rows AS jsonb)) "
+            "ON CONFLICT (id) DO NOTHING RETURNING *"
+        )
+        .columns(*jobs.c)
+        .cte("created")
+    )
+    return returning_with_events(inserted, events.created(_ACTOR, _NOW))
 
 
-def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime) -> list[JobRow]:
-    payload = [dict(r, state=JobState.QUEUED.value) for r in rows]
+def create_jobs(conn: Connection, news: Sequence[NewJob], *, actor: str, now: dt.datetime) -> list[Job]:
+    payload = [dict(new.row(), state=JobState.QUEUED.value) for new in news]
     stmt = _create_statement(tuple(payload[0]))
-    params = {"rows": json.dumps(payload, default=_json_default), "now": now.isoformat(), "actor": actor}
-    by_id = {row.id: row for row in execute_prepared(conn, stmt, params)}
-    missing = [r["id"] for r in rows if r["id"] not in by_id]
+    params = {"rows": json.dumps(payload, default=_json_default), "p_now": now, "p_actor": actor}
+    by_id = {job.id: job for job in map(Job.of, execute_prepared(conn, stmt, params))}
+    missing = [new.id for new in news if new.id not in by_id]
     if missing:  # committed by an earlier try of this very write; ours (client-made uuid4 ids)
-        by_id.update({row.id: row for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(missing)))})
+        by_id.update({job.id: job for job in map(Job.of, conn.execute(sa.select(jobs).where(jobs.c.id.in_(missing))))})
     # rows from a CTE come back in no promised order: put the caller's back
-    return [by_id[r["id"]] for r in rows]
+    return [by_id[new.id] for new in news]
 
 
 @functools.lru_cache(maxsize=32)
 def fenced_statement(
     frm: str, to: str, reason: str, columns: tuple[str, ...], increment: tuple[str, ...]
 ) -> sa.Select[Any]:
-    """PostgreSQL: a transition fenced on (id, state, delivery_id) as one CTE statement whose every
-    value is a bind parameter, so it is built and compiled once per shape. (Building the Core
-    statement anew cost the claim and the finalize ~1 ms of Python each, measured with cProfile.)"""
-    now = sa.bindparam("p_now", type_=UTCDateTime)
-    values: dict[str, Any] = {"state": to, "updated_at": now}
+    """A transition fenced on (id, state, delivery_id) as one CTE statement whose every value is a
+    bind parameter, so it is built and compiled once per shape."""
+    values: dict[str, Any] = {"state": to, "updated_at": _NOW}
     values.update({c: sa.bindparam(f"p_{c}", type_=jobs.c[c].type) for c in columns})
     values.update({c: jobs.c[c] + 1 for c in increment})
     moved = (
@@ -112,107 +87,17 @@ def fenced_statement(
         .returning(*jobs.c)
         .cte("moved")
     )
-    event = job_events.insert().from_select(
-        list(EVENT_COLUMNS),
-        sa.select(
-            moved.c.id,
-            now,
-            sa.literal(frm, sa.String),
-            sa.literal(to, sa.String),
-            sa.bindparam("p_actor", type_=sa.String),
-            sa.literal(reason, sa.String),
-            moved.c.delivery_id,
-            moved.c.attempts,
-            sa.null(),
-        ),
-    )
-    return sa.select(*moved.c).add_cte(event.cte("ev"))
+    return returning_with_events(moved, events.Event(to, reason, actor=_ACTOR, at=_NOW, frm=frm))
 
 
-# --- Server-side prepared statements -------------------------------------------------------------
-#
-# The hot statements are CTEs over a 25-column table: PostgreSQL spent more CPU parsing and
-# planning them than running them. Prepared once per connection (PREPARE), each later call is an
-# EXECUTE with its parameters: claim + succeed went from 0.69 to 0.44 ms of backend CPU per job
-# (measured with a loop of 2,000 jobs, /proc/<backend>/stat). A connection's prepared statements
-# die with it, so a replaced or recycled connection simply prepares again (`Connection.info` is
-# per DBAPI connection).
-
-_PREPARED_KEY = "medic_prepared"
-_PYFORMAT = re.compile(r"%\((\w+)\)s")
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """One statement as a PREPARE (run once per connection) and the EXECUTE that calls it; the
-    EXECUTE keeps the statement's bind and result types, so rows come back as from `execute`."""
-
-    name: str
-    prepare: str
-    call: sa.TextClause
-    fixed: Mapping[str, Any]  # literal values compiled into the statement (states, reasons)
-
-
-@functools.lru_cache(maxsize=64)
-def _prepared(stmt: sa.Executable, dialect: Dialect) -> Prepared | None:
-    compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
-    if dialect.paramstyle != "pyformat":
-        return None
-    names: list[str] = []
-
-    def number(m: re.Match[str]) -> str:
-        if m.group(1) not in names:
-            names.append(m.group(1))
-        return f"${names.index(m.group(1)) + 1}"
-
-    if "%%" in compiled.string:  # a literal % would need unescaping: not worth it, run it plainly
-        return None
-    body = _PYFORMAT.sub(number, compiled.string)
-    name = "medic_" + hashlib.sha1(body.encode()).hexdigest()[:16]
-    binds = dict(compiled.binds)
-    args = ", ".join(f":{n}" for n in names)
-    call = sa.text(f"EXECUTE {name}({args})").bindparams(*(sa.bindparam(n, type_=binds[n].type) for n in names))
-    columns = [c for c in getattr(stmt, "selected_columns", ())]
-    if columns:
-        call = call.columns(*columns)  # type: ignore[assignment]
-    fixed = {k: b.value for k, b in binds.items() if b.value is not None}
-    return Prepared(name, f"PREPARE {name} AS {body}", call, fixed)
-
-
-# SQLSTATEs of a server whose prepared statements are not the ones this connection made: a
-# pooler in transaction mode (PgBouncer) hands each transaction to another server connection.
-_NOT_PREPARED_HERE = {"26000", "42P05"}  # invalid_sql_statement_name, duplicate_prepared_statement
-_pooler_seen = False
-
-
-def execute_prepared(conn: Connection, stmt: sa.Executable, params: Mapping[str, Any]) -> Result[Any]:
-    """`conn.execute(stmt, params)`, as an EXECUTE of a statement prepared on this connection.
-
-    If the server turns out not to hold what this connection prepared (a pooler in transaction
-    mode), this process stops preparing, logs how to configure it, and runs the statement plainly
-    when it can (autocommit: the failed statement aborted nothing); inside a transaction the error
-    is raised, and the next try runs plainly."""
-    global _pooler_seen
-    use = get_settings().db_prepared_statements and not _pooler_seen
-    prepared = _prepared(stmt, conn.dialect) if use else None
-    if prepared is None:
-        return conn.execute(stmt, params)
-    done: set[str] = conn.info.setdefault(_PREPARED_KEY, set())
-    try:
-        if prepared.name not in done:
-            conn.exec_driver_sql(prepared.prepare)
-            done.add(prepared.name)
-        return conn.execute(prepared.call, {**prepared.fixed, **params})
-    except sa_exc.DBAPIError as exc:  # psycopg2 raises 26000 as an OperationalError, 42P05 as a ProgrammingError
-        code = getattr(exc.orig, "pgcode", None)
-        if code not in _NOT_PREPARED_HERE:
-            raise
-        _pooler_seen = True
-        log.error(
-            "the ledger lost a statement this connection prepared (%s): a pooler in transaction mode? "
-            "this process now runs its statements unprepared; set MEDIC_DB_PREPARED_STATEMENTS=false",
-            code,
-        )
-        if not getattr(conn.connection.dbapi_connection, "autocommit", False):
-            raise
-        return conn.execute(stmt, params)
+def fenced(
+    conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, event: Event, values: dict[str, Any]
+) -> Job | None:
+    """Run the cached, prepared statement of a fenced transition; `values` may map a column to
+    INCREMENT."""
+    assert event.frm is not None
+    plain = {k: v for k, v in values.items() if v is not INCREMENT}
+    stmt = fenced_statement(event.frm, event.to, event.reason, tuple(plain), tuple(k for k in values if k not in plain))
+    params = {"p_id": job_id, "p_delivery": delivery_id, "p_now": event.at, "p_actor": event.actor}
+    params.update({f"p_{k}": v for k, v in plain.items()})
+    return Job.maybe(execute_prepared(conn, stmt, params).first())

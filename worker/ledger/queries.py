@@ -15,17 +15,19 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from worker.clock import seconds
-from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger import dialect
+from worker.ledger.models import job_events, jobs
+from worker.ledger.records import Job, Overdue
 from worker.ledger.states import TERMINAL_STATES, JobState
 
 LIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
 
 
-def get_job(conn: Connection, job_id: uuid.UUID, tenant: str | None = None) -> JobRow | None:
+def get_job(conn: Connection, job_id: uuid.UUID, tenant: str | None = None) -> Job | None:
     stmt = sa.select(jobs).where(jobs.c.id == job_id)
     if tenant is not None:
         stmt = stmt.where(jobs.c.tenant == tenant)
-    return conn.execute(stmt).first()
+    return Job.maybe(conn.execute(stmt).first())
 
 
 def get_events(conn: Connection, job_id: uuid.UUID) -> list[Row[Any]]:
@@ -33,8 +35,10 @@ def get_events(conn: Connection, job_id: uuid.UUID) -> list[Row[Any]]:
     return list(conn.execute(stmt))
 
 
-def find_by_idempotency_key(conn: Connection, tenant: str, key: str) -> JobRow | None:
-    return conn.execute(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)).first()
+def find_by_idempotency_key(conn: Connection, tenant: str, key: str) -> Job | None:
+    return Job.maybe(
+        conn.execute(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)).first()
+    )
 
 
 def list_jobs(
@@ -46,7 +50,7 @@ def list_jobs(
     queue: str | None = None,
     limit: int = 50,
     before: tuple[dt.datetime, uuid.UUID] | None = None,
-) -> list[JobRow]:
+) -> list[Job]:
     """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen."""
     stmt = sa.select(jobs).where(jobs.c.tenant == tenant)
     if state:
@@ -61,7 +65,7 @@ def list_jobs(
         )
         stmt = stmt.where(sa.tuple_(jobs.c.created_at, jobs.c.id) < cursor)
     stmt = stmt.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
-    return list(conn.execute(stmt))
+    return [Job.of(row) for row in conn.execute(stmt)]
 
 
 def count_events(conn: Connection, job_ids: Sequence[uuid.UUID], reason: str) -> dict[uuid.UUID, int]:
@@ -101,7 +105,7 @@ def tenant_queued(conn: Connection, tenant: str, *, up_to: int) -> int:
     return int(conn.scalar(sa.select(sa.func.count()).select_from(limited.subquery())) or 0)
 
 
-def expired_leases(conn: Connection, now: dt.datetime, limit: int) -> list[JobRow]:
+def expired_leases(conn: Connection, now: dt.datetime, limit: int) -> list[Job]:
     """Running jobs past their lease, oldest first; rows another recoverer holds are skipped."""
     stmt = (
         sa.select(jobs)
@@ -110,34 +114,27 @@ def expired_leases(conn: Connection, now: dt.datetime, limit: int) -> list[JobRo
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return list(conn.execute(stmt))
+    return [Job.of(row) for row in conn.execute(stmt)]
 
 
-def overdue(conn: Connection, now: dt.datetime, grace_s: float, limit: int) -> list[JobRow]:
+def overdue(conn: Connection, now: dt.datetime, grace_s: float, limit: int) -> list[Overdue]:
     """Running jobs past start + timeout + grace, longest running first: id, delivery_id,
     timeout_s and started_at only (never args or result).
 
     The deadline is computed in SQL; `started_at < now - grace` (every timeout is positive) keeps
     the read an index range on (state, started_at) that stops at the LIMIT.
     """
-    if conn.dialect.name == "sqlite":  # no interval type: compare in days (julianday) instead
-        ran_s = (
-            sa.func.julianday(sa.literal(now, type_=jobs.c.started_at.type)) - sa.func.julianday(jobs.c.started_at)
-        ) * 86400.0
-        late = ran_s > jobs.c.timeout_s + grace_s
-    else:
-        one_second = sa.literal_column("interval '1 second'", type_=sa.Interval)
-        late = jobs.c.started_at + (jobs.c.timeout_s + grace_s) * one_second < now
+    late = dialect.of(conn).ran_longer_than(jobs.c.timeout_s + grace_s, now)
     stmt = (
         sa.select(jobs.c.id, jobs.c.delivery_id, jobs.c.timeout_s, jobs.c.started_at)
         .where(jobs.c.state == JobState.RUNNING.value, jobs.c.started_at < now - seconds(grace_s), late)
         .order_by(jobs.c.started_at)
         .limit(limit)
     )
-    return list(conn.execute(stmt))
+    return [Overdue(*row) for row in conn.execute(stmt)]
 
 
-def _queued(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> list[JobRow]:
+def _queued(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> list[Job]:
     """Oldest published first: the order of the (state, published_at, created_at) index, so the
     LIMIT ends the read instead of a sort of the whole queued backlog."""
     stmt = (
@@ -146,20 +143,20 @@ def _queued(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> list
         .order_by(jobs.c.published_at, jobs.c.created_at)
         .limit(limit)
     )
-    return list(conn.execute(stmt))
+    return [Job.of(row) for row in conn.execute(stmt)]
 
 
-def unpublished(conn: Connection, limit: int) -> list[JobRow]:
+def unpublished(conn: Connection, limit: int) -> list[Job]:
     """Queued jobs whose publish the broker refused (the outbox cleared `published_at`), oldest first."""
     return _queued(conn, jobs.c.published_at.is_(None), limit)
 
 
-def published_before(conn: Connection, marker: dt.datetime, limit: int) -> list[JobRow]:
+def published_before(conn: Connection, marker: dt.datetime, limit: int) -> list[Job]:
     """Queued jobs published before `marker` (a broker restart may have lost their messages)."""
     return _queued(conn, jobs.c.published_at < marker, limit)
 
 
-def queued_since_before(conn: Connection, cutoff: dt.datetime, limit: int) -> list[JobRow]:
+def queued_since_before(conn: Connection, cutoff: dt.datetime, limit: int) -> list[Job]:
     """Queued jobs published before `cutoff` and due before it: by now a worker should have taken them."""
     due = sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before < cutoff)
     return _queued(conn, sa.and_(jobs.c.published_at < cutoff, due), limit)
@@ -241,14 +238,15 @@ def snapshot_horizon(conn: Connection) -> tuple[int, int]:
     """(xmin, xmax) of this transaction's snapshot on PostgreSQL: once a later snapshot's xmin
     reaches an earlier one's xmax, every transaction running at the earlier one has ended.
     Elsewhere (SQLite, one writer at a time) (0, 0): holes are then settled by time alone."""
-    if conn.dialect.name != "postgresql":
-        return 0, 0
-    row = conn.execute(
-        sa.text(
-            "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint FROM pg_current_snapshot() s"
-        )
-    ).one()
-    return int(row[0]), int(row[1])
+    return dialect.of(conn).snapshot_horizon(conn)
+
+
+def server_connections(conn: Connection) -> dict[str, Any] | None:
+    """The database server's view of its connections: `busy_by_process` (connections each medic
+    process holds checked out), `connections` (client slots used) and `max_connections`; None
+    where there is no server (SQLite). Read before the jobs reads of a snapshot: a ledger slowed
+    by locks would otherwise show idle pools by the time it answers."""
+    return dialect.of(conn).server_connections(conn)
 
 
 def oldest_queued_by_queue(conn: Connection) -> dict[str, dt.datetime]:

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Row
 
@@ -88,12 +88,18 @@ class Job:
 
     @classmethod
     def of(cls, row: Row[Any]) -> Job:
-        """The record of a row that selected every column of `jobs`."""
+        """The record of a row that selected every column of `jobs`.
+
+        By position when the row's columns are the table's, in its order (every read and every
+        RETURNING of the ledger): a row's mapping view costs several times the record itself,
+        and this runs on each write of a job's path."""
+        if row._fields == JOB_COLUMNS:
+            return cls(*cast(tuple[Any, ...], row))
         return cls(**row._mapping)
 
     @classmethod
     def maybe(cls, row: Row[Any] | None) -> Job | None:
-        return None if row is None else cls(**row._mapping)
+        return None if row is None else cls.of(row)
 
     def fields(self) -> dict[str, Any]:
         """Every column by name (shallow: `args` and `result` are the record's own objects)."""
@@ -101,3 +107,18 @@ class Job:
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
+
+
+JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(Job))
+"""`Job`'s fields, which are the columns of `jobs` in the table's order (tests/ledger checks it)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Overdue:
+    """A running job past its deadline, as the timeout loop reads it: ids and times, never the
+    job's args or result (a batch of them is read on every tick)."""
+
+    id: uuid.UUID
+    delivery_id: uuid.UUID
+    timeout_s: float
+    started_at: dt.datetime

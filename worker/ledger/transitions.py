@@ -4,9 +4,8 @@ Every state change is `UPDATE jobs ... WHERE id = :id AND state = :expected [AND
 `job_events` row, in the caller's transaction. A change that matches no row returns None: the
 caller lost a race (another delivery, a recovery, a cancel) and must not act on the job.
 
-On PostgreSQL the row and its event are ONE statement (`WITH moved AS (UPDATE ... RETURNING *),
-ev AS (INSERT INTO job_events SELECT ... FROM moved) SELECT * FROM moved`): one round trip, and one
-event row per row changed, by construction. SQLite keeps the two statements.
+Each returns the job as the change left it (`Job`). How the row and its event are written is the
+dialect's (worker/ledger/dialect.py): ONE statement on PostgreSQL, two on SQLite.
 """
 
 from __future__ import annotations
@@ -17,14 +16,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from worker.clock import seconds
 from worker.errors import InvalidTransitionError
-from worker.ledger import pg_statements as pg
-from worker.ledger.models import JobRow, job_events, jobs
-from worker.ledger.records import NewJob
+from worker.ledger import dialect, events
+from worker.ledger.events import Event
+from worker.ledger.models import job_events, jobs
+from worker.ledger.records import Job, NewJob, Overdue
 from worker.ledger.states import JobState, is_allowed
 
 
@@ -39,53 +38,22 @@ def backoff_delay(backoff_s: float, attempts: int, cap_s: float) -> float:
     return float(min(cap_s, backoff_s * 2 ** max(0, attempts - 1)))
 
 
-def _created_events(rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime) -> list[dict[str, Any]]:
-    return [
-        {
-            "job_id": r["id"],
-            "at": now,
-            "from_state": None,
-            "to_state": JobState.QUEUED.value,
-            "actor": actor,
-            "reason": "enqueued",
-            "delivery_id": r["delivery_id"],
-            "attempt": 0,
-        }
-        for r in rows
-    ]
-
-
-def create_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]], *, actor: str, now: dt.datetime) -> list[JobRow]:
-    """Insert new `queued` jobs and their creation events (the only write of an initial state).
-
-    On PostgreSQL: one statement, `ON CONFLICT (id) DO NOTHING` so that re-running it after a lost
-    connection (db.write) cannot duplicate a job: a row the first try committed is read back."""
-    rows = [r.row() if isinstance(r, NewJob) else r for r in rows]  # TEMP until the ledger takes NewJob
-    if not rows:
+def create_jobs(conn: Connection, news: Sequence[NewJob], *, actor: str, now: dt.datetime) -> list[Job]:
+    """Insert new `queued` jobs and their creation events (the only write of an initial state),
+    in `news`' order. On PostgreSQL one statement, safe to re-run after a lost connection."""
+    if not news:
         return []
-    if conn.dialect.name == "postgresql":
-        return pg.create_jobs(conn, rows, actor=actor, now=now)
-    inserted = conn.execute(
-        jobs.insert().returning(*jobs.c, sort_by_parameter_order=True),
-        [dict(r, state=JobState.QUEUED.value) for r in rows],
-    ).all()
-    conn.execute(job_events.insert(), _created_events(rows, actor=actor, now=now))
-    return list(inserted)
+    return dialect.of(conn).create_jobs(conn, news, actor=actor, now=now)
 
 
-def create_job_once(conn: Connection, row: Mapping[str, Any], *, actor: str, now: dt.datetime) -> JobRow | None:
+def create_job_once(conn: Connection, new: NewJob, *, actor: str, now: dt.datetime) -> Job | None:
     """Insert a job unless its (tenant, idempotency_key) exists; None if it did (race-free)."""
-    row = row.row() if isinstance(row, NewJob) else row  # TEMP until the ledger takes NewJob
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = (
-        dialect_insert(jobs)
-        .values(**row, state=JobState.QUEUED.value)
-        .on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"])
-        .returning(*jobs.c)
-    )
-    inserted = conn.execute(stmt).first()
+    ledger = dialect.of(conn)
+    values = dict(new.row(), state=JobState.QUEUED.value)
+    stmt = ledger.insert_on_conflict(jobs, values, ["tenant", "idempotency_key"]).returning(*jobs.c)
+    inserted = Job.maybe(conn.execute(stmt).first())
     if inserted is not None:
-        conn.execute(job_events.insert(), _created_events([row], actor=actor, now=now))
+        conn.execute(*events.created(actor, now).insert_for([inserted]))
     return inserted
 
 
@@ -101,42 +69,21 @@ def transition(
     values: Mapping[str, Any] | None = None,
     where: Iterable[sa.ColumnElement[bool]] = (),
     detail: str | None = None,
-) -> JobRow | None:
+) -> Job | None:
     """Move one job from `frm` to `to` if it is still in `frm` (and matches `where`).
 
     Raises:
         InvalidTransitionError: the state machine does not allow `frm -> to`.
     """
+    _check(frm, to)
+    update = dialect.job_update(job_id, frm.value, to.value, at=now, values=dict(values or {}), where=list(where))
+    event = Event(to.value, reason, actor=actor, at=now, frm=frm.value, detail=detail)
+    return dialect.of(conn).change(conn, update, event)
+
+
+def _check(frm: JobState, to: JobState) -> None:
     if not is_allowed(frm, to):
         raise InvalidTransitionError(f"{frm} -> {to} is not a transition", frm=frm, to=to)
-    stmt = (
-        sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.state == frm.value, *where)
-        .values(state=to.value, updated_at=now, **(values or {}))
-        .returning(*jobs.c)
-    )
-    if conn.dialect.name == "postgresql":
-        moved = stmt.cte("moved")
-        return conn.execute(
-            pg.with_events(moved, frm=frm.value, to=to.value, actor=actor, reason=reason, now=now, detail=detail)
-        ).first()
-    row = conn.execute(stmt).first()
-    if row is None:
-        return None
-    conn.execute(
-        job_events.insert().values(
-            job_id=job_id,
-            at=now,
-            from_state=frm.value,
-            to_state=to.value,
-            actor=actor,
-            reason=reason,
-            delivery_id=row.delivery_id,
-            attempt=row.attempts,
-            detail=detail,
-        )
-    )
-    return row
 
 
 def _fenced(
@@ -149,23 +96,13 @@ def _fenced(
     actor: str,
     reason: str,
     now: dt.datetime,
-    values: Mapping[str, Any],
-) -> JobRow | None:
-    """A hot transition fenced on the delivery: the prebuilt statement on PostgreSQL, the general
-    `transition` elsewhere. `values` may map a column to pg.INCREMENT."""
-    if conn.dialect.name != "postgresql":
-        general = {k: (jobs.c[k] + 1 if v is pg.INCREMENT else v) for k, v in values.items()}
-        return transition(
-            conn, job_id, frm, to, actor=actor, reason=reason, now=now,
-            where=[jobs.c.delivery_id == delivery_id], values=general,
-        )  # fmt: skip
-    if not is_allowed(frm, to):
-        raise InvalidTransitionError(f"{frm} -> {to} is not a transition", frm=frm, to=to)
-    plain = {k: v for k, v in values.items() if v is not pg.INCREMENT}
-    stmt = pg.fenced_statement(frm.value, to.value, reason, tuple(plain), tuple(k for k in values if k not in plain))
-    params = {"p_id": job_id, "p_delivery": delivery_id, "p_now": now, "p_actor": actor}
-    params.update({f"p_{k}": v for k, v in plain.items()})
-    return pg.execute_prepared(conn, stmt, params).first()
+    values: dict[str, Any],
+) -> Job | None:
+    """A hot transition fenced on the delivery (a cached, prepared statement on PostgreSQL).
+    `values` may map a column to dialect.INCREMENT."""
+    _check(frm, to)
+    event = Event(to.value, reason, actor=actor, at=now, frm=frm.value)
+    return dialect.of(conn).fenced(conn, job_id, delivery_id, event, values)
 
 
 def claim(
@@ -177,7 +114,7 @@ def claim(
     pid: int,
     now: dt.datetime,
     lease_s: float,
-) -> JobRow | None:
+) -> Job | None:
     """Start a delivery: only the message carrying the current delivery_id can claim a queued job."""
     return _fenced(
         conn,
@@ -189,7 +126,7 @@ def claim(
         reason="claimed",
         now=now,
         values={
-            "attempts": pg.INCREMENT,
+            "attempts": dialect.INCREMENT,
             "started_at": now,
             "heartbeat_at": now,
             "lease_expires_at": now + seconds(lease_s),
@@ -202,7 +139,7 @@ def claim(
 
 def succeed(
     conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, result: Any, *, actor: str, now: dt.datetime
-) -> JobRow | None:
+) -> Job | None:
     return _fenced(
         conn,
         job_id,
@@ -218,7 +155,7 @@ def succeed(
 
 def give_back(
     conn: Connection,
-    job: JobRow,
+    job: Job,
     *,
     reason: str,
     actor: str,
@@ -227,7 +164,7 @@ def give_back(
     error: Mapping[str, Any] | None = None,
     frm: JobState = JobState.RUNNING,
     immediate: bool = False,
-) -> JobRow | None:
+) -> Job | None:
     """End a failed delivery of `job`: `queued` with back-off if attempts are left, else `dead`.
 
     The one place that decides "retry or give up". Fenced on the delivery and attempt that
@@ -271,8 +208,8 @@ def give_back(
 
 
 def time_out(
-    conn: Connection, job: JobRow, *, actor: str, now: dt.datetime, max_backoff_s: float, detail: str
-) -> JobRow | None:
+    conn: Connection, job: Job | Overdue, *, actor: str, now: dt.datetime, max_backoff_s: float, detail: str
+) -> Job | None:
     """running -> timed_out -> queued | dead, in the caller's transaction."""
     timed = transition(
         conn,
@@ -295,7 +232,7 @@ def time_out(
 
 def cancel(
     conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime
-) -> tuple[JobState, JobRow] | None:
+) -> tuple[JobState, Job] | None:
     """Cancel a queued or running job of `tenant`; returns the state it left and the new row."""
     for frm in (JobState.QUEUED, JobState.RUNNING):
         row = transition(
@@ -314,7 +251,7 @@ def cancel(
     return None
 
 
-def retry_dead(conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime) -> JobRow | None:
+def retry_dead(conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime) -> Job | None:
     """Manual retry of a dead job: a fresh set of attempts and a fresh delivery."""
     return transition(
         conn,
@@ -335,7 +272,7 @@ def retry_dead(conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, 
     )
 
 
-def republish(conn: Connection, job: JobRow, *, actor: str, reason: str, now: dt.datetime) -> JobRow | None:
+def republish(conn: Connection, job: Job, *, actor: str, reason: str, now: dt.datetime) -> Job | None:
     """queued -> queued with a fresh delivery_id: any older message of this job is now stale."""
     return transition(
         conn,
@@ -350,7 +287,7 @@ def republish(conn: Connection, job: JobRow, *, actor: str, reason: str, now: dt
     )
 
 
-def give_up_undeliverable(conn: Connection, job: JobRow, *, actor: str, now: dt.datetime, detail: str) -> JobRow | None:
+def give_up_undeliverable(conn: Connection, job: Job, *, actor: str, now: dt.datetime, detail: str) -> Job | None:
     """queued -> dead: its message keeps vanishing (e.g. no worker has its job type registered)."""
     return transition(
         conn,
