@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from tests.testjobs import job_executions
 from worker.ledger import db, queries
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 
 
-def job(job_id: uuid.UUID) -> JobRow:
+def job(job_id: uuid.UUID) -> Job:
     with db.connect() as conn:
         row = queries.get_job(conn, job_id)
     assert row is not None

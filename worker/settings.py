@@ -266,10 +266,6 @@ class Settings(BaseSettings):
             raise ValueError("MEDIC_FLOWER_PASSWORD is a placeholder; set a real one")
         return value
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.ledger_view import job
 from worker.accept import enqueue
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.testing.processes import Processes, wait_for
 
 pytestmark = pytest.mark.chaos
@@ -35,7 +35,7 @@ def submit(type_: str, args: dict[str, Any], **options: Any) -> uuid.UUID:
     return enqueue(type_, args, tenant="chaos", **options).job.id
 
 
-def wait_job(job_id: uuid.UUID, states: set[str], timeout: float = 60) -> JobRow:
+def wait_job(job_id: uuid.UUID, states: set[str], timeout: float = 60) -> Job:
     return wait_for(lambda: (r := job(job_id)).state in states and r, timeout, 0.1, f"job {job_id} in {states}")
 
 

@@ -19,8 +19,8 @@ from worker.control.reconcile import reconcile_broker
 from worker.control.recover import recover_stuck
 from worker.control.timeouts import enforce_timeouts
 from worker.ledger import control_state, db, queries, transitions
-from worker.ledger.models import JobRow
 from worker.ledger.models import control_state as control_state_table
+from worker.ledger.records import Job
 from worker.ledger.states import JobState
 from worker.settings import get_settings
 
@@ -32,11 +32,11 @@ def _empty_ledger() -> None:
     empty_ledger()
 
 
-def _queued(queue: str | None = None, **row: Any) -> JobRow:
+def _queued(queue: str | None = None, **row: Any) -> Job:
     return queued_job("loops", queue, **row)
 
 
-def _running(worker: str = "ghost@nowhere", pid: int = 4242, **row: Any) -> JobRow:
+def _running(worker: str = "ghost@nowhere", pid: int = 4242, **row: Any) -> Job:
     return running_job("loops", worker, pid, **row)
 
 

@@ -17,7 +17,7 @@ from worker.broker import presence, redis_keys
 from worker.broker.redis_client import get_redis
 from worker.clock import seconds, utcnow
 from worker.control.recover import recover_stuck
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.ledger.states import JobState
 from worker.settings import get_settings
 
@@ -30,7 +30,7 @@ def _empty_ledger() -> None:
     get_redis().delete(redis_keys.workers_live())
 
 
-def _running(worker: str, pid: int, **row: Any) -> JobRow:
+def _running(worker: str, pid: int, **row: Any) -> Job:
     return running_job("presence", worker, pid, **{"max_attempts": 3, **row})
 
 

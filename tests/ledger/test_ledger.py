@@ -14,14 +14,15 @@ from tests.ledger.make import a_new_job
 from worker.clock import utcnow
 from worker.errors import InvalidTransitionError
 from worker.ledger import queries, transitions
-from worker.ledger.models import JobRow, job_events, jobs
+from worker.ledger.models import job_events, jobs
+from worker.ledger.records import Job
 from worker.ledger.states import JobState
 
 LEASE = 10.0
 CAP = 300.0
 
 
-def _claim(engine: sa.Engine, job: JobRow, delivery: uuid.UUID | None = None) -> JobRow | None:
+def _claim(engine: sa.Engine, job: Job, delivery: uuid.UUID | None = None) -> Job | None:
     with engine.begin() as conn:
         return transitions.claim(
             conn, job.id, delivery or job.delivery_id, worker="w@test", pid=1, now=utcnow(), lease_s=LEASE
@@ -199,7 +200,7 @@ def test_events_are_deleted_with_their_job(engine: sa.Engine, new_job: NewJob) -
 def test_concurrent_claims_of_one_delivery_have_one_winner(engine: sa.Engine, new_job: NewJob) -> None:
     """Ten threads race to claim the same delivery: exactly one gets it."""
     job = new_job()
-    wins: list[JobRow] = []
+    wins: list[Job] = []
     barrier = threading.Barrier(10)
 
     def race() -> None:

@@ -19,14 +19,14 @@ from worker.accept import enqueue
 from worker.broker.inspect import depth
 from worker.broker.publish import publish
 from worker.ledger import db, queries
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.settings import get_settings
 from worker.testing.processes import wait_for
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
 
 
-def finished(job_id: uuid.UUID, timeout: float = 30) -> JobRow:
+def finished(job_id: uuid.UUID, timeout: float = 30) -> Job:
     """The job's row once it is terminal."""
     return wait_for(lambda: (row := job(job_id)).state in TERMINAL and row, timeout, 0.02, f"job {job_id} finished")
 

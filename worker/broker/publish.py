@@ -25,7 +25,7 @@ from worker.broker.messages import delivery_message
 from worker.broker.redis_client import get_redis
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db, transitions
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.ledger.states import JobState
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def publish(rows: Sequence[Any], *, arrivals: bool = False) -> list[uuid.UUID]:
     return [r.id for r in rows]
 
 
-def commit_then_publish(write: Callable[[Connection], Iterable[JobRow | None]]) -> list[JobRow | None]:
+def commit_then_publish(write: Callable[[Connection], Iterable[Job | None]]) -> list[Job | None]:
     """The outbox in one call: run `write` (transitions) in one transaction, commit, then send a
     delivery for every job it left `queued`. Returns what `write` returned (None: a race lost)."""
     with db.begin() as conn:

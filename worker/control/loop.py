@@ -19,7 +19,7 @@ from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.broker.scripts import run_script
 from worker.clock import utcnow
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.ledger.states import JobState
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def loop_stats(name: str) -> dict[str, Any]:
     return stats
 
 
-def sort_outcomes(after: Iterable[JobRow | None]) -> dict[str, int]:
+def sort_outcomes(after: Iterable[Job | None]) -> dict[str, int]:
     """How many jobs a loop gave back ended `queued` (to run again) and `dead`."""
     done = [row for row in after if row is not None]
     return {

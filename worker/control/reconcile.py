@@ -14,14 +14,14 @@ from worker.broker import inspect
 from worker.broker.publish import commit_then_publish
 from worker.clock import seconds
 from worker.ledger import control_state, db, queries, transitions
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 ACTOR = "control:reconcile_broker"
 
 
-def _republish(rows: list[JobRow], reason: str, now: dt.datetime) -> int:
+def _republish(rows: list[Job], reason: str, now: dt.datetime) -> int:
     after = commit_then_publish(
         lambda conn: [transitions.republish(conn, row, actor=ACTOR, reason=reason, now=now) for row in rows]
     )

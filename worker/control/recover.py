@@ -14,7 +14,7 @@ from worker.broker import presence
 from worker.broker.publish import commit_then_publish, revoke_deliveries
 from worker.control.loop import sort_outcomes
 from worker.ledger import queries, transitions
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -41,16 +41,16 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
     s = get_settings()
     late = 0
     taken: list[uuid.UUID] = []
-    acted: list[tuple[JobRow, JobRow]] = []
+    acted: list[tuple[Job, Job]] = []
 
-    def give_back_orphans(conn: Connection) -> list[JobRow | None]:
+    def give_back_orphans(conn: Connection) -> list[Job | None]:
         nonlocal late
         late = 0
         taken.clear()
         acted.clear()
         rows = queries.expired_leases(conn, now, limit or s.control_batch_size)
         held = presence.holding([(r.worker, r.worker_pid, r.delivery_id) for r in rows]) if rows else []
-        after: list[JobRow | None] = []
+        after: list[Job | None] = []
         for row, is_held in zip(rows, held, strict=True):
             if is_held:
                 late += 1
