@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.ledger.db import pool_capacity
 from worker.settings import Settings
 
 WARNING = "warning"
@@ -118,7 +119,7 @@ def postgres_connections(snap: Snapshot, s: Settings) -> list[Finding]:
 
 
 def pool_saturated(snap: Snapshot, s: Settings) -> list[Finding]:
-    capacity = 2 * s.db_pool_size  # pool size + overflow, as every process is configured
+    capacity = pool_capacity(s.db_pool_size)  # as every process's pool is configured
     busy = (snap.get("postgres") or {}).get("busy_by_process", {})
     out = [
         Finding({"process": app}, f"{app} holds {n} of its {capacity} ledger connections", n / capacity)

@@ -22,7 +22,6 @@ from worker.control.prune import prune
 from worker.control.reconcile import reconcile_broker
 from worker.control.recover import recover_stuck
 from worker.control.timeouts import enforce_timeouts
-from worker.runtime import joblog  # noqa: F401 - registers medic's log format and job fields
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
