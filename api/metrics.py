@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from typing import cast
@@ -13,14 +12,13 @@ from typing import cast
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.pool import QueuePool
 
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.control import snapshot
 from worker.errors import LedgerUnavailableError, UnauthorizedError
 from worker.ledger import db, queries
-from worker.runtime import pooltrouble
+from worker.runtime import pool_metrics
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -146,46 +144,22 @@ def exposition() -> bytes:
     return generate_latest(registry)
 
 
-POOL_CHECKED_OUT = Gauge(
-    "medic_db_pool_checked_out", "Ledger connections in use", ["process"], multiprocess_mode="liveall"
-)
-POOL_CAPACITY = Gauge("medic_db_pool_capacity", "Ledger pool size + overflow", ["process"], multiprocess_mode="liveall")
-POOL_TIMEOUTS = Counter(
-    "medic_db_pool_timeouts_total", "Ledger pool checkouts that timed out (MEDIC_DB_POOL_TIMEOUT_SECONDS)", ["process"]
-)
+class _PoolCollector(Collector):
+    """The pool families (worker/runtime/pool_metrics.py, shared with the workers) in this
+    process's registry; under `--workers N` the multiprocess files serve them instead."""
 
-POOL_WAITS = Counter(
-    "medic_db_pool_waits_total",
-    "Ledger pool checkouts that found every connection checked out and waited (timed out or not)",
-    ["process"],
-)
-POOL_WAIT_SECONDS = Counter("medic_db_pool_wait_seconds_total", "Seconds those checkouts waited", ["process"])
+    def collect(self) -> Iterator[Metric]:
+        yield from pool_metrics.pool_families().collect()
+
+
+REGISTRY.register(_PoolCollector())
+pool_metrics.count_waits("api")
 
 
 def api_process() -> str:
-    return f"api:{socket.gethostname()}:{os.getpid()}"
-
-
-def _count_pool_timeout() -> None:
-    POOL_TIMEOUTS.labels(api_process()).inc()
-    pooltrouble.note(api_process(), timed_out=True)
-
-
-def _count_pool_wait(seconds: float) -> None:
-    process = api_process()
-    POOL_WAITS.labels(process).inc()
-    POOL_WAIT_SECONDS.labels(process).inc(seconds)
-    pooltrouble.note(process, timed_out=False)
-
-
-db.pool_timeout_hooks.append(_count_pool_timeout)
-db.pool_wait_hooks.append(_count_pool_wait)
+    return pool_metrics.process_label("api")
 
 
 def refresh_pool_gauges() -> None:
-    """This API process's own ledger pool (a QueuePool; SQLite's has no size)."""
-    pool = db.get_engine().pool
-    if isinstance(pool, QueuePool):
-        process = api_process()
-        POOL_CHECKED_OUT.labels(process).set(pool.checkedout())
-        POOL_CAPACITY.labels(process).set(pool.size() + max(0, pool._max_overflow))
+    """This API process's own ledger pool."""
+    pool_metrics.refresh_from(db.get_engine().pool, "api")

@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
+from worker.background import BackgroundThread
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.ledger import db
@@ -66,15 +67,24 @@ class LatencyWindow:
 
     def __init__(self) -> None:
         self.samples: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)
-        self.started = False
         self.pool_full = 0  # samples (every POOL_SAMPLE_S) with every pool connection checked out
         self.pool_samples = 0
+        self.next_publish = 0.0
+        self.thread: BackgroundThread | None = None
+        self._start_lock = threading.Lock()
 
     def add(self, seconds: float) -> None:
         self.samples.append((time.monotonic(), seconds))
-        if not self.started:
-            self.started = True
-            threading.Thread(target=self._publish_forever, name="medic-api-latency", daemon=True).start()
+        if self.thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        """The thread of the process that serves requests, started by the first one."""
+        with self._start_lock:
+            if self.thread is None:
+                self.next_publish = time.monotonic() + PUBLISH_EVERY_S
+                self.thread = BackgroundThread("medic-api-latency", self.tick, every_s=POOL_SAMPLE_S, logger=log)
+                self.thread.start()
 
     def p95(self) -> tuple[float, int]:
         """(p95 in ms, samples) of the window."""
@@ -91,7 +101,7 @@ class LatencyWindow:
         pool = db.get_engine().pool
         if isinstance(pool, QueuePool):
             self.pool_samples += 1
-            self.pool_full += pool.checkedout() >= pool.size() + max(0, pool._max_overflow)
+            self.pool_full += pool.checkedout() >= db.pool_capacity(pool.size())
 
     def publish(self) -> None:
         p95, n = self.p95()
@@ -100,17 +110,12 @@ class LatencyWindow:
         value = json.dumps({"p95_ms": round(p95, 1), "n": n, "at": time.time(), "pool_full": round(full, 3)})
         get_redis().hset(redis_keys.api_latency(), f"{socket.gethostname()}:{os.getpid()}", value)
 
-    def _publish_forever(self) -> None:
-        next_publish = time.monotonic() + PUBLISH_EVERY_S
-        while True:
-            time.sleep(POOL_SAMPLE_S)
-            try:
-                self.sample_pool()
-                if time.monotonic() >= next_publish:
-                    next_publish += PUBLISH_EVERY_S
-                    self.publish()
-            except Exception as exc:  # noqa: BLE001 - Redis down: the next round tries again
-                log.debug("latency not published: %s", exc)
+    def tick(self) -> None:
+        """Sample the pool; publish every PUBLISH_EVERY_S (a failed publish waits for the next)."""
+        self.sample_pool()
+        if time.monotonic() >= self.next_publish:
+            self.next_publish += PUBLISH_EVERY_S
+            self.publish()
 
 
 window = LatencyWindow()

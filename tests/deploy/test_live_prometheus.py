@@ -102,7 +102,7 @@ def lazy_worker_names() -> set[str]:
     from prometheus_client import Metric
 
     from worker.control.metrics import loop_metrics
-    from worker.runtime.metrics import job_metrics
+    from worker.runtime.job_metrics import job_metrics
 
     families: list[Metric] = []
     for group in (job_metrics(), loop_metrics()):

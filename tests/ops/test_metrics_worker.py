@@ -93,7 +93,7 @@ def test_a_child_killed_under_a_job_counts_worker_lost(procs: Processes) -> None
     assert got == want
     # The main process's line for each report names the job (it runs no job: the fields are its own)
     lines = [json.loads(ln) for ln in worker.log().splitlines() if ln.startswith("{") and str(job_id) in ln]
-    reports = [ln for ln in lines if ln["logger"] == "worker.runtime.signals"]
+    reports = [ln for ln in lines if ln["logger"] == "worker.runtime.lost_child"]
     assert len(reports) == 2, lines
     assert all(ln["job_id"] == str(job_id) and ln["queue"] == queue and ln["reason"] == "worker_lost"
                and ln["tenant"] and ln["worker"] for ln in reports), reports  # fmt: skip

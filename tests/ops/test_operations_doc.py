@@ -8,7 +8,13 @@ import re
 from tests import ROOT
 
 # Every module that makes a medic metric (prometheus-client objects or snapshot gauge families).
-SOURCES = ("api/metrics.py", "api/stream_hub.py", "worker/runtime/metrics.py", "worker/control/metrics.py")
+SOURCES = (
+    "api/metrics.py",
+    "api/stream_hub.py",
+    "worker/runtime/job_metrics.py",
+    "worker/runtime/pool_metrics.py",
+    "worker/control/metrics.py",
+)
 NOT_METRICS: set[str] = set()  # a string literal that starts with medic_ but names no metric goes here
 
 

@@ -1,6 +1,6 @@
 """The worker main process's event-loop timer stays bounded: the time-limit entry the prefork pool
 puts on kombu's heap for every job, and cancels when the job ends, is taken off again
-(worker/runtime/signals.py), instead of staying there for the job's whole timeout."""
+(worker/runtime/timer_compaction.py), instead of staying there for the job's whole timeout."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from celery.worker.consumer import Consumer
 from kombu.asynchronous import Hub
 
 from worker.broker.celery_app import app
-from worker.runtime import signals
+from worker.runtime import timer_compaction
 
 
 class _Pool:
@@ -32,7 +32,8 @@ def _start_and_finish(hub: Hub, jobs: range, running: int = 0) -> None:
 
 
 def _compactors(hub: Hub) -> list[Any]:
-    return [s.entry for s in hub.timer._queue if getattr(s.entry.fun, "__wrapped__", None) is signals.drop_cancelled]
+    drop = timer_compaction.drop_cancelled
+    return [s.entry for s in hub.timer._queue if getattr(s.entry.fun, "__wrapped__", None) is drop]
 
 
 def test_cancelled_time_limits_leave_the_heap_and_the_running_ones_stay() -> None:
@@ -40,11 +41,11 @@ def test_cancelled_time_limits_leave_the_heap_and_the_running_ones_stay() -> Non
     _start_and_finish(hub, range(1000), running=3)
     heap = hub.timer._queue
     assert len(hub.timer) == 1000  # kombu keeps cancelled entries: the growth this guards against
-    assert signals.drop_cancelled(hub.timer) == 997
+    assert timer_compaction.drop_cancelled(hub.timer) == 997
     assert hub.timer._queue is heap  # in place: the hub's loop holds this list
     kept = [s.entry.args[0] for s in hub.timer.queue]  # `.queue` pops in heap order: still a heap
     assert kept == [997, 998, 999]
-    assert signals.drop_cancelled(hub.timer) == 0
+    assert timer_compaction.drop_cancelled(hub.timer) == 0
 
 
 def test_the_worker_ready_consumer_gets_one_compactor_that_empties_the_heap() -> None:
@@ -53,8 +54,8 @@ def test_the_worker_ready_consumer_gets_one_compactor_that_empties_the_heap() ->
     consumer = Consumer(
         lambda *a: None, app=app, hub=hub, timer=hub.timer, controller=controller
     )  # worker_ready's sender
-    signals._on_worker_ready(sender=consumer)
-    signals._on_worker_ready(sender=consumer)  # a broker reconnect makes the consumer ready again
+    timer_compaction.on_worker_ready(sender=consumer)
+    timer_compaction.on_worker_ready(sender=consumer)  # a broker reconnect makes the consumer ready again
     [compactor] = _compactors(hub)
     _start_and_finish(hub, range(500))
     assert len(hub.timer) == 501
@@ -65,4 +66,4 @@ def test_the_worker_ready_consumer_gets_one_compactor_that_empties_the_heap() ->
 
 
 def test_worker_ready_without_an_event_loop_is_a_no_op() -> None:
-    signals._on_worker_ready(sender=object())
+    timer_compaction.on_worker_ready(sender=object())

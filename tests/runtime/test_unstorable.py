@@ -72,6 +72,7 @@ def test_an_unstorable_result_is_retried_like_any_job_error(client: httpx.Client
 def test_a_data_error_at_finalize_is_recorded_as_a_job_error(medic_env: dict[str, str]) -> None:
     """A result the ledger refuses though no check caught it (the check is bypassed here): the
     DataError becomes the job's error, it does not escape and leave the row `running`."""
+    from worker.runtime.outcome import Outcome
     from worker.runtime.task import record_outcome
 
     s = get_settings()
@@ -82,7 +83,7 @@ def test_a_data_error_at_finalize_is_recorded_as_a_job_error(medic_env: dict[str
             conn, created.id, created.delivery_id, worker="test", pid=0, now=utcnow(), lease_s=s.lease_seconds
         )
     assert claimed is not None
-    after = record_outcome(claimed, ("succeeded", {"x": float("nan")}), actor="test")
+    after = record_outcome(claimed, Outcome.succeeded({"x": float("nan")}), actor="test")
     assert after is not None and after.state == "dead"
     with db.connect() as conn:
         stored = queries.get_job(conn, created.id)

@@ -6,11 +6,16 @@ heartbeat thread, read by recover_stuck; a sorted set of live incarnations feeds
 The key stays per (hostname, pid), the two things the job row records; its value says which
 incarnation wrote it, so a container restarted with the same hostname and pid (pid 1) does not
 vouch for the jobs of the process it replaced: the new incarnation holds none of them.
+
+A worker's main process also registers the queues it consumes (a sorted set per queue, scored by
+time) every heartbeat: `MedicQueueUnconsumed` and `medic health --role worker` read it. A worker
+that has run no job has no presence key, so presence alone cannot say a queue is consumed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
+from worker.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -90,3 +96,33 @@ def _parse(raw: bytes | str | None) -> Presence | None:
     if not isinstance(held, list):
         return Presence(None, None)
     return Presence(value.get("incarnation"), frozenset(str(d) for d in held))
+
+
+def consumer_member(hostname: str) -> str:
+    return f"{hostname}:{os.getpid()}"
+
+
+def register_consumer(hostname: str, queues: list[str], now: float | None = None) -> None:
+    """Say "this worker consumes `queues`" for the next presence TTL; prunes stale entries."""
+    now = time.time() if now is None else now
+    ttl_s = get_settings().presence_ttl_seconds
+    pipe = get_redis().pipeline(transaction=False)
+    for queue in queues:
+        key = redis_keys.queue_consumers(queue)
+        pipe.zadd(key, {consumer_member(hostname): now})
+        pipe.zremrangebyscore(key, "-inf", f"({now - ttl_s}")
+    pipe.execute()
+
+
+def unregister_consumer(hostname: str, queues: list[str]) -> None:
+    pipe = get_redis().pipeline(transaction=False)
+    for queue in queues:
+        pipe.zrem(redis_keys.queue_consumers(queue), consumer_member(hostname))
+    pipe.execute()
+
+
+def live_consumers(queue: str, now: float | None = None) -> list[str]:
+    """Workers (hostname:pid) that registered as consumers of `queue` within the presence TTL."""
+    now = time.time() if now is None else now
+    ttl_s = get_settings().presence_ttl_seconds
+    return list(get_redis().zrangebyscore(redis_keys.queue_consumers(queue), now - ttl_s, "+inf"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worker.control.snapshot import API_MIN_SAMPLES
+from worker.ledger.db import pool_capacity
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def postgres_connections(snap: Snapshot, s: Settings) -> list[Finding]:
 
 
 def pool_saturated(snap: Snapshot, s: Settings) -> list[Finding]:
-    capacity = 2 * s.db_pool_size  # pool size + overflow, as every process is configured
+    capacity = pool_capacity(s.db_pool_size)  # as every process's pool is configured
     busy = (snap.get("postgres") or {}).get("busy_by_process", {})
     out = [
         Finding({"process": app}, f"{app} holds {n} of its {capacity} ledger connections", n / capacity)

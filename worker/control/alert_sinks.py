@@ -12,11 +12,11 @@ import hashlib
 import json
 import logging
 import queue
-import threading
 from typing import Any
 
 import httpx
 
+from worker.background import BackgroundThread
 from worker.forksafe import PerProcess
 from worker.settings import get_settings
 
@@ -25,6 +25,7 @@ log = logging.getLogger("medic.alerts")
 ZERO_TIME = "0001-01-01T00:00:00Z"
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # then the notification is given up (and logged)
 QUEUE_BOUND = 1000
+IDLE_WAIT_S = 1.0  # how long the sender waits on an empty queue before it looks at its stop
 
 
 def _iso(ts: float | None) -> str:
@@ -66,8 +67,9 @@ class WebhookSender:
     def __init__(self, url: str) -> None:
         self.url = url
         self.queue: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_BOUND)
-        self.stopped = threading.Event()
-        threading.Thread(target=self._run, name="medic-alert-webhook", daemon=True).start()
+        # No pause between notifications: the wait is the queue's (bounded, so a stop is seen).
+        self.thread = BackgroundThread("medic-alert-webhook", self.send_next, every_s=0, logger=log)
+        self.thread.start()
 
     def submit(self, body: dict[str, Any]) -> None:
         try:
@@ -75,15 +77,18 @@ class WebhookSender:
         except queue.Full:
             log.error("alert webhook queue full; dropped %s %s", body["status"], body["groupLabels"])
 
-    def _run(self) -> None:
-        with httpx.Client(timeout=5.0) as client:
-            while not self.stopped.is_set():
-                body = self.queue.get()
-                self._post(client, body)
+    def send_next(self) -> None:
+        """Post the next queued notification, if one comes within IDLE_WAIT_S."""
+        try:
+            body = self.queue.get(timeout=IDLE_WAIT_S)
+        except queue.Empty:
+            return
+        with httpx.Client(timeout=5.0) as client:  # notifications are rare: no connection kept between them
+            self._post(client, body)
 
     def _post(self, client: httpx.Client, body: dict[str, Any]) -> None:
         for delay in (0.0, *RETRY_DELAYS):
-            if delay and self.stopped.wait(delay):
+            if delay and self.thread.pause(delay):
                 return
             try:
                 response = client.post(self.url, json=body)
@@ -96,7 +101,7 @@ class WebhookSender:
         log.error("alert webhook gave up on %s %s", body["status"], body["groupLabels"])
 
 
-_sender: PerProcess[str, WebhookSender] = PerProcess(WebhookSender, close=lambda w: w.stopped.set())
+_sender: PerProcess[str, WebhookSender] = PerProcess(WebhookSender, close=lambda w: w.thread.stop())
 
 
 def notify(alert: dict[str, Any], status: str) -> None:

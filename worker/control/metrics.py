@@ -1,6 +1,6 @@
 """Prometheus metrics of the control loops, written by the control worker's processes.
 
-Made lazily, like the job metrics (worker/runtime/metrics.py): the control worker is a prefork
+Made lazily, like the job metrics (worker/runtime/job_metrics.py): the control worker is a prefork
 worker too, so its values go to the multiprocess directory its main process serves on port 9809.
 """
 

@@ -17,11 +17,11 @@ from typing import Any, NotRequired, TypedDict, cast
 from worker.accept import admission
 from worker.broker import inspect, presence, redis_keys
 from worker.broker.counters import known_queues
+from worker.broker.presence import live_consumers
 from worker.broker.redis_client import get_redis
 from worker.clock import seconds
 from worker.control.loop import loop_stats
 from worker.ledger import db, queries
-from worker.runtime.metrics import live_consumers
 from worker.settings import get_settings
 
 

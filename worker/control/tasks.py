@@ -16,7 +16,6 @@ from worker.control import schedule
 from worker.control.loop import loop_stats, run_loop
 from worker.control.metrics import observe_run
 from worker.control.registry import LOOPS, Loop
-from worker.runtime import joblog  # noqa: F401 - registers medic's log format and job fields
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -57,7 +57,7 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 10.0) -> 
         url,
         pool_recycle=300,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_capacity(pool_size) - pool_size,
         pool_timeout=pool_timeout,
         poolclass=WaitCountingPool,
         connect_args={"connect_timeout": 3, "application_name": f"medic-{os.getpid()}"},
@@ -129,6 +129,12 @@ def _notify(hooks: list[Callable[..., None]], *args: float) -> None:
             hook(*args)
         except Exception:
             log.exception("pool hook %r failed", hook)
+
+
+def pool_capacity(pool_size: int) -> int:
+    """Connections one process's pool may hold: `pool_size`, and as many again on overflow (a burst
+    opens more rather than wait; the connection budget, worker/ops/budget.py, counts all of them)."""
+    return 2 * pool_size
 
 
 class WaitCountingPool(QueuePool):

@@ -9,8 +9,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
-from worker.ledger.records import Job
-
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -40,9 +38,6 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
             return value.replace(tzinfo=dt.UTC)
         return value
 
-
-JobRow = Job
-"""One row of `jobs`, as every query and transition returns it (the record, worker/ledger/records.py)."""
 
 JSONType: Any = sa.JSON().with_variant(JSONB(), "postgresql")
 

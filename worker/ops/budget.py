@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from worker.ledger.db import pool_capacity
 from worker.settings import Settings
 
 
@@ -44,8 +45,8 @@ class ServerSlots:
 
 
 def per_process(s: Settings) -> int:
-    """Pool size + overflow (worker/ledger/db.py sets max_overflow = pool_size)."""
-    return 2 * s.db_pool_size
+    """What one process's pool may hold (pool size + overflow)."""
+    return pool_capacity(s.db_pool_size)
 
 
 def worker_pool_size(s: Settings) -> int:
@@ -61,7 +62,7 @@ def worker_env(s: Settings) -> dict[str, str]:
 
 def worker_share(s: Settings, concurrency: int, what: str = "worker") -> Share:
     """A prefork worker: its main process and each child keep a pool."""
-    return Share(what, concurrency + 1, 2 * worker_pool_size(s))
+    return Share(what, concurrency + 1, pool_capacity(worker_pool_size(s)))
 
 
 def stack_shares(s: Settings, *, workers: int, concurrency: int) -> list[Share]:
@@ -70,7 +71,9 @@ def stack_shares(s: Settings, *, workers: int, concurrency: int) -> list[Share]:
     return [
         Share("api", 1, per_process(s)),
         Share(
-            f"{workers} worker(s) x {concurrency + 1} processes", workers * (concurrency + 1), 2 * worker_pool_size(s)
+            f"{workers} worker(s) x {concurrency + 1} processes",
+            workers * (concurrency + 1),
+            pool_capacity(worker_pool_size(s)),
         ),
         worker_share(s, 2, "control"),
     ]

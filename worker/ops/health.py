@@ -2,7 +2,7 @@
 
 - api: GET /health/ready answers 200.
 - worker / control: a worker main process on this host registered as a consumer within the
-  presence TTL (its registration thread, worker/runtime/metrics.py, runs every heartbeat: a hung
+  presence TTL (its registration thread, worker/runtime/consumer.py, runs every heartbeat: a hung
   or dead main process stops it). Presence keys alone cannot tell: an idle worker has none.
 - beat: the beat_alive tick is younger than 3 of its periods.
 """

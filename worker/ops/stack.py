@@ -149,7 +149,7 @@ def _wait_for_workers(s: Settings, timeout_s: float = 60.0) -> None:
     """Until a worker of the default queue and the control worker are registered (ready); a slow
     machine can take tens of seconds to start Celery, so the wait is generous and says if it gave up."""
     from worker.broker.celery_app import CONTROL_QUEUE
-    from worker.runtime.metrics import live_consumers
+    from worker.broker.presence import live_consumers
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

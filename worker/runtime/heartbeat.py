@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections import Counter
 
+from worker.background import BackgroundThread
 from worker.broker import presence
 from worker.broker.counters import record_drained
 from worker.clock import utcnow
@@ -37,10 +38,10 @@ class Heartbeat:
         self._held: dict[uuid.UUID, uuid.UUID] = {}
         self._drained: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="medic-heartbeat", daemon=True)
-        self._thread.start()
+        # The first beat at once (presence before the first lease is due), then every interval.
+        self._thread = BackgroundThread(
+            "medic-heartbeat", self.beat, every_s=get_settings().heartbeat_seconds, logger=log
+        ).start()
 
     def track(self, job_id: uuid.UUID, delivery_id: uuid.UUID, queue: str) -> None:
         """Hold a job's lease. No Redis call here: presence and the drain count go out with the
@@ -93,17 +94,7 @@ class Heartbeat:
             return 0
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def _run(self) -> None:
-        interval = get_settings().heartbeat_seconds
-        while not self._stop.is_set():
-            try:
-                self.beat()
-            except Exception:
-                log.exception("heartbeat failed")
-            self._wake.wait(interval)
+        self._thread.stop()
 
 
 _heartbeat: PerProcess[str, Heartbeat] = PerProcess(Heartbeat, close=Heartbeat.stop)

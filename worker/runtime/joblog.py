@@ -12,24 +12,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import signals
-
 from worker import logs
 from worker.broker.messages import TENANT_HEADER
 from worker.settings import get_settings
 
 
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
-def _format(logger: logging.Logger, **_: Any) -> None:
+def on_setup_logger(logger: logging.Logger, **_: Any) -> None:
+    """after_setup_logger / after_setup_task_logger: medic's format on Celery's handlers."""
     s = get_settings()
     for handler in logger.handlers:
         logs.apply(handler, s.log_format)
     logs.quiet(s.log_quiet)
 
 
-@signals.task_prerun.connect
-def _job_starts(task: Any = None, args: Any = None, **_: Any) -> None:
+def on_task_prerun(task: Any = None, args: Any = None, **_: Any) -> None:
     request = getattr(task, "request", None)
     name = str(getattr(task, "name", ""))
     if name.startswith("medic.control."):
@@ -44,6 +40,5 @@ def _job_starts(task: Any = None, args: Any = None, **_: Any) -> None:
     )
 
 
-@signals.task_postrun.connect
-def _job_ends(**_: Any) -> None:
+def on_task_postrun(**_: Any) -> None:
     logs.set_job()

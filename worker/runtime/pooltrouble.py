@@ -4,8 +4,9 @@ The counters (`medic_db_pool_waits_total`, `medic_db_pool_timeouts_total`) are f
 the health loop scrapes nothing. So the metrics layers' pool hooks also `note()` each wait and
 timeout here, and a daemon thread of the process (started by its first wait: a process whose
 pool never waits runs no thread and writes nothing) writes its running totals and the time of
-the last one to one Redis hash, at most once a second, with the process's metric label as the
-field. The loop reads the hash once per period (`read`); the rule judges the times.
+the last one to one Redis hash, at most once a second (it looks every second, and writes when a
+wait came since), with the process's metric label as the field. The loop reads the hash once
+per period (`read`); the rule judges the times.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from worker.background import BackgroundThread
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.forksafe import PerProcess
@@ -33,22 +35,23 @@ class _Trouble:
         self.timeouts = 0
         self.last_at = 0.0
         self.dirty = threading.Event()
-        threading.Thread(target=self._publish_forever, name="medic-pool-trouble", daemon=True).start()
+        self.publisher = BackgroundThread("medic-pool-trouble", self.publish, every_s=PUBLISH_EVERY_S, logger=log)
+        self.publisher.start()
 
-    def _publish_forever(self) -> None:
-        while True:
-            self.dirty.wait()
-            self.dirty.clear()
-            value = {"waits": self.waits, "timeouts": self.timeouts, "last_at": self.last_at}
-            try:
-                get_redis().hset(redis_keys.pool_trouble(), self.process, json.dumps(value))
-            except Exception as exc:  # noqa: BLE001 - Redis down: try again with the next round
-                log.warning("pool waits not published: %s", exc)
-                self.dirty.set()
-            time.sleep(PUBLISH_EVERY_S)
+    def publish(self) -> None:
+        """Write the totals if they changed since the last write; on a failure they stay to write."""
+        if not self.dirty.is_set():
+            return
+        self.dirty.clear()
+        value = {"waits": self.waits, "timeouts": self.timeouts, "last_at": self.last_at}
+        try:
+            get_redis().hset(redis_keys.pool_trouble(), self.process, json.dumps(value))
+        except Exception:
+            self.dirty.set()  # Redis down: the next round tries again
+            raise
 
 
-_trouble: PerProcess[str, _Trouble] = PerProcess(_Trouble)
+_trouble: PerProcess[str, _Trouble] = PerProcess(_Trouble, close=lambda t: t.publisher.stop())
 
 
 def note(process: str, *, timed_out: bool) -> None:

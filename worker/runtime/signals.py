@@ -1,177 +1,52 @@
-"""Worker signals: the main process sees a child die or hit its hard time limit before anyone else.
+"""Every Celery signal handler of a medic worker (and beat) process, connected in one place.
 
-`MedicRequest` turns those moments into ledger transitions at once (worker_lost / timeout),
-instead of waiting for a lease to expire. Every write is fenced on the delivery, so a report that
-comes late changes nothing; a report that fails (ledger down) is left to the recovery loops,
-which find the job by its expired lease.
-
-The report runs in the main thread, with one attempt and no retries. It must not run in a
-thread: billiard forks the replacement child right after a child dies, and a fork taken while
-another thread holds an import lock (the first `import psycopg2` of the process, say) leaves the
-child deadlocked on its first job. Seen here in a test, with py-spy, before this was synchronous.
-
-Every message carries a soft and a hard time limit, so the prefork pool puts a timer entry on the
-main process's event loop (kombu's Hub) for each job it starts, and cancels it when the job ends.
-kombu only marks a cancelled entry: it stays on the heap until its time would have come (the
-job's timeout, 300 s by default), ~500 bytes each. At a few hundred jobs/s that was tens of MB of
-dead entries in the main process (bench/scale_rss.py: 96.9 -> 136.8 MB over 100k no-op jobs),
-and rate x timeout of them in general. Plain Celery does the same with the same limits (its main
-process 60.8 MB idle, 118.6 MB after 100k no-ops; flat at 61.1 MB without them). `drop_cancelled` takes
-them off every COMPACT_EVERY_S, so at most that many seconds of jobs' entries are ever held.
+`install()` is called by medic's Celery loader when a worker or beat starts (`WorkerLoader`,
+named by path in worker/broker/celery_app.py, as the control tasks are): after the job and
+control modules are imported and before logging is set up or `worker_init` is sent, for
+`medic worker`, `medic control`, a plain `celery -A worker.broker.celery_app worker` and the
+embedded test worker alike. Importing a module connects nothing.
 """
 
 from __future__ import annotations
 
-import heapq
-import logging
-import os
-import uuid
-import weakref
-from typing import Any
-
-from billiard.einfo import ExceptionInfo
-from billiard.exceptions import WorkerLostError
 from celery import signals
-from celery.worker.request import Request
-from kombu.asynchronous.timer import Timer
-from sqlalchemy.engine import Connection
+from celery.loaders.app import AppLoader
 
-from worker import logs
-from worker.broker.messages import TENANT_HEADER
-from worker.broker.publish import commit_then_publish
-from worker.clock import utcnow
-from worker.errors import LedgerUnavailableError
-from worker.ledger import queries, transitions
-from worker.ledger.db import with_ledger_retry
-from worker.ledger.models import JobRow
-from worker.ledger.states import JobState
-from worker.runtime.metrics import job_finished
-from worker.settings import get_settings
+from worker.runtime import consumer, joblog, scrape, timer_compaction
 
-log = logging.getLogger(__name__)
-
-
-def _job_ids(args: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
-    try:
-        return uuid.UUID(args[0]), uuid.UUID(args[1])
-    except (TypeError, ValueError, IndexError):
-        return None
+# (signal, handler): weak=False, since the handlers are module functions that live as long as
+# the process; dispatch_uid makes a second install() a no-op.
+HANDLERS = (
+    (signals.after_setup_logger, joblog.on_setup_logger),
+    (signals.after_setup_task_logger, joblog.on_setup_logger),
+    (signals.task_prerun, joblog.on_task_prerun),
+    (signals.task_postrun, joblog.on_task_postrun),
+    (signals.worker_init, scrape.on_worker_init),
+    (signals.worker_process_shutdown, scrape.on_child_exit),
+    (signals.worker_ready, consumer.on_worker_ready),
+    (signals.worker_ready, timer_compaction.on_worker_ready),
+    (signals.worker_shutdown, consumer.on_worker_shutdown),
+)
 
 
-def report_lost(
-    job_id: uuid.UUID, delivery_id: uuid.UUID, pid: int | None, *, reason: str, actor: str, budget_s: float
-) -> tuple[JobRow, JobRow] | None:
-    """A delivery's process is gone: give the job back (retry or dead) and publish the retry.
-    Returns the running row it took and the row after, or None when there was nothing to take."""
-    s = get_settings()
-    taken: list[JobRow] = []
-
-    def write(conn: Connection) -> JobRow | None:
-        taken.clear()
-        job = queries.get_job(conn, job_id)
-        if job is None or job.state != JobState.RUNNING or job.delivery_id != delivery_id:
-            return None
-        if pid is not None and job.worker_pid not in (None, pid):
-            return None
-        taken.append(job)
-        now = utcnow()
-        if reason == "timeout":
-            detail = f"hard time limit of {job.timeout_s + s.timeout_grace_seconds:.0f}s exceeded"
-            return transitions.time_out(
-                conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=detail
-            )
-        return transitions.give_back(
-            conn,
-            job,
-            reason=reason,
-            actor=actor,
-            now=now,
-            max_backoff_s=s.max_backoff_seconds,
-            immediate=True,
-            error={"type": "WorkerLost", "message": f"process {pid} died while running the job", "traceback": None},
-        )
-
-    [after] = with_ledger_retry(lambda: commit_then_publish(lambda conn: [write(conn)]), budget_s=budget_s, what=reason)
-    return None if after is None or not taken else (taken[0], after)
+def _uid(handler: object) -> str:
+    return f"medic:{getattr(handler, '__module__', '')}.{getattr(handler, '__qualname__', '')}"
 
 
-def _report(request: Request, reason: str) -> None:
-    ids = _job_ids(request.args)
-    if ids is None:
-        return
-    try:
-        taken = report_lost(
-            ids[0], ids[1], request.worker_pid, reason=reason, actor=f"{request.hostname}:{os.getpid()}", budget_s=0
-        )
-        if taken is not None:  # the child cannot count a run it died in: the main process does
-            job_finished(taken[0], reason, taken[1])
-            log.warning("job %s: its process %s ended under it (%s): %s", ids[0], request.worker_pid, reason,
-                        taken[1].state, extra=_fields(request, reason, taken[0]))  # fmt: skip
-    except LedgerUnavailableError:
-        log.warning("could not record %s of job %s; the recovery loop will find it", reason, ids[0],
-                    extra=_fields(request, reason))  # fmt: skip
-    except Exception:  # a failing hook is logged, never fatal to the worker
-        log.exception("recording %s of job %s failed", reason, ids[0], extra=_fields(request, reason))
+def install() -> None:
+    """Connect every handler of HANDLERS (once, however often it is called)."""
+    for signal, handler in HANDLERS:
+        signal.connect(handler, weak=False, dispatch_uid=_uid(handler))
 
 
-def _fields(request: Request, reason: str, row: JobRow | None = None) -> dict[str, str]:
-    """The job's fields for a line of the main process, which runs no job (so the child's
-    task_prerun context is not set here): from the row, else from the message."""
-    ids = _job_ids(request.args)
-    info = request.delivery_info or {}
-    return logs.job_extra(
-        row,
-        job_id=ids and ids[0],
-        delivery_id=ids and ids[1],
-        tenant=getattr(request, TENANT_HEADER, None) if row is None else row.tenant,
-        queue=info.get("routing_key") if row is None else row.queue,
-        worker=request.hostname,
-        reason=reason,
-    )
+def installed() -> list[str]:
+    """The medic handlers connected in this process (for `medic`'s tests and a curious operator)."""
+    return [_uid(h) for signal, h in HANDLERS if any(key[0] == _uid(h) for key, _ in signal.receivers)]
 
 
-class MedicRequest(Request):  # type: ignore[misc]
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        super().on_timeout(soft, timeout)
-        if not soft:
-            _report(self, "timeout")
+class WorkerLoader(AppLoader):  # type: ignore[misc]
+    """Celery's app loader plus medic's handlers: `init_worker` (a worker's or beat's start)
+    imports the `imports` modules, then calls `on_worker_init`."""
 
-    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
-        exc = getattr(exc_info.exception, "exc", exc_info.exception)
-        lost = isinstance(exc, WorkerLostError) or (
-            isinstance(exc, (SystemExit, KeyboardInterrupt)) and not (self._already_cancelled or self._already_revoked)
-        )
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-        if lost:
-            _report(self, "worker_lost")
-
-
-COMPACT_EVERY_S = 10.0
-_compacted: weakref.WeakSet[Timer] = weakref.WeakSet()
-
-
-def drop_cancelled(timer: Timer) -> int:
-    """Take the cancelled entries off a kombu timer's heap; returns how many went."""
-    queue = timer._queue
-    live = [s for s in queue if not s.entry.canceled]
-    dropped = len(queue) - len(live)
-    if dropped:
-        heapq.heapify(live)
-        queue[:] = live  # in place: the hub's loop and the timer's iterator hold this very list
-    return dropped
-
-
-def compact_timer(hub: Any) -> None:
-    """Run `drop_cancelled` on the hub's timer every COMPACT_EVERY_S, from the hub's own loop
-    (the only thread that touches the heap); once per timer, however often the consumer restarts."""
-    timer = getattr(hub, "timer", None)
-    if timer is None or timer in _compacted:
-        return
-    _compacted.add(timer)
-    hub.call_repeatedly(COMPACT_EVERY_S, drop_cancelled, timer)
-
-
-@signals.worker_ready.connect
-def _on_worker_ready(sender: Any, **_: Any) -> None:
-    """Main process, its event loop set up (sender: the consumer; no hub without one)."""
-    compact_timer(getattr(sender, "hub", None))
+    def on_worker_init(self) -> None:
+        install()

@@ -24,11 +24,12 @@ from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db, transitions
 from worker.ledger.db import with_ledger_retry
-from worker.ledger.models import JobRow
+from worker.ledger.records import Job
 from worker.runtime import storable
 from worker.runtime.heartbeat import get_heartbeat
-from worker.runtime.metrics import job_finished
-from worker.runtime.signals import MedicRequest
+from worker.runtime.job_metrics import job_finished
+from worker.runtime.lost_child import MedicRequest
+from worker.runtime.outcome import Outcome, OutcomeKind
 from worker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     worker = task.request.hostname or socket.gethostname()
     pid = os.getpid()
 
-    def do_claim() -> JobRow | None:
+    def do_claim() -> Job | None:
         # One statement, committed asynchronously: a claim lost in a PostgreSQL crash only makes
         # the job look queued again, the at-least-once case (docs/guarantees.md, "Durability").
         return db.write(
@@ -95,14 +96,13 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     try:
         outcome = _run(spec, job)
         after = record_outcome(job, outcome, actor=f"{worker}:{pid}")
-        job_finished(job, outcome[0], after)  # metrics (worker/runtime/metrics.py); never raises
+        job_finished(job, outcome.kind, after)  # metrics; never raises
     finally:
         heartbeat.untrack(job_id)
     if after is None:
         log.warning("job %s delivery %s was taken away while it ran; result discarded", job_id, delivery_id)
 
 
-Outcome = tuple[str, Any]
 NOT_STORABLE = "result_not_storable"
 
 
@@ -111,7 +111,7 @@ def not_storable(detail: str) -> dict[str, Any]:
     return {"type": NOT_STORABLE, "message": f"the job's result cannot be stored: {detail}"[:2000], "traceback": ""}
 
 
-def record_outcome(job: JobRow, outcome: Outcome, *, actor: str) -> JobRow | None:
+def record_outcome(job: Job, outcome: Outcome, *, actor: str) -> Job | None:
     """Finalize `job` with `outcome`, retrying while the ledger is down.
 
     A DataError is no outage: the ledger refused the value, and retrying would leave the row
@@ -119,8 +119,8 @@ def record_outcome(job: JobRow, outcome: Outcome, *, actor: str) -> JobRow | Non
     """
     s = get_settings()
 
-    def write(o: Outcome) -> JobRow | None:
-        if o[0] == "succeeded":  # one statement, synchronous: nothing to publish after it
+    def write(o: Outcome) -> Job | None:
+        if o.kind is OutcomeKind.SUCCEEDED:  # one statement, synchronous: nothing to publish after it
             return with_ledger_retry(
                 lambda: db.write(lambda conn: _finalize(conn, job, o, actor=actor)),
                 budget_s=s.finalize_retry_seconds,
@@ -137,31 +137,32 @@ def record_outcome(job: JobRow, outcome: Outcome, *, actor: str) -> JobRow | Non
         return write(outcome)
     except sa_exc.DataError as exc:
         log.error("job %s: the ledger refused its outcome: %s", job.id, exc.orig)
-        return write(("failed", not_storable(_printable(str(exc.orig)))))
+        return write(Outcome.failed(not_storable(_printable(str(exc.orig)))))
 
 
-def _run(spec: JobSpec, job: JobRow) -> Outcome:
+def _run(spec: JobSpec, job: Job) -> Outcome:
     try:
         result = spec.func(**spec.load(job.args))
         found = storable.check(result)  # refuse here what JSONB would refuse at finalize
         if found is not None:
             loc, reason = found
-            return ("failed", not_storable(f"{loc}: {reason}"))
-        return ("succeeded", result)
+            return Outcome.failed(not_storable(f"{loc}: {reason}"))
+        return Outcome.succeeded(result)
     except SoftTimeLimitExceeded:
-        return ("timeout", f"soft time limit of {job.timeout_s}s exceeded")
+        return Outcome.timed_out(f"soft time limit of {job.timeout_s}s exceeded")
     except Exception as exc:  # noqa: BLE001 - every job error is recorded, none kills the worker
-        return ("failed", error_info(exc))
+        return Outcome.failed(error_info(exc))
 
 
-def _finalize(conn: Connection, job: JobRow, outcome: Outcome, *, actor: str) -> JobRow | None:
+def _finalize(conn: Connection, job: Job, outcome: Outcome, *, actor: str) -> Job | None:
     s = get_settings()
-    kind, value = outcome
     now = utcnow()
-    if kind == "succeeded":
-        return transitions.succeed(conn, job.id, job.delivery_id, value, actor=actor, now=now)
-    if kind == "timeout":
-        return transitions.time_out(conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=value)
+    if outcome.kind is OutcomeKind.SUCCEEDED:
+        return transitions.succeed(conn, job.id, job.delivery_id, outcome.value, actor=actor, now=now)
+    if outcome.kind is OutcomeKind.TIMEOUT:
+        return transitions.time_out(
+            conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=outcome.value
+        )
     return transitions.give_back(
-        conn, job, reason="error", actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, error=value
+        conn, job, reason="error", actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, error=outcome.value
     )

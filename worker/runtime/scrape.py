@@ -1,0 +1,76 @@
+"""The worker's scrape endpoint: one port per worker that serves the metrics of all its processes.
+
+A prefork worker runs jobs in child processes, which a scrape of the main process cannot see. So
+the main process switches prometheus-client to its multiprocess mode before the pool forks
+(`worker_init`): every process writes its values to mmaped files in a directory of this worker's
+own (a shared directory would add two workers' counts together), and the main process serves the
+sum of them on `MEDIC_METRICS_PORT`. The metric objects are made lazily, after that switch
+(worker/runtime/job_metrics.py, pool_metrics.py), because prometheus-client picks a metric's
+value class when the metric is made.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
+
+from worker.broker.celery_app import CONTROL_QUEUE
+from worker.runtime.pool_metrics import watch_worker_pools
+from worker.runtime.worker_info import consumed_queues, is_test_worker
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+WORKER_PORT = 9808
+CONTROL_PORT = 9809
+
+
+def enable_multiprocess() -> str:
+    """Give this process (and the children it will fork) a metrics directory of its own."""
+    path = tempfile.mkdtemp(prefix=f"medic-metrics-{os.getpid()}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def serve(path: str, port: int, host: str) -> None:
+    """Serve the sum of every process's values under `path` on host:port (a daemon thread)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
+
+
+def metrics_port(queues: list[str]) -> int:
+    s = get_settings()
+    if s.metrics_port is not None:
+        return s.metrics_port
+    return CONTROL_PORT if CONTROL_QUEUE in queues else WORKER_PORT
+
+
+def on_worker_init(sender: Any, **_: Any) -> None:
+    """Main process, before the pool forks: multiprocess metrics and the scrape port."""
+    if is_test_worker(sender):
+        return  # an embedded test worker shares the test process: leave its metrics alone
+    path = enable_multiprocess()
+    watch_worker_pools()
+    port = metrics_port(consumed_queues(sender.app))
+    if port:
+        try:
+            serve(path, port, get_settings().metrics_host)
+            log.info("metrics on http://%s:%d/metrics", get_settings().metrics_host, port)
+        except OSError as exc:  # another worker on this host has the port: run, but say so
+            log.warning("metrics port %d unavailable (%s); set MEDIC_METRICS_PORT", port, exc)
+
+
+def on_child_exit(pid: int | None = None, **_: Any) -> None:
+    """A child's live gauges leave the sum when it exits (`liveall`)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        multiprocess.mark_process_dead(pid or os.getpid(), path)  # type: ignore[no-untyped-call]
