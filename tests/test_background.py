@@ -95,3 +95,20 @@ def test_each_run_is_followed_by_a_wait_of_the_period() -> None:
         thread.release.set()
     assert thread.join(5)
     assert thread.runs == 3, "nothing runs after the stop"
+
+
+def test_first_after_delays_the_first_step_and_a_stop_in_it_ends_the_thread() -> None:
+    """Bug caught: `first_after_s` ignored (the control worker's watchdog would run the health loop
+    the moment it starts, racing beat's first run)."""
+    ran = threading.Event()
+    thread = BackgroundThread("medic-test-first-after", ran.set, every_s=0, first_after_s=3600).start()
+    assert not ran.wait(0.2), "the first step waits its delay"
+    thread.stop()
+    assert thread.join(5), "a stop during the first delay ends the thread"
+    assert not ran.is_set()
+    soon = threading.Event()
+    quick = BackgroundThread("medic-test-first-soon", soon.set, every_s=3600, first_after_s=0.01).start()
+    try:
+        assert soon.wait(5), "after its delay the step runs"
+    finally:
+        quick.stop()

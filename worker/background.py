@@ -20,13 +20,21 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundThread:
-    """Runs `step` at once, then again `every_s` seconds after each run ends, until `stop()`."""
+    """Runs `step` after `first_after_s` (at once by default), then again `every_s` seconds after
+    each run ends, until `stop()`."""
 
     def __init__(
-        self, name: str, step: Callable[[], object], *, every_s: float, logger: logging.Logger | None = None
+        self,
+        name: str,
+        step: Callable[[], object],
+        *,
+        every_s: float,
+        first_after_s: float = 0.0,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.name = name
         self.every_s = every_s
+        self.first_after_s = first_after_s
         self._step = step
         self._log = logger or log
         self._stopping = threading.Event()
@@ -70,6 +78,8 @@ class BackgroundThread:
             self._log.info("%s recovered", self.name)
 
     def _run(self) -> None:
+        if self.first_after_s > 0 and self.pause(self.first_after_s):
+            return
         while not self._stopping.is_set():
             self.run_once()
             if self.pause(self.every_s):

@@ -16,7 +16,7 @@ from tests import ROOT
 from tests.control.fabricate import empty_ledger
 from worker.broker.celery_app import CONTROL_QUEUE, app
 from worker.clock import seconds, utcnow
-from worker.control import alert_rules, snapshot, tasks
+from worker.control import alert_rules, snapshot, tasks, wiring
 from worker.control.loop import LoopFn
 from worker.control.metrics import loop_metrics
 from worker.control.registry import LOOPS, Loop, loop_periods
@@ -57,7 +57,7 @@ def test_every_loop_has_a_task_that_runs_it_under_its_lock_and_counts_it(
         calls.append((loop_name, fn, lock_ttl_s))
         return {"at": 1234.0, "seconds": 0.01, **counts}
 
-    monkeypatch.setattr(tasks, "run_loop", fake_run_loop)
+    monkeypatch.setattr(wiring, "run_loop", fake_run_loop)
     m = loop_metrics()
     outcomes = set(loop.recoveries.values())
     runs = _value(m.runs, "medic_loop_runs_total", loop=name)

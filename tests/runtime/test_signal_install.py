@@ -34,10 +34,6 @@ for name in dir(celery_signals):
             if module.startswith(("worker.", "api.")):
                 connected.append(f"{name}: {module}.{fn.__qualname__}")
 """
-# The control worker's own worker_ready handlers (the health watchdog, the eviction warning) are
-# still connected where the control tasks are defined: the control layer is above the runtime's
-# install(). Nothing else may connect on import.
-CONNECTED_ON_IMPORT = {"worker.control.tasks"}
 
 START_WORKER = """
 import io, json, logging, uuid
@@ -45,11 +41,13 @@ from types import SimpleNamespace
 from celery import signals as celery_signals
 from worker import logs
 from worker.broker.celery_app import app
+from worker.control.wiring import CONTROL_HANDLERS
 from worker.runtime import signals
 
-before = signals.installed()
+before = signals.installed() + signals.installed(CONTROL_HANDLERS)
 app.loader.init_worker()  # what `celery worker`, `medic worker` and the embedded worker run first
-after = signals.installed()
+after = signals.installed() + signals.installed(CONTROL_HANDLERS)
+control = [signals._uid(handler) for _, handler in CONTROL_HANDLERS]
 
 # a job's line, as a child logs it between task_prerun and task_postrun
 out = io.StringIO()
@@ -70,7 +68,7 @@ line_log.info("running")
 celery_signals.task_postrun.send(sender=task, task=task)
 line_log.info("after")
 lines = [json.loads(ln) for ln in out.getvalue().splitlines()]
-print(json.dumps({"before": before, "after": after, "lines": lines, "job_id": job_id}))
+print(json.dumps({"before": before, "after": after, "control": control, "lines": lines, "job_id": job_id}))
 """
 
 
@@ -90,8 +88,17 @@ def test_importing_every_worker_module_connects_no_handler() -> None:
     because the control tasks imported their module)."""
     out = _python(IMPORT_EVERYTHING + "import json\nprint(json.dumps(connected))")
     connected = json.loads(out.splitlines()[-1])
-    assert [c for c in connected if c.split(": ")[1].rsplit(".", 1)[0] not in CONNECTED_ON_IMPORT] == []
-    assert connected, "the scan sees the handlers an import connects (the control tasks' own)"
+    assert connected == []
+
+
+def test_the_import_scan_sees_a_handler_an_import_connects() -> None:
+    """Bug caught: a scan that cannot see a connected handler, which would make the test above pass."""
+    code = IMPORT_EVERYTHING.replace(
+        "connected = []",
+        "from worker.control import wiring\ncelery_signals.worker_ready.connect(wiring._start_watchdog)\nconnected = []",
+    )
+    connected = json.loads(_python(code + "import json\nprint(json.dumps(connected))").splitlines()[-1])
+    assert connected == ["worker_ready: worker.control.wiring._start_watchdog"]
 
 
 def test_a_starting_worker_installs_every_handler_and_a_job_line_carries_its_fields() -> None:
@@ -99,7 +106,8 @@ def test_a_starting_worker_installs_every_handler_and_a_job_line_carries_its_fie
     metrics and consumer registration never start."""
     got = json.loads(_python(START_WORKER).splitlines()[-1])
     assert got["before"] == []
-    assert sorted(got["after"]) == sorted(_every_handler())
+    assert len(got["control"]) == 2, "the eviction warning and the health watchdog"
+    assert sorted(got["after"]) == sorted(_every_handler() + got["control"])
     running, after = got["lines"]
     assert running["job_id"] == got["job_id"] and running["queue"] == "q-install" and running["worker"] == "w@host"
     assert "job_id" not in after, "task_postrun clears the job's fields"

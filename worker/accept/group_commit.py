@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import exc as sa_exc
 
 from worker.accept.commit import Accepted, Committed, commit, publish_new
+from worker.background import BackgroundThread
 from worker.errors import LedgerUnavailableError, MedicError, OverloadedError
 from worker.forksafe import PerProcess
 from worker.ledger.records import NewJob
@@ -54,8 +55,7 @@ class GroupCommitter:
         self.max_rows = max_rows
         self._queue: queue.Queue[_Waiting] = queue.Queue(maxsize=bound)
         self._last_group = 1
-        self._thread = threading.Thread(target=self._run, name="medic-group-commit", daemon=True)
-        self._thread.start()
+        self._thread = BackgroundThread("medic-group-commit", self._commit_next, every_s=0, logger=log).start()
 
     def submit(self, job: NewJob, actor: str) -> Accepted:
         """Commit `job` with whatever else is waiting; returns once it is committed (and sent).
@@ -99,16 +99,17 @@ class GroupCommitter:
         self._last_group = len(group)
         return group
 
-    def _run(self) -> None:
-        while True:
-            group = self._gather()
-            try:
-                self._commit(group)
-            except BaseException as exc:
-                log.exception("group commit failed")
-                for waiting in group:
-                    if not waiting.done.is_set():
-                        waiting.answer(exc)
+    def _commit_next(self) -> None:
+        """One group: gathered, committed, answered. Whatever escapes `_commit` still answers
+        every caller of the group that has no answer yet, then goes to the thread's log."""
+        group = self._gather()
+        try:
+            self._commit(group)
+        except BaseException as exc:
+            for waiting in group:
+                if not waiting.done.is_set():
+                    waiting.answer(exc)
+            raise
 
     def _commit(self, group: list[_Waiting]) -> None:
         news, actors = [w.job for w in group], [w.actor for w in group]

@@ -3,7 +3,8 @@
 The control tasks (and with them the beat schedule) are named in `imports` by module path: every
 worker and beat imports them at start, and an error there stops that process loudly. The loader is
 named by path the same way: when a worker or beat starts, it installs medic's signal handlers
-(worker/runtime/signals.py), which live in a layer above this one.
+(worker/runtime/signals.py, and the control plane's in worker/control/wiring.py), which live in
+layers above this one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from worker.settings import Settings, get_settings
 CONTROL_QUEUE = "medic.control"
 CONTROL_TASKS = "worker.control.tasks"
 CONTROL_TASK_PREFIX = "medic.control."
-WORKER_LOADER = "worker.runtime.signals:WorkerLoader"
+WORKER_LOADER = "worker.control.wiring:ControlLoader"
 
 app = Celery("medic", loader=WORKER_LOADER)
 

@@ -1,7 +1,8 @@
 """Every Celery signal handler of a medic worker (and beat) process, connected in one place.
 
-`install()` is called by medic's Celery loader when a worker or beat starts (`WorkerLoader`,
-named by path in worker/broker/celery_app.py, as the control tasks are): after the job and
+`install()` is called by medic's Celery loader when a worker or beat starts (`WorkerLoader`, and
+`ControlLoader` in worker/control/wiring.py, which adds the control plane's handlers; named by path
+in worker/broker/celery_app.py, as the control tasks are): after the job and
 control modules are imported and before logging is set up or `worker_init` is sent, for
 `medic worker`, `medic control`, a plain `celery -A worker.broker.celery_app worker` and the
 embedded test worker alike. Importing a module connects nothing.
@@ -9,8 +10,12 @@ embedded test worker alike. Importing a module connects nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from celery import signals
 from celery.loaders.app import AppLoader
+from celery.utils.dispatch.signal import Signal
 
 from worker.runtime import consumer, joblog, scrape, timer_compaction
 
@@ -33,15 +38,23 @@ def _uid(handler: object) -> str:
     return f"medic:{getattr(handler, '__module__', '')}.{getattr(handler, '__qualname__', '')}"
 
 
-def install() -> None:
-    """Connect every handler of HANDLERS (once, however often it is called)."""
-    for signal, handler in HANDLERS:
+Handlers = tuple[tuple[Signal, Callable[..., Any]], ...]
+
+
+def connect(handlers: Handlers) -> None:
+    """Connect `handlers` (once each, however often it is called)."""
+    for signal, handler in handlers:
         signal.connect(handler, weak=False, dispatch_uid=_uid(handler))
 
 
-def installed() -> list[str]:
-    """The medic handlers connected in this process (for `medic`'s tests and a curious operator)."""
-    return [_uid(h) for signal, h in HANDLERS if any(key[0] == _uid(h) for key, _ in signal.receivers)]
+def install() -> None:
+    """Connect every handler of HANDLERS."""
+    connect(HANDLERS)
+
+
+def installed(handlers: Handlers = HANDLERS) -> list[str]:
+    """Those of `handlers` connected in this process (for `medic`'s tests and a curious operator)."""
+    return [_uid(h) for signal, h in handlers if any(key[0] == _uid(h) for key, _ in signal.receivers)]
 
 
 class WorkerLoader(AppLoader):  # type: ignore[misc]
