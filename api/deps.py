@@ -36,8 +36,8 @@ def find_key(raw: str) -> ApiKey | None:
 
 
 async def current_key(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-    """Async, so a cached key costs no hop to the threadpool (a hop per dependency was 11 % of a
-    POST /jobs, bench/throughput profile); only a cache miss reads the ledger in a worker thread.
+    """Async, so a cached key costs no hop to the threadpool; only a cache miss reads the ledger
+    in a worker thread.
 
     Raises:
         UnauthorizedError: no Bearer key, or one the ledger does not know.

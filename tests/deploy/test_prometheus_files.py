@@ -19,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
-# The contract with issue 10 (docs/operations.md): these names, no others.
+# The contract with docs/operations.md: these names, no others.
 ALERTS = {
     "MedicQueueShedding", "MedicQueueBacklogOld", "MedicJobsLeaseLate", "MedicDeadJobsHigh", "MedicQueueUnconsumed",
     "MedicLoopStale", "MedicDbPoolSaturated", "MedicPostgresConnectionsHigh", "MedicRedisMemoryHigh",

@@ -59,12 +59,12 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_acks_on_failure": True,
         "task_acks_on_timeout": True,
         "worker_prefetch_multiplier": 1,
-        # Off by default: 34 % of a worker's main process went to task events (bench/throughput.py).
+        # Off by default: task events are a large share of a worker main process's CPU
+        # (docs/benchmarks.md, events on vs off).
         # Flower switches them on remotely (enable_events every 5 s) while it watches.
         "worker_send_task_events": False,
         "task_annotations": [QuietControlTasks()],
-        # The ledger records "enqueued"; a task-sent event would be a second Redis publish per
-        # job (13 % of a single enqueue, 33 % of a batch, measured by bench/throughput.py).
+        # The ledger records "enqueued"; a task-sent event would be a second Redis publish per job.
         "task_send_sent_event": False,
         "task_default_queue": s.default_queue,
         "task_create_missing_queues": True,

@@ -22,7 +22,7 @@ DRAINED = "drained"
 
 def add_arrivals(pipe: Pipeline[str], per_queue: Mapping[str, int]) -> None:
     """Queue the arrival counters' commands on `pipe`: publish() sends them in the same round
-    trip as the messages (a round trip of its own was 9 % of a single enqueue, measured)."""
+    trip as the messages, so counting an arrival costs no round trip of its own."""
     if not per_queue:
         return
     pipe.sadd(redis_keys.known_queues(), *per_queue)

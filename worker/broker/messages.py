@@ -4,8 +4,8 @@ What `app.send_task` would put on the broker, byte for byte in layout (tests/bro
 test_messages.py compares the two): Celery's own `as_task_v2` makes the headers and body, and
 this module adds kombu's Redis envelope and picks the list kombu's `_put` would pick. Skipped:
 send_task's routing, option merging and `maybe_declare` (a Queue copy and bind per message),
-kombu's producer and channel, and `saferepr` of the arguments. That was 0.17 ms of Python per
-message in a batch and 0.5 ms for a single enqueue (cProfile); building it here costs a tenth.
+kombu's producer and channel, and `saferepr` of the arguments: per message, that work cost many
+times the message itself (docs/benchmarks.md).
 
 It holds because medic's deliveries are plain: one queue named by the routing key on the default
 (anonymous) exchange, JSON, no compression, no result, no sent event (`task_send_sent_event` is
