@@ -95,7 +95,9 @@ def test_the_import_scan_sees_a_handler_an_import_connects() -> None:
     """Bug caught: a scan that cannot see a connected handler, which would make the test above pass."""
     code = IMPORT_EVERYTHING.replace(
         "connected = []",
-        "from worker.control import wiring\ncelery_signals.worker_ready.connect(wiring._start_watchdog)\nconnected = []",
+        "from worker.control import wiring\n"
+        "celery_signals.worker_ready.connect(wiring._start_watchdog)\n"
+        "connected = []",
     )
     connected = json.loads(_python(code + "import json\nprint(json.dumps(connected))").splitlines()[-1])
     assert connected == ["worker_ready: worker.control.wiring._start_watchdog"]
