@@ -8,6 +8,7 @@ round (`load_check`), and the code it measured (`header`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -15,6 +16,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +32,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class MedicRun:
-    """The database, key prefixes and environment of one run of medic (`MEDIC_PROFILE=profile`).
+    """The database, key prefixes, environment and processes of one run of medic
+    (`MEDIC_PROFILE=profile`); `with MedicRun(...) as medic:` creates it, then stops what it
+    started and drops it all.
 
     Building it puts the environment into os.environ too, so medic code imported in this process
     (enqueue, the ledger) talks to the same database and prefixes as the processes it starts."""
@@ -53,6 +57,22 @@ class MedicRun:
             "PYTHONPATH": str(ROOT),
         }
         os.environ.update(self.env)
+        self.log_dir = Path(tempfile.mkdtemp(prefix=f"medic-bench-{self.run}-"))
+        self.procs = Processes(self.env, self.log_dir)
+
+    def __enter__(self) -> MedicRun:
+        try:
+            self.create()
+        except BaseException:
+            self.drop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.procs.stop_all()
+        finally:
+            self.drop()
 
     def create(self) -> None:
         """Settings and Celery re-read from the environment; the database created and migrated."""
@@ -73,6 +93,13 @@ class MedicRun:
         pg_admin_execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         for prefix in (self.key_prefix, self.broker_prefix):
             delete_keys(REDIS_URL, prefix)
+
+    def api_key(self, tenant: str, scopes: str) -> str:
+        """A new API key of `tenant` with `scopes` ("read,submit")."""
+        from worker.ledger import apikeys, db
+
+        with db.begin() as conn:
+            return apikeys.create_key(conn, tenant, apikeys.parse_scopes(scopes), name="bench")
 
 
 def use_plain(prefix: str) -> Any:
@@ -121,11 +148,12 @@ def ratio(medic: dict[str, Any], plain: dict[str, Any], target: float) -> dict[s
     return out
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """The `q` quantile (0..1) of already sorted values, nearest rank; None when there are none."""
-    if not sorted_values:
+def percentile_ms(seconds: list[float], q: float, digits: int = 1) -> float | None:
+    """The `q` quantile (0..1) of durations in seconds, nearest rank, in ms; None when there are none."""
+    if not seconds:
         return None
-    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
+    ordered = sorted(seconds)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000, digits)
 
 
 # --------------------------------------------------------------------- the machine and the code
@@ -184,18 +212,13 @@ class CpuMeter:
         return {name: {p: c for p in pids if (c := proc_cpu(p)) is not None} for name, pids in self.groups().items()}
 
     def start(self) -> None:
-        self._before, self._busy0, self._t0 = self._snapshot(), machine_busy_s(), time.monotonic()
+        self._before = self._snapshot()
 
-    def stop(self) -> dict[str, Any]:
-        after, wall = self._snapshot(), time.monotonic() - self._t0
-        used = {
-            name: sum(cpu - self._before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items())
-            for name, pids in after.items()
-        }
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per group since start()."""
         return {
-            "cpu_s": {name: round(v, 3) for name, v in used.items()},
-            "wall_s": round(wall, 3),
-            "machine_busy_cores": round((machine_busy_s() - self._busy0) / max(wall, 1e-9), 2),
+            name: round(sum(cpu - self._before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items()), 3)
+            for name, pids in self._snapshot().items()
         }
 
 
@@ -210,6 +233,18 @@ def git_state() -> dict[str, Any]:
         "head": git("rev-parse", "--short", "HEAD").strip(),
         "uncommitted_files_outside_bench": [f for f in changed if not f.startswith("bench/")],
     }
+
+
+def options(doc: str, **defaults: Any) -> argparse.Namespace:
+    """The command line: `--name` for each default (a bool is a flag), the module docstring as help."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in defaults.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    return parser.parse_args()
 
 
 def header(bench: str) -> dict[str, Any]:
