@@ -45,6 +45,7 @@ class MedicRun:
         self.db_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.db_name}"
         self.key_prefix = f"bench{self.run}:"
         self.broker_prefix = f"benchb{self.run}:"
+        self.plain_prefix = f"bench-plain-{self.run}:"  # plain Celery's, for a bench that compares
         self.env = {
             **os.environ,
             "MEDIC_DATABASE_URL": self.db_url,
@@ -53,6 +54,8 @@ class MedicRun:
             "MEDIC_BROKER_KEY_PREFIX": self.broker_prefix,
             "MEDIC_PROFILE": profile,
             "MEDIC_QUEUES": "bench-*,flood",  # queues are declared: the benches' own
+            "BENCH_REDIS_URL": REDIS_URL,
+            "BENCH_PLAIN_PREFIX": self.plain_prefix,
             **(extra_env or {}),
             "PYTHONPATH": str(ROOT),
         }
@@ -91,7 +94,7 @@ class MedicRun:
 
             dispose_engine()
         pg_admin_execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        for prefix in (self.key_prefix, self.broker_prefix):
+        for prefix in (self.key_prefix, self.broker_prefix, self.plain_prefix):
             delete_keys(REDIS_URL, prefix)
 
     def api_key(self, tenant: str, scopes: str) -> str:

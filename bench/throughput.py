@@ -1,22 +1,9 @@
 """Throughput: medic against plain Celery, side by side in one run, same Redis, same settings.
 
-Three comparisons, each a pair of sides run alternately (medic, plain, medic, plain ...) for
-`rounds` rounds after a warm-up of each, the load recorded before every round, with an empty
-ledger and empty queues before every measurement; the JSON keeps every raw figure, the median of
-each side and their ratio:
-
-    enqueue  `enqueue()` vs `apply_async()` in a loop, and `enqueue_many()` of 100 vs 100
-             `apply_async(producer=p)` inside plain Celery's own `producer.batch()` (one Redis
-             pipeline each), from this process;
-    http     `POST /jobs` through medic's API (uvicorn) vs bench/plain.py's bare FastAPI route that
-             only calls `apply_async`, the same bounded keep-alive client on 127.0.0.1;
-    e2e      N no-op jobs through one worker per side (prefork, same concurrency, acks_late, the
-             same task-event setting on both: off, then on), both published in the same batches,
-             from the first publish to the last completion the worker child records (medic: the
-             ledger's finished_at; plain: an RPUSH of the time), polled every 0.1 s on both.
-
-The CPU of each process group (the API or worker processes, PostgreSQL, Redis) is metered per
-request or job. Prints one JSON object; the docs' table is bench/tables.py's rendering of it.
+Three comparisons (enqueue, http, e2e), each a pair of sides run alternately (medic, plain, medic,
+plain ...) after a warm-up of each, on an empty ledger and empty queues every time, the load
+recorded before every round and the CPU of each process group metered; what each compares, like
+for like, is in docs/benchmarks.md. Prints one JSON object, which bench/tables.py renders.
 
     make bench BENCH=throughput                                    # ~3 min -> docs/bench/throughput.json
     .venv/bin/python -m bench.throughput --quick > /tmp/tp.json    # tiny sizes, ~30 s: a smoke test
@@ -24,21 +11,18 @@ request or job. Prints one JSON object; the docs' table is bench/tables.py's ren
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -51,7 +35,8 @@ from bench.common import (
     MedicRun,
     header,
     load_check,
-    percentile,
+    options,
+    percentile_ms,
     pids_named,
     ratio,
     ready,
@@ -59,8 +44,7 @@ from bench.common import (
     summary,
     use_plain,
 )
-from worker.testing.processes import Proc, Processes, free_port
-from worker.testing.servers import delete_keys
+from worker.testing.processes import Proc, free_port
 
 HOST = "127.0.0.1"
 QUEUE = "bench-tp"  # enqueue and http: nobody consumes it; e2e: one worker per side, each its prefix
@@ -90,29 +74,16 @@ QUICK = Sizes(2, 0.3, 2_000, 20, 60, 3.0, 4, 60, 30.0, 2)
 
 
 class Bench:
-    """One run: a private medic, plain Celery on its own prefix, the processes both sides start."""
+    """One run: a private medic (its processes those of both sides), plain Celery on its own prefix."""
 
-    def __init__(self, sizes: Sizes) -> None:
-        self.sizes = sizes
-        run = uuid.uuid4().hex[:8]
-        self.plain_prefix = f"bench-plain-{run}:"
-        plain_env = {"BENCH_REDIS_URL": REDIS_URL, "BENCH_PLAIN_PREFIX": self.plain_prefix}
-        self.medic = MedicRun("production", plain_env, run=run)
-        self.plain = use_plain(self.plain_prefix)
+    def __init__(self, sizes: Sizes, medic: MedicRun) -> None:
+        self.sizes, self.medic, self.procs = sizes, medic, medic.procs
+        self.plain_prefix = medic.plain_prefix
+        self.plain = use_plain(medic.plain_prefix)
         self.r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-        self.log_dir = Path(tempfile.mkdtemp(prefix="medic-bench-"))
-        self.procs = Processes(self.medic.env, self.log_dir)
-
-    def close(self) -> None:
-        try:
-            self.procs.stop_all()
-            self.plain.celery.pool.force_close_all()
-        finally:
-            self.medic.drop()
-            delete_keys(REDIS_URL, self.plain_prefix)
 
     def stop(self, *procs: Proc) -> None:
-        """Stop processes now, once their comparison is done, rather than at close()."""
+        """Stop processes now, once their comparison is done, rather than with the run."""
         for proc in procs:
             proc.stop()
             self.procs.procs.remove(proc)
@@ -158,11 +129,10 @@ def report(done: dict[str, Any], how: dict[str, Any], figures: dict[str, int], p
         out[name] = {f: summary([r[f] for r in rs if r[f]], higher_is_better="_ms" not in f, digits=d)
                      for f, d in figures.items()}  # fmt: skip
         out[name]["runs"] = [{k: v for k, v in r.items() if k != "cpu"} for r in rs]
-        groups = [g for g in rs[0]["cpu"]["cpu_s"] if not g.startswith("plain" if name == "medic" else "medic")]
+        groups = [g for g in rs[0]["cpu"] if not g.startswith("plain" if name == "medic" else "medic")]
         out[name][f"cpu_ms_per_{per}_median"] = {
-            g: round(statistics.median(r["cpu"]["cpu_s"][g] * 1000 / max(1, r[count]) for r in rs), 3) for g in groups
+            g: round(statistics.median(r["cpu"][g] * 1000 / max(1, r[count]) for r in rs), 3) for g in groups
         }
-        out[name]["machine_busy_cores_median"] = statistics.median(r["cpu"]["machine_busy_cores"] for r in rs)
     return out
 
 
@@ -245,23 +215,19 @@ def post_jobs(
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(lambda _: client(), range(threads)))
     elapsed = time.perf_counter() - started
-    latencies = sorted(x for lat, _ in results for x in lat)
+    latencies = [x for lat, _ in results for x in lat]
     return {
         "ok": len(latencies),
         "rps": len(latencies) / elapsed,
-        "p50_ms": (percentile(latencies, 0.5) or 0) * 1000,
-        "p99_ms": (percentile(latencies, 0.99) or 0) * 1000,
+        "p50_ms": percentile_ms(latencies, 0.5, digits=3),
+        "p99_ms": percentile_ms(latencies, 0.99, digits=3),
         "errors": dict(sum((e for _, e in results), Counter())),
     }
 
 
 def http(bench: Bench) -> dict[str, Any]:
-    from worker.ledger import db
-    from worker.ledger.apikeys import Scope, create_key
-
     s = bench.sizes
-    with db.begin() as conn:
-        key = create_key(conn, "bench", frozenset({Scope.SUBMIT}), name="bench-throughput")
+    key = bench.medic.api_key("bench", "submit")
     medic_proc, medic_url = bench.procs.api("medic-api")
     plain_url = f"http://{HOST}:{free_port()}"
     plain_argv = [sys.executable, "-m", "uvicorn", "bench.plain:api", "--host", HOST,
@@ -389,10 +355,7 @@ def e2e(bench: Bench, events: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test of every step.")
-    parser.add_argument("--only", default="enqueue,http,e2e", help="Comparisons to run, comma-separated.")
-    args = parser.parse_args()
+    args = options(__doc__, quick=False, only="enqueue,http,e2e")
     only, sizes = set(args.only.split(",")), QUICK if args.quick else FULL
     started = time.monotonic()
     report: dict[str, Any] = {
@@ -402,18 +365,15 @@ def main() -> None:
         "sizes": asdict(sizes),
         "medic_settings": "MEDIC_PROFILE=production defaults; PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379/0",
     }
-    bench = Bench(sizes)
-    try:
-        bench.medic.create()
+    with MedicRun("production") as medic:
+        bench = Bench(sizes, medic)
         if "enqueue" in only:
             report["enqueue"] = enqueue(bench)
         if "http" in only:
             report["http"] = http(bench)
         if "e2e" in only:
             report["end_to_end"] = {"events_off": e2e(bench, False), "events_on": e2e(bench, True)}
-    finally:
-        bench.close()
-    report |= {"logs": str(bench.log_dir), "elapsed_s": round(time.monotonic() - started, 1)}
+    report |= {"logs": str(medic.log_dir), "elapsed_s": round(time.monotonic() - started, 1)}
     print(json.dumps(report, indent=2))
 
 
