@@ -48,14 +48,14 @@ class MedicRun:
         self.plain_prefix = f"bench-plain-{self.run}:"  # plain Celery's, for a bench that compares
         self.env = {
             **os.environ,
+            "BENCH_REDIS_URL": REDIS_URL,  # bench/plain.py's
+            "BENCH_PLAIN_PREFIX": self.plain_prefix,
             "MEDIC_DATABASE_URL": self.db_url,
             "MEDIC_REDIS_URL": REDIS_URL,
             "MEDIC_KEY_PREFIX": self.key_prefix,
             "MEDIC_BROKER_KEY_PREFIX": self.broker_prefix,
             "MEDIC_PROFILE": profile,
             "MEDIC_QUEUES": "bench-*,flood",  # queues are declared: the benches' own
-            "BENCH_REDIS_URL": REDIS_URL,
-            "BENCH_PLAIN_PREFIX": self.plain_prefix,
             **(extra_env or {}),
             "PYTHONPATH": str(ROOT),
         }
@@ -104,14 +104,12 @@ class MedicRun:
         with db.begin() as conn:
             return apikeys.create_key(conn, tenant, apikeys.parse_scopes(scopes), name="bench")
 
+    def plain(self) -> Any:
+        """bench/plain.py, plain Celery's app, on the run's own prefix in this process too."""
+        import bench.plain as plain
 
-def use_plain(prefix: str) -> Any:
-    """bench/plain.py's Celery app on its own key prefix, for this process and those it starts."""
-    os.environ.update({"BENCH_REDIS_URL": REDIS_URL, "BENCH_PLAIN_PREFIX": prefix})
-    import bench.plain as plain
-
-    plain.celery.conf.broker_transport_options = {"global_keyprefix": prefix}
-    return plain
+        plain.celery.conf.broker_transport_options = {"global_keyprefix": self.plain_prefix}
+        return plain
 
 
 def start_plain_worker(procs: Processes, name: str, queue: str, concurrency: int, *flags: str) -> Proc:
@@ -225,17 +223,15 @@ class CpuMeter:
         }
 
 
-def git_state() -> dict[str, Any]:
-    """The code measured: HEAD, and the files outside bench/ that differ from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
-
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if len(line) > 3]
-    return {
-        "head": git("rev-parse", "--short", "HEAD").strip(),
-        "uncommitted_files_outside_bench": [f for f in changed if not f.startswith("bench/")],
-    }
+def poll_until(done: Callable[[], bool], seconds: float, interval: float = 0.1) -> bool:
+    """Poll until `done()` or `seconds` have passed; whether it was done. A bench reports what it
+    got by then rather than failing."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def options(doc: str, **defaults: Any) -> argparse.Namespace:
@@ -251,10 +247,19 @@ def options(doc: str, **defaults: Any) -> argparse.Namespace:
 
 
 def header(bench: str) -> dict[str, Any]:
-    """What every report starts with: the bench, its command, the machine and the code."""
+    """What every report starts with: the bench, its command, the machine, and the code measured
+    (HEAD, and the files outside bench/ that differ from it)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if len(line) > 3]
     return {
         "bench": bench,
         "command": shlex.join([".venv/bin/python", "-m", f"bench.{bench}", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
-        "code": git_state(),
+        "code": {
+            "head": git("rev-parse", "--short", "HEAD").strip(),
+            "uncommitted_files_outside_bench": [f for f in changed if not f.startswith("bench/")],
+        },
     }

@@ -10,19 +10,15 @@ reject_on_worker_lost and its defaults. Prints one JSON object.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from bench.common import REDIS_URL, ROOT, MedicRun, header, options, start_plain_worker, use_plain
-from worker.testing.processes import Proc, Processes, wait_for
-from worker.testing.servers import delete_keys
+from bench.common import MedicRun, header, options, poll_until, start_plain_worker
+from worker.testing.processes import Proc, wait_for
 
 QUEUE = "bench-recovery"
 
@@ -37,30 +33,28 @@ def kill_and_wait(a: Proc, done: Callable[[], bool], cap: float) -> float:
     """SIGKILL worker A's process group, wait (at most `cap`) until `done()`; the kill's time."""
     killed = time.time()
     a.kill_group(signal.SIGKILL)
-    deadline = killed + cap
-    while time.time() < deadline and not done():
-        time.sleep(0.1)
+    poll_until(done, cap)
     return killed
 
 
-def bench_medic(n: int, job_seconds: float, cap: float) -> dict[str, Any]:
+def bench_medic(medic: MedicRun, n: int, job_seconds: float, cap: float) -> dict[str, Any]:
     from worker import JobRequest, enqueue_many
     from worker.ledger import db, queries
     from worker.settings import get_settings
 
-    with MedicRun("production") as medic:
-        a = medic.procs.worker("medic-a", queues=QUEUE, concurrency=n)
-        medic.procs.control_plane()
-        done = enqueue_many([JobRequest("examples.sleep", {"seconds": job_seconds}, queue=QUEUE) for _ in range(n)])
+    a = medic.procs.worker("medic-a", queues=QUEUE, concurrency=n)
+    medic.procs.control_plane()
+    done = enqueue_many([JobRequest("examples.sleep", {"seconds": job_seconds}, queue=QUEUE)] * n)
 
-        def rows() -> list[Any]:
-            with db.connect() as conn:
-                return [queries.get_job(conn, d.job.id) for d in done]
+    def rows() -> list[Any]:
+        with db.connect() as conn:
+            return [queries.get_job(conn, d.job.id) for d in done]
 
-        wait_for(lambda: all(r.state == "running" for r in rows()), 60, 0.05, "all jobs running on A")
-        medic.procs.worker("medic-b", queues=QUEUE, concurrency=n)
-        killed = kill_and_wait(a, lambda: all(r.state == "succeeded" for r in rows()), cap)
-        final = rows()
+    wait_for(lambda: all(r.state == "running" for r in rows()), 60, 0.05, "all jobs running on A")
+    medic.procs.worker("medic-b", queues=QUEUE, concurrency=n)
+    killed = kill_and_wait(a, lambda: all(r.state == "succeeded" for r in rows()), cap)
+    final = rows()
+    medic.procs.stop_all()
     ok = [r for r in final if r.state == "succeeded"]
     s = get_settings()
     return {
@@ -69,28 +63,21 @@ def bench_medic(n: int, job_seconds: float, cap: float) -> dict[str, Any]:
         "kill_to_rerun_start_s": spread([r.started_at.timestamp() - killed for r in ok]),
         "kill_to_succeeded_s": spread([r.finished_at.timestamp() - killed for r in ok]),
         "attempts": sorted(r.attempts for r in final),
-        "logs": str(medic.log_dir),
         "settings": {"lease_s": s.lease_seconds, "heartbeat_s": s.heartbeat_seconds,
                      "presence_ttl_s": s.presence_ttl_seconds, "recover_period_s": s.recover_period_seconds},
     }  # fmt: skip
 
 
-def bench_plain(n: int, job_seconds: float, cap: float) -> dict[str, Any]:
-    prefix = f"bench-plain-{uuid.uuid4().hex[:8]}:"
-    plain = use_plain(prefix)
-    procs = Processes({**os.environ, "PYTHONPATH": str(ROOT)}, Path(tempfile.mkdtemp(prefix="medic-bench-")))
-    try:
-        a = start_plain_worker(procs, "plain-a", QUEUE, n)
-        for _ in range(n):
-            plain.plain_sleep.apply_async((job_seconds, uuid.uuid4().hex), queue=QUEUE)
-        wait_for(lambda: plain.records.hlen(f"{prefix}started") == n, 60, 0.05, "all tasks started on A")
-        start_plain_worker(procs, "plain-b", QUEUE, n)
-        killed = kill_and_wait(a, lambda: plain.records.hlen(f"{prefix}finished") >= n, cap)
-        finished = [float(v) for v in plain.records.hvals(f"{prefix}finished")]
-    finally:
-        procs.stop_all()
-        delete_keys(REDIS_URL, prefix)
-    result: dict[str, Any] = {"recovered": len(finished), "of": n, "waited_s": cap, "logs": str(procs.log_dir)}
+def bench_plain(medic: MedicRun, n: int, job_seconds: float, cap: float) -> dict[str, Any]:
+    plain, prefix = medic.plain(), medic.plain_prefix
+    a = start_plain_worker(medic.procs, "plain-a", QUEUE, n)
+    for _ in range(n):
+        plain.plain_sleep.apply_async((job_seconds, uuid.uuid4().hex), queue=QUEUE)
+    wait_for(lambda: plain.records.hlen(f"{prefix}started") == n, 60, 0.05, "all tasks started on A")
+    start_plain_worker(medic.procs, "plain-b", QUEUE, n)
+    killed = kill_and_wait(a, lambda: plain.records.hlen(f"{prefix}finished") >= n, cap)
+    finished = [float(v) for v in plain.records.hvals(f"{prefix}finished")]
+    result: dict[str, Any] = {"recovered": len(finished), "of": n, "waited_s": cap}
     if finished:
         result["kill_to_succeeded_s"] = spread([v - killed for v in finished])
     if len(finished) < n:
@@ -101,13 +88,15 @@ def bench_plain(n: int, job_seconds: float, cap: float) -> dict[str, Any]:
 
 def main() -> None:
     args = options(__doc__, jobs=5, job_seconds=8.0, cap=120.0)
-    report = {
+    report: dict[str, Any] = {
         **header("recovery"),
         "jobs": args.jobs,
         "job_seconds": args.job_seconds,
-        "medic": bench_medic(args.jobs, args.job_seconds, args.cap),
-        "plain_celery": bench_plain(args.jobs, args.job_seconds, args.cap),
     }
+    with MedicRun("production") as medic:
+        report["medic"] = bench_medic(medic, args.jobs, args.job_seconds, args.cap)
+        report["plain_celery"] = bench_plain(medic, args.jobs, args.job_seconds, args.cap)
+    report["logs"] = str(medic.log_dir)
     print(json.dumps(report, indent=2))
 
 

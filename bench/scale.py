@@ -23,20 +23,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from bench import scale_fill as fill
 from bench.common import ROOT, MedicRun, header, load_check, options, vm_rss_mb
-from bench.scale_fill import (
-    BIG_TENANT,
-    PROBLEMS_EACH,
-    QUEUES,
-    between_runs,
-    counts,
-    expired_count,
-    grow,
-    plant_problems,
-    register_queues,
-    reset_problems,
-    settle,
-)
 from worker.ledger import db
 from worker.testing.processes import Proc
 
@@ -53,11 +41,11 @@ RSS_BACKLOG = 2000  # at most this many submitted and not yet finished: no shedd
 
 # What each loop must report at every run: the planted jobs it acts on, the queues it walks.
 LOOPS: dict[str, dict[str, int]] = {
-    "recover_stuck": {"requeued": PROBLEMS_EACH, "dead": 0, "lease_late": 0},
-    "enforce_timeouts": {"requeued": PROBLEMS_EACH, "dead": 0},
-    "reconcile_broker": {"after_restart": 0, "unpublished": PROBLEMS_EACH, "lost": PROBLEMS_EACH},
-    "apply_backpressure": {"queues": len(QUEUES), "shedding": 0},
-    "autoscale": {"queues": len(QUEUES), "up": len(QUEUES)},
+    "recover_stuck": {"requeued": fill.PROBLEMS_EACH, "dead": 0, "lease_late": 0},
+    "enforce_timeouts": {"requeued": fill.PROBLEMS_EACH, "dead": 0},
+    "reconcile_broker": {"after_restart": 0, "unpublished": fill.PROBLEMS_EACH, "lost": fill.PROBLEMS_EACH},
+    "apply_backpressure": {"queues": len(fill.QUEUES), "shedding": 0},
+    "autoscale": {"queues": len(fill.QUEUES), "up": len(fill.QUEUES)},
     "health_and_alerts": {},
 }
 
@@ -85,8 +73,8 @@ def time_loops(broker_prefix: str) -> dict[str, Any]:
     from worker.control import tasks
 
     def reset() -> None:
-        reset_problems()
-        between_runs(broker_prefix)
+        fill.reset_problems()
+        fill.between_runs(broker_prefix)
 
     out: dict[str, Any] = {}
     for name, expected in LOOPS.items():
@@ -112,20 +100,20 @@ def check_read(name: str, resp: httpx.Response, job_id: str, tenant_queued: int)
         return {"status": resp.status_code, "rows": rows, "states": states, "answered_right": right}
     if name == "queues":
         names = sorted(q["queue"] for q in body["queues"])
-        return {"status": resp.status_code, "queues": names, "answered_right": names == sorted(QUEUES)}
+        return {"status": resp.status_code, "queues": names, "answered_right": names == sorted(fill.QUEUES)}
     return {"status": resp.status_code, "ready": body["status"], "answered_right": ok and body["status"] == "ok"}
 
 
 def time_api(url: str, key: str) -> dict[str, Any]:
     """Each read HTTP_REPS times after 3 warm-ups on one keep-alive connection; client-side wall time."""
-    reset_problems()
+    fill.reset_problems()
     with db.connect() as conn:
         job_id, tenant_queued = conn.execute(
             sa.text(
                 "SELECT (SELECT id FROM jobs WHERE tenant = :t AND state = 'succeeded' ORDER BY created_at DESC"
                 " LIMIT 1), (SELECT count(*) FROM jobs WHERE tenant = :t AND state = 'queued')"
             ),
-            {"t": BIG_TENANT},
+            {"t": fill.BIG_TENANT},
         ).one()
     paths = {
         "get_job": f"/jobs/{job_id}",
@@ -143,8 +131,8 @@ def time_api(url: str, key: str) -> dict[str, Any]:
 
 def measure_size(size: int, have: int, url: str, key: str, broker_prefix: str) -> dict[str, Any]:
     """Grow the ledger to `size` jobs, settle it, then time every op."""
-    out: dict[str, Any] = {"size": size, "fill_s": grow(have + 1, size), "settle_s": settle()}
-    out["ledger"] = counts()
+    out: dict[str, Any] = {"size": size, "fill_s": fill.grow(have + 1, size), "settle_s": fill.settle()}
+    out["ledger"] = fill.counts()
     out["load_before"] = load_check()
     out["loops"] = time_loops(broker_prefix)
     out["api"] = time_api(url, key)
@@ -182,12 +170,12 @@ def prune_run() -> dict[str, Any]:
 
     throughput = json.loads((ROOT / "docs" / "bench" / "throughput.json").read_text())
     e2e = throughput["end_to_end"]["events_off"]["medic"]["jobs_per_s"]["median"]
-    events_before, now = counts()["events"], utcnow()
-    expected = expired_count(now, get_settings().retention_days)
+    events_before, now = fill.counts()["events"], utcnow()
+    expected = fill.expired_count(now, get_settings().retention_days)
     started = time.perf_counter()
     deleted = prune(now).get("deleted", 0)
     elapsed = time.perf_counter() - started
-    events_deleted = events_before - counts()["events"]
+    events_deleted = events_before - fill.counts()["events"]
     rate = deleted / elapsed
     return {
         "expired_before": expected,
@@ -291,13 +279,13 @@ def main() -> None:
         },
         "database": medic.db_name,
         "key_prefixes": [medic.key_prefix, medic.broker_prefix],
-        "queues": QUEUES,
+        "queues": fill.QUEUES,
     }
     with medic:
-        register_queues()
-        plant_problems()
+        fill.register_queues()
+        fill.plant_problems()
         api, url = medic.procs.api("scale-api")
-        key = medic.api_key(BIG_TENANT, "read,admin,submit")
+        key = medic.api_key(fill.BIG_TENANT, "read,admin,submit")
         per_size = []
         for have, size in zip([0, *sizes], sizes, strict=False):
             per_size.append(measure_size(size, have, url, key, medic.broker_prefix))

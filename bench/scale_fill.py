@@ -169,6 +169,10 @@ UPDATE jobs SET {state}, delivery_id = gen_random_uuid(), created_at = now() - i
                 worker_pid = 1, error = NULL
 WHERE tenant = 'problems' AND args->>'message' = :kind
 """
+EXPIRED = """
+WITH expired AS (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < :cutoff)
+SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM job_events WHERE job_id IN (SELECT id FROM expired))
+"""
 
 
 def plant_problems() -> None:
@@ -188,12 +192,6 @@ def reset_problems() -> None:
 
 def expired_count(now: dt.datetime, retention_days: float) -> dict[str, int]:
     """Jobs (and their events) prune should delete at `now`."""
-    cutoff = now - dt.timedelta(days=retention_days)
-    where = "state IN ('succeeded', 'dead', 'cancelled') AND finished_at < :cutoff"
     with db.connect() as conn:
-        jobs_n = int(conn.scalar(sa.text(f"SELECT count(*) FROM jobs WHERE {where}"), {"cutoff": cutoff}) or 0)
-        events_n = conn.scalar(
-            sa.text(f"SELECT count(*) FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE {where})"),
-            {"cutoff": cutoff},
-        )
-    return {"jobs": jobs_n, "events": int(events_n or 0)}
+        jobs, events = conn.execute(sa.text(EXPIRED), {"cutoff": now - dt.timedelta(days=retention_days)}).one()
+    return {"jobs": jobs, "events": events}

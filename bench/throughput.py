@@ -29,26 +29,19 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from bench.common import (
-    REDIS_URL,
-    CpuMeter,
-    MedicRun,
-    header,
-    load_check,
-    options,
-    percentile_ms,
-    pids_named,
-    ratio,
-    ready,
-    start_plain_worker,
-    summary,
-    use_plain,
-)
+from bench import common
+from bench.common import MedicRun
 from worker.testing.processes import Proc, free_port
 
 HOST = "127.0.0.1"
 QUEUE = "bench-tp"  # enqueue and http: nobody consumes it; e2e: one worker per side, each its prefix
 ECHO = {"message": "x"}
+
+FINISHED = """
+SELECT count(*) FILTER (WHERE state = 'succeeded'),
+       count(*) FILTER (WHERE state NOT IN ('queued', 'running', 'succeeded')), max(finished_at)
+FROM jobs
+"""
 
 Side = Callable[[bool], dict[str, Any]]  # one measurement (True: the warm-up's size) -> its figures
 
@@ -79,8 +72,8 @@ class Bench:
     def __init__(self, sizes: Sizes, medic: MedicRun) -> None:
         self.sizes, self.medic, self.procs = sizes, medic, medic.procs
         self.plain_prefix = medic.plain_prefix
-        self.plain = use_plain(medic.plain_prefix)
-        self.r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        self.plain = medic.plain()
+        self.r = redis.Redis.from_url(common.REDIS_URL, decode_responses=True)
 
     def stop(self, *procs: Proc) -> None:
         """Stop processes now, once their comparison is done, rather than with the run."""
@@ -99,7 +92,7 @@ class Bench:
                 self.r.delete(key)
         gc.collect()
 
-    def alternate(self, sides: dict[str, Side], meter: CpuMeter | None = None) -> dict[str, Any]:
+    def alternate(self, sides: dict[str, Side], meter: common.CpuMeter | None = None) -> dict[str, Any]:
         """A warm-up of each side, then `rounds` rounds of every side in turn, the load checked
         before each round and the CPU metered around each measurement; every raw result."""
         for side in sides.values():
@@ -108,7 +101,7 @@ class Bench:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
         loads = []
         for _ in range(self.sizes.rounds):
-            loads.append(load_check())
+            loads.append(common.load_check())
             for name, side in sides.items():
                 self.reset()
                 if meter:
@@ -126,7 +119,7 @@ def report(done: dict[str, Any], how: dict[str, Any], figures: dict[str, int], p
     median CPU ms per `per` (`count` in each run) of each process group, the other side's left out."""
     out = {**how, "load_before_each_round": done["load_before_each_round"]}
     for name, rs in done["runs"].items():
-        out[name] = {f: summary([r[f] for r in rs if r[f]], higher_is_better="_ms" not in f, digits=d)
+        out[name] = {f: common.summary([r[f] for r in rs if r[f]], higher_is_better="_ms" not in f, digits=d)
                      for f, d in figures.items()}  # fmt: skip
         out[name]["runs"] = [{k: v for k, v in r.items() if k != "cpu"} for r in rs]
         groups = [g for g in rs[0]["cpu"] if not g.startswith("plain" if name == "medic" else "medic")]
@@ -178,9 +171,9 @@ def enqueue(bench: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {"unit": "jobs/s", "each_run": f"{s.enqueue_s} s or {s.enqueue_cap} jobs, whichever first"}
     out["load_before_each_round"] = done["load_before_each_round"]
     for name, runs in done["runs"].items():
-        out[name] = summary([r["jobs_per_s"] for r in runs])
-    out["ratio_single_vs_plain"] = ratio(out["medic_single"], out["plain_apply_async"], 0.6)
-    out["ratio_batch_vs_plain_batch"] = ratio(out["medic_batch"], out["plain_batch"], 1.0)
+        out[name] = common.summary([r["jobs_per_s"] for r in runs])
+    out["ratio_single_vs_plain"] = common.ratio(out["medic_single"], out["plain_apply_async"], 0.6)
+    out["ratio_batch_vs_plain_batch"] = common.ratio(out["medic_batch"], out["plain_batch"], 1.0)
     return out
 
 
@@ -191,7 +184,6 @@ def post_jobs(
     url: str, body: dict[str, Any], headers: dict[str, str], n: int, seconds: float, threads: int
 ) -> dict[str, Any]:
     """At most `n` POST /jobs or `seconds`, from `threads` keep-alive clients; rate and latency."""
-    assert url.startswith(f"http://{HOST}:"), url
     counter, deadline = itertools.count(), time.monotonic() + seconds
 
     def client() -> tuple[list[float], Counter[str]]:
@@ -219,8 +211,8 @@ def post_jobs(
     return {
         "ok": len(latencies),
         "rps": len(latencies) / elapsed,
-        "p50_ms": percentile_ms(latencies, 0.5, digits=3),
-        "p99_ms": percentile_ms(latencies, 0.99, digits=3),
+        "p50_ms": common.percentile_ms(latencies, 0.5, digits=3),
+        "p99_ms": common.percentile_ms(latencies, 0.99, digits=3),
         "errors": dict(sum((e for _, e in results), Counter())),
     }
 
@@ -233,39 +225,36 @@ def http(bench: Bench) -> dict[str, Any]:
     plain_argv = [sys.executable, "-m", "uvicorn", "bench.plain:api", "--host", HOST,
                   "--port", plain_url.rsplit(":", 1)[1], "--no-access-log"]  # fmt: skip
     plain_proc = bench.procs.http_server("plain-api", plain_argv, plain_url)
-    bodies = {
-        "medic": (
-            medic_url,
-            {"type": "examples.echo", "args": ECHO, "queue": QUEUE},
-            {"Authorization": f"Bearer {key}"},
-        ),
-        "plain": (plain_url, {"type": "plain.noop", "args": {}, "queue": QUEUE}, {}),
-    }
+    medic_body = {"type": "examples.echo", "args": ECHO, "queue": QUEUE}
+    plain_body = {"type": "plain.noop", "args": {}, "queue": QUEUE}
 
     def side(url: str, body: dict[str, Any], headers: dict[str, str]) -> Side:
-        return lambda warm_up: post_jobs(
-            url, body, headers, s.http_requests // (8 if warm_up else 1), s.http_s, s.http_threads
-        )
+        n = s.http_requests
+        return lambda warm_up: post_jobs(url, body, headers, n // (8 if warm_up else 1), s.http_s, s.http_threads)
 
-    meter = CpuMeter(lambda: {"medic_api": [medic_proc.pid], "plain_api": [plain_proc.pid], **shared_groups()})
-    done = bench.alternate({name: side(*b) for name, b in bodies.items()}, meter)
+    sides = {
+        "medic": side(medic_url, medic_body, {"Authorization": f"Bearer {key}"}),
+        "plain": side(plain_url, plain_body, {}),
+    }
+    meter = common.CpuMeter(lambda: {"medic_api": [medic_proc.pid], "plain_api": [plain_proc.pid], **shared_groups()})
+    done = bench.alternate(sides, meter)
     bench.stop(plain_proc, medic_proc)
     how = {
         "unit": "requests/s (2xx only), latency ms",
         "client": f"httpx, {s.http_threads} keep-alive threads, {s.http_requests} requests or {s.http_s} s a run",
-        "medic_body": bodies["medic"][1],
+        "medic_body": medic_body,
         "plain_endpoint": "bench/plain.py: sync FastAPI route, pydantic body, apply_async, no auth",
     }
     out = report(done, how, {"rps": 1, "p50_ms": 2, "p99_ms": 2}, "request", "ok")
-    out["ratio_rps_medic_vs_plain"] = ratio(out["medic"]["rps"], out["plain"]["rps"], 0.8)
+    out["ratio_rps_medic_vs_plain"] = common.ratio(out["medic"]["rps"], out["plain"]["rps"], 0.8)
     return out
 
 
 def shared_groups() -> dict[str, list[int]]:
     """The process groups both sides share: PostgreSQL, Redis, and this process (the client)."""
     return {
-        "postgres_all": pids_named("postgres"),
-        "redis_server": pids_named("redis-server"),
+        "postgres_all": common.pids_named("postgres"),
+        "redis_server": common.pids_named("redis-server"),
         "bench_process": [os.getpid()],
     }
 
@@ -282,17 +271,14 @@ def medic_drain(bench: Bench, n: int) -> dict[str, Any]:
     started = time.time()
     for i in range(0, n, b):
         enqueue_many([JobRequest("examples.echo", ECHO, queue=QUEUE) for _ in range(min(b, n - i))])
-    query = sa.text(
-        "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
-        " count(*) FILTER (WHERE state NOT IN ('queued', 'running', 'succeeded')), max(finished_at) FROM jobs"
-    )
-    deadline = time.monotonic() + bench.sizes.e2e_cap_s
-    while True:
+
+    def finished() -> Any:
         with db.connect() as conn:
-            ok, bad, last = conn.execute(query).one()
-        if ok + bad >= n or time.monotonic() > deadline:
-            return drained(n, ok, bad, started, last.timestamp() if last else None)
-        time.sleep(0.1)
+            return conn.execute(sa.text(FINISHED)).one()
+
+    common.poll_until(lambda: sum(finished()[:2]) >= n, bench.sizes.e2e_cap_s)
+    ok, bad, last = finished()
+    return drained(n, ok, bad, started, last.timestamp() if last else None)
 
 
 def plain_drain(bench: Bench, n: int) -> dict[str, Any]:
@@ -305,9 +291,7 @@ def plain_drain(bench: Bench, n: int) -> dict[str, Any]:
         with bench.plain.celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
             for _ in range(min(b, n - i)):
                 task.apply_async((tag,), queue=QUEUE, producer=producer)
-    deadline = time.monotonic() + bench.sizes.e2e_cap_s
-    while int(bench.r.get(done_key) or 0) < n and time.monotonic() <= deadline:
-        time.sleep(0.1)
+    common.poll_until(lambda: int(bench.r.get(done_key) or 0) >= n, bench.sizes.e2e_cap_s)
     times = [float(t) for t in bench.r.lrange(at_key, 0, -1)]
     bench.r.delete(done_key, at_key)
     return drained(n, len(times), 0, started, max(times) if times else None)
@@ -330,10 +314,12 @@ def e2e(bench: Bench, events: bool) -> dict[str, Any]:
     tag = "ev" if events else "noev"
     from worker.ops.processes import worker_cmd
 
-    medic_w = ready(bench.procs.start(f"medic-{tag}", [*worker_cmd(QUEUE, s.concurrency, f"medic-{tag}"), *flags]))
-    plain_w = start_plain_worker(bench.procs, f"plain-{tag}", QUEUE, s.concurrency, *flags)
+    medic_w = common.ready(
+        bench.procs.start(f"medic-{tag}", [*worker_cmd(QUEUE, s.concurrency, f"medic-{tag}"), *flags])
+    )
+    plain_w = common.start_plain_worker(bench.procs, f"plain-{tag}", QUEUE, s.concurrency, *flags)
     groups = {"medic_worker_main": [medic_w.pid], "plain_worker_main": [plain_w.pid]}
-    meter = CpuMeter(lambda: {**groups, "medic_worker_children": medic_w.children(),
+    meter = common.CpuMeter(lambda: {**groups, "medic_worker_children": medic_w.children(),
                               "plain_worker_children": plain_w.children(), **shared_groups()})  # fmt: skip
     sides: dict[str, Side] = {
         "medic": lambda warm_up: medic_drain(bench, s.e2e_jobs // (10 if warm_up else 1)),
@@ -350,16 +336,16 @@ def e2e(bench: Bench, events: bool) -> dict[str, Any]:
     out = report(done, how, {"jobs_per_s": 1}, "job", "of")
     for name in done["runs"]:
         out[name]["all_completed"] = all(r["completed"] == r["of"] for r in done["runs"][name])
-    out["ratio_medic_vs_plain"] = ratio(out["medic"]["jobs_per_s"], out["plain"]["jobs_per_s"], 0.8)
+    out["ratio_medic_vs_plain"] = common.ratio(out["medic"]["jobs_per_s"], out["plain"]["jobs_per_s"], 0.8)
     return out
 
 
 def main() -> None:
-    args = options(__doc__, quick=False, only="enqueue,http,e2e")
+    args = common.options(__doc__, quick=False, only="enqueue,http,e2e")
     only, sizes = set(args.only.split(",")), QUICK if args.quick else FULL
     started = time.monotonic()
     report: dict[str, Any] = {
-        **header("throughput"),
+        **common.header("throughput"),
         "mode": "quick" if args.quick else "full",
         "statistic": "median of the alternating runs (best also given); ratios = medic / plain of each",
         "sizes": asdict(sizes),
