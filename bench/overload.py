@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from bench.common import ROOT, MedicRun, header, options, percentile_ms
+from bench.common import ROOT, MedicRun, header, options, percentile_ms, poll_until
 from worker.accept.admission import Watermarks
 
 JOB_S = 0.2
@@ -116,15 +116,15 @@ def drain(accepted: int, t0: float) -> dict[str, Any]:
     of them plus 60 s; the final states and how long after the flood's start it took."""
     from worker.ledger.models import jobs
 
-    bound = accepted * JOB_S * 2 + 60
-    deadline = time.monotonic() + bound
-    states = count_by(jobs.c.state)
-    while sum(states.get(s, 0) for s in TERMINAL) < sum(states.values()) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    def all_terminal() -> bool:
         states = count_by(jobs.c.state)
+        return sum(states.get(s, 0) for s in TERMINAL) == sum(states.values())
+
+    bound = accepted * JOB_S * 2 + 60
+    done = poll_until(all_terminal, bound, 0.5)
     return {
-        "states": states,
-        "all_terminal": sum(states.get(s, 0) for s in TERMINAL) == sum(states.values()),
+        "states": count_by(jobs.c.state),
+        "all_terminal": done,
         "terminal_after_s": round(time.monotonic() - t0, 1),
         "wait_bound_s": round(bound, 1),
     }
