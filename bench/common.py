@@ -8,6 +8,7 @@ round (`load_check`), and the code it measured (`header`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -15,6 +16,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +32,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class MedicRun:
-    """The database, key prefixes and environment of one run of medic (`MEDIC_PROFILE=profile`).
+    """The database, key prefixes, environment and processes of one run of medic
+    (`MEDIC_PROFILE=profile`); `with MedicRun(...) as medic:` creates it, then stops what it
+    started and drops it all.
 
     Building it puts the environment into os.environ too, so medic code imported in this process
     (enqueue, the ledger) talks to the same database and prefixes as the processes it starts."""
@@ -41,8 +45,11 @@ class MedicRun:
         self.db_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.db_name}"
         self.key_prefix = f"bench{self.run}:"
         self.broker_prefix = f"benchb{self.run}:"
+        self.plain_prefix = f"bench-plain-{self.run}:"  # plain Celery's, for a bench that compares
         self.env = {
             **os.environ,
+            "BENCH_REDIS_URL": REDIS_URL,  # bench/plain.py's
+            "BENCH_PLAIN_PREFIX": self.plain_prefix,
             "MEDIC_DATABASE_URL": self.db_url,
             "MEDIC_REDIS_URL": REDIS_URL,
             "MEDIC_KEY_PREFIX": self.key_prefix,
@@ -55,6 +62,22 @@ class MedicRun:
             "PYTHONPATH": str(ROOT),
         }
         os.environ.update(self.env)
+        self.log_dir = Path(tempfile.mkdtemp(prefix=f"medic-bench-{self.run}-"))
+        self.procs = Processes(self.env, self.log_dir)
+
+    def __enter__(self) -> MedicRun:
+        try:
+            self.create()
+        except BaseException:
+            self.drop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.procs.stop_all()
+        finally:
+            self.drop()
 
     def create(self) -> None:
         """Settings and Celery re-read from the environment; the database created and migrated."""
@@ -73,17 +96,22 @@ class MedicRun:
 
             dispose_engine()
         pg_admin_execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        for prefix in (self.key_prefix, self.broker_prefix):
+        for prefix in (self.key_prefix, self.broker_prefix, self.plain_prefix):
             delete_keys(REDIS_URL, prefix)
 
+    def api_key(self, tenant: str, scopes: str) -> str:
+        """A new API key of `tenant` with `scopes` ("read,submit")."""
+        from worker.ledger import apikeys, db
 
-def use_plain(prefix: str) -> Any:
-    """bench/plain.py's Celery app on its own key prefix, for this process and those it starts."""
-    os.environ.update({"BENCH_REDIS_URL": REDIS_URL, "BENCH_PLAIN_PREFIX": prefix})
-    import bench.plain as plain
+        with db.begin() as conn:
+            return apikeys.create_key(conn, tenant, apikeys.parse_scopes(scopes), name="bench")
 
-    plain.celery.conf.broker_transport_options = {"global_keyprefix": prefix}
-    return plain
+    def plain(self) -> Any:
+        """bench/plain.py, plain Celery's app, on the run's own prefix in this process too."""
+        import bench.plain as plain
+
+        plain.celery.conf.broker_transport_options = {"global_keyprefix": self.plain_prefix}
+        return plain
 
 
 def start_plain_worker(procs: Processes, name: str, queue: str, concurrency: int, *flags: str) -> Proc:
@@ -123,11 +151,12 @@ def ratio(medic: dict[str, Any], plain: dict[str, Any], target: float) -> dict[s
     return out
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """The `q` quantile (0..1) of already sorted values, nearest rank; None when there are none."""
-    if not sorted_values:
+def percentile_ms(seconds: list[float], q: float, digits: int = 1) -> float | None:
+    """The `q` quantile (0..1) of durations in seconds, nearest rank, in ms; None when there are none."""
+    if not seconds:
         return None
-    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
+    ordered = sorted(seconds)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000, digits)
 
 
 # --------------------------------------------------------------------- the machine and the code
@@ -186,39 +215,53 @@ class CpuMeter:
         return {name: {p: c for p in pids if (c := proc_cpu(p)) is not None} for name, pids in self.groups().items()}
 
     def start(self) -> None:
-        self._before, self._busy0, self._t0 = self._snapshot(), machine_busy_s(), time.monotonic()
+        self._before = self._snapshot()
 
-    def stop(self) -> dict[str, Any]:
-        after, wall = self._snapshot(), time.monotonic() - self._t0
-        used = {
-            name: sum(cpu - self._before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items())
-            for name, pids in after.items()
-        }
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per group since start()."""
         return {
-            "cpu_s": {name: round(v, 3) for name, v in used.items()},
-            "wall_s": round(wall, 3),
-            "machine_busy_cores": round((machine_busy_s() - self._busy0) / max(wall, 1e-9), 2),
+            name: round(sum(cpu - self._before.get(name, {}).get(pid, 0.0) for pid, cpu in pids.items()), 3)
+            for name, pids in self._snapshot().items()
         }
 
 
-def git_state() -> dict[str, Any]:
-    """The code measured: HEAD, and the files outside bench/ that differ from it."""
+def poll_until(done: Callable[[], bool], seconds: float, interval: float = 0.1) -> bool:
+    """Poll until `done()` or `seconds` have passed; whether it was done. A bench reports what it
+    got by then rather than failing."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def options(doc: str, **defaults: Any) -> argparse.Namespace:
+    """The command line: `--name` for each default (a bool is a flag), the module docstring as help."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in defaults.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    return parser.parse_args()
+
+
+def header(bench: str) -> dict[str, Any]:
+    """What every report starts with: the bench, its command, the machine, and the code measured
+    (HEAD, and the files outside bench/ that differ from it)."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
 
     changed = [line[3:] for line in git("status", "--porcelain").splitlines() if len(line) > 3]
     return {
-        "head": git("rev-parse", "--short", "HEAD").strip(),
-        "uncommitted_files_outside_bench": [f for f in changed if not f.startswith("bench/")],
-    }
-
-
-def header(bench: str) -> dict[str, Any]:
-    """What every report starts with: the bench, its command, the machine and the code."""
-    return {
         "bench": bench,
         "command": shlex.join([".venv/bin/python", "-m", f"bench.{bench}", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
-        "code": git_state(),
+        "code": {
+            "head": git("rev-parse", "--short", "HEAD").strip(),
+            "uncommitted_files_outside_bench": [f for f in changed if not f.startswith("bench/")],
+        },
     }

@@ -3,15 +3,13 @@ statements prepared per connection (MEDIC_DB_PREPARED_STATEMENTS, the default) a
 
     .venv/bin/python -m bench.hot_writes [--jobs 2000 --rounds 3] > docs/bench/hot_writes.json
 
-Per job: wall time, this process's CPU and the PostgreSQL backend's CPU (the pool is one
-connection, so every write uses the same server process). Rounds alternate the two modes after a
-warm-up, the load recorded before each. One process, one connection: the figures isolate the
-statement path, not a worker's throughput (bench.throughput measures that).
+One process, one connection (so every write uses the same PostgreSQL backend, whose CPU is read):
+the figures isolate the statement path, not a worker's throughput. Rounds alternate the two modes
+after a warm-up, the load recorded before each.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -19,21 +17,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import MedicRun, header, load_check, proc_cpu, summary
+from bench.common import MedicRun, header, load_check, options, proc_cpu, summary
 
 QUEUE = "bench-hw"
+MODES = {"prepared": True, "not_prepared": False}
 
 
 def one_round(jobs: int) -> dict[str, float]:
-    """claim + succeed of `jobs` fresh jobs (enqueued first, not timed), one connection; ms per job."""
+    """claim + succeed of `jobs` fresh jobs (enqueued first, not timed); ms per job."""
     from worker import JobRequest, enqueue_many
     from worker.clock import utcnow
     from worker.ledger import db, transitions
 
     for start in range(0, jobs, 500):
-        enqueue_many(
-            [JobRequest("examples.echo", {"message": "x"}, queue=QUEUE) for _ in range(min(500, jobs - start))]
-        )
+        enqueue_many([JobRequest("examples.echo", {"message": "x"}, queue=QUEUE)] * min(500, jobs - start))
     with db.connect() as conn:
         rows = conn.execute(sa.text("SELECT id, delivery_id FROM jobs WHERE state = 'queued'")).all()
         backend = int(conn.scalar(sa.text("SELECT pg_backend_pid()")))
@@ -62,27 +59,19 @@ def set_mode(prepared: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    run = MedicRun("production", {"MEDIC_DB_POOL_SIZE": "1"})
+    args = options(__doc__, jobs=2000, rounds=3)
     started = time.time()
-    modes = {"prepared": True, "not_prepared": False}
-    raw: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    raw: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     loads = []
-    try:
-        run.create()
-        for prepared in modes.values():  # warm-up, not recorded
+    with MedicRun("production", {"MEDIC_DB_POOL_SIZE": "1"}):
+        for prepared in MODES.values():  # warm-up, not recorded
             set_mode(prepared)
             one_round(200)
         for _ in range(args.rounds):
             loads.append(load_check())
-            for mode, prepared in modes.items():
+            for mode, prepared in MODES.items():
                 set_mode(prepared)
                 raw[mode].append(one_round(args.jobs))
-    finally:
-        run.drop()
     out: dict[str, Any] = {
         **header("hot_writes"),
         "what": "claim (async commit) + succeed (sync commit) per job, one connection, in process",

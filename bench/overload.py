@@ -1,24 +1,18 @@
 """Overload: a flood far above what the workers drain, against medic's admission control.
 
-One worker slot drains `examples.sleep(0.2)` (about 5 jobs/s); bounded clients on 127.0.0.1 submit
-as fast as the API answers for `--seconds`. Prints one JSON object (accepted and rejected per
-second, p50/p99 latency of 202 and 429 answers, peak depth vs the high watermark, admission
-transitions, and what became of every accepted job) and writes a PNG of depth, watermarks and
-admission state over time. It runs with the `fast` profile (short leases and loop periods).
-
-After the flood it waits (bounded) until every accepted job is terminal before counting: the
-database is dropped at the end, so anything counted earlier would be a job still in flight.
+One worker slot drains `examples.sleep(0.2)`; bounded clients on 127.0.0.1 submit as fast as the
+API answers for `--seconds`, on the `fast` profile. After the flood it waits (bounded) until every
+accepted job is terminal, then counts: the database is dropped at the end. Prints one JSON object
+and writes a PNG of depth, watermarks and admission state over time (needs matplotlib).
 
     .venv/bin/python -m bench.overload --seconds 30 --plot docs/overload.png
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,77 +21,61 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from bench.common import ROOT, MedicRun, header, percentile
-from worker.testing.processes import Processes
+from bench.common import ROOT, MedicRun, header, options, percentile_ms, poll_until
+from worker.accept.admission import Watermarks
 
 JOB_S = 0.2
 PROFILE = "fast"
+QUEUE = "flood"
 TERMINAL = ("succeeded", "dead", "cancelled")
 
-
-def ms(values: list[float], q: float) -> float | None:
-    """The `q` quantile of latencies in seconds, in ms."""
-    value = percentile(sorted(values), q)
-    return None if value is None else round(value * 1000, 1)
+Answer = tuple[float, int, float]  # seconds since the start, HTTP status, latency in seconds
+Sample = tuple[float, int, str]  # seconds since the start, queue depth, admission state
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.answers: list[tuple[float, int, float]] = []  # (t, status, latency)
-        self.samples: list[tuple[float, int, str]] = []  # (t, depth, admission)
-
-    def answer(self, t: float, status: int, latency: float) -> None:
-        with self.lock:
-            self.answers.append((t, status, latency))
-
-
-def flood(url: str, key: str, queue: str, rec: Recorder, t0: float, seconds: float, stop: threading.Event) -> None:
-    body = {"type": "examples.sleep", "args": {"seconds": JOB_S}, "queue": queue}
+def flood(url: str, key: str, answers: list[Answer], t0: float, seconds: float) -> None:
+    body = {"type": "examples.sleep", "args": {"seconds": JOB_S}, "queue": QUEUE}
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         for _ in range(100_000):  # bounded in count, and in time below
-            if stop.is_set() or time.monotonic() - t0 > seconds:
+            if time.monotonic() - t0 > seconds:
                 return
             started = time.monotonic()
             status = client.post("/jobs", json=body).status_code
-            rec.answer(started - t0, status, time.monotonic() - started)
+            answers.append((started - t0, status, time.monotonic() - started))  # list.append is atomic
 
 
-def sample(queue: str, rec: Recorder, t0: float, stop: threading.Event) -> None:
+def sample(samples: list[Sample], t0: float, stop: threading.Event) -> None:
     from worker.accept import admission
     from worker.broker import inspect
 
     while not stop.is_set():
-        state = admission.published_state(queue).get("state", "unknown")
-        rec.samples.append((time.monotonic() - t0, inspect.depth(queue), state))
+        state = admission.published_state(QUEUE).get("state", "unknown")
+        samples.append((time.monotonic() - t0, inspect.depth(QUEUE), state))
         time.sleep(0.1)
 
 
-def plot(rec: Recorder, high: int, low: int, hard: int, path: Path) -> None:
+def plot(answers: list[Answer], samples: list[Sample], wm: Watermarks, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = [s[0] for s in rec.samples]
+    t = [s[0] for s in samples]
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[3, 1])
-    ax.plot(t, [s[1] for s in rec.samples], label="queue depth (LLEN, all priorities)", color="tab:blue")
-    for y, name, style in (
-        (hard, "hard limit (critical)", ":"),
-        (high, "high watermark", "--"),
-        (low, "low watermark", "-."),
-    ):
-        ax.axhline(y, color="tab:red" if y != low else "tab:green", linestyle=style, label=f"{name} {y}")
-    shedding = [s[2] == "shedding" for s in rec.samples]
-    ax.fill_between(t, 0, hard * 1.05, where=shedding, color="tab:red", alpha=0.08, label="shedding")
+    ax.plot(t, [s[1] for s in samples], label="queue depth (LLEN, all priorities)", color="tab:blue")
+    ax.axhline(wm.hard, color="tab:red", linestyle=":", label=f"hard limit (critical) {wm.hard}")
+    ax.axhline(wm.high, color="tab:red", linestyle="--", label=f"high watermark {wm.high}")
+    ax.axhline(wm.low, color="tab:green", linestyle="-.", label=f"low watermark {wm.low}")
+    shedding = [s[2] == "shedding" for s in samples]
+    ax.fill_between(t, 0, wm.hard * 1.05, where=shedding, color="tab:red", alpha=0.08, label="shedding")
     ax.set_ylabel("jobs waiting")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("medic under a flood: depth, watermarks and admission state")
-    seconds = int(max(a[0] for a in rec.answers)) + 1
-    ok = [sum(1 for a in rec.answers if int(a[0]) == i and a[1] == 202) for i in range(seconds)]
-    no = [sum(1 for a in rec.answers if int(a[0]) == i and a[1] == 429) for i in range(seconds)]
-    ax2.bar(range(seconds), ok, color="tab:green", label="202 accepted / s", align="edge")
-    ax2.bar(range(seconds), no, bottom=ok, color="tab:orange", label="429 rejected / s", align="edge")
+    seconds = range(int(max(a[0] for a in answers)) + 1)
+    ok = [sum(1 for a in answers if int(a[0]) == i and a[1] == 202) for i in seconds]
+    no = [sum(1 for a in answers if int(a[0]) == i and a[1] == 429) for i in seconds]
+    ax2.bar(seconds, ok, color="tab:green", label="202 accepted / s", align="edge")
+    ax2.bar(seconds, no, bottom=ok, color="tab:orange", label="429 rejected / s", align="edge")
     ax2.set_xlabel("seconds")
     ax2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
@@ -105,106 +83,88 @@ def plot(rec: Recorder, high: int, low: int, hard: int, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def summarize(rec: Recorder, high: int, low: int, hard: int, seconds: float) -> dict[str, Any]:
-    ok = [a for a in rec.answers if a[1] == 202]
-    no = [a for a in rec.answers if a[1] == 429]
-    states = [s[2] for s in rec.samples]
-    transitions = sum(1 for a, b in itertools.pairwise(states) if a != b and "unknown" not in (a, b))
+def summarize(answers: list[Answer], samples: list[Sample], wm: Watermarks, seconds: float) -> dict[str, Any]:
+    ok = [a[2] for a in answers if a[1] == 202]
+    no = [a[2] for a in answers if a[1] == 429]
+    states = [s[2] for s in samples]
+    depths = [s[1] for s in samples]
     return {
-        "requests": len(rec.answers),
-        "other_statuses": sorted({a[1] for a in rec.answers} - {202, 429}),
+        "requests": len(answers),
+        "other_statuses": sorted({a[1] for a in answers} - {202, 429}),
         "accepted_per_s": round(len(ok) / seconds, 1),
         "rejected_per_s": round(len(no) / seconds, 1),
         "latency_ms": {
-            "202": {"p50": ms([a[2] for a in ok], 0.5), "p99": ms([a[2] for a in ok], 0.99)},
-            "429": {"p50": ms([a[2] for a in no], 0.5), "p99": ms([a[2] for a in no], 0.99)},
+            "202": {"p50": percentile_ms(ok, 0.5), "p99": percentile_ms(ok, 0.99)},
+            "429": {"p50": percentile_ms(no, 0.5), "p99": percentile_ms(no, 0.99)},
         },
-        "depth": {"peak": max(s[1] for s in rec.samples), "median": statistics.median(s[1] for s in rec.samples)},
-        "watermarks": {"high": high, "low": low, "hard_limit": hard},
-        "peak_over_high": max(s[1] for s in rec.samples) - high,
-        "admission_transitions": transitions,
+        "depth": {"peak": max(depths), "median": statistics.median(depths)},
+        "watermarks": {"high": wm.high, "low": wm.low, "hard_limit": wm.hard},
+        "peak_over_high": max(depths) - wm.high,
+        "admission_transitions": sum(1 for a, b in itertools.pairwise(states) if a != b and "unknown" not in (a, b)),
     }
 
 
-def job_states() -> dict[str, int]:
+def count_by(column: sa.ColumnElement[Any]) -> dict[Any, int]:
     from worker.ledger import db
-    from worker.ledger.models import jobs
 
     with db.connect() as conn:
-        rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all()
-    return {state: count for state, count in rows}
+        return dict(conn.execute(sa.select(column, sa.func.count()).group_by(column)).all())
 
 
 def drain(accepted: int, t0: float) -> dict[str, Any]:
     """Wait until every accepted job is terminal, at most twice the time one slot needs for all
-    of them plus 60 s; returns the final states and how long after the flood's start it took."""
+    of them plus 60 s; the final states and how long after the flood's start it took."""
+    from worker.ledger.models import jobs
+
+    def all_terminal() -> bool:
+        states = count_by(jobs.c.state)
+        return sum(states.get(s, 0) for s in TERMINAL) == sum(states.values())
+
     bound = accepted * JOB_S * 2 + 60
-    deadline = time.monotonic() + bound
-    states = job_states()
-    while sum(states.get(s, 0) for s in TERMINAL) < sum(states.values()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        states = job_states()
-    terminal = sum(states.get(s, 0) for s in TERMINAL)
+    done = poll_until(all_terminal, bound, 0.5)
     return {
-        "states": states,
-        "all_terminal": terminal == sum(states.values()),
+        "states": count_by(jobs.c.state),
+        "all_terminal": done,
         "terminal_after_s": round(time.monotonic() - t0, 1),
         "wait_bound_s": round(bound, 1),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--high", type=int, default=100)
-    parser.add_argument("--low", type=int, default=50)
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "overload.png")
-    args = parser.parse_args()
+    args = options(__doc__, seconds=30.0, clients=8, high=100, low=50, plot=ROOT / "docs" / "overload.png")
+    extra = {"MEDIC_QUEUE_WATERMARKS": json.dumps({QUEUE: [args.high, args.low]}), "MEDIC_API_MAX_INFLIGHT": "256"}
+    answers: list[Answer] = []
+    samples: list[Sample] = []
+    stop = threading.Event()
+    with MedicRun(PROFILE, extra) as medic:
+        from worker.accept import admission
+        from worker.ledger.models import job_events
 
-    queue = "flood"
-    extra = {"MEDIC_QUEUE_WATERMARKS": json.dumps({queue: [args.high, args.low]}), "MEDIC_API_MAX_INFLIGHT": "256"}
-    medic = MedicRun(PROFILE, extra)
-    from worker.accept import admission
-    from worker.ledger import apikeys, db
-
-    medic.create()
-    with db.begin() as conn:
-        key = apikeys.create_key(conn, "bench", apikeys.parse_scopes("submit,read"))
-    wm = admission.watermarks(queue)
-    procs = Processes(medic.env, Path(tempfile.mkdtemp(prefix="medic-overload-")))
-    rec, stop = Recorder(), threading.Event()
-    try:
-        _, url = procs.api("api")
-        procs.worker("w", queues=queue, concurrency=1)
-        procs.control_plane()
+        wm = admission.watermarks(QUEUE)
+        key = medic.api_key("bench", "submit,read")
+        _, url = medic.procs.api("api")
+        medic.procs.worker("w", queues=QUEUE, concurrency=1)
+        medic.procs.control_plane()
         t0 = time.monotonic()
-        threads = [threading.Thread(target=sample, args=(queue, rec, t0, stop))]
-        threads += [threading.Thread(target=flood, args=(url, key, queue, rec, t0, args.seconds, stop))
-                    for _ in range(args.clients)]  # fmt: skip
+        threads = [threading.Thread(target=sample, args=(samples, t0, stop))]
+        threads += [
+            threading.Thread(target=flood, args=(url, key, answers, t0, args.seconds)) for _ in range(args.clients)
+        ]
         for t in threads:
             t.start()
         time.sleep(args.seconds + 10)  # the flood, then 10 s of draining on the plot
-        accepted = sum(1 for a in list(rec.answers) if a[1] == 202)
+        accepted = sum(1 for a in list(answers) if a[1] == 202)
         jobs_end = drain(accepted, t0)  # still sampling: the plot shows the whole drain
         stop.set()
         for t in threads:
             t.join()
-        from worker.ledger.models import job_events
-
-        with db.connect() as conn:
-            reasons: dict[str | None, int] = dict(
-                conn.execute(sa.select(job_events.c.reason, sa.func.count()).group_by(job_events.c.reason)).all()
-            )
-    finally:
-        procs.stop_all()
-        medic.drop()
-    plot(rec, wm.high, wm.low, wm.hard, args.plot)
+        reasons = count_by(job_events.c.reason)
+    plot(answers, samples, wm, args.plot)
     report: dict[str, Any] = {**header("overload"), "profile": PROFILE, "seconds": args.seconds}
     report |= {"clients": args.clients, "job_seconds": JOB_S}
     report["accepted_jobs"] = {"accepted_202": accepted, **jobs_end}
     report["events_by_reason"] = reasons
-    report |= {"worker_slots": 1, **summarize(rec, wm.high, wm.low, wm.hard, args.seconds), "plot": str(args.plot)}
+    report |= {"worker_slots": 1, **summarize(answers, samples, wm, args.seconds), "plot": str(args.plot)}
     print(json.dumps(report, indent=2))
 
 

@@ -6,7 +6,7 @@ validation against a signature).
     celery -A bench.plain:celery worker ...                           # bench.common.start_plain_worker
     uvicorn bench.plain:api --host 127.0.0.1 --port 8001 --no-access-log
 
-Keys under BENCH_PLAIN_PREFIX on BENCH_REDIS_URL (bench.common.use_plain sets both).
+Keys under BENCH_PLAIN_PREFIX on BENCH_REDIS_URL (bench.common.MedicRun sets both).
 """
 
 from __future__ import annotations

@@ -1,110 +1,166 @@
-"""Scale: every control loop and the API's reads stay flat as the ledger grows (issue 9).
+"""Scale: every control loop and the API's reads stay flat as the ledger grows.
 
     .venv/bin/python -m bench.scale                                   # 10k, 100k, 1M; 100k jobs for RSS
     .venv/bin/python -m bench.scale --sizes 2000,10000 --rss-jobs 200 # the smoke test's sizes
 
-One ledger, grown in place to each size (bench/scale_fill.py: set-based INSERT ... SELECT
-generate_series, jobs and their events in one statement; mostly finished, 1 % queued, 0.5 %
-running, eight tenants, four queues, finished jobs spread over 40 days). At each size, after
-VACUUM ANALYZE: one run of every control loop, timed in process (the body of its Celery task),
-and GET /jobs/{id}, GET /jobs?state=queued&limit=50, GET /queues and GET /health/ready over HTTP
-against a real uvicorn (bench/scale_ops.py); median of several runs, every run in the JSON. Then
-at the largest size one prune run on the expired quarter (jobs deleted per second, against the
-end-to-end rate of docs/bench/throughput.json), and the memory check (bench/scale_rss.py): real
-no-op jobs through the API and a real worker, VmRSS after a tenth of them and after all.
-
-Target per op: p50 at the largest size within 2x of the first size's, and under 100 ms. Prune at
-least 10x the end-to-end rate. RSS after all jobs within 20 % of after a tenth.
-
-Needs PostgreSQL and Redis on 127.0.0.1; creates and drops its own database
-`medic_bench_scale_<random>` and deletes its Redis key prefixes at the end. Prints one JSON object.
+One ledger grown in place (bench/scale_fill.py). At each size: one run of every control loop in
+process (the body of its Celery task), and four API reads over HTTP against a real uvicorn, each
+op timed several times and its answer checked. Then, at the largest size, one prune run, and the
+resident memory of the API and a worker over real jobs. The targets are below; what they mean and
+the committed run are in docs/benchmarks.md. Prints one JSON object.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from bench.common import ROOT, MedicRun, header, load_check
-from bench.scale_fill import (
-    QUEUES,
-    counts,
-    expired_count,
-    grow,
-    plant_problems,
-    register_queues,
-    restamp_queued,
-    vacuum_analyze,
-)
-from bench.scale_ops import ApiTarget, time_api, time_loops
-from bench.scale_rss import rss_check
-from worker.testing.processes import Processes
+import httpx
+import sqlalchemy as sa
 
-FLAT_RATIO = 2.0
-CEILING_MS = 100.0
-PRUNE_FACTOR = 10.0
-E2E_JSON = ROOT / "docs" / "bench" / "throughput.json"
+from bench import scale_fill as fill
+from bench.common import ROOT, MedicRun, header, load_check, options, vm_rss_mb
+from worker.ledger import db
+from worker.testing.processes import Proc
 
+FLAT_RATIO = 2.0  # p50 at the largest size within this of the smallest's ...
+CEILING_MS = 100.0  # ... and under this
+PRUNE_FACTOR = 10.0  # prune deletes jobs at least this many times the end-to-end rate
+RSS_GROWTH = 0.2  # RSS after all the jobs within this of after a tenth
+LOOP_REPS = 11
+HTTP_REPS = 31
+LIST_LIMIT = 50
+RSS_QUEUE = "bench-scale-rss"
+RSS_BATCH = 100
+RSS_BACKLOG = 2000  # at most this many submitted and not yet finished: no shedding, a bounded queue
 
-def _e2e_rate() -> float | None:
-    """medic's end-to-end rate, events off, median (docs/bench/throughput.json)."""
-    try:
-        return float(json.loads(E2E_JSON.read_text())["end_to_end"]["events_off"]["medic"]["jobs_per_s"]["median"])
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def _api_key() -> str:
-    from worker.ledger import db
-    from worker.ledger.apikeys import Scope, create_key
-
-    with db.begin() as conn:
-        return create_key(conn, "tenant-0", frozenset({Scope.READ, Scope.ADMIN, Scope.SUBMIT}), name="bench-scale")
+# What each loop must report at every run: the planted jobs it acts on, the queues it walks.
+LOOPS: dict[str, dict[str, int]] = {
+    "recover_stuck": {"requeued": fill.PROBLEMS_EACH, "dead": 0, "lease_late": 0},
+    "enforce_timeouts": {"requeued": fill.PROBLEMS_EACH, "dead": 0},
+    "reconcile_broker": {"after_restart": 0, "unpublished": fill.PROBLEMS_EACH, "lost": fill.PROBLEMS_EACH},
+    "apply_backpressure": {"queues": len(fill.QUEUES), "shedding": 0},
+    "autoscale": {"queues": len(fill.QUEUES), "up": len(fill.QUEUES)},
+    "health_and_alerts": {},
+}
 
 
-def measure_size(size: int, have: int, problems: Any, api: ApiTarget, broker_prefix: str) -> dict[str, Any]:
-    """Grow the ledger to `size` jobs, VACUUM ANALYZE, then time every op."""
-    out: dict[str, Any] = {"size": size, **grow(have + 1, size)}
-    restamp_queued()  # before the VACUUM, which clears the old row versions it leaves
-    out["vacuum_analyze_s"] = vacuum_analyze()
-    out["ledger"] = counts()
+def timed(
+    call: Callable[[], Any], reps: int, warm_ups: int, before: Callable[[], None] = lambda: None
+) -> tuple[dict[str, Any], list[Any]]:
+    """`warm_ups` untimed calls, then `reps` timed ones, `before()` untimed ahead of each: the
+    median and every run in ms, and what each timed call returned."""
+    times, results = [], []
+    for rep in range(warm_ups + reps):
+        before()
+        started = time.perf_counter()
+        result = call()
+        elapsed = (time.perf_counter() - started) * 1000
+        if rep >= warm_ups:
+            times.append(elapsed)
+            results.append(result)
+    return {"p50_ms": round(statistics.median(times), 2), "runs_ms": [round(t, 2) for t in times]}, results
+
+
+def time_loops(broker_prefix: str) -> dict[str, Any]:
+    """Every loop's task body, in this process, after one warm-up; before each run the planted jobs
+    are put back and the broker's queues emptied. Every run's answer is checked."""
+    from worker.control import tasks
+
+    def reset() -> None:
+        fill.reset_problems()
+        fill.between_runs(broker_prefix)
+
+    out: dict[str, Any] = {}
+    for name, expected in LOOPS.items():
+        timing, records = timed(tasks.TASKS[name].run, LOOP_REPS, 1, reset)
+        answers = [{k: v for k, v in r.items() if k not in ("at", "seconds")} for r in records]
+        right = all("skipped" not in a and all(a.get(k) == v for k, v in expected.items()) for a in answers)
+        out[name] = {**timing, "answer": answers[-1], "expected": expected, "answered_right": right}
+    reset()
+    return out
+
+
+def check_read(name: str, resp: httpx.Response, job_id: str, tenant_queued: int) -> dict[str, Any]:
+    """What one read answered, and whether it is what the ledger says it should be."""
+    body, ok = resp.json(), resp.status_code == 200
+    if name == "get_job":
+        return {
+            "status": resp.status_code,
+            "answered_right": ok and body["id"] == job_id and body["state"] == "succeeded",
+        }
+    if name == "list_queued":
+        rows, states = len(body["jobs"]), sorted({j["state"] for j in body["jobs"]})
+        right = ok and rows == min(LIST_LIMIT, tenant_queued) and set(states) <= {"queued"}
+        return {"status": resp.status_code, "rows": rows, "states": states, "answered_right": right}
+    if name == "queues":
+        names = sorted(q["queue"] for q in body["queues"])
+        return {"status": resp.status_code, "queues": names, "answered_right": names == sorted(fill.QUEUES)}
+    return {"status": resp.status_code, "ready": body["status"], "answered_right": ok and body["status"] == "ok"}
+
+
+def time_api(url: str, key: str) -> dict[str, Any]:
+    """Each read HTTP_REPS times after 3 warm-ups on one keep-alive connection; client-side wall time."""
+    fill.reset_problems()
+    with db.connect() as conn:
+        job_id, tenant_queued = conn.execute(
+            sa.text(
+                "SELECT (SELECT id FROM jobs WHERE tenant = :t AND state = 'succeeded' ORDER BY created_at DESC"
+                " LIMIT 1), (SELECT count(*) FROM jobs WHERE tenant = :t AND state = 'queued')"
+            ),
+            {"t": fill.BIG_TENANT},
+        ).one()
+    paths = {
+        "get_job": f"/jobs/{job_id}",
+        "list_queued": f"/jobs?state=queued&limit={LIST_LIMIT}",
+        "queues": "/queues",
+        "health_ready": "/health/ready",
+    }
+    out: dict[str, Any] = {}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=10.0) as client:
+        for name, path in paths.items():
+            timing, responses = timed(lambda p=path: client.get(p), HTTP_REPS, 3)
+            out[name] = {**timing, "path": path, "answer": check_read(name, responses[-1], str(job_id), tenant_queued)}
+    return out
+
+
+def measure_size(size: int, have: int, url: str, key: str, broker_prefix: str) -> dict[str, Any]:
+    """Grow the ledger to `size` jobs, settle it, then time every op."""
+    out: dict[str, Any] = {"size": size, "fill_s": fill.grow(have + 1, size), "settle_s": fill.settle()}
+    out["ledger"] = fill.counts()
     out["load_before"] = load_check()
-    out["loops"] = time_loops(problems, broker_prefix)
-    out["api"] = time_api(api, problems)
+    out["loops"] = time_loops(broker_prefix)
+    out["api"] = time_api(url, key)
     out["load_after"] = load_check()
     return out
 
 
 def flatness(per_size: list[dict[str, Any]]) -> dict[str, Any]:
     """Per op: p50 at each size, largest / smallest, and whether it meets the target."""
-    first, last = per_size[0], per_size[-1]
     table: dict[str, Any] = {}
     for group in ("loops", "api"):
-        for op in first[group]:
-            p50 = {str(s["size"]): s[group][op]["p50_ms"] for s in per_size}
-            lo, hi = first[group][op]["p50_ms"], last[group][op]["p50_ms"]
+        for op in per_size[0][group]:
+            lo, hi = per_size[0][group][op]["p50_ms"], per_size[-1][group][op]["p50_ms"]
             ratio = round(hi / lo, 2) if lo else None
-            answered = all(
-                (s[group][op].get("answered_right") or s[group][op].get("answer", {}).get("answered_right"))
-                for s in per_size
-            )
             table[op] = {
-                "p50_ms_by_size": p50,
+                "p50_ms_by_size": {str(s["size"]): s[group][op]["p50_ms"] for s in per_size},
                 "ratio_largest_to_smallest": ratio,
                 "meets_target": ratio is not None and ratio <= FLAT_RATIO and hi <= CEILING_MS,
-                "answered_right_at_every_size": answered,
+                "answered_right_at_every_size": all(
+                    s[group][op].get("answered_right") or s[group][op]["answer"]["answered_right"] for s in per_size
+                ),
             }
     return table
 
 
 def prune_run() -> dict[str, Any]:
-    """One prune run (the loop's function, its default budget) on the expired rows; jobs/s.
+    """One prune run (the loop's function, its default budget) on the expired rows, against the
+    end-to-end rate of docs/bench/throughput.json (events off, median).
 
     The loop is called with the same `now` the expected count used: the Celery task reads the
     clock itself, a moment later, by which time another filled row may have crossed the cutoff."""
@@ -112,84 +168,135 @@ def prune_run() -> dict[str, Any]:
     from worker.control.prune import prune
     from worker.settings import get_settings
 
-    before = counts()
-    now = utcnow()
-    expected = expired_count(now, get_settings().retention_days)
+    throughput = json.loads((ROOT / "docs" / "bench" / "throughput.json").read_text())
+    e2e = throughput["end_to_end"]["events_off"]["medic"]["jobs_per_s"]["median"]
+    events_before, now = fill.counts()["events"], utcnow()
+    expected = fill.expired_count(now, get_settings().retention_days)
     started = time.perf_counter()
-    record = prune(now)
+    deleted = prune(now).get("deleted", 0)
     elapsed = time.perf_counter() - started
-    after = counts()
-    rate = record.get("deleted", 0) / elapsed if elapsed else 0.0
-    e2e = _e2e_rate()
+    events_deleted = events_before - fill.counts()["events"]
+    rate = deleted / elapsed
     return {
         "expired_before": expected,
-        "deleted": record.get("deleted"),
-        "events_deleted": before["events"] - after["events"],
-        "deleted_exactly_the_expired": record.get("deleted") == expected["jobs"]
-        and before["events"] - after["events"] == expected["events"],
+        "deleted": deleted,
+        "events_deleted": events_deleted,
+        "deleted_exactly_the_expired": deleted == expected["jobs"] and events_deleted == expected["events"],
         "seconds": round(elapsed, 3),
         "jobs_per_s": round(rate, 1),
-        "rows_per_s_jobs_and_events": round(
-            (before["jobs"] - after["jobs"] + before["events"] - after["events"]) / elapsed, 1
-        ),
         "e2e_jobs_per_s": e2e,
-        "e2e_source": "docs/bench/throughput.json end_to_end.events_off.medic.jobs_per_s.median",
-        "ratio_to_e2e": round(rate / e2e, 1) if e2e else None,
+        "ratio_to_e2e": round(rate / e2e, 1),
         "target_ratio": PRUNE_FACTOR,
-        "meets_target": bool(e2e) and rate >= PRUNE_FACTOR * (e2e or 0),
-        "ledger_after": after,
+        "meets_target": rate >= PRUNE_FACTOR * e2e,
+    }
+
+
+def finished_rss_jobs() -> int:
+    with db.connect() as conn:
+        query = "SELECT count(*) FROM jobs WHERE queue = :q AND state IN ('succeeded', 'dead')"
+        return int(conn.scalar(sa.text(query), {"q": RSS_QUEUE}) or 0)
+
+
+def run_rss_jobs(client: httpx.Client, submitted: int, target: int, deadline: float) -> tuple[int, int]:
+    """Submit in batches through the API, the backlog bounded, until `target` jobs are finished
+    (or the deadline); returns (submitted, finished)."""
+    echo = {"type": "examples.echo", "args": {"message": "x"}, "queue": RSS_QUEUE}
+    finished = finished_rss_jobs()
+    while finished < target and time.monotonic() < deadline:
+        if submitted < target and submitted - finished < RSS_BACKLOG:
+            n = min(RSS_BATCH, target - submitted)
+            resp = client.post("/jobs/batch", json={"jobs": [echo] * n})
+            if resp.status_code == 202:
+                submitted += n
+                client.get(f"/jobs/{resp.json()['jobs'][0]['id']}")  # the read path too
+            else:
+                time.sleep(0.2)
+        else:
+            time.sleep(0.1)
+        finished = finished_rss_jobs()
+    return submitted, finished
+
+
+def rss_check(medic: MedicRun, api: Proc, url: str, key: str, jobs: int, cap_s: float) -> dict[str, Any]:
+    """`jobs` no-op jobs through the API (POST /jobs/batch) and one worker (prefork -c 2); the VmRSS
+    of the API process and of each worker child after a tenth of them and after all. Growth
+    between the two is a leak, or a cache without a bound."""
+    worker = medic.procs.worker("scale-rss", RSS_QUEUE, 2)
+    children = worker.children()
+    api_pid = (api.children() or [api.pid])[0]  # uvicorn --workers 1 serves in-process
+    points: dict[str, Any] = {}
+    submitted, started = 0, time.monotonic()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0) as client:
+        for label, target in (("after_first_tenth", max(1, jobs // 10)), ("after_all", jobs)):
+            submitted, finished = run_rss_jobs(client, submitted, target, started + cap_s)
+            points[label] = {
+                "jobs_finished": finished,
+                "elapsed_s": round(time.monotonic() - started, 1),
+                "api_rss_mb": vm_rss_mb(api_pid),
+                "worker_children_rss_mb": {str(pid): vm_rss_mb(pid) for pid in worker.children()},
+                "worker_main_rss_mb": vm_rss_mb(worker.pid),
+                "load": load_check(),
+            }
+    first, last = points["after_first_tenth"], points["after_all"]
+    api_growth = round(last["api_rss_mb"] / first["api_rss_mb"] - 1, 3)
+    child_growth = {
+        pid: round(last["worker_children_rss_mb"][pid] / mb - 1, 3)
+        for pid, mb in first["worker_children_rss_mb"].items()
+        if pid in last["worker_children_rss_mb"]
+    }
+    all_finished = last["jobs_finished"] >= jobs
+    same_children = sorted(worker.children()) == sorted(children)
+    return {
+        "jobs": jobs,
+        **points,
+        "all_finished": all_finished,
+        "same_worker_children_throughout": same_children,
+        "api_growth": api_growth,
+        "worker_child_growth": child_growth,
+        "target_growth": RSS_GROWTH,
+        "meets_target": all_finished
+        and same_children
+        and abs(api_growth) <= RSS_GROWTH
+        and bool(child_growth)
+        and max(child_growth.values()) <= RSS_GROWTH,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000,1000000", help="Comma-separated ledger sizes, ascending.")
-    parser.add_argument("--rss-jobs", type=int, default=100_000, help="Jobs run for the RSS check (0: skip).")
-    parser.add_argument("--rss-cap-s", type=float, default=900.0, help="Longest the RSS check may run.")
-    parser.add_argument("--note", default="", help="Recorded in the JSON: what differs from the code measured.")
-    args = parser.parse_args()
+    args = options(__doc__, sizes="10000,100000,1000000", rss_jobs=100_000, rss_cap_s=900.0, note="")
     sizes = [int(s) for s in args.sizes.split(",")]
     assert sizes == sorted(sizes) and len(sizes) >= 2, "at least two ascending sizes"
     started = time.monotonic()
-    log_dir = Path(tempfile.mkdtemp(prefix="medic-bench-scale-"))
-    run = MedicRun("production", run=f"scale_{uuid.uuid4().hex[:8]}")
-    procs = Processes(run.env, log_dir)
+    medic = MedicRun("production", run=f"scale_{uuid.uuid4().hex[:8]}")
     report: dict[str, Any] = {
         **header("scale"),
-        "note": args.note,
-        "statistic": "p50 = median of the timed runs (every run in runs_ms); loops in process, API over HTTP",
+        "note": args.note,  # what differs from the code measured, if anything
         "targets": {
             "flat_ratio": FLAT_RATIO,
             "ceiling_ms": CEILING_MS,
             "prune_vs_e2e": PRUNE_FACTOR,
-            "rss_growth": 0.2,
+            "rss_growth": RSS_GROWTH,
         },
-        "database": run.db_name,
-        "key_prefixes": [run.key_prefix, run.broker_prefix],
-        "medic_settings": "MEDIC_PROFILE=production defaults; PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379/0",
-        "queues": QUEUES,
+        "database": medic.db_name,
+        "key_prefixes": [medic.key_prefix, medic.broker_prefix],
+        "queues": fill.QUEUES,
     }
-    try:
-        run.create()
-        register_queues()
-        problems = plant_problems()
-        api_proc, url = procs.api("scale-api")
-        key = _api_key()
-        have, per_size = 0, []
-        for size in sizes:
-            per_size.append(measure_size(size, have, problems, ApiTarget(url, key), run.broker_prefix))
-            have = size
+    with medic:
+        fill.register_queues()
+        fill.plant_problems()
+        api, url = medic.procs.api("scale-api")
+        key = medic.api_key(fill.BIG_TENANT, "read,admin,submit")
+        per_size = []
+        for have, size in zip([0, *sizes], sizes, strict=False):
+            per_size.append(measure_size(size, have, url, key, medic.broker_prefix))
             print(f"size {size} done at {time.monotonic() - started:.0f}s", file=sys.stderr)
         report["sizes"] = per_size
         report["flatness"] = flatness(per_size)
         report["all_ops_meet_target"] = all(v["meets_target"] for v in report["flatness"].values())
         report["prune"] = prune_run()
         if args.rss_jobs:
-            report["rss"] = rss_check(procs, (api_proc, url), key, args.rss_jobs, args.rss_cap_s)
-    finally:
-        procs.stop_all()
-        run.drop()
-    report["logs"] = str(log_dir)
+            report["rss"] = rss_check(medic, api, url, key, args.rss_jobs, args.rss_cap_s)
+    report["logs"] = str(medic.log_dir)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2))
 

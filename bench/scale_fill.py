@@ -1,8 +1,6 @@
-"""The scale bench's ledger: a realistic fill grown in place, and the few "problem" jobs each loop
-must find, put back before every timed run so every run has the same work to do.
-
-The fill is set-based (one INSERT ... SELECT generate_series per chunk, its events in the same
-statement), so a million jobs take minutes, not hours. The mix, by `i % 200`:
+"""The scale bench's ledger: a fill grown in place, set-based (a million jobs in minutes, not
+hours), and the few "problem" jobs each loop must find, put back before every timed run so every
+run has the same work to do. The mix, by `i % 200`:
 
     0-1   queued     1 %   created in the last 2 minutes, published (re-stamped before timing)
     2     running    0.5 % started in the last 10 minutes, a lease 3 hours ahead (live-looking)
@@ -10,16 +8,14 @@ statement), so a million jobs take minutes, not hours. The mix, by `i % 200`:
     7-8   cancelled  1 %   2 events
     else  succeeded  95.5 %  3 events
 
-Finished jobs are spread evenly over the last 40 days (retention is 30: a quarter is prune's
-work); half the jobs belong to `tenant-0`, the rest to seven others; four queues. Queue and
-tenant do not follow the state (`i / 7`, `i / 3`): every queue has queued and running jobs.
+Finished jobs spread over the last 40 days (retention is 30: a quarter is prune's work); half the
+jobs in `tenant-0`, the rest in seven others; four queues. Queue and tenant do not follow the
+state (`i / 7`, `i / 3`): every queue has queued and running jobs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -98,32 +94,28 @@ WHERE state = 'queued' AND tenant <> 'problems'
 """
 
 
-def grow(lo: int, hi: int) -> dict[str, float]:
+def grow(lo: int, hi: int) -> float:
     """Jobs number lo..hi (1-based, inclusive) and their events, in chunks; seconds it took."""
-    started = utcnow()
-    now = started
+    now = utcnow()
     for start in range(lo, hi + 1, CHUNK):
+        params = {"now": now, "lo": start, "hi": min(hi, start + CHUNK - 1), "days": SPREAD_DAYS}
         with db.begin() as conn:
-            conn.execute(
-                sa.text(FILL), {"now": now, "lo": start, "hi": min(hi, start + CHUNK - 1), "days": SPREAD_DAYS}
-            )
-    return {"fill_s": round((utcnow() - started).total_seconds(), 1)}
+            conn.execute(sa.text(FILL), params)
+    return round((utcnow() - now).total_seconds(), 1)
 
 
-def vacuum_analyze() -> float:
-    """VACUUM ANALYZE jobs and job_events (what autovacuum would have done by then), then a
-    CHECKPOINT, so the timed runs' commits do not wait behind the flush of the fill; seconds."""
+def settle() -> float:
+    """The fill's queued jobs re-stamped as just published, then VACUUM ANALYZE (what autovacuum
+    would have done by then, and it clears the re-stamp's old row versions) and a CHECKPOINT, so
+    the timed runs' commits do not wait behind the flush of the fill; seconds."""
     started = utcnow()
+    with db.begin() as conn:
+        conn.execute(sa.text(RESTAMP_QUEUED))
     with db.connect() as conn:
         autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
         autocommit.exec_driver_sql("VACUUM ANALYZE jobs, job_events")
         autocommit.exec_driver_sql("CHECKPOINT")
     return round((utcnow() - started).total_seconds(), 1)
-
-
-def restamp_queued() -> None:
-    with db.begin() as conn:
-        conn.execute(sa.text(RESTAMP_QUEUED))
 
 
 def counts() -> dict[str, int]:
@@ -149,70 +141,57 @@ def between_runs(broker_prefix: str) -> None:
     r.delete(*keys)
 
 
-@dataclass(frozen=True)
-class Problems:
-    """Jobs planted for the loops, tenant `problems`: each loop must act on exactly its own."""
+# The jobs planted for the loops (tenant `problems`, the kind in args.message), put back in their
+# problem state before every timed run; each loop must act on exactly its own.
+PLANT = """
+INSERT INTO jobs (id, type, queue, tenant, args, state, max_attempts, timeout_s, backoff_s, delivery_id,
+                  created_at, updated_at)
+SELECT gen_random_uuid(), 'examples.echo', 'bench-scale-0', 'problems', jsonb_build_object('message', kind),
+       'queued', 3, 60, 2, gen_random_uuid(), now(), now()
+FROM unnest(CAST(:kinds AS text[])) AS k (kind), generate_series(1, :each)
+"""
+PROBLEM_STATES = {
+    # running, lease expired, worker gone: recover_stuck requeues them
+    "stuck": "state = 'running', attempts = 1, started_at = now() - interval '1 minute',"
+    " published_at = now() - interval '1 minute', lease_expires_at = now() - interval '30 seconds'",
+    # running for 2 h with a 60 s timeout: enforce_timeouts times them out
+    "overdue": "state = 'running', attempts = 1, started_at = now() - interval '2 hours',"
+    " published_at = now() - interval '2 hours', lease_expires_at = now() + interval '3 hours'",
+    # queued, the publish refused: reconcile re-sends them
+    "unpublished": "state = 'queued', attempts = 0, started_at = NULL, lease_expires_at = NULL, published_at = NULL",
+    # queued an hour ago, no message anywhere: reconcile re-sends them
+    "lost": "state = 'queued', attempts = 0, started_at = NULL, lease_expires_at = NULL,"
+    " published_at = now() - interval '1 hour'",
+}
+RESET_PROBLEM = """
+UPDATE jobs SET {state}, delivery_id = gen_random_uuid(), created_at = now() - interval '2 hours',
+                finished_at = NULL, not_before = NULL, heartbeat_at = NULL, worker = 'gone-host',
+                worker_pid = 1, error = NULL
+WHERE tenant = 'problems' AND args->>'message' = :kind
+"""
+EXPIRED = """
+WITH expired AS (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < :cutoff)
+SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM job_events WHERE job_id IN (SELECT id FROM expired))
+"""
 
-    stuck: list[uuid.UUID]  # running, lease expired, worker gone: recover_stuck requeues them
-    overdue: list[uuid.UUID]  # running for 2 h with a 60 s timeout: enforce_timeouts times them out
-    unpublished: list[uuid.UUID]  # queued, the publish refused: reconcile re-sends them
-    lost: list[uuid.UUID]  # queued an hour ago, no message anywhere: reconcile re-sends them
 
-    def all(self) -> list[uuid.UUID]:
-        return [*self.stuck, *self.overdue, *self.unpublished, *self.lost]
-
-
-def plant_problems() -> Problems:
-    ids = {k: [uuid.uuid4() for _ in range(PROBLEMS_EACH)] for k in ("stuck", "overdue", "unpublished", "lost")}
-    problems = Problems(**ids)
-    rows = [{"id": i} for i in problems.all()]
+def plant_problems() -> None:
     with db.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO jobs (id, type, queue, tenant, args, state, max_attempts, timeout_s, backoff_s,"
-                " delivery_id, created_at, updated_at) VALUES (:id, 'examples.echo', 'bench-scale-0', 'problems',"
-                " '{\"message\": \"x\"}'::jsonb, 'queued', 3, 60, 2, gen_random_uuid(), now(), now())"
-            ),
-            rows,
-        )
-    reset_problems(problems)
-    return problems
+        conn.execute(sa.text(PLANT), {"kinds": list(PROBLEM_STATES), "each": PROBLEMS_EACH})
+    reset_problems()
 
 
-def reset_problems(p: Problems) -> None:
+def reset_problems() -> None:
     """Every planted job back in its problem state, the events the loops added removed (so the
-    lost ones never reach MEDIC_MAX_REDELIVERIES); one transaction of a few statements."""
-    minute_ago, two_hours_ago = "now() - interval '1 minute'", "now() - interval '2 hours'"
-    stuck = {"state": "running", "attempts": 1, "started_at": minute_ago, "published_at": minute_ago,
-             "lease_expires_at": "now() - interval '30 seconds'"}  # fmt: skip
-    overdue = {"state": "running", "attempts": 1, "started_at": two_hours_ago, "published_at": two_hours_ago,
-               "lease_expires_at": "now() + interval '3 hours'"}  # fmt: skip
-    unpublished = {"state": "queued", "attempts": 0, "started_at": "NULL", "lease_expires_at": "NULL",
-                   "published_at": "NULL"}  # fmt: skip
-    lost = {**unpublished, "published_at": "now() - interval '1 hour'"}
+    lost ones never reach MEDIC_MAX_REDELIVERIES); one transaction."""
     with db.begin() as conn:
-        conn.execute(sa.text("DELETE FROM job_events WHERE job_id = ANY(:ids)"), {"ids": p.all()})
-        for ids, values in ((p.stuck, stuck), (p.overdue, overdue), (p.unpublished, unpublished), (p.lost, lost)):
-            sets = ", ".join(f"{col} = {expr}" for col, expr in values.items() if col != "state")
-            conn.execute(
-                sa.text(
-                    f"UPDATE jobs SET state = :state, {sets}, delivery_id = gen_random_uuid(),"
-                    " created_at = now() - interval '2 hours', finished_at = NULL, not_before = NULL,"
-                    " heartbeat_at = NULL, worker = 'gone-host', worker_pid = 1, error = NULL"
-                    " WHERE id = ANY(:ids)"
-                ),
-                {"state": values["state"], "ids": ids},
-            )
+        conn.execute(sa.text("DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE tenant = 'problems')"))
+        for kind, state in PROBLEM_STATES.items():
+            conn.execute(sa.text(RESET_PROBLEM.format(state=state)), {"kind": kind})
 
 
 def expired_count(now: dt.datetime, retention_days: float) -> dict[str, int]:
     """Jobs (and their events) prune should delete at `now`."""
-    cutoff = now - dt.timedelta(days=retention_days)
-    where = "state IN ('succeeded', 'dead', 'cancelled') AND finished_at < :cutoff"
     with db.connect() as conn:
-        jobs_n = int(conn.scalar(sa.text(f"SELECT count(*) FROM jobs WHERE {where}"), {"cutoff": cutoff}) or 0)
-        events_n = conn.scalar(
-            sa.text(f"SELECT count(*) FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE {where})"),
-            {"cutoff": cutoff},
-        )
-    return {"jobs": jobs_n, "events": int(events_n or 0)}
+        jobs, events = conn.execute(sa.text(EXPIRED), {"cutoff": now - dt.timedelta(days=retention_days)}).one()
+    return {"jobs": jobs, "events": events}

@@ -1,22 +1,9 @@
 """Throughput: medic against plain Celery, side by side in one run, same Redis, same settings.
 
-Three comparisons, each a pair of sides run alternately (medic, plain, medic, plain ...) for
-`rounds` rounds after a warm-up of each, the load recorded before every round, with an empty
-ledger and empty queues before every measurement; the JSON keeps every raw figure, the median of
-each side and their ratio:
-
-    enqueue  `enqueue()` vs `apply_async()` in a loop, and `enqueue_many()` of 100 vs 100
-             `apply_async(producer=p)` inside plain Celery's own `producer.batch()` (one Redis
-             pipeline each), from this process;
-    http     `POST /jobs` through medic's API (uvicorn) vs bench/plain.py's bare FastAPI route that
-             only calls `apply_async`, the same bounded keep-alive client on 127.0.0.1;
-    e2e      N no-op jobs through one worker per side (prefork, same concurrency, acks_late, the
-             same task-event setting on both: off, then on), both published in the same batches,
-             from the first publish to the last completion the worker child records (medic: the
-             ledger's finished_at; plain: an RPUSH of the time), polled every 0.1 s on both.
-
-The CPU of each process group (the API or worker processes, PostgreSQL, Redis) is metered per
-request or job. Prints one JSON object; the docs' table is bench/tables.py's rendering of it.
+Three comparisons (enqueue, http, e2e), each a pair of sides run alternately (medic, plain, medic,
+plain ...) after a warm-up of each, on an empty ledger and empty queues every time, the load
+recorded before every round and the CPU of each process group metered; what each compares, like
+for like, is in docs/benchmarks.md. Prints one JSON object, which bench/tables.py renders.
 
     make bench BENCH=throughput                                    # ~3 min -> docs/bench/throughput.json
     .venv/bin/python -m bench.throughput --quick > /tmp/tp.json    # tiny sizes, ~30 s: a smoke test
@@ -24,47 +11,37 @@ request or job. Prints one JSON object; the docs' table is bench/tables.py's ren
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
 import sqlalchemy as sa
 
-from bench.common import (
-    REDIS_URL,
-    CpuMeter,
-    MedicRun,
-    header,
-    load_check,
-    percentile,
-    pids_named,
-    ratio,
-    ready,
-    start_plain_worker,
-    summary,
-    use_plain,
-)
-from worker.testing.processes import Proc, Processes, free_port
-from worker.testing.servers import delete_keys
+from bench import common
+from bench.common import MedicRun
+from worker.testing.processes import Proc, free_port
 
 HOST = "127.0.0.1"
 QUEUE = "bench-tp"  # enqueue and http: nobody consumes it; e2e: one worker per side, each its prefix
 ECHO = {"message": "x"}
+
+FINISHED = """
+SELECT count(*) FILTER (WHERE state = 'succeeded'),
+       count(*) FILTER (WHERE state NOT IN ('queued', 'running', 'succeeded')), max(finished_at)
+FROM jobs
+"""
 
 Side = Callable[[bool], dict[str, Any]]  # one measurement (True: the warm-up's size) -> its figures
 
@@ -90,29 +67,16 @@ QUICK = Sizes(2, 0.3, 2_000, 20, 60, 3.0, 4, 60, 30.0, 2)
 
 
 class Bench:
-    """One run: a private medic, plain Celery on its own prefix, the processes both sides start."""
+    """One run: a private medic (its processes those of both sides), plain Celery on its own prefix."""
 
-    def __init__(self, sizes: Sizes) -> None:
-        self.sizes = sizes
-        run = uuid.uuid4().hex[:8]
-        self.plain_prefix = f"bench-plain-{run}:"
-        plain_env = {"BENCH_REDIS_URL": REDIS_URL, "BENCH_PLAIN_PREFIX": self.plain_prefix}
-        self.medic = MedicRun("production", plain_env, run=run)
-        self.plain = use_plain(self.plain_prefix)
-        self.r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-        self.log_dir = Path(tempfile.mkdtemp(prefix="medic-bench-"))
-        self.procs = Processes(self.medic.env, self.log_dir)
-
-    def close(self) -> None:
-        try:
-            self.procs.stop_all()
-            self.plain.celery.pool.force_close_all()
-        finally:
-            self.medic.drop()
-            delete_keys(REDIS_URL, self.plain_prefix)
+    def __init__(self, sizes: Sizes, medic: MedicRun) -> None:
+        self.sizes, self.medic, self.procs = sizes, medic, medic.procs
+        self.plain_prefix = medic.plain_prefix
+        self.plain = medic.plain()
+        self.r = redis.Redis.from_url(common.REDIS_URL, decode_responses=True)
 
     def stop(self, *procs: Proc) -> None:
-        """Stop processes now, once their comparison is done, rather than at close()."""
+        """Stop processes now, once their comparison is done, rather than with the run."""
         for proc in procs:
             proc.stop()
             self.procs.procs.remove(proc)
@@ -128,7 +92,7 @@ class Bench:
                 self.r.delete(key)
         gc.collect()
 
-    def alternate(self, sides: dict[str, Side], meter: CpuMeter | None = None) -> dict[str, Any]:
+    def alternate(self, sides: dict[str, Side], meter: common.CpuMeter | None = None) -> dict[str, Any]:
         """A warm-up of each side, then `rounds` rounds of every side in turn, the load checked
         before each round and the CPU metered around each measurement; every raw result."""
         for side in sides.values():
@@ -137,7 +101,7 @@ class Bench:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
         loads = []
         for _ in range(self.sizes.rounds):
-            loads.append(load_check())
+            loads.append(common.load_check())
             for name, side in sides.items():
                 self.reset()
                 if meter:
@@ -155,14 +119,13 @@ def report(done: dict[str, Any], how: dict[str, Any], figures: dict[str, int], p
     median CPU ms per `per` (`count` in each run) of each process group, the other side's left out."""
     out = {**how, "load_before_each_round": done["load_before_each_round"]}
     for name, rs in done["runs"].items():
-        out[name] = {f: summary([r[f] for r in rs if r[f]], higher_is_better="_ms" not in f, digits=d)
+        out[name] = {f: common.summary([r[f] for r in rs if r[f]], higher_is_better="_ms" not in f, digits=d)
                      for f, d in figures.items()}  # fmt: skip
         out[name]["runs"] = [{k: v for k, v in r.items() if k != "cpu"} for r in rs]
-        groups = [g for g in rs[0]["cpu"]["cpu_s"] if not g.startswith("plain" if name == "medic" else "medic")]
+        groups = [g for g in rs[0]["cpu"] if not g.startswith("plain" if name == "medic" else "medic")]
         out[name][f"cpu_ms_per_{per}_median"] = {
-            g: round(statistics.median(r["cpu"]["cpu_s"][g] * 1000 / max(1, r[count]) for r in rs), 3) for g in groups
+            g: round(statistics.median(r["cpu"][g] * 1000 / max(1, r[count]) for r in rs), 3) for g in groups
         }
-        out[name]["machine_busy_cores_median"] = statistics.median(r["cpu"]["machine_busy_cores"] for r in rs)
     return out
 
 
@@ -208,9 +171,9 @@ def enqueue(bench: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {"unit": "jobs/s", "each_run": f"{s.enqueue_s} s or {s.enqueue_cap} jobs, whichever first"}
     out["load_before_each_round"] = done["load_before_each_round"]
     for name, runs in done["runs"].items():
-        out[name] = summary([r["jobs_per_s"] for r in runs])
-    out["ratio_single_vs_plain"] = ratio(out["medic_single"], out["plain_apply_async"], 0.6)
-    out["ratio_batch_vs_plain_batch"] = ratio(out["medic_batch"], out["plain_batch"], 1.0)
+        out[name] = common.summary([r["jobs_per_s"] for r in runs])
+    out["ratio_single_vs_plain"] = common.ratio(out["medic_single"], out["plain_apply_async"], 0.6)
+    out["ratio_batch_vs_plain_batch"] = common.ratio(out["medic_batch"], out["plain_batch"], 1.0)
     return out
 
 
@@ -221,7 +184,6 @@ def post_jobs(
     url: str, body: dict[str, Any], headers: dict[str, str], n: int, seconds: float, threads: int
 ) -> dict[str, Any]:
     """At most `n` POST /jobs or `seconds`, from `threads` keep-alive clients; rate and latency."""
-    assert url.startswith(f"http://{HOST}:"), url
     counter, deadline = itertools.count(), time.monotonic() + seconds
 
     def client() -> tuple[list[float], Counter[str]]:
@@ -245,61 +207,54 @@ def post_jobs(
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(lambda _: client(), range(threads)))
     elapsed = time.perf_counter() - started
-    latencies = sorted(x for lat, _ in results for x in lat)
+    latencies = [x for lat, _ in results for x in lat]
     return {
         "ok": len(latencies),
         "rps": len(latencies) / elapsed,
-        "p50_ms": (percentile(latencies, 0.5) or 0) * 1000,
-        "p99_ms": (percentile(latencies, 0.99) or 0) * 1000,
+        "p50_ms": common.percentile_ms(latencies, 0.5, digits=3),
+        "p99_ms": common.percentile_ms(latencies, 0.99, digits=3),
         "errors": dict(sum((e for _, e in results), Counter())),
     }
 
 
 def http(bench: Bench) -> dict[str, Any]:
-    from worker.ledger import db
-    from worker.ledger.apikeys import Scope, create_key
-
     s = bench.sizes
-    with db.begin() as conn:
-        key = create_key(conn, "bench", frozenset({Scope.SUBMIT}), name="bench-throughput")
+    key = bench.medic.api_key("bench", "submit")
     medic_proc, medic_url = bench.procs.api("medic-api")
     plain_url = f"http://{HOST}:{free_port()}"
     plain_argv = [sys.executable, "-m", "uvicorn", "bench.plain:api", "--host", HOST,
                   "--port", plain_url.rsplit(":", 1)[1], "--no-access-log"]  # fmt: skip
     plain_proc = bench.procs.http_server("plain-api", plain_argv, plain_url)
-    bodies = {
-        "medic": (
-            medic_url,
-            {"type": "examples.echo", "args": ECHO, "queue": QUEUE},
-            {"Authorization": f"Bearer {key}"},
-        ),
-        "plain": (plain_url, {"type": "plain.noop", "args": {}, "queue": QUEUE}, {}),
-    }
+    medic_body = {"type": "examples.echo", "args": ECHO, "queue": QUEUE}
+    plain_body = {"type": "plain.noop", "args": {}, "queue": QUEUE}
 
     def side(url: str, body: dict[str, Any], headers: dict[str, str]) -> Side:
-        return lambda warm_up: post_jobs(
-            url, body, headers, s.http_requests // (8 if warm_up else 1), s.http_s, s.http_threads
-        )
+        n = s.http_requests
+        return lambda warm_up: post_jobs(url, body, headers, n // (8 if warm_up else 1), s.http_s, s.http_threads)
 
-    meter = CpuMeter(lambda: {"medic_api": [medic_proc.pid], "plain_api": [plain_proc.pid], **shared_groups()})
-    done = bench.alternate({name: side(*b) for name, b in bodies.items()}, meter)
+    sides = {
+        "medic": side(medic_url, medic_body, {"Authorization": f"Bearer {key}"}),
+        "plain": side(plain_url, plain_body, {}),
+    }
+    meter = common.CpuMeter(lambda: {"medic_api": [medic_proc.pid], "plain_api": [plain_proc.pid], **shared_groups()})
+    done = bench.alternate(sides, meter)
     bench.stop(plain_proc, medic_proc)
     how = {
         "unit": "requests/s (2xx only), latency ms",
         "client": f"httpx, {s.http_threads} keep-alive threads, {s.http_requests} requests or {s.http_s} s a run",
-        "medic_body": bodies["medic"][1],
+        "medic_body": medic_body,
         "plain_endpoint": "bench/plain.py: sync FastAPI route, pydantic body, apply_async, no auth",
     }
     out = report(done, how, {"rps": 1, "p50_ms": 2, "p99_ms": 2}, "request", "ok")
-    out["ratio_rps_medic_vs_plain"] = ratio(out["medic"]["rps"], out["plain"]["rps"], 0.8)
+    out["ratio_rps_medic_vs_plain"] = common.ratio(out["medic"]["rps"], out["plain"]["rps"], 0.8)
     return out
 
 
 def shared_groups() -> dict[str, list[int]]:
     """The process groups both sides share: PostgreSQL, Redis, and this process (the client)."""
     return {
-        "postgres_all": pids_named("postgres"),
-        "redis_server": pids_named("redis-server"),
+        "postgres_all": common.pids_named("postgres"),
+        "redis_server": common.pids_named("redis-server"),
         "bench_process": [os.getpid()],
     }
 
@@ -316,17 +271,14 @@ def medic_drain(bench: Bench, n: int) -> dict[str, Any]:
     started = time.time()
     for i in range(0, n, b):
         enqueue_many([JobRequest("examples.echo", ECHO, queue=QUEUE) for _ in range(min(b, n - i))])
-    query = sa.text(
-        "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
-        " count(*) FILTER (WHERE state NOT IN ('queued', 'running', 'succeeded')), max(finished_at) FROM jobs"
-    )
-    deadline = time.monotonic() + bench.sizes.e2e_cap_s
-    while True:
+
+    def finished() -> Any:
         with db.connect() as conn:
-            ok, bad, last = conn.execute(query).one()
-        if ok + bad >= n or time.monotonic() > deadline:
-            return drained(n, ok, bad, started, last.timestamp() if last else None)
-        time.sleep(0.1)
+            return conn.execute(sa.text(FINISHED)).one()
+
+    common.poll_until(lambda: sum(finished()[:2]) >= n, bench.sizes.e2e_cap_s)
+    ok, bad, last = finished()
+    return drained(n, ok, bad, started, last.timestamp() if last else None)
 
 
 def plain_drain(bench: Bench, n: int) -> dict[str, Any]:
@@ -339,9 +291,7 @@ def plain_drain(bench: Bench, n: int) -> dict[str, Any]:
         with bench.plain.celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
             for _ in range(min(b, n - i)):
                 task.apply_async((tag,), queue=QUEUE, producer=producer)
-    deadline = time.monotonic() + bench.sizes.e2e_cap_s
-    while int(bench.r.get(done_key) or 0) < n and time.monotonic() <= deadline:
-        time.sleep(0.1)
+    common.poll_until(lambda: int(bench.r.get(done_key) or 0) >= n, bench.sizes.e2e_cap_s)
     times = [float(t) for t in bench.r.lrange(at_key, 0, -1)]
     bench.r.delete(done_key, at_key)
     return drained(n, len(times), 0, started, max(times) if times else None)
@@ -364,10 +314,12 @@ def e2e(bench: Bench, events: bool) -> dict[str, Any]:
     tag = "ev" if events else "noev"
     from worker.ops.processes import worker_cmd
 
-    medic_w = ready(bench.procs.start(f"medic-{tag}", [*worker_cmd(QUEUE, s.concurrency, f"medic-{tag}"), *flags]))
-    plain_w = start_plain_worker(bench.procs, f"plain-{tag}", QUEUE, s.concurrency, *flags)
+    medic_w = common.ready(
+        bench.procs.start(f"medic-{tag}", [*worker_cmd(QUEUE, s.concurrency, f"medic-{tag}"), *flags])
+    )
+    plain_w = common.start_plain_worker(bench.procs, f"plain-{tag}", QUEUE, s.concurrency, *flags)
     groups = {"medic_worker_main": [medic_w.pid], "plain_worker_main": [plain_w.pid]}
-    meter = CpuMeter(lambda: {**groups, "medic_worker_children": medic_w.children(),
+    meter = common.CpuMeter(lambda: {**groups, "medic_worker_children": medic_w.children(),
                               "plain_worker_children": plain_w.children(), **shared_groups()})  # fmt: skip
     sides: dict[str, Side] = {
         "medic": lambda warm_up: medic_drain(bench, s.e2e_jobs // (10 if warm_up else 1)),
@@ -384,36 +336,30 @@ def e2e(bench: Bench, events: bool) -> dict[str, Any]:
     out = report(done, how, {"jobs_per_s": 1}, "job", "of")
     for name in done["runs"]:
         out[name]["all_completed"] = all(r["completed"] == r["of"] for r in done["runs"][name])
-    out["ratio_medic_vs_plain"] = ratio(out["medic"]["jobs_per_s"], out["plain"]["jobs_per_s"], 0.8)
+    out["ratio_medic_vs_plain"] = common.ratio(out["medic"]["jobs_per_s"], out["plain"]["jobs_per_s"], 0.8)
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke test of every step.")
-    parser.add_argument("--only", default="enqueue,http,e2e", help="Comparisons to run, comma-separated.")
-    args = parser.parse_args()
+    args = common.options(__doc__, quick=False, only="enqueue,http,e2e")
     only, sizes = set(args.only.split(",")), QUICK if args.quick else FULL
     started = time.monotonic()
     report: dict[str, Any] = {
-        **header("throughput"),
+        **common.header("throughput"),
         "mode": "quick" if args.quick else "full",
         "statistic": "median of the alternating runs (best also given); ratios = medic / plain of each",
         "sizes": asdict(sizes),
         "medic_settings": "MEDIC_PROFILE=production defaults; PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379/0",
     }
-    bench = Bench(sizes)
-    try:
-        bench.medic.create()
+    with MedicRun("production") as medic:
+        bench = Bench(sizes, medic)
         if "enqueue" in only:
             report["enqueue"] = enqueue(bench)
         if "http" in only:
             report["http"] = http(bench)
         if "e2e" in only:
             report["end_to_end"] = {"events_off": e2e(bench, False), "events_on": e2e(bench, True)}
-    finally:
-        bench.close()
-    report |= {"logs": str(bench.log_dir), "elapsed_s": round(time.monotonic() - started, 1)}
+    report |= {"logs": str(medic.log_dir), "elapsed_s": round(time.monotonic() - started, 1)}
     print(json.dumps(report, indent=2))
 
 

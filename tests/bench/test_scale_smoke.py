@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from bench.scale import LIST_LIMIT
 from bench.scale_fill import PROBLEMS_EACH
-from bench.scale_ops import LIST_LIMIT
 from tests import ROOT
 from worker.testing.servers import PG_ADMIN_URL
 
