@@ -112,3 +112,16 @@ def test_the_heartbeat_announces_its_incarnation_and_the_deliveries_it_holds() -
         assert not seen.holds(delivery_id), "a new incarnation holds nothing of the old one"
     finally:
         get_redis().delete(redis_keys.worker_presence("beat@host", first.pid))
+
+
+def test_a_presence_value_the_heartbeat_could_not_have_written_protects_nothing() -> None:
+    """Only medic's heartbeat writes presence keys (a JSON object with the held deliveries).
+    Bug caught: an unreadable or foreign value taken to hold every delivery, so an expired job
+    stays `running` for ever behind a key nobody refreshes."""
+    job = _running("odd@host", 41)
+    key = redis_keys.worker_presence("odd@host", 41)
+    for value in ("1", "not json", '{"incarnation": "x"}'):
+        get_redis().set(key, value, ex=30)
+        assert presence.lookup([("odd@host", 41)]) == [None], value
+    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0, "lease_late": 0}
+    assert ledger_view.job(job.id).state == JobState.QUEUED

@@ -28,14 +28,13 @@ from worker.settings import get_settings
 
 @dataclass(frozen=True)
 class Presence:
-    """What one presence key says. `held` is None for a value written by an earlier release
-    (no held list): such a process is taken to hold every delivery, as presence meant before."""
+    """What one presence key says: the process incarnation and the deliveries it holds."""
 
-    incarnation: str | None
-    held: frozenset[str] | None
+    incarnation: str
+    held: frozenset[str]
 
     def holds(self, delivery_id: uuid.UUID) -> bool:
-        return self.held is None or str(delivery_id) in self.held
+        return str(delivery_id) in self.held
 
 
 def announce(
@@ -88,14 +87,14 @@ def live_count(ttl_s: float, now: float | None = None) -> int:
 def _parse(raw: bytes | str | None) -> Presence | None:
     if raw is None:
         return None
+    # Only the heartbeat writes these keys; a value it could not have written vouches for nothing.
     try:
         value = json.loads(raw)
     except ValueError:
-        return Presence(None, None)  # present but unreadable: protect, as a plain key did
-    held = value.get("held") if isinstance(value, dict) else None
-    if not isinstance(held, list):
-        return Presence(None, None)
-    return Presence(value.get("incarnation"), frozenset(str(d) for d in held))
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("held"), list):
+        return None
+    return Presence(str(value.get("incarnation")), frozenset(str(d) for d in value["held"]))
 
 
 def consumer_member(hostname: str) -> str:
