@@ -80,6 +80,15 @@ class Reservation:
     n: int
     member: str = ""
 
+    def entry(self) -> tuple[str, str] | None:
+        """(sorted set, member) of this reservation while it is held, for a caller that removes
+        it in a round trip of its own (the publish pipeline); then `removed()`."""
+        return (redis_keys.admission_reservations(self.queue), self.member) if self.member else None
+
+    def removed(self) -> None:
+        """The caller removed the entry: a later `release()` is a no-op."""
+        self.member = ""
+
     def release(self) -> None:
         if not self.member:
             return

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
+from worker.accept.admission import Reservation
 from worker.broker.publish import publish
 from worker.errors import IdempotencyConflictError, MedicError
 from worker.ledger import db, queries, transitions
@@ -88,8 +89,18 @@ def commit(news: Sequence[NewJob], actors: Sequence[str], *, separate: bool = Fa
     return results
 
 
-def publish_new(done: Sequence[Committed]) -> list[Committed]:
-    """Publish every job `done` created, all in one pipeline; mark what the broker refused."""
+def publish_new(done: Sequence[Committed], reservations: Sequence[Reservation] = ()) -> list[Committed]:
+    """Publish every job `done` created, all in one pipeline; mark what the broker refused.
+
+    The `reservations` these jobs were admitted with are removed in that pipeline, after the
+    messages: no round trip of their own. One the publish did not remove stays with its holder,
+    who releases it (or it expires).
+    """
     new_jobs = [a.job for a in done if isinstance(a, Accepted) and a.created]
-    refused = set(publish(new_jobs, arrivals=True))
+    held = [r for r in reservations if r.entry() is not None] if new_jobs else []
+    entries = [e for e in (r.entry() for r in held) if e is not None]
+    refused = set(publish(new_jobs, arrivals=True, then_remove=entries))
+    if not refused:
+        for reservation in held:
+            reservation.removed()
     return [Accepted(a.job, a.created, a.job.id not in refused) if isinstance(a, Accepted) else a for a in done]

@@ -11,7 +11,8 @@ check has passed:
    for single jobs when the caller asks for it (worker/accept/group_commit.py); idempotency keys
    are settled in that transaction;
 4. publish what is new in one pipeline (the outbox: a refused publish is left to the reconcile
-   loop), release the reservations, and log one line per accepted job.
+   loop) with the reservations removed in it, after the messages (a group commit's are released
+   once it answers; a failure's at once), and log one line per accepted job.
 
 A caller that must not be refused for load (an operator's script re-queueing work, a migration)
 passes `admission=False`, which skips step 2 for it and nothing else.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker import logs
-from worker.accept.admission import admit_jobs
+from worker.accept.admission import Reservation, admit_jobs
 from worker.accept.commit import Accepted, commit, publish_new
 from worker.accept.group_commit import get_committer
 from worker.accept.quota import check_tenant_quota
@@ -64,12 +65,12 @@ def accept(requests: Sequence[JobRequest], caller: Caller, *, group: bool = Fals
     if not requests:
         return []
     news = new_jobs(requests, tenant=caller.tenant, allowed_queues=caller.allowed_queues)
-    reservations = []
+    reservations: list[Reservation] = []
     if caller.admission:
         check_tenant_quota(caller.tenant, len(news))
         reservations = admit_jobs(news)
     try:
-        done = _commit_and_publish(news, caller.actor, group=group)
+        done = _commit_and_publish(news, caller.actor, reservations, group=group)
     finally:
         for reservation in reservations:
             reservation.release()
@@ -79,10 +80,14 @@ def accept(requests: Sequence[JobRequest], caller: Caller, *, group: bool = Fals
     return done
 
 
-def _commit_and_publish(news: list[NewJob], actor: str, *, group: bool) -> list[Accepted]:
+def _commit_and_publish(
+    news: list[NewJob], actor: str, reservations: list[Reservation], *, group: bool
+) -> list[Accepted]:
+    """A group commit answers after its own pipeline; `accept` then releases the reservations.
+    Alone, they are removed in the publish pipeline, after the messages."""
     if group and len(news) == 1 and get_settings().submit_group_commit:
         return [get_committer().submit(news[0], actor=actor)]
-    done = publish_new(commit(news, [actor] * len(news)))
+    done = publish_new(commit(news, [actor] * len(news)), reservations)
     return [a for a in done if isinstance(a, Accepted)]  # without `separate`, errors raise
 
 

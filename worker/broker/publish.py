@@ -35,10 +35,14 @@ PUBLISH_BATCH = 1000  # messages per Redis pipeline
 BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, redis.exceptions.RedisError, OSError)
 
 
-def publish(rows: Sequence[Any], *, arrivals: bool = False) -> list[uuid.UUID]:
+def publish(
+    rows: Sequence[Any], *, arrivals: bool = False, then_remove: Sequence[tuple[str, str]] = ()
+) -> list[uuid.UUID]:
     """Send a delivery for each row, one Redis pipeline per PUBLISH_BATCH; returns the job ids
     refused. `arrivals`: the rows are new work, counted in the queues' arrival counters in the
-    same round trip (best effort: they go, or are lost, with the messages).
+    same round trip (best effort: they go, or are lost, with the messages). `then_remove`:
+    (sorted set, member) pairs removed in the last round trip, after every message (the
+    admission reservations these jobs held: the queue's length counts them from then on).
 
     The messages are built in worker/broker/messages.py, as Celery would send them. A broker
     error refuses the whole call: every row is marked unpublished and reconcile re-sends it. A
@@ -56,6 +60,9 @@ def publish(rows: Sequence[Any], *, arrivals: bool = False) -> list[uuid.UUID]:
                     pipe.lpush(*delivery_message(row))
                 if arrivals:
                     add_arrivals(pipe, Counter(row.queue for row in chunk))
+                if start + PUBLISH_BATCH >= len(rows):
+                    for key, member in then_remove:
+                        pipe.zrem(key, member)
                 pipe.execute()
         return []
     except BROKER_ERRORS as exc:
