@@ -2,7 +2,7 @@
 (tests/bench/test_*_docs.py compare):
 
     .venv/bin/python -m bench.tables throughput docs/bench/throughput_before.json \\
-        docs/bench/throughput_stop14.json docs/bench/throughput.json
+        docs/bench/throughput_stop15.json docs/bench/throughput.json
     .venv/bin/python -m bench.tables scale docs/bench/scale.json
 """
 
@@ -63,7 +63,7 @@ def render_throughput(columns: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-TITLES = ("before", "stop 14", "now")
+TITLES = ("before", "stop 15", "now")
 
 
 LABELS = {

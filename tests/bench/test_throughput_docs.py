@@ -1,5 +1,5 @@
 """docs/benchmarks.md quotes the committed throughput runs exactly: its throughput table is what
-bench/tables.py renders from docs/bench/throughput_before.json, throughput_stop14.json
+bench/tables.py renders from docs/bench/throughput_before.json, throughput_stop15.json
 and throughput.json."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 from bench.tables import TITLES, render_throughput
 from tests import ROOT
 
-RUNS = ("throughput_before.json", "throughput_stop14.json", "throughput.json")
+RUNS = ("throughput_before.json", "throughput_stop15.json", "throughput.json")
 
 
 def test_the_throughput_table_quotes_the_committed_runs() -> None:
