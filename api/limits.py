@@ -1,8 +1,10 @@
-"""Refuse oversized request bodies before they are read into memory (pure ASGI middleware)."""
+"""Refuse what no route can take before any work is done (pure ASGI middleware): oversized
+bodies before they are read into memory, NUL bytes in the query string, too many requests."""
 
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -95,3 +97,25 @@ class InflightLimit:
             await self.app(scope, receive, send)
         finally:
             self.inflight -= 1
+
+
+class NulInQueryRefusal:
+    """422 for a query string holding a NUL byte (`?type=a%00`): PostgreSQL refuses NUL in text,
+    so such a filter would reach the ledger only to fail there as a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or b"\x00" not in unquote_to_bytes(scope.get("query_string") or b""):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": "invalid_args", "message": "a query parameter holds a NUL byte"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 422,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

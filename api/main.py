@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from api import errors, metrics, slow, swagger
-from api.limits import BodySizeLimit, InflightLimit
+from api.limits import BodySizeLimit, InflightLimit, NulInQueryRefusal
 from api.routes import alerts, health, jobs, queues, stream
 from api.schemas import ErrorPublic
 from worker import logs
@@ -68,9 +68,10 @@ def create_app() -> FastAPI:
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         elapsed = time.perf_counter() - started
-        metrics.LATENCY.labels(request.method, path).observe(elapsed)
+        method = metrics.method_label(request.method)
+        metrics.LATENCY.labels(method, path).observe(elapsed)
         slow.window.add(elapsed)
-        metrics.REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        metrics.REQUESTS.labels(method, path, str(response.status_code)).inc()
         if elapsed * 1000 > s.slow_request_ms:
             slow_log.warning(
                 "slow request %s %s -> %d in %.0f ms (ledger %.0f ms)",
@@ -80,6 +81,7 @@ def create_app() -> FastAPI:
             )  # fmt: skip
         return response
 
+    app.add_middleware(NulInQueryRefusal)
     app.add_middleware(BodySizeLimit, max_bytes=s.max_request_bytes)
     app.add_middleware(InflightLimit, limit=s.api_max_inflight)  # outermost: refuse before any work
     return app

@@ -24,6 +24,9 @@ from worker.settings import get_settings
 log = logging.getLogger(__name__)
 
 REQUESTS = Counter("medic_api_requests_total", "HTTP requests answered", ["method", "route", "status"])
+# The method label takes these values and "other": a client chooses the method, and every new
+# label value is a new series kept for the life of the process.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY = Histogram("medic_api_request_seconds", "HTTP request latency", ["method", "route"])
 JOBS_ACCEPTED = Counter("medic_jobs_accepted_total", "Jobs accepted by the API", ["type", "queue"])
 JOBS_REJECTED = Counter("medic_jobs_rejected_total", "Submissions refused with 429", ["queue", "reason"])
@@ -163,3 +166,8 @@ def api_process() -> str:
 def refresh_pool_gauges() -> None:
     """This API process's own ledger pool."""
     pool_metrics.refresh_from(db.get_engine().pool, "api")
+
+
+def method_label(method: str) -> str:
+    """The request's method as a label: one of METHODS, or "other"."""
+    return method if method in METHODS else "other"

@@ -9,13 +9,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL refuses NUL in text: a 422 here, not a 500 at the insert
+
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field(min_length=1, max_length=200, description="A registered job type, e.g. examples.echo.")
+    type: str = Field(
+        min_length=1, max_length=200, pattern=NO_NUL, description="A registered job type, e.g. examples.echo."
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the job function.")
-    queue: str | None = Field(None, min_length=1, max_length=200, description="Overrides the job type's queue.")
+    queue: str | None = Field(
+        None, min_length=1, max_length=200, pattern=NO_NUL, description="Overrides the job type's queue."
+    )
     priority: int = Field(0, ge=0, le=9, description="0..9, higher is served first.")
     timeout: float | None = Field(None, gt=0, le=86400, description="Seconds before the job is timed out.")
     max_attempts: int | None = Field(None, ge=1, le=100)
@@ -23,7 +29,11 @@ class JobCreate(BaseModel):
 
 class BatchItem(JobCreate):
     idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Single jobs use the Idempotency-Key header instead."
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="Single jobs use the Idempotency-Key header instead.",
     )
 
 

@@ -71,7 +71,9 @@ class Settings(BaseSettings):
 
     # liveness
     lease_seconds: float = Field(10.0, gt=0, description="How long a heartbeat keeps a job's lease.")
-    heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker extends its leases.")
+    heartbeat_seconds: float = Field(
+        2.0, gt=0, description="How often a worker extends its leases (shorter than the presence TTL)."
+    )
     presence_ttl_seconds: float = Field(
         6.0, gt=0, description="TTL of a worker process's presence key in Redis (shorter than the lease)."
     )
@@ -209,6 +211,18 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and data.get("profile") == "fast":
             return {**FAST_PROFILE, **data}
         return data
+
+    @model_validator(mode="after")
+    def _heartbeat_within_presence(self) -> Settings:
+        """A heartbeat refreshes the presence key and the leases: one slower than the presence
+        TTL lets a live worker's presence lapse between beats, and recovery takes its jobs."""
+        if self.heartbeat_seconds >= self.presence_ttl_seconds:
+            raise ValueError(
+                f"MEDIC_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
+                f"MEDIC_PRESENCE_TTL_SECONDS ({self.presence_ttl_seconds:g}): a live worker's presence "
+                "would lapse between its beats and recovery would take its running jobs"
+            )
+        return self
 
     @model_validator(mode="after")
     def _presence_shorter_than_lease(self) -> Settings:

@@ -101,3 +101,12 @@ def test_the_fast_profile_loads_the_demo_jobs_and_production_loads_none_by_defau
     ]
     monkeypatch.delenv("MEDIC_JOB_MODULES", raising=False)
     assert Settings(profile="production", allow_example_jobs=False).job_modules == []
+
+
+def test_the_heartbeat_must_beat_within_the_presence_ttl() -> None:
+    # Bug caught: a heartbeat slower than the presence TTL accepted: a live worker's presence lapses
+    # between beats and recover_stuck takes its running jobs.
+    for beat in (6.0, 7.5):
+        with pytest.raises(ValueError, match=r"MEDIC_HEARTBEAT_SECONDS \(\S+\) must be shorter than MEDIC_PRESENCE"):
+            Settings(heartbeat_seconds=beat, presence_ttl_seconds=6.0, lease_seconds=10)
+    assert Settings(heartbeat_seconds=5.9, presence_ttl_seconds=6.0, lease_seconds=10).heartbeat_seconds == 5.9

@@ -140,7 +140,18 @@ def record_outcome(job: Job, outcome: Outcome, *, actor: str) -> Job | None:
         return write(Outcome.failed(not_storable(_printable(str(exc.orig)))))
 
 
+TYPE_MISMATCH = "delivery_type_mismatch"
+
+
 def _run(spec: JobSpec, job: Job) -> Outcome:
+    if job.type != spec.name:
+        # The message names the function, the row names the job: anyone who can write to the
+        # broker could otherwise run function X on job Y's args. The delivery fails; its retry
+        # is published by medic, naming the row's type.
+        log.error("job %s is %s but its delivery %s named %s; not run", job.id, job.type, job.delivery_id, spec.name)
+        return Outcome.failed(
+            {"type": TYPE_MISMATCH, "message": f"delivered as {spec.name!r}; the job is {job.type!r}", "traceback": ""}
+        )
     try:
         result = spec.func(**spec.load(job.args))
         found = storable.check(result)  # refuse here what JSONB would refuse at finalize
