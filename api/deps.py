@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -14,24 +15,46 @@ from worker.ledger import apikeys, db
 from worker.ledger.apikeys import ApiKey, Scope
 from worker.settings import get_settings
 
-_cache: dict[str, tuple[ApiKey, float]] = {}
+
+class KeyCache:
+    """What the ledger said about a key, for `api_key_cache_seconds`: the key, or that there is
+    none (an unknown key costs one ledger read per process per period, not one per request).
+    Bounded, least recently used first out, so a stream of made-up keys cannot grow it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: collections.OrderedDict[str, tuple[ApiKey | None, float]] = collections.OrderedDict()
+
+    def get(self, digest: str) -> tuple[bool, ApiKey | None]:
+        """(known, key): known is False when the ledger must be asked."""
+        hit = self._entries.get(digest)
+        if hit is None or hit[1] <= time.monotonic():
+            return False, None
+        self._entries.move_to_end(digest)
+        return True, hit[0]
+
+    def put(self, digest: str, key: ApiKey | None) -> None:
+        self._entries[digest] = (key, time.monotonic() + get_settings().api_key_cache_seconds)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
-def _cached(digest: str) -> ApiKey | None:
-    hit = _cache.get(digest)
-    return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+CACHE = KeyCache(size=10_000)
 
 
 def find_key(raw: str) -> ApiKey | None:
-    """The key from the cache, else from the ledger (a blocking read: call it in a thread)."""
+    """The key from the cache, else from the ledger (a blocking read: call it in a thread). A
+    string that is not shaped like a key is refused without a read."""
+    if not apikeys.well_formed(raw):
+        return None
     digest = apikeys.hash_key(raw)
-    key = _cached(digest)
-    if key is not None:
+    known, key = CACHE.get(digest)
+    if known:
         return key
     with db.connect() as conn:
         key = apikeys.lookup(conn, raw)
-    if key is not None:
-        _cache[digest] = (key, time.monotonic() + get_settings().api_key_cache_seconds)
+    CACHE.put(digest, key)
     return key
 
 
@@ -45,7 +68,9 @@ async def current_key(authorization: Annotated[str | None, Header()] = None) -> 
     if not authorization or not authorization.lower().startswith("bearer "):
         raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
     raw = authorization[7:].strip()
-    key = _cached(apikeys.hash_key(raw)) or await run_in_threadpool(find_key, raw)
+    known, key = CACHE.get(apikeys.hash_key(raw)) if apikeys.well_formed(raw) else (True, None)
+    if not known:
+        key = await run_in_threadpool(find_key, raw)
     if key is None:
         raise UnauthorizedError("invalid or revoked API key")
     return key

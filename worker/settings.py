@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     ws_ping_timeout_seconds: float = Field(20.0, gt=0, description="Stream peer silent this long after a ping: closed.")
     ws_max_connections: int = Field(1000, gt=0, description="Streams one API process serves; more: close 1013.")
     ws_max_connections_per_key: int = Field(100, gt=0, description="Streams one API key may hold per process (4429).")
+    ws_max_message_bytes: int = Field(
+        4096, ge=256, description="Largest message a stream client may send (the key); larger: closed 1009."
+    )
     ws_max_job_ids: int = Field(100, gt=0, description="Most job_id filters on one stream (4400 past it).")
     ws_client_queue: int = Field(1000, gt=0, description="Updates queued per stream client, then coalesce.")
     ws_poll_seconds: float = Field(0.15, gt=0, description="How often each API process tails job_events for streams.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from worker.errors import InvalidArgsError
 from worker.ledger.models import api_keys
 
 KEY_PREFIX = "mk_"
+SECRET_BYTES = 32
+_KEY_SHAPE = re.compile(rf"{KEY_PREFIX}[A-Za-z0-9_-]{{{(SECRET_BYTES * 4 + 2) // 3}}}")  # token_urlsafe's length
 
 
 class Scope(StrEnum):
@@ -35,6 +38,11 @@ class ApiKey:
 
     def allows(self, scope: Scope) -> bool:
         return scope in self.scopes or Scope.ADMIN in self.scopes
+
+
+def well_formed(raw: str) -> bool:
+    """Shaped like a key `create_key` makes: anything else is refused without a ledger read."""
+    return _KEY_SHAPE.fullmatch(raw) is not None
 
 
 def hash_key(raw: str) -> str:
@@ -70,7 +78,7 @@ def create_key(
         raise InvalidArgsError("tenant must be 1-100 characters")
     if queues is not None and not queues:
         raise InvalidArgsError("a key limited to queues needs at least one queue")
-    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    raw = KEY_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
     conn.execute(
         api_keys.insert().values(
             id=uuid.uuid4(),

@@ -22,6 +22,8 @@ def api_cmd(host: str, port: int, workers: int = 1, ws_ping: tuple[float, float]
         sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
         "--host", host, "--port", str(port), "--workers", str(workers), "--no-access-log",
         "--ws", "websockets-sansio", "--ws-ping-interval", str(interval), "--ws-ping-timeout", str(timeout),
+        # a client's only message is its key: nothing larger is read, before or after auth
+        "--ws-max-size", str(s.ws_max_message_bytes),
     ]  # fmt: skip
 
 
