@@ -97,10 +97,9 @@ def publish_new(done: Sequence[Committed], reservations: Sequence[Reservation] =
     who releases it (or it expires).
     """
     new_jobs = [a.job for a in done if isinstance(a, Accepted) and a.created]
-    held = [r for r in reservations if r.entry() is not None] if new_jobs else []
-    entries = [e for e in (r.entry() for r in held) if e is not None]
-    refused = set(publish(new_jobs, arrivals=True, then_remove=entries))
+    held = [(r, entry) for r in reservations if (entry := r.entry()) is not None] if new_jobs else []
+    refused = set(publish(new_jobs, arrivals=True, then_remove=[entry for _, entry in held]))
     if not refused:
-        for reservation in held:
+        for reservation, _ in held:
             reservation.removed()
     return [Accepted(a.job, a.created, a.job.id not in refused) if isinstance(a, Accepted) else a for a in done]

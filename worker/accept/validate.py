@@ -7,6 +7,7 @@ a priority, timeout or attempt count out of range. Each raises a PermanentError 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,7 @@ def new_job(
     *,
     tenant: str,
     s: Settings,
-    now: Any,
+    now: dt.datetime,
     declared: DeclaredQueues | None = None,
     allowed_queues: frozenset[str] | None = None,
 ) -> NewJob:
