@@ -15,17 +15,18 @@ from worker.ledger.db import ensure_database, make_engine
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, migrations: Path = MIGRATIONS) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(migrations))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Create the database if it is missing, then migrate it to `revision`."""
+def upgrade(url: str, revision: str = "head", migrations: Path = MIGRATIONS) -> None:
+    """Create the database if it is missing, then migrate it to `revision` (`migrations`: another
+    script directory, for tests that play a newer release)."""
     ensure_database(url)
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(alembic_config(url, migrations), revision)
 
 
 def revision_of(conn: Connection) -> str | None:
@@ -42,5 +43,10 @@ def current_revision(url: str) -> str | None:
         engine.dispose()
 
 
+def scripts() -> ScriptDirectory:
+    """This code's migrations."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return scripts().get_current_head()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from worker.ledger import schema_window
 from worker.ledger.models import metadata
 from worker.settings import get_settings
 
@@ -28,6 +29,11 @@ def run_online() -> None:
         context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
+            # with the migrations, so a revision is never there without what it accepts
+            revision = context.get_context().get_current_revision()
+            schema_window.record(connection, context.script, revision)
+        if connection.in_transaction():  # SQLite: no transactional DDL, so the block did not commit it
+            connection.commit()
     connectable.dispose()
 
 
