@@ -186,6 +186,11 @@ class Settings(BaseSettings):
         None, ge=0, description="Port a worker's main process serves /metrics on (default 9808; 9809 control; 0: off)."
     )
     metrics_host: str = Field("0.0.0.0", description="Address a worker's /metrics listens on.")
+    liveness_file: str = Field(
+        "",
+        description="File a worker's, control worker's or beat's main process touches every heartbeat for its "
+        "liveness probe (`medic health --live`); empty: `medic-alive` in the temp directory.",
+    )
     health_period_seconds: float = Field(15.0, gt=0, description="Period of health_and_alerts.")
     alert_for_seconds: float = Field(
         60.0, ge=0, description="How long a condition must hold before its alert fires (every rule but shedding)."

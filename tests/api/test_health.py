@@ -74,9 +74,7 @@ def test_an_unauthenticated_probe_sees_booleans_only(procs: Processes) -> None:
         assert leak not in ready.text, leak
 
 
-def test_an_admin_key_sees_the_details(
-    procs: Processes, private_redis: PrivateRedis, make_key: KeyFactory
-) -> None:
+def test_an_admin_key_sees_the_details(procs: Processes, private_redis: PrivateRedis, make_key: KeyFactory) -> None:
     _, url = procs.api("api-details", MEDIC_REDIS_URL=private_redis.url)
     private_redis.stop(keep_dir=True)
     _, admin = make_key("admin")

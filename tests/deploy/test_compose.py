@@ -104,8 +104,9 @@ def test_start_order_waits_for_migrations_and_healthy_servers(model: dict[str, A
 def test_medic_roles_share_one_image_and_check_their_own_health(model: dict[str, Any]) -> None:
     services = model["services"]
     assert len({services[r]["image"] for r in MEDIC_ROLES}) == 1
-    for role in ("api", "worker", "control", "beat"):
-        assert services[role]["healthcheck"]["test"] == ["CMD", "medic", "health", "--role", role]
+    assert services["api"]["healthcheck"]["test"] == ["CMD", "medic", "health", "--role", "api"]
+    for role in ("worker", "control", "beat"):  # liveness of the process only (worker/runtime/liveness.py)
+        assert services[role]["healthcheck"]["test"] == ["CMD", "medic", "health", "--role", role, "--live"]
 
 
 def test_workers_get_a_warm_shutdown_longer_than_a_job(model: dict[str, Any]) -> None:

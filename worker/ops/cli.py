@@ -231,11 +231,12 @@ def up(api_port: int, flower_port: int, workers: int, concurrency: int, no_flowe
 @main.command()
 @click.option("--role", type=click.Choice(["api", "worker", "control", "beat"]), default="worker", show_default=True)
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The API (role api).")
-def health(role: str, url: str) -> None:
+@click.option("--live", is_flag=True, help="Liveness: ask only the process itself, never Redis or the ledger.")
+def health(role: str, url: str, live: bool) -> None:
     """Print this process's health as JSON; exit 0 healthy, 1 not (a probe for containers)."""
-    from worker.ops.health import check
+    from worker.ops import health as probes
 
-    result = check(role, api_url=url)
+    result = probes.live(role, api_url=url) if live else probes.check(role, api_url=url)
     click.echo(json.dumps(result))
     sys.exit(0 if result["ok"] else 1)
 
