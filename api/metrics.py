@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from worker.control import snapshot
 from worker.errors import LedgerUnavailableError, UnauthorizedError
 from worker.ledger import db, queries
 from worker.runtime import pool_metrics
+from worker.runtime.scrape import bearer_matches
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,7 @@ def check_scrape_token(authorization: str | None) -> None:
     token = get_settings().metrics_token
     if not token:
         return
-    scheme, _, given = (authorization or "").partition(" ")
-    # compare_digest: the time taken must not tell a scraper how much of the token it got right
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not bearer_matches(authorization, token):
         raise UnauthorizedError("GET /metrics needs Authorization: Bearer <MEDIC_METRICS_TOKEN>")
 
 

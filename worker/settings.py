@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/medic"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret"}
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret", "medic-dev", "medic"}
+PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me")
+MIN_SECRET_LENGTH = 16
 EXAMPLE_JOBS = "worker.examples"
 
 # `MEDIC_PROFILE=fast`: short leases and periods so tests and demos see recovery in seconds.
@@ -162,7 +165,9 @@ class Settings(BaseSettings):
     )
     api_key_cache_seconds: float = Field(30.0, ge=0, description="How long the API trusts a checked key.")
     ledger_retry_after_seconds: int = Field(5, gt=0, description="Retry-After when the ledger is down.")
-    metrics_token: str = Field("", description="Bearer token GET /metrics requires; empty: /metrics is open.")
+    metrics_token: str = Field(
+        "", description="Bearer token every /metrics (API, worker, control) requires; empty: /metrics is open."
+    )
 
     # live updates (WS /jobs/stream)
     ws_ping_seconds: float = Field(20.0, gt=0, description="Protocol ping interval of a job stream (uvicorn flag).")
@@ -185,7 +190,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, description="Port a worker's main process serves /metrics on (default 9808; 9809 control; 0: off)."
     )
-    metrics_host: str = Field("0.0.0.0", description="Address a worker's /metrics listens on.")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address a worker's /metrics listens on (loopback; another address needs MEDIC_METRICS_TOKEN "
+        "under MEDIC_PROFILE=production).",
+    )
     liveness_file: str = Field(
         "",
         description="File a worker's, control worker's or beat's main process touches every heartbeat for its "
@@ -210,8 +219,15 @@ class Settings(BaseSettings):
     log_quiet: bool = Field(False, description="Celery's per-task and beat INFO lines off (`medic up` sets it).")
 
     # Flower
-    flower_user: str = Field("medic", description="Flower basic-auth user.")
-    flower_password: str = Field("medic-dev", description="Flower basic-auth password.")
+    flower_user: str = Field("medic", description="Flower basic-auth user (no ',' or ':').")
+    flower_password: str = Field(
+        "", description="Flower basic-auth password (no ','); `medic flower` refuses to start without one."
+    )
+    allow_weak_secrets: bool = Field(
+        False,
+        description="Let `MEDIC_PROFILE=production` accept placeholder or short secrets (`medic up` sets it: "
+        "one host, on loopback).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -284,9 +300,72 @@ class Settings(BaseSettings):
     @field_validator("flower_password")
     @classmethod
     def _refuse_placeholder(cls, value: str) -> str:
-        if value.lower() in PLACEHOLDER_SECRETS:
+        if value.lower() in PLACEHOLDER_SECRETS - {"medic-dev"}:
             raise ValueError("MEDIC_FLOWER_PASSWORD is a placeholder; set a real one")
         return value
+
+    @field_validator("flower_user", "flower_password")
+    @classmethod
+    def _no_comma_for_flower(cls, value: str, info: ValidationInfo) -> str:
+        """Flower splits its basic-auth option on ',' into several `user:password` entries and
+        lets in any of them: the password `Tr0ub4dor,3` would let `Basic base64("3")` in."""
+        name = f"MEDIC_{(info.field_name or '').upper()}"
+        if "," in value:
+            raise ValueError(f"{name} contains ',', which Flower reads as a second credential: remove it")
+        if info.field_name == "flower_user" and ":" in value:
+            raise ValueError(f"{name} contains ':', which separates the user from the password: remove it")
+        return value
+
+    @model_validator(mode="after")
+    def _no_weak_secrets_in_production(self) -> Settings:
+        """Placeholders (`change-me-*`, `medic-dev`) and short secrets pass a demo, not a deployment."""
+        if self.profile != "production" or self.allow_weak_secrets:
+            return self
+        problems = [f"{name}: {why}" for name, value in self.secrets().items() if value and (why := weak(value))]
+        if problems:
+            raise ValueError(
+                "weak secrets under MEDIC_PROFILE=production (" + "; ".join(problems) + "): set real ones, "
+                f"at least {MIN_SECRET_LENGTH} characters (MEDIC_ALLOW_WEAK_SECRETS=true for a demo only)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_off_loopback_need_a_token(self) -> Settings:
+        """A worker's /metrics on another address than loopback is readable by the network."""
+        if self.profile == "production" and not self.metrics_token and not is_loopback(self.metrics_host):
+            raise ValueError(
+                f"MEDIC_METRICS_HOST is {self.metrics_host} and MEDIC_METRICS_TOKEN is empty: a worker's /metrics "
+                "would be open to the network; set the token (Prometheus sends it) or listen on 127.0.0.1"
+            )
+        return self
+
+    def secrets(self) -> dict[str, str]:
+        """Every secret setting, by its variable (a URL's password counts)."""
+        return {
+            "MEDIC_FLOWER_PASSWORD": self.flower_password,
+            "MEDIC_METRICS_TOKEN": self.metrics_token,
+            "MEDIC_DATABASE_URL password": url_password(self.database_url),
+            "MEDIC_REDIS_URL password": url_password(self.redis_url),
+        }
+
+
+def weak(secret: str) -> str | None:
+    """Why `secret` is no secret (a placeholder, too short), or None."""
+    lowered = secret.lower()
+    if lowered in PLACEHOLDER_SECRETS or lowered.startswith(PLACEHOLDER_PREFIXES):
+        return "a placeholder"
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"{len(secret)} characters, fewer than {MIN_SECRET_LENGTH}"
+    return None
+
+
+def url_password(url: str) -> str:
+    """The password in a URL (`scheme://user:password@host/...`), or ''."""
+    return urlsplit(url).password or ""
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 @lru_cache(maxsize=1)

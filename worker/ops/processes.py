@@ -52,5 +52,11 @@ def flower_cmd(s: Settings, port: int, address: str = "127.0.0.1") -> list[str]:
 
 def flower_env(s: Settings) -> dict[str, str]:
     """Flower reads FLOWER_<OPTION> variables (flower/command.py apply_env_options); `basic_auth`
-    is a list split on ',' there, so a password must not contain one."""
+    is a list split on ',' there, so the settings refuse a comma in the user or password.
+
+    Raises:
+        SystemExit: no password (Flower without basic auth shows every job's arguments).
+    """
+    if not s.flower_password:
+        raise SystemExit("medic flower: set MEDIC_FLOWER_PASSWORD (Flower does not run without basic auth)")
     return {"FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"}

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import redis
@@ -170,13 +171,24 @@ def console_argv(name: str, argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "worker.ops.prefix", name, "--", *argv]
 
 
+def redacted(url: str) -> str:
+    """`url` with its password (if any) replaced by ***: the banner is read over shoulders and
+    pasted into tickets."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***" if parts.username else ":***"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
 def _banner(s: Settings, *, api_url: str, flower_port: int | None, dev_key: str) -> str:
     lines = ["", "medic is up", f"  API      {api_url}", f"  docs     {api_url}/docs"]
     if flower_port is not None:
         lines.append(f"  Flower   http://127.0.0.1:{flower_port}  (user {s.flower_user}, MEDIC_FLOWER_PASSWORD)")
     lines += [
-        f"  ledger   {sa.engine.make_url(s.database_url).render_as_string(hide_password=True)}",
-        f"  broker   {s.redis_url}",
+        f"  ledger   {redacted(s.database_url)}",
+        f"  broker   {redacted(s.redis_url)}",
         f"  dev API key (tenant 'dev', scopes submit,read,admin; kept in {s.dev_key_file}):",
         dev_key,
         "Ctrl-C stops everything.",
@@ -233,6 +245,8 @@ def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int
     os.environ["MEDIC_REDIS_URL"] = redis_url
     os.environ.setdefault("MEDIC_JOB_MODULES", "worker.examples")  # the README's tour runs the demo jobs
     os.environ.setdefault("MEDIC_ALLOW_EXAMPLE_JOBS", "true")  # a stack on this host, not a deployment
+    os.environ.setdefault("MEDIC_FLOWER_PASSWORD", "medic-dev")  # the banner names it; loopback only
+    os.environ.setdefault("MEDIC_ALLOW_WEAK_SECRETS", "true")  # so is that password
     reset_settings()
     s = get_settings()
     try:
