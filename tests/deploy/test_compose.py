@@ -139,3 +139,36 @@ def _duration(text: str) -> float:
             total += float(number) * units[ch]
             number = ""
     return total + (float(number) if number else 0.0)
+
+
+PUBLISHED = {"api", "flower", "prometheus", "grafana"}
+
+
+def test_published_ports_listen_on_loopback_by_default(model: dict[str, Any]) -> None:
+    """The API, Flower, Prometheus and Grafana were published on every interface."""
+    published = {name for name, svc in model["services"].items() if svc.get("ports")}
+    assert published == PUBLISHED
+    for name in PUBLISHED:
+        for port in model["services"][name]["ports"]:
+            assert port["host_ip"] == "127.0.0.1", (name, port)
+
+
+def test_the_bind_address_is_a_variable_but_prometheus_stays_on_loopback(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(ENV_EXAMPLE.read_text().replace("MEDIC_BIND_ADDRESS=127.0.0.1", "MEDIC_BIND_ADDRESS=0.0.0.0"))
+    run = _compose("config", "--format", "json", env_file=env)
+    assert run.returncode == 0, run.stderr
+    services = json.loads(run.stdout)["services"]
+    for name in PUBLISHED - {"prometheus"}:
+        assert {p["host_ip"] for p in services[name]["ports"]} == {"0.0.0.0"}, name
+    assert {p["host_ip"] for p in services["prometheus"]["ports"]} == {"127.0.0.1"}
+
+
+def test_every_medic_scrape_job_sends_the_metrics_token() -> None:
+    """A worker's /metrics off loopback needs the token (worker/settings.py): Prometheus sends it."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        if job["job_name"].startswith("medic-"):
+            assert job["authorization"]["credentials_file"] == "/etc/prometheus/metrics_token", job["job_name"]
