@@ -41,8 +41,6 @@ def next_release(where: Path, *, additive: bool) -> Path:
     shutil.copytree(MIGRATIONS, target, ignore=shutil.ignore_patterns("__pycache__"))
     head = head_revision()
     declaration = f'oldest_compatible_code = "{head}"\n' if additive else ""
-    text = _MIGRATION.format(
-        kind="additive" if additive else "contract", next=NEXT, head=head, declaration=declaration
-    )
+    text = _MIGRATION.format(kind="additive" if additive else "contract", next=NEXT, head=head, declaration=declaration)
     (target / "versions" / f"{NEXT}_next_release.py").write_text(text)
     return target
