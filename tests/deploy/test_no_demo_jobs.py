@@ -38,6 +38,8 @@ def test_the_configmap_is_accepted_by_production_settings(monkeypatch: pytest.Mo
     if modules is not None:
         env["MEDIC_JOB_MODULES"] = modules
     monkeypatch.delenv("MEDIC_ALLOW_EXAMPLE_JOBS", raising=False)
+    # the Secret's metrics token, which the ConfigMap's MEDIC_METRICS_HOST=0.0.0.0 requires
+    env["MEDIC_METRICS_TOKEN"] = "a-real-metrics-token-of-32-chars"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     if modules is None:
