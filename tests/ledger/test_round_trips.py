@@ -18,7 +18,6 @@ from worker.ledger.db import make_engine
 from worker.ledger.models import job_events
 from worker.ledger.records import NewJob as NewJobRecord
 
-
 # The session limits (db.SessionLimits) ride in front of a transaction's first statement, in its
 # round trip: left out, so that each recorded statement is one round trip's own work.
 _LIMITS = re.compile(r"^(SET LOCAL \w+ = \d+; )+")

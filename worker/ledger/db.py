@@ -11,6 +11,11 @@ more). There is no `pool_pre_ping` (a `SELECT 1` round trip per checkout): a che
 connection whose socket already has data waiting (the server's FATAL + EOF after
 `pg_terminate_backend` or a restart) is replaced at no cost, and `write()` re-runs its statement
 once on a fresh connection if the connection still dies under it.
+
+Nothing waits on the ledger without bound: every transaction starts with `SET LOCAL`
+statement_timeout, lock_timeout and idle_in_transaction_session_timeout (in the same round trip
+as its first statement; safe behind PgBouncer in transaction mode, unlike startup options), and
+every connection has TCP keepalives (`SessionLimits`, MEDIC_DB_*).
 """
 
 from __future__ import annotations
