@@ -177,9 +177,6 @@ class Settings(BaseSettings):
     submit_commit_timeout_seconds: float = Field(
         10.0, gt=0, description="Longest a POST /jobs request waits for its group commit; then 503 commit_timeout."
     )
-    ledger_fate_wait_seconds: float = Field(
-        5.0, gt=0, description="Longest wait for the ledger to settle a transaction whose COMMIT reply was lost."
-    )
     api_key_cache_seconds: float = Field(30.0, ge=0, description="How long the API trusts a checked key.")
     ledger_retry_after_seconds: int = Field(5, gt=0, description="Retry-After when the ledger is down.")
     metrics_token: str = Field("", description="Bearer token GET /metrics requires; empty: /metrics is open.")
