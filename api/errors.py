@@ -14,6 +14,7 @@ from starlette.routing import Match
 
 from api import metrics
 from worker.errors import (
+    CommitUnconfirmedError,
     ForbiddenError,
     IdempotencyConflictError,
     InvalidArgsError,
@@ -50,6 +51,7 @@ STATUS: dict[type[MedicError], int] = {
     QueueFullError: 429,
     TenantQuotaError: 429,
     LedgerUnavailableError: 503,
+    CommitUnconfirmedError: 503,  # details: outcome ("not_written" / "unknown") and job_ids
 }
 
 

@@ -31,6 +31,14 @@ class LedgerUnavailableError(RetryableError):
     code = "ledger_unavailable"
 
 
+class CommitUnconfirmedError(LedgerUnavailableError):
+    """A submission whose commit the ledger did not confirm (its reply lost twice, or not in time).
+    `details["outcome"]`: "not_written" (nothing was: safe to send again) or "unknown" (look the
+    jobs up by `details["job_ids"]` before sending them again without an idempotency key)."""
+
+    code = "commit_unconfirmed"
+
+
 class UnknownJobTypeError(PermanentError):
     code = "unknown_job_type"
 

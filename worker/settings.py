@@ -125,6 +125,20 @@ class Settings(BaseSettings):
         description="Prepare the hot writes (enqueue, claim, finalize) once per connection (PREPARE/EXECUTE). "
         "Turn off behind a connection pooler in transaction mode (PgBouncer), which cannot keep them.",
     )
+    db_statement_timeout_ms: int = Field(
+        30_000, ge=0, description="statement_timeout of every ledger transaction (SET LOCAL, PgBouncer-safe); 0: off."
+    )
+    db_lock_timeout_ms: int = Field(
+        5_000, ge=0, description="lock_timeout of every ledger transaction: longest wait for a row lock; 0: off."
+    )
+    db_idle_in_transaction_timeout_ms: int = Field(
+        60_000, ge=0, description="idle_in_transaction_session_timeout of every ledger transaction; 0: off."
+    )
+    db_tcp_keepalive_seconds: int = Field(
+        10,
+        ge=0,
+        description="Ledger TCP keepalive idle and interval; a peer silent 4x this long is dropped; 0: off.",
+    )
 
     # autoscaling
     autoscale_period_seconds: float = Field(15.0, gt=0, description="Period of autoscale.")
@@ -162,6 +176,9 @@ class Settings(BaseSettings):
     submit_group_max_rows: int = Field(100, gt=0, description="Most jobs committed in one group.")
     submit_group_queue: int = Field(
         256, gt=0, description="Most POST /jobs requests waiting for a group commit; more get 503 overloaded."
+    )
+    submit_commit_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest a POST /jobs request waits for its group commit; then 503 commit_timeout."
     )
     api_key_cache_seconds: float = Field(30.0, ge=0, description="How long the API trusts a checked key.")
     ledger_retry_after_seconds: int = Field(5, gt=0, description="Retry-After when the ledger is down.")

@@ -61,6 +61,8 @@ def accept(requests: Sequence[JobRequest], caller: Caller, *, group: bool = Fals
         TenantQuotaError, QueueFullError: refused for load (nothing written; retry later).
         IdempotencyConflictError: a key was used for a different job (nothing written).
         LedgerUnavailableError: the ledger cannot keep them now (nothing written).
+        CommitUnconfirmedError: the ledger did not confirm the commit (its `outcome` says whether
+            anything was written: "not_written", or "unknown" with the `job_ids` to look up).
     """
     if not requests:
         return []

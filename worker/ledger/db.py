@@ -11,11 +11,17 @@ more). There is no `pool_pre_ping` (a `SELECT 1` round trip per checkout): a che
 connection whose socket already has data waiting (the server's FATAL + EOF after
 `pg_terminate_backend` or a restart) is replaced at no cost, and `write()` re-runs its statement
 once on a fresh connection if the connection still dies under it.
+
+Nothing waits on the ledger without bound: every transaction starts with `SET LOCAL`
+statement_timeout, lock_timeout and idle_in_transaction_session_timeout (in the same round trip
+as its first statement; safe behind PgBouncer in transaction mode, unlike startup options), and
+every connection has TCP keepalives (`SessionLimits`, MEDIC_DB_*).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -23,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import psycopg2.extensions
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -36,10 +43,62 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 
-def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 10.0) -> Engine:
-    """An engine that survives ledger restarts: stale connections are tested and replaced."""
+@dataclasses.dataclass(frozen=True)
+class SessionLimits:
+    """Server-side timeouts of every ledger transaction and TCP keepalives of its connections, so
+    that no statement, lock wait, idle transaction or silent peer holds a caller without bound.
+
+    The timeouts are sent as `SET LOCAL` in front of each transaction's first statement (same
+    round trip), not as startup `options`, which PgBouncer refuses and which a transaction pooler
+    would not keep; keepalives are libpq's own (client side) and need nothing from a pooler."""
+
+    statement_timeout_ms: int = 0
+    lock_timeout_ms: int = 0
+    idle_in_transaction_timeout_ms: int = 0
+    keepalive_s: int = 0
+
+    @classmethod
+    def from_settings(cls) -> SessionLimits:
+        s = get_settings()
+        return cls(
+            s.db_statement_timeout_ms,
+            s.db_lock_timeout_ms,
+            s.db_idle_in_transaction_timeout_ms,
+            s.db_tcp_keepalive_seconds,
+        )
+
+    def prefix(self) -> str:
+        """The `SET LOCAL` statements (with their separators) a transaction starts with."""
+        pairs = (
+            ("statement_timeout", self.statement_timeout_ms),
+            ("lock_timeout", self.lock_timeout_ms),
+            ("idle_in_transaction_session_timeout", self.idle_in_transaction_timeout_ms),
+        )
+        return "".join(f"SET LOCAL {name} = {int(ms)}; " for name, ms in pairs if ms > 0)
+
+    def connect_args(self) -> dict[str, int]:
+        """libpq keepalives, and tcp_user_timeout for data sent but never acknowledged."""
+        if self.keepalive_s <= 0:
+            return {}
+        k = self.keepalive_s
+        return {
+            "keepalives": 1,
+            "keepalives_idle": k,
+            "keepalives_interval": k,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 4000 * k,
+        }
+
+
+def make_engine(
+    url: str, *, pool_size: int = 5, pool_timeout: float = 10.0, limits: SessionLimits | None = None
+) -> Engine:
+    """An engine that survives ledger restarts: stale connections are tested and replaced.
+    `limits`: this process's settings unless given (SessionLimits() for none)."""
+    limits = SessionLimits.from_settings() if limits is None else limits
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True)
@@ -60,10 +119,10 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 10.0) -> 
         max_overflow=pool_capacity(pool_size) - pool_size,
         pool_timeout=pool_timeout,
         poolclass=WaitCountingPool,
-        connect_args={"connect_timeout": 3, "application_name": f"medic-{os.getpid()}"},
+        connect_args={"connect_timeout": 3, "application_name": f"medic-{os.getpid()}", **limits.connect_args()},
     )
     sa.event.listen(engine, "checkout", _dead_on_arrival)
-    sa.event.listen(engine, "before_cursor_execute", _async_commit, retval=True)
+    sa.event.listen(engine, "before_cursor_execute", _statement_prefix(limits.prefix()), retval=True)
     return engine
 
 
@@ -79,14 +138,25 @@ def _dead_on_arrival(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         raise sa_exc.DisconnectionError("the ledger closed this pooled connection")
 
 
-def _async_commit(
-    _conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-) -> tuple[str, Any]:
-    """`SET LOCAL synchronous_commit = off` sent in the same round trip as the statement (psycopg2
-    uses the simple query protocol, so both run in one implicit transaction in autocommit mode)."""
-    if not executemany and context is not None and context.execution_options.get(ASYNC_COMMIT):
-        statement = "SET LOCAL synchronous_commit = off; " + statement
-    return statement, parameters
+def _statement_prefix(limits: str) -> Callable[..., tuple[str, Any]]:
+    """Statements sent in the same round trip as a statement (psycopg2 uses the simple query
+    protocol, so they run in its transaction, an implicit one in autocommit mode):
+
+    - `limits` (SessionLimits.prefix) when the statement opens a transaction: the connection is
+      idle, so psycopg2 sends BEGIN (or, in autocommit, the statement alone) next;
+    - `SET LOCAL synchronous_commit = off` for a write that asked for it (db.write)."""
+
+    def prefix(
+        _conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> tuple[str, Any]:
+        if executemany:
+            return statement, parameters
+        head = limits if limits and cursor.connection.info.transaction_status == _IDLE else ""
+        if context is not None and context.execution_options.get(ASYNC_COMMIT):
+            head += "SET LOCAL synchronous_commit = off; "
+        return head + statement, parameters
+
+    return prefix
 
 
 def _engine_for(url: str) -> Engine:
@@ -189,7 +259,8 @@ def snapshot() -> Iterator[Connection]:
             yield conn
 
 
-def _lost_connection(exc: LedgerUnavailableError) -> bool:
+def lost_connection(exc: LedgerUnavailableError) -> bool:
+    """The connection died under the call (not a refusal by a live server): outcome unknown."""
     cause = exc.__cause__
     return isinstance(cause, sa_exc.DBAPIError) and bool(cause.connection_invalidated)
 
@@ -212,7 +283,7 @@ def write(fn: Callable[[Connection], T], *, sync_commit: bool = True) -> T:
             ):
                 return fn(conn)
         except LedgerUnavailableError as exc:
-            if attempt == 2 or not _lost_connection(exc):
+            if attempt == 2 or not lost_connection(exc):
                 raise
             log.info("ledger connection lost under a write; retrying once on a fresh one: %s", exc)
     raise AssertionError("unreachable")
