@@ -148,6 +148,9 @@ class Settings(BaseSettings):
 
     # API
     max_payload_bytes: int = Field(65536, gt=0, description="Largest JSON args of one job.")
+    max_result_bytes: int = Field(
+        65536, gt=0, description="Largest JSON result of one job; a larger one fails the job (result_too_large)."
+    )
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest HTTP request body.")
     max_batch_size: int = Field(1000, gt=0, description="Most jobs in one POST /jobs/batch.")
     submit_group_commit: bool = Field(

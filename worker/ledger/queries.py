@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,9 +50,14 @@ def list_jobs(
     queue: str | None = None,
     limit: int = 50,
     before: tuple[dt.datetime, uuid.UUID] | None = None,
+    payloads: Collection[str] = ("args", "result"),
 ) -> list[Job]:
-    """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen."""
-    stmt = sa.select(jobs).where(jobs.c.tenant == tenant)
+    """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen.
+
+    Of `args` and `result`, only those named in `payloads` are read; the others come back None
+    without leaving the database (each may be tens of KB, and a page holds hundreds of rows)."""
+    columns = [c if c.name in payloads or c.name not in ("args", "result") else sa.null().label(c.name) for c in jobs.c]
+    stmt = sa.select(*columns).where(jobs.c.tenant == tenant)
     if state:
         stmt = stmt.where(jobs.c.state == state)
     if type_:
