@@ -104,10 +104,13 @@ def live_counts_by_queue(conn: Connection) -> list[tuple[str, str, int]]:
     return [(state, queue, int(n)) for state, queue, n in rows]
 
 
-def tenant_queued(conn: Connection, tenant: str, *, up_to: int) -> int:
-    """A tenant's queued jobs, counted up to `up_to` (a quota check needs no exact figure past it)."""
-    limited = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value).limit(up_to)
-    return int(conn.scalar(sa.select(sa.func.count()).select_from(limited.subquery())) or 0)
+def tenant_queued(conn: Connection, tenant: str, *, up_to: int, queue: str | None = None) -> int:
+    """A tenant's queued jobs (in `queue` only, if given), counted up to `up_to` (a quota check
+    needs no exact figure past it). Either way an index range over the tenant's queued jobs."""
+    limited = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value)
+    if queue is not None:
+        limited = limited.where(jobs.c.queue == queue)
+    return int(conn.scalar(sa.select(sa.func.count()).select_from(limited.limit(up_to).subquery())) or 0)
 
 
 def expired_leases(conn: Connection, now: dt.datetime, limit: int) -> list[Job]:
