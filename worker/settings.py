@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         1200.0, ge=0, description="Longest prune run (capped at the prune period); the rest waits for the next run."
     )
     control_batch_size: int = Field(500, gt=0, description="Most jobs one control-loop run acts on.")
+    queue_forget_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="A known queue with no new job for this long and nothing in its lists is forgotten by "
+        "prune (the loops, GET /queues and health stop walking it) until its next job.",
+    )
     reconcile_scan_limit: int = Field(
         100_000, gt=0, description="Most messages reconcile reads per run looking for lost ones; past it it skips."
     )
