@@ -7,10 +7,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
-from worker.errors import ForbiddenError, UnauthorizedError
+from worker.errors import ForbiddenError, MedicError, UnauthorizedError
 from worker.ledger import apikeys, db
 from worker.ledger.apikeys import ApiKey, Scope
 from worker.settings import get_settings
@@ -58,9 +58,9 @@ def find_key(raw: str) -> ApiKey | None:
     return key
 
 
-async def current_key(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-    """Async, so a cached key costs no hop to the threadpool; only a cache miss reads the ledger
-    in a worker thread.
+async def authenticate(authorization: str | None) -> ApiKey:
+    """The key an `Authorization` header names. Async, so a cached key costs no hop to the
+    threadpool; only a cache miss reads the ledger in a worker thread.
 
     Raises:
         UnauthorizedError: no Bearer key, or one the ledger does not know.
@@ -74,6 +74,27 @@ async def current_key(authorization: Annotated[str | None, Header()] = None) -> 
     if key is None:
         raise UnauthorizedError("invalid or revoked API key")
     return key
+
+
+AUTHENTICATED = "medic.api_key"
+"""Where `AuthBeforeBody` (api/limits.py) leaves, in the request's scope, the key it checked
+before the body was read, or the error that refused it."""
+
+
+async def current_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+    """The caller's key: the outcome of the check made before the body was read, if one was,
+    else checked now.
+
+    Raises:
+        UnauthorizedError: no Bearer key, or one the ledger does not know.
+        LedgerUnavailableError: a key not cached, and the ledger cannot answer.
+    """
+    checked = request.scope.get(AUTHENTICATED)
+    if isinstance(checked, ApiKey):
+        return checked
+    if isinstance(checked, MedicError):
+        raise checked
+    return await authenticate(authorization)
 
 
 def require(scope: Scope) -> Callable[[ApiKey], Awaitable[ApiKey]]:

@@ -1,5 +1,6 @@
-"""Refuse what no route can take before any work is done (pure ASGI middleware): oversized
-bodies before they are read into memory, NUL bytes in the query string, too many requests."""
+"""Refuse what no route can take before any work is done (pure ASGI middleware): a body from a
+caller without a valid key, oversized bodies before they are read into memory, NUL bytes in the
+query string, too many requests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,59 @@ import json
 from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.deps import AUTHENTICATED, authenticate
+from worker.errors import MedicError
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # any other method no route takes: a 405, unread
+
+
+class AuthBeforeBody:
+    """A request with a body to a keyed route (`/jobs...`) is authenticated from its headers
+    before one byte of the body is read; without a valid key the body is never read.
+
+    FastAPI reads and parses a route's body before it resolves its dependencies, so without
+    this a caller with no key could make the API read and parse up to MEDIC_MAX_REQUEST_BYTES
+    per request. The outcome is left in the scope for the route's key dependency (api/deps.py):
+    the key, which it then only checks for its scope; or the error, which it raises (401, or 503
+    when the ledger cannot answer). A refused request goes on to its route with an empty body in
+    place of the client's, so it is routed, answered and counted like any other.
+    """
+
+    def __init__(self, app: ASGIApp, prefixes: tuple[str, ...] = ("/jobs",)) -> None:
+        self.app = app
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in BODY_METHODS
+            or not scope["path"].startswith(self.prefixes)
+        ):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization")
+        try:
+            scope[AUTHENTICATED] = await authenticate(header.decode("latin-1") if header is not None else None)
+        except MedicError as exc:
+            scope[AUTHENTICATED] = exc  # in place: the metrics middleware reads the route from this scope
+            await self.app(scope, _without_body(), send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _without_body() -> Receive:
+    """A receive that gives the app an empty body, then a disconnect: the client's is never read."""
+    given = False
+
+    async def receive() -> Message:
+        nonlocal given
+        if given:
+            return {"type": "http.disconnect"}
+        given = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    return receive
 
 
 class BodySizeLimit:

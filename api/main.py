@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from api import errors, metrics, slow, swagger
-from api.limits import BodySizeLimit, InflightLimit, NulInQueryRefusal
+from api.limits import AuthBeforeBody, BodySizeLimit, InflightLimit, NulInQueryRefusal
 from api.routes import alerts, health, jobs, queues, stream
 from api.schemas import ErrorPublic
 from worker import logs
@@ -59,6 +59,8 @@ def create_app() -> FastAPI:
     app.include_router(queues.router)
     app.include_router(health.router)
     app.include_router(alerts.router)
+
+    app.add_middleware(AuthBeforeBody)  # the key from the headers before any body (inside _observe: counted)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -83,8 +83,27 @@ class JobPublic(BaseModel):
         return public
 
 
+LIST_FIELDS = ("args", "result")
+"""What a list leaves out unless `fields=` asks for it: each is up to its cap (64 KiB by default),
+so 500 of them cost a page hundreds of MB in the API process for data a list rarely needs."""
+
+
+class JobSummary(JobPublic):
+    """A job in a list: every field of `JobPublic`, but `args` and `result` only when asked
+    (`GET /jobs?fields=args,result`); a field left out is absent, not null."""
+
+    args: dict[str, Any] | None = Field(None, description="Only with fields=args.")  # type: ignore[assignment]
+    result: Any = Field(None, description="Only with fields=result.")
+
+    @classmethod
+    def listed(cls, job: Any, fields: frozenset[str]) -> JobSummary:
+        """The summary of `job` with only the `fields` of LIST_FIELDS that were asked for."""
+        values = {name: getattr(job, name) for name in cls.model_fields if name not in LIST_FIELDS or name in fields}
+        return cls.model_validate(values)
+
+
 class JobsPublic(BaseModel):
-    jobs: list[JobPublic]
+    jobs: list[JobSummary]
     next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next (older) page.")
 
 

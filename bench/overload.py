@@ -132,7 +132,11 @@ def drain(accepted: int, t0: float) -> dict[str, Any]:
 
 def main() -> None:
     args = options(__doc__, seconds=30.0, clients=8, high=100, low=50, plot=ROOT / "docs" / "overload.png")
-    extra = {"MEDIC_QUEUE_WATERMARKS": json.dumps({QUEUE: [args.high, args.low]}), "MEDIC_API_MAX_INFLIGHT": "256"}
+    extra = {
+        "MEDIC_QUEUE_WATERMARKS": json.dumps({QUEUE: [args.high, args.low]}),
+        "MEDIC_API_MAX_INFLIGHT": "256",
+        "MEDIC_TENANT_QUEUE_SHARE": "1",  # one tenant floods: the queue's watermark is what is measured
+    }
     answers: list[Answer] = []
     samples: list[Sample] = []
     stop = threading.Event()

@@ -19,7 +19,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from worker.broker import redis_keys
+from worker.broker import counters, redis_keys
 from worker.broker.redis_client import get_redis
 from worker.clock import utcnow
 from worker.ledger import db
@@ -128,7 +128,7 @@ def counts() -> dict[str, int]:
 
 def register_queues() -> None:
     """The queues the loops and GET /queues walk (enqueue adds a queue here on first use)."""
-    get_redis().sadd(redis_keys.known_queues(), *QUEUES)
+    counters.mark_active(QUEUES)
 
 
 def between_runs(broker_prefix: str) -> None:

@@ -39,6 +39,8 @@ def medic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "MEDIC_PROFILE": "fast",
         "MEDIC_JOB_MODULES": ",".join(JOB_MODULES),
         "MEDIC_ALLOW_EXAMPLE_JOBS": "true",  # a test may build production settings in this environment
+        # one tenant per test fills queues to their watermarks; tests of the share set their own
+        "MEDIC_TENANT_QUEUE_SHARE": "1",
         # queues are declared: the names and prefixes the tests use
         "MEDIC_QUEUES": "declared-extra,nobody-consumes-this,restart-q,lost-q,void-q,"
         "q-*,gate-*,quota-*,inflight-*,flood-*,scale-*,chaos*,inproc-*",

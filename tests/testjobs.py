@@ -126,3 +126,9 @@ def unstorable(kind: str, payload: object = None) -> object:
         "nul": {"text": "a\x00b"},
         "nul_key": {"k\x00": 1},
     }[kind]
+
+
+@job("tests.sized")
+def sized(size: int) -> str:
+    """A result of exactly `size` bytes of JSON (a string of size - 2 characters and its quotes)."""
+    return "x" * (size - 2)

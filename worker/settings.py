@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         1200.0, ge=0, description="Longest prune run (capped at the prune period); the rest waits for the next run."
     )
     control_batch_size: int = Field(500, gt=0, description="Most jobs one control-loop run acts on.")
+    queue_forget_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="A known queue with no new job for this long and nothing in its lists is forgotten by "
+        "prune (the loops, GET /queues and health stop walking it) until its next job.",
+    )
     reconcile_scan_limit: int = Field(
         100_000, gt=0, description="Most messages reconcile reads per run looking for lost ones; past it it skips."
     )
@@ -112,6 +118,13 @@ class Settings(BaseSettings):
     )
     critical_priority: int = Field(8, ge=0, le=9, description="Jobs at or above it are admitted while shedding.")
     tenant_queued_quota: int = Field(100_000, gt=0, description="Most queued jobs one tenant may have.")
+    tenant_queue_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Most of a queue's high watermark one tenant's queued jobs may take (429 tenant_quota "
+        "past it, while other tenants are still accepted); 1: no cap but the watermark.",
+    )
     retry_after_min_seconds: int = Field(1, ge=1, description="Smallest Retry-After of a 429.")
     retry_after_max_seconds: int = Field(300, ge=1, description="Largest Retry-After of a 429.")
     api_max_inflight: int = Field(64, gt=0, description="Requests one API process serves at once; more get 503.")
@@ -157,6 +170,14 @@ class Settings(BaseSettings):
     )
     default_timeout_seconds: float = Field(300.0, gt=0, description="Timeout of a job that sets none.")
     default_max_attempts: int = Field(3, ge=1, description="Attempts of a job that sets none.")
+    max_job_timeout_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest timeout a submission may ask for (422 past it; a job type's own may be longer).",
+    )
+    max_job_attempts: int = Field(
+        10, ge=1, description="Most attempts a submission may ask for (422 past it; a job type's own may be more)."
+    )
     default_backoff_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles.")
     max_backoff_seconds: float = Field(300.0, ge=0, description="Cap of the retry delay.")
     finalize_retry_seconds: float = Field(
@@ -165,6 +186,9 @@ class Settings(BaseSettings):
 
     # API
     max_payload_bytes: int = Field(65536, gt=0, description="Largest JSON args of one job.")
+    max_result_bytes: int = Field(
+        65536, gt=0, description="Largest JSON result of one job; a larger one fails the job (result_too_large)."
+    )
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest HTTP request body.")
     max_batch_size: int = Field(1000, gt=0, description="Most jobs in one POST /jobs/batch.")
     submit_group_commit: bool = Field(

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Query, Response
 from api import metrics
 from api.deps import AdminKey, ReadKey, SubmitKey
 from api.schemas import (
+    LIST_FIELDS,
     BatchCreate,
     BatchItem,
     BatchPublic,
@@ -21,6 +22,7 @@ from api.schemas import (
     JobCreate,
     JobPublic,
     JobsPublic,
+    JobSummary,
 )
 from worker import logs
 from worker.accept import Accepted, Caller, JobRequest, accept
@@ -110,7 +112,35 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
         raise InvalidArgsError("invalid cursor: pass back a next_cursor exactly as it was returned") from None
 
 
-@router.get("", response_model=JobsPublic)
+FULL_PAGE_MAX = 50
+"""The largest `limit` of a page that carries args or results: each may be up to its cap (64 KiB
+by default), decoded into Python objects several times its size, so 500 of them cost the API
+process hundreds of MB (docs/api.md, "Listing jobs")."""
+
+
+def _list_fields(fields: str | None, limit: int) -> frozenset[str]:
+    """`fields=args,result`: which of LIST_FIELDS a list should carry (none unless asked).
+
+    Raises:
+        InvalidArgsError: a name that is not one of LIST_FIELDS, or a `limit` over FULL_PAGE_MAX
+            with any of them.
+    """
+    asked = frozenset(f.strip() for f in (fields or "").split(",") if f.strip())
+    unknown = sorted(asked - set(LIST_FIELDS))
+    if unknown:
+        raise InvalidArgsError(
+            f"unknown fields {', '.join(map(repr, unknown))}: fields= takes {', '.join(LIST_FIELDS)}",
+            fields=unknown,
+        )
+    if asked and limit > FULL_PAGE_MAX:
+        raise InvalidArgsError(
+            f"with fields={','.join(sorted(asked))} a page holds at most {FULL_PAGE_MAX} jobs (limit={limit})",
+            limit=FULL_PAGE_MAX,
+        )
+    return asked
+
+
+@router.get("", response_model=JobsPublic, response_model_exclude_unset=True)
 def list_jobs(
     key: ReadKey,
     state: JobState | None = None,
@@ -118,15 +148,29 @@ def list_jobs(
     queue: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> JobsPublic:
-    """The caller's jobs, newest first, keyset-paginated."""
+    fields: Annotated[
+        str | None, Query(max_length=100, description="Comma-separated: args, result (left out unless asked).")
+    ] = None,
+) -> Response:
+    """The caller's jobs, newest first, keyset-paginated; `args` and `result` only with `fields=`."""
+    wanted = _list_fields(fields, limit)
     before = _decode_cursor(cursor) if cursor else None
     with db.connect() as conn:
         rows = queries.list_jobs(
-            conn, key.tenant, state=state.value if state else None, type_=type, queue=queue, limit=limit, before=before
+            conn,
+            key.tenant,
+            state=state.value if state else None,
+            type_=type,
+            queue=queue,
+            limit=limit,
+            before=before,
+            payloads=wanted,
         )
     next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
-    return JobsPublic(jobs=[JobPublic.of(r) for r in rows], next_cursor=next_cursor)
+    page = JobsPublic(jobs=[JobSummary.listed(r, wanted) for r in rows], next_cursor=next_cursor)
+    # Serialized here, once: FastAPI's response_model path would dump, re-validate and encode
+    # the page again (three copies of every args object asked for).
+    return Response(page.model_dump_json(exclude_unset=True), media_type="application/json")
 
 
 def _owned(job_id: uuid.UUID, tenant: str) -> Job:

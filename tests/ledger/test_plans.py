@@ -133,6 +133,7 @@ CASES: dict[str, Callable[[Connection], object]] = {
     "list_jobs_type": lambda c: queries.list_jobs(c, "tenant-0", type_="rare", limit=LIMIT),
     "list_jobs_queue": lambda c: queries.list_jobs(c, "tenant-0", queue="q-rare", limit=LIMIT),
     "tenant_queued": lambda c: queries.tenant_queued(c, "tenant-0", up_to=LIMIT),
+    "tenant_queued_in_queue": lambda c: queries.tenant_queued(c, "tenant-0", up_to=LIMIT, queue="q-0"),
 }
 
 

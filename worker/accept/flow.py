@@ -5,7 +5,7 @@ check has passed:
 
 1. validate each request (worker/accept/validate.py): type, args, size, queue, the caller's
    queues (an API key may be limited to some; the library may use every declared queue);
-2. the tenant's quota (worker/accept/quota.py), then room in each queue (admission,
+2. the tenant's quota and its share of each queue (worker/accept/quota.py), then room in each queue (admission,
    worker/accept/admission.py: a reservation below the watermark, else QueueFullError -> 429);
 3. commit in one transaction (worker/accept/commit.py), through this process's group committer
    for single jobs when the caller asks for it (worker/accept/group_commit.py); idempotency keys
@@ -69,7 +69,7 @@ def accept(requests: Sequence[JobRequest], caller: Caller, *, group: bool = Fals
     news = new_jobs(requests, tenant=caller.tenant, allowed_queues=caller.allowed_queues)
     reservations: list[Reservation] = []
     if caller.admission:
-        check_tenant_quota(caller.tenant, len(news))
+        check_tenant_quota(caller.tenant, news)
         reservations = admit_jobs(news)
     try:
         done = _commit_and_publish(news, caller.actor, reservations, group=group)

@@ -1,45 +1,88 @@
-"""The tenant quota: how many queued jobs one tenant may have, checked when jobs are accepted."""
+"""The tenant's limits on queued jobs, checked when jobs are accepted: its quota over every queue
+(`MEDIC_TENANT_QUEUED_QUOTA`), and its share of each queue (`MEDIC_TENANT_QUEUE_SHARE` of the
+queue's high watermark), so that one tenant can never fill a queue and get every other tenant
+429s: while it is refused, the queue keeps room below its watermark for the others."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
+from collections.abc import Sequence
 
+from worker.accept.admission import watermarks
 from worker.errors import TenantQuotaError
 from worker.ledger import db, queries
-from worker.settings import get_settings
+from worker.ledger.records import NewJob
+from worker.settings import Settings, get_settings
 
-_quota_cache: dict[str, tuple[int, float]] = {}
+# (tenant, queue or None for every queue) -> (queued jobs, valid until)
+_quota_cache: dict[tuple[str, str | None], tuple[int, float]] = {}
 QUOTA_CACHE_S = 1.0
 
 
-def _queued_count(tenant: str, quota: int) -> int:
-    """The tenant's queued jobs (counted up to quota + 1), cached for a second per process:
-    the count costs in proportion to the backlog, and a quota is a guard rail, not a fence."""
-    hit = _quota_cache.get(tenant)
+def _queued_count(tenant: str, queue: str | None, up_to: int) -> int:
+    """The tenant's queued jobs (in `queue`, or in all), counted up to `up_to`, cached for a
+    second per process: the count costs in proportion to the backlog, and a quota is a guard
+    rail, not a fence."""
+    hit = _quota_cache.get((tenant, queue))
     if hit is not None and hit[1] > time.monotonic():
         return hit[0]
     with db.connect() as conn:
-        queued = queries.tenant_queued(conn, tenant, up_to=quota + 1)
-    _quota_cache[tenant] = (queued, time.monotonic() + QUOTA_CACHE_S)
+        queued = queries.tenant_queued(conn, tenant, up_to=up_to, queue=queue)
+    _quota_cache[(tenant, queue)] = (queued, time.monotonic() + QUOTA_CACHE_S)
     return queued
 
 
-def check_tenant_quota(tenant: str, n: int) -> None:
-    """Count `n` more jobs against the tenant's quota.
+def _counted(tenant: str, queue: str | None, n: int) -> None:
+    """Count what this process admits until the next real count."""
+    hit = _quota_cache.get((tenant, queue))
+    if hit is not None:
+        _quota_cache[(tenant, queue)] = (hit[0] + n, hit[1])
+
+
+def queue_share(queue: str, s: Settings | None = None) -> int | None:
+    """The most jobs one tenant may have queued in `queue`: its share of the queue's high
+    watermark (at least 1); None when the share is 1 (no cap of its own: the watermark is)."""
+    s = s or get_settings()
+    if s.tenant_queue_share >= 1:
+        return None
+    return max(1, math.floor(watermarks(queue, s).high * s.tenant_queue_share))
+
+
+def check_tenant_quota(tenant: str, news: Sequence[NewJob]) -> None:
+    """Count `news` against the tenant's quota and its share of each of their queues.
 
     Raises:
-        TenantQuotaError: the tenant's queued jobs plus `n` would pass its quota.
+        TenantQuotaError: the tenant's queued jobs plus the new ones would pass its quota, or its
+            share of one of their queues (`queue` and `share` in the details).
     """
     s = get_settings()
+    retry_after = min(30, s.retry_after_max_seconds)
     quota = s.tenant_queued_quota
-    queued = _queued_count(tenant, quota)
-    if queued + n > quota:
+    queued = _queued_count(tenant, None, quota + 1)
+    if queued + len(news) > quota:
         raise TenantQuotaError(
             f"tenant {tenant!r} has {queued} queued jobs; its quota is {quota}",
             queued=queued,
             quota=quota,
-            retry_after=min(30, s.retry_after_max_seconds),
+            retry_after=retry_after,
         )
-    hit = _quota_cache.get(tenant)
-    if hit is not None:  # count what this process admits until the next real count
-        _quota_cache[tenant] = (hit[0] + n, hit[1])
+    per_queue = Counter(new.queue for new in news)
+    for queue, n in per_queue.items():
+        share = queue_share(queue, s)
+        if share is None:
+            continue
+        in_queue = _queued_count(tenant, queue, share + 1)
+        if in_queue + n > share:
+            raise TenantQuotaError(
+                f"tenant {tenant!r} has {in_queue} queued jobs in queue {queue!r}; its share of that queue "
+                f"is {share} (MEDIC_TENANT_QUEUE_SHARE {s.tenant_queue_share:g} of its high watermark)",
+                queue=queue,
+                queued=in_queue,
+                share=share,
+                retry_after=retry_after,
+            )
+    _counted(tenant, None, len(news))
+    for queue, n in per_queue.items():
+        _counted(tenant, queue, n)

@@ -2,7 +2,8 @@
 
 Everything is checked here, before anything is written: an unknown type, args that do not fit
 the signature or are over the size limit, an undeclared queue, a queue the caller may not use,
-a priority, timeout or attempt count out of range. Each raises a PermanentError (a 4xx).
+a priority out of range, a timeout or attempt count out of range or over the settings' caps
+(`MEDIC_MAX_JOB_TIMEOUT_SECONDS`, `MEDIC_MAX_JOB_ATTEMPTS`). Each raises a PermanentError (a 4xx).
 """
 
 from __future__ import annotations
@@ -63,12 +64,9 @@ def new_job(
         )
     if not 0 <= req.priority <= 9:
         raise InvalidArgsError("priority must be 0..9")
+    _check_asked(req, s)
     timeout = req.timeout if req.timeout is not None else (spec.timeout_s or s.default_timeout_seconds)
     attempts = req.max_attempts if req.max_attempts is not None else (spec.max_attempts or s.default_max_attempts)
-    if timeout <= 0:
-        raise InvalidArgsError("timeout must be positive")
-    if attempts < 1:
-        raise InvalidArgsError("max_attempts must be at least 1")
     return NewJob(
         id=uuid.uuid4(),
         type=spec.name,
@@ -83,6 +81,34 @@ def new_job(
         delivery_id=new_delivery_id(),
         created_at=now,
     )
+
+
+def _check_asked(req: JobRequest, s: Settings) -> None:
+    """What a caller may ask for: a timeout (a slot held that long) and attempts (that many runs)
+    within the settings' caps. A job type's own defaults are the code's, not the caller's, and
+    are not capped.
+
+    Raises:
+        InvalidArgsError
+    """
+    if req.timeout is not None:
+        if not req.timeout > 0:
+            raise InvalidArgsError("timeout must be positive")
+        if req.timeout > s.max_job_timeout_seconds:
+            raise InvalidArgsError(
+                f"timeout {req.timeout:g} s is over the longest a job may ask for, "
+                f"{s.max_job_timeout_seconds:g} s (MEDIC_MAX_JOB_TIMEOUT_SECONDS)",
+                limit=s.max_job_timeout_seconds,
+            )
+    if req.max_attempts is not None:
+        if req.max_attempts < 1:
+            raise InvalidArgsError("max_attempts must be at least 1")
+        if req.max_attempts > s.max_job_attempts:
+            raise InvalidArgsError(
+                f"max_attempts {req.max_attempts} is over the most a job may ask for, "
+                f"{s.max_job_attempts} (MEDIC_MAX_JOB_ATTEMPTS)",
+                limit=s.max_job_attempts,
+            )
 
 
 def new_jobs(

@@ -1,18 +1,22 @@
-"""Per-queue arrival and drain counters in Redis, and the set of queues ever used.
+"""Per-queue arrival and drain counters in Redis, and the set of queues in use.
 
 Counters are bumped where work enters (enqueue) and leaves (claim) a queue; the
-apply_backpressure loop turns them into rates (`worker.control.rates`).
+apply_backpressure loop turns them into rates (`worker.control.rates`). The known queues are a
+sorted set scored by each queue's last arrival, so a queue that is gone can be forgotten
+(`forget_idle`, run by prune): the loops, `GET /queues` and the health probe walk it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 
 from redis.client import Pipeline
 
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
+from worker.broker.scripts import run_script
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ def add_arrivals(pipe: Pipeline[str], per_queue: Mapping[str, int]) -> None:
     trip as the messages, so counting an arrival costs no round trip of its own."""
     if not per_queue:
         return
-    pipe.sadd(redis_keys.known_queues(), *per_queue)
+    pipe.zadd(redis_keys.known_queues(), dict.fromkeys(per_queue, time.time()))
     for queue, n in per_queue.items():
         pipe.incrby(redis_keys.queue_counter(queue, ARRIVED), n)
 
@@ -44,7 +48,44 @@ def record_drained(per_queue: Mapping[str, int]) -> None:
 
 
 def known_queues() -> list[str]:
-    return sorted(get_redis().smembers(redis_keys.known_queues()))
+    """Every queue in use (and those of the set kept before queues could be forgotten)."""
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.zrange(redis_keys.known_queues(), 0, -1)
+    pipe.smembers(redis_keys.legacy_known_queues())
+    active, legacy = pipe.execute()
+    return sorted({*active, *legacy})
+
+
+def mark_active(queues: Iterable[str], now: float | None = None) -> None:
+    """Record `queues` as in use at `now` (an arrival does this in its publish pipeline)."""
+    scores: dict[str | bytes, float] = dict.fromkeys(queues, time.time() if now is None else now)
+    if scores:
+        get_redis().zadd(redis_keys.known_queues(), scores)
+
+
+def forget_idle(now: float, idle_s: float) -> list[str]:
+    """Forget every known queue with no arrival for `idle_s` whose lists are empty, with its
+    counters and rates; returns them. A queue that gets a job again is known again at once.
+
+    The set kept before this (a plain set) is moved over first, its queues counted as active
+    `now`, so an upgrade forgets nothing early.
+    """
+    r = get_redis()
+    legacy = r.smembers(redis_keys.legacy_known_queues())
+    if legacy:
+        moved: dict[str | bytes, float] = dict.fromkeys(legacy, now)
+        r.zadd(redis_keys.known_queues(), moved, nx=True)
+        r.delete(redis_keys.legacy_known_queues())
+    forgotten = []
+    for queue in r.zrangebyscore(redis_keys.known_queues(), "-inf", f"({now - idle_s}"):
+        lists = redis_keys.queue_lists(queue)
+        also = [redis_keys.queue_counter(queue, ARRIVED), redis_keys.queue_counter(queue, DRAINED)]
+        keys = [redis_keys.known_queues(), *lists, *also, redis_keys.rates(queue)]
+        if int(run_script("forget_queue", keys, [queue, now - idle_s, len(lists)])):
+            forgotten.append(queue)
+    if forgotten:
+        log.info("forgot %d idle, empty queues: %s", len(forgotten), ", ".join(forgotten))
+    return forgotten
 
 
 def read(queue: str) -> tuple[int, int]:

@@ -44,7 +44,14 @@ def beat_alive() -> str:
 
 
 def known_queues() -> str:
-    """Set of every queue a job was ever enqueued to (the loops iterate over it)."""
+    """Sorted set of the queues in use, scored by their last arrival (epoch seconds): the loops
+    iterate over it; prune forgets a queue idle and empty past MEDIC_QUEUE_FORGET_SECONDS."""
+    return f"{_p()}queues:active"
+
+
+def legacy_known_queues() -> str:
+    """The plain set the known queues were kept in before they could be forgotten: read with
+    the sorted set until prune moves its members over and deletes it."""
     return f"{_p()}queues"
 
 

@@ -1,10 +1,12 @@
-"""prune: finished jobs and their events past the retention period, deleted in batches."""
+"""prune: finished jobs and their events past the retention period, deleted in batches; known
+queues idle and empty past MEDIC_QUEUE_FORGET_SECONDS, forgotten."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 
+from worker.broker import counters
 from worker.clock import seconds
 from worker.ledger import db, decisions, queries, transitions
 from worker.settings import get_settings
@@ -31,4 +33,5 @@ def prune(now: dt.datetime, *, batch: int = 2000, budget_s: float | None = None)
         deleted += len(ids)
         if len(ids) < batch or time.monotonic() >= deadline:
             break
-    return {"deleted": deleted, "decisions_deleted": decisions.prune_before(cutoff)}
+    forgotten = counters.forget_idle(now.timestamp(), s.queue_forget_seconds)
+    return {"deleted": deleted, "decisions_deleted": decisions.prune_before(cutoff), "queues_forgotten": len(forgotten)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,9 +50,14 @@ def list_jobs(
     queue: str | None = None,
     limit: int = 50,
     before: tuple[dt.datetime, uuid.UUID] | None = None,
+    payloads: Collection[str] = ("args", "result"),
 ) -> list[Job]:
-    """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen."""
-    stmt = sa.select(jobs).where(jobs.c.tenant == tenant)
+    """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen.
+
+    Of `args` and `result`, only those named in `payloads` are read; the others come back None
+    without leaving the database (each may be tens of KB, and a page holds hundreds of rows)."""
+    columns = [c if c.name in payloads or c.name not in ("args", "result") else sa.null().label(c.name) for c in jobs.c]
+    stmt = sa.select(*columns).where(jobs.c.tenant == tenant)
     if state:
         stmt = stmt.where(jobs.c.state == state)
     if type_:
@@ -99,10 +104,13 @@ def live_counts_by_queue(conn: Connection) -> list[tuple[str, str, int]]:
     return [(state, queue, int(n)) for state, queue, n in rows]
 
 
-def tenant_queued(conn: Connection, tenant: str, *, up_to: int) -> int:
-    """A tenant's queued jobs, counted up to `up_to` (a quota check needs no exact figure past it)."""
-    limited = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value).limit(up_to)
-    return int(conn.scalar(sa.select(sa.func.count()).select_from(limited.subquery())) or 0)
+def tenant_queued(conn: Connection, tenant: str, *, up_to: int, queue: str | None = None) -> int:
+    """A tenant's queued jobs (in `queue` only, if given), counted up to `up_to` (a quota check
+    needs no exact figure past it). Either way an index range over the tenant's queued jobs."""
+    limited = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value)
+    if queue is not None:
+        limited = limited.where(jobs.c.queue == queue)
+    return int(conn.scalar(sa.select(sa.func.count()).select_from(limited.limit(up_to).subquery())) or 0)
 
 
 def expired_leases(conn: Connection, now: dt.datetime, limit: int) -> list[Job]:

@@ -164,8 +164,10 @@ def give_back(
     error: Mapping[str, Any] | None = None,
     frm: JobState = JobState.RUNNING,
     immediate: bool = False,
+    retryable: bool = True,
 ) -> Job | None:
-    """End a failed delivery of `job`: `queued` with back-off if attempts are left, else `dead`.
+    """End a failed delivery of `job`: `queued` with back-off if attempts are left, else `dead`
+    (at once when the failure is not `retryable`: another attempt would end the same way).
 
     The one place that decides "retry or give up". Fenced on the delivery and attempt that
     `job` describes, so a late report of an old delivery changes nothing.
@@ -174,7 +176,7 @@ def give_back(
     common: dict[str, Any] = {"lease_expires_at": None}
     if error is not None:
         common["error"] = dict(error)
-    if job.attempts < job.max_attempts:
+    if retryable and job.attempts < job.max_attempts:
         delay = 0.0 if immediate else backoff_delay(job.backoff_s, job.attempts, max_backoff_s)
         return transition(
             conn,
@@ -203,7 +205,7 @@ def give_back(
         now=now,
         where=fence,
         values={**common, "finished_at": now},
-        detail=f"gave up after {job.attempts} attempt(s)",
+        detail=f"gave up after {job.attempts} attempt(s)" if retryable else "not retryable",
     )
 
 

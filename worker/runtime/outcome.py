@@ -20,18 +20,20 @@ class OutcomeKind(StrEnum):
 @dataclass(frozen=True)
 class Outcome:
     """One run's ending: `value` is the result (succeeded), the error dict (failed) or the detail
-    text (timeout); a lost run has none (the process that would know is gone)."""
+    text (timeout); a lost run has none (the process that would know is gone). A failure that is
+    not `retryable` would end the same way on every attempt: the job is dead at once."""
 
     kind: OutcomeKind
     value: Any = None
+    retryable: bool = True
 
     @classmethod
     def succeeded(cls, result: Any) -> Outcome:
         return cls(OutcomeKind.SUCCEEDED, result)
 
     @classmethod
-    def failed(cls, error: dict[str, Any]) -> Outcome:
-        return cls(OutcomeKind.FAILED, error)
+    def failed(cls, error: dict[str, Any], *, retryable: bool = True) -> Outcome:
+        return cls(OutcomeKind.FAILED, error, retryable)
 
     @classmethod
     def timed_out(cls, detail: str) -> Outcome:

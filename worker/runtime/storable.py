@@ -59,3 +59,9 @@ def check(value: Any) -> tuple[str, str] | None:
     except (TypeError, ValueError) as exc:
         return "$", str(exc)
     return None
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of `value` as compact JSON: the measure of the args cap at submit and the result cap
+    at finalize (call after `check` passed)."""
+    return len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())

@@ -104,11 +104,19 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
 
 
 NOT_STORABLE = "result_not_storable"
+TOO_LARGE = "result_too_large"
 
 
 def not_storable(detail: str) -> dict[str, Any]:
     """The error of a job whose result the ledger cannot keep; it fails (and retries) like any."""
     return {"type": NOT_STORABLE, "message": f"the job's result cannot be stored: {detail}"[:2000], "traceback": ""}
+
+
+def too_large(size: int, limit: int) -> dict[str, Any]:
+    """The error of a job whose result is over MEDIC_MAX_RESULT_BYTES. Not retryable: the same
+    function on the same args returns a result of the same size, so the job is dead at once."""
+    message = f"the job's result is {size} bytes; the limit is {limit} (MEDIC_MAX_RESULT_BYTES)"
+    return {"type": TOO_LARGE, "message": message, "traceback": "", "size": size, "limit": limit}
 
 
 def record_outcome(job: Job, outcome: Outcome, *, actor: str) -> Job | None:
@@ -158,6 +166,9 @@ def _run(spec: JobSpec, job: Job) -> Outcome:
         if found is not None:
             loc, reason = found
             return Outcome.failed(not_storable(f"{loc}: {reason}"))
+        limit = get_settings().max_result_bytes
+        if (size := storable.encoded_size(result)) > limit:  # nothing oversized reaches the ledger
+            return Outcome.failed(too_large(size, limit), retryable=False)
         return Outcome.succeeded(result)
     except SoftTimeLimitExceeded:
         return Outcome.timed_out(f"soft time limit of {job.timeout_s}s exceeded")
@@ -175,5 +186,12 @@ def _finalize(conn: Connection, job: Job, outcome: Outcome, *, actor: str) -> Jo
             conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=outcome.value
         )
     return transitions.give_back(
-        conn, job, reason="error", actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, error=outcome.value
+        conn,
+        job,
+        reason="error",
+        actor=actor,
+        now=now,
+        max_backoff_s=s.max_backoff_seconds,
+        error=outcome.value,
+        retryable=outcome.retryable,
     )
