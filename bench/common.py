@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
 import platform
 import shlex
@@ -249,8 +250,9 @@ def options(doc: str, **defaults: Any) -> argparse.Namespace:
 
 
 def header(bench: str) -> dict[str, Any]:
-    """What every report starts with: the bench, its command, the machine, and the code measured
-    (HEAD, and the files outside bench/ that differ from it)."""
+    """What every report starts with: the bench, its command, when it started (UTC), the machine and
+    its load, and the code measured (HEAD, and the files outside bench/ that differ from it): the
+    provenance every figure the docs quote must carry (tests/bench/test_figures.py)."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
@@ -259,6 +261,7 @@ def header(bench: str) -> dict[str, Any]:
     return {
         "bench": bench,
         "command": shlex.join([".venv/bin/python", "-m", f"bench.{bench}", *sys.argv[1:]]),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
         "code": {
             "head": git("rev-parse", "--short", "HEAD").strip(),

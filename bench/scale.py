@@ -158,6 +158,13 @@ def flatness(per_size: list[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
+def committed_e2e_rate() -> float:
+    """Jobs/s end to end in the committed throughput run (docs/bench/throughput.json, events off,
+    medic, median): the intake prune must outpace PRUNE_FACTOR times over."""
+    throughput = json.loads((ROOT / "docs" / "bench" / "throughput.json").read_text())
+    return float(throughput["end_to_end"]["events_off"]["medic"]["jobs_per_s"]["median"])
+
+
 def prune_run() -> dict[str, Any]:
     """One prune run (the loop's function, its default budget) on the expired rows, against the
     end-to-end rate of docs/bench/throughput.json (events off, median).
@@ -168,8 +175,7 @@ def prune_run() -> dict[str, Any]:
     from worker.control.prune import prune
     from worker.settings import get_settings
 
-    throughput = json.loads((ROOT / "docs" / "bench" / "throughput.json").read_text())
-    e2e = throughput["end_to_end"]["events_off"]["medic"]["jobs_per_s"]["median"]
+    e2e = committed_e2e_rate()
     events_before, now = fill.counts()["events"], utcnow()
     expected = fill.expired_count(now, get_settings().retention_days)
     started = time.perf_counter()

@@ -1,5 +1,5 @@
 """The docs' tables, rendered from committed bench JSONs, so docs/benchmarks.md quotes them exactly
-(tests/bench/test_*_docs.py compare):
+(tests/bench/test_figures.py compares):
 
     .venv/bin/python -m bench.tables throughput docs/bench/throughput_before.json \\
         docs/bench/throughput_stop15.json docs/bench/throughput.json

@@ -17,6 +17,7 @@ from worker.clock import utcnow
 from worker.control import registry
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db
+from worker.ledger.models import jobs
 from worker.ops.cli import api_metrics_dir
 from worker.testing.processes import Processes, free_port, wait_for
 
@@ -29,20 +30,33 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def _state(job_id: uuid.UUID) -> str | None:
+    with db.connect() as conn:
+        return conn.scalar(sa.select(jobs.c.state).where(jobs.c.id == job_id))
+
+
 def test_metrics_serve_the_health_snapshot(stack: str) -> None:
     queue = f"q-snap-{uuid.uuid4().hex[:6]}"  # no worker consumes it: its jobs stay queued
     for i in range(3):
         enqueue("examples.echo", {"message": str(i)}, queue=queue)
-    registry.health_and_alerts(utcnow())  # what the control plane runs every period
+    # A worker process beats from its first job on: one job on the stack's worker makes it live.
+    ran = enqueue("examples.echo", {"message": "beat"})
+    wait_for(lambda: _state(ran.job.id) == "succeeded", 60, 0.2, "a job on the stack's worker")
+    with db.connect() as conn:
+        oldest = conn.scalar(sa.select(sa.func.min(jobs.c.created_at)).where(jobs.c.queue == queue))
+    now = utcnow()
+    registry.health_and_alerts(now)  # what the control plane runs every period
     got = _samples(httpx.get(f"{stack}/metrics", timeout=10).text)
     q = (("queue", queue),)
     assert got[("medic_queue_depth", q)] == 3
     assert got[("medic_queue_consumers", q)] == 0
     assert got[("medic_queue_high_watermark", q)] == 10_000
-    assert got[("medic_queue_oldest_queued_age_seconds", q)] >= 0
+    # The age of the first job enqueued, as of the snapshot (a later snapshot only makes it older).
+    age = got[("medic_queue_oldest_queued_age_seconds", q)]
+    assert (now - oldest).total_seconds() <= age <= (utcnow() - oldest).total_seconds(), (age, oldest, now)
     assert got[("medic_redis_noeviction", ())] == 1, "the shared Redis is noeviction"
     assert got[("medic_postgres_max_connections", ())] >= got[("medic_postgres_connections", ())] > 0
-    assert got[("medic_workers_live", ())] >= 0
+    assert got[("medic_workers_live", ())] >= 1, "the stack's worker beats"
     assert ("medic_alerts_firing", (("alert", "MedicQueueUnconsumed"), ("severity", "critical"))) in got
     assert any(name == "medic_db_pool_capacity" and dict(labels)["process"].startswith("api:") for name, labels in got)
 
