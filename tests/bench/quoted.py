@@ -250,3 +250,16 @@ QUOTES += [
     Quote(L, "every one of the 176", OV, "accepted_jobs.accepted_202"),
 ]
 ALLOWED += [Allowed(L, "one slot at 5 jobs/s", "the bench's capacity: one slot, jobs of 0.2 s")]
+
+LMB, LM = "list_memory_before.json", "list_memory.json"
+QUOTES += [
+    Quote("api.md", "peak RSS growing by 431.6", LMB, "runs.0.peak_growth_mb"),
+    Quote("api.md", "(500", LMB, "jobs"),
+    Quote("api.md", "without them, and 38.5", LM, "runs.1.peak_growth_mb"),
+    Quote("api.md", "list_memory_before.json)), 2.3", LM, "runs.0.peak_growth_mb"),
+]
+ALLOWED += [
+    Allowed("api.md", "with 64 KB object args, ~7,600 keys each", "the bench's job shape"),
+    Allowed("load.md", "`MEDIC_TENANT_QUEUE_SHARE` (0.2)", "a setting's default"),
+    Allowed("load.md", "(2,000 of the default 10,000", "a setting's default, worked out"),
+]

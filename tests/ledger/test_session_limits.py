@@ -127,3 +127,15 @@ def test_connections_carry_tcp_keepalives_and_transactions_the_limits(medic_env:
             assert "keepalives_idle" not in conn.connection.dbapi_connection.get_dsn_parameters()  # type: ignore[union-attr]
             with conn.begin():
                 assert conn.scalar(sa.text("SHOW statement_timeout")) == "0"
+
+
+@_limits(statement_ms=300, lock_ms=400, idle_ms=500)
+def test_maintenance_that_cannot_run_in_a_transaction_block_still_runs(medic_env: dict[str, str]) -> None:
+    # Bug caught: the SET LOCAL limits sent in front of every statement, VACUUM included (the
+    # round trip becomes one implicit transaction block: "VACUUM cannot run inside a transaction
+    # block"; bench.scale's fill and the plan tests VACUUM through this engine).
+    maintenance = db.get_engine().execution_options(isolation_level="AUTOCOMMIT")
+    with maintenance.connect() as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE jobs")
+        conn.exec_driver_sql("CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_session_limits_probe ON jobs (created_at)")
+        conn.exec_driver_sql("DROP INDEX CONCURRENTLY ix_session_limits_probe")

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import select
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,14 @@ from worker.settings import get_settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+# Statements PostgreSQL refuses inside a transaction block: a `SET LOCAL` sent in their round
+# trip would make one (an implicit block), so they go alone ("VACUUM cannot run inside a
+# transaction block"). Maintenance only: no hot path sends them.
+_OUTSIDE_TRANSACTION = re.compile(
+    r"\s*(VACUUM|CLUSTER|REINDEX|CHECKPOINT|ALTER\s+SYSTEM|(CREATE|DROP)\s+(DATABASE|TABLESPACE)"
+    r"|(CREATE\s+(UNIQUE\s+)?|DROP\s+)INDEX\s+CONCURRENTLY)\b",
+    re.IGNORECASE,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +158,7 @@ def _statement_prefix(limits: str) -> Callable[..., tuple[str, Any]]:
     def prefix(
         _conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> tuple[str, Any]:
-        if executemany:
+        if executemany or _OUTSIDE_TRANSACTION.match(statement):
             return statement, parameters
         head = limits if limits and cursor.connection.info.transaction_status == _IDLE else ""
         if context is not None and context.execution_options.get(ASYNC_COMMIT):
