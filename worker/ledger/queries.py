@@ -188,12 +188,13 @@ _STREAM_COLUMNS = (
 )
 
 
-def stream_tail(conn: Connection, after: int, holes: Sequence[int], limit: int) -> list[Row[Any]]:
-    """Events past `after` or filling a known hole, oldest first, with their job's tenant, queue
-    and type: the one tail query each API process runs for every stream client (PK range scans)."""
+def stream_tail(conn: Connection, after: int, holes: Sequence[tuple[int, int]], limit: int) -> list[Row[Any]]:
+    """Events past `after` or in a known hole range (lo, hi inclusive), oldest first, with their
+    job's tenant, queue and type: the one tail query each API process runs for every stream
+    client (PK range scans; the caller bounds the number of ranges)."""
     where: sa.ColumnElement[bool] = job_events.c.id > after
     if holes:
-        where = sa.or_(where, job_events.c.id.in_(list(holes)))
+        where = sa.or_(where, *(job_events.c.id.between(lo, hi) for lo, hi in holes))
     stmt = (
         sa.select(*_STREAM_COLUMNS)
         .join(jobs, jobs.c.id == job_events.c.job_id)
