@@ -50,6 +50,10 @@ TAIL_PAGE = 1000
 QUERY_HOLES = 64  # hole ranges one tail read re-reads (the lowest: the release waits on those)
 QUERY_LATE = 16  # ranges passed with a resync, re-read for their late events
 DISPATCH_CHUNK = 50  # updates dispatched between two yields to the writers
+MAX_PENDING = 20_000  # events held behind an open hole; past it the tail reads only the holes
+START_WINDOW = 100_000  # ids below the starting point checked for gaps an open transaction may fill
+START_GAPS = 10_000  # at most this many of those gaps (the newest) are watched
+START_WAIT_S = 10.0  # clients wait this long at most for the transactions open at the start
 
 
 STREAMS = Gauge("medic_stream_connections", "WS /jobs/stream clients subscribed to this API process")
@@ -71,9 +75,10 @@ class LimitError(Exception):
 
 @dataclass(frozen=True)
 class Fetch:
-    """What one tail read asks for: ids past `after`, and the hole ranges it re-reads."""
+    """What one tail read asks for: ids past `after` (None: none, too much is held back), and
+    the hole ranges it re-reads."""
 
-    after: int
+    after: int | None
     holes: list[tuple[int, int]]
     late: list[tuple[int, int]]
     limit: int = TAIL_PAGE
@@ -152,31 +157,37 @@ class Hub:
                 full = await self.poll_once()
             except Exception:
                 log.warning("stream tail: poll failed; retrying", exc_info=True)
-            # An id below the starting point may belong to a transaction still open: clients
-            # (whose replay reads up to `released`) wait until every transaction running at the
-            # start has ended, as for any hole.
+            # Clients (whose replay reads up to `released`) wait, START_WAIT_S at most, until every
+            # transaction running at the start has ended: then an id below it is final.
             if not self._started.is_set() and (
-                self.last_xmin >= start_xmax or time.monotonic() - since >= get_settings().ws_hole_wait_seconds
+                self.last_xmin >= start_xmax or time.monotonic() - since >= START_WAIT_S
             ):
                 self._started.set()
             if not full:
                 await asyncio.sleep(0.02 if not self._started.is_set() else get_settings().ws_poll_seconds)
 
     async def _start_point(self) -> int:
-        """Start at the ledger's end; return the snapshot xmax of that read (0: not PostgreSQL)."""
+        """Start at the ledger's end; return the snapshot xmax of that read (0: not PostgreSQL).
+        An id below the end may belong to a transaction still open past START_WAIT_S: the gaps
+        among the last START_WINDOW ids are watched as if passed with a resync, so a late commit
+        there is named to its clients."""
         while True:
             try:
-                end, (_, xmax) = await self._read(_end)
+                end, gaps, xmax = await self._read(_start)
             except Exception:  # the ledger is down: keep trying, clients wait
                 log.warning("stream tail: cannot read the ledger's end yet", exc_info=True)
                 await asyncio.sleep(1.0)
                 continue
+            now = time.monotonic()
+            for lo, hi in gaps:
+                self.late.add(Gap(lo, hi, now, origin=lo))
             self.released = self.fetched = end
             return xmax
 
     def plan(self) -> Fetch:
         """The next read: past `fetched`, and the lowest hole ranges (a bounded number of each)."""
-        return Fetch(self.fetched, self.holes.lowest(QUERY_HOLES), self.late.lowest(QUERY_LATE))
+        after = self.fetched if len(self.pending) < MAX_PENDING else None
+        return Fetch(after, self.holes.lowest(QUERY_HOLES), self.late.lowest(QUERY_LATE))
 
     async def poll_once(self) -> bool:
         """One tail read and release; True when the page was full (poll again at once)."""
@@ -209,7 +220,9 @@ class Hub:
                 passed = self.late.take(update.id)
                 if passed is not None:
                     late.setdefault(passed.origin, []).append(update)
-                continue  # else not a hole: read twice (a page and a range overlap), skip it
+                else:  # the read asks only for holes and ids past `fetched`: a settling bug
+                    log.warning("stream tail: id %d was given up as rolled back yet committed", update.id)
+                continue
             heapq.heappush(self._pending_ids, update.id)
             self.pending[update.id] = update
         covered = fetch.covered_upto(len(updates), updates[-1].id if updates else 0)
@@ -281,8 +294,13 @@ def _one_snapshot(read: Callable[[Connection], T]) -> tuple[T, tuple[int, int]]:
         return read(conn), horizon
 
 
-def _end() -> tuple[int, tuple[int, int]]:
-    return _one_snapshot(queries.max_event_id)
+def _start() -> tuple[int, list[tuple[int, int]], int]:
+    """The ledger's last event id, the newest gaps among the START_WINDOW ids below it, and the
+    snapshot's xmax, under one snapshot."""
+    with db.snapshot() as conn:
+        _, xmax = queries.snapshot_horizon(conn)
+        end = queries.max_event_id(conn)
+        return end, queries.event_gaps(conn, max(0, end - START_WINDOW), end, START_GAPS), xmax
 
 
 def _fetch(fetch: Fetch) -> tuple[list[Any], tuple[int, int]]:

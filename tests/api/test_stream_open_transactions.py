@@ -8,12 +8,14 @@ ledger's rows: none missing, none twice, ascending."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -21,7 +23,8 @@ import sqlalchemy as sa
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
-from tests.api.test_stream import open_stream, subscribed
+from api.stream_hub import Hub
+from tests.api.test_stream import open_stream, recv
 from tests.api.test_stream_load import make_jobs
 from tests.conftest import KeyFactory
 from worker.ledger import db
@@ -59,8 +62,9 @@ class Recorder:
 @contextlib.contextmanager
 def recorded(api: str, key: str, **params: Any) -> Iterator[tuple[Recorder, int]]:
     with open_stream(api, key, **params) as ws:
-        start = subscribed(ws)
-        yield Recorder(ws), start
+        hello = recv(ws, 30)  # an API's first stream may wait START_WAIT_S (10 s) for its tail
+        assert hello["type"] == "subscribed", hello
+        yield Recorder(ws), int(hello["cursor"])
 
 
 def ledger_ids(job: uuid.UUID, after: int) -> list[int]:
@@ -82,10 +86,8 @@ def assert_history(rec: Recorder, job: uuid.UUID, after: int) -> None:
     id order. Waits for the last one (it comes last when nothing is skipped), then a moment more
     for anything extra."""
     want = ledger_ids(job, after)
-    try:
+    with contextlib.suppress(AssertionError):  # the comparison below says what went missing
         wait_for(lambda: want[-1] in rec.ids(), 60, 0.05, "the newest event")
-    except AssertionError:
-        pass  # the comparison below says what went missing
     time.sleep(0.3)  # not a wait for a condition: a window in which a duplicate would show
     got = rec.ids()
     missing = sorted(set(want) - set(got))
@@ -172,3 +174,47 @@ def test_past_the_wait_bound_clients_get_resync_and_the_range_replays(procs: Pro
     with recorded(api, key, job_id=str(job), since=str(int(late["from"]) - 1)) as (replay, _):
         wait_for(lambda: later in replay.ids(), 30, 0.05, "the replay")
         assert replay.ids() == [*slow, later]
+
+
+@pytest.mark.usefixtures("medic_env")
+def test_the_tail_reads_on_its_own_thread_while_the_default_pool_is_busy() -> None:
+    """Replays and key checks run on the default executor; a burst of them (here: one that never
+    ends, on a pool of one) must not hold back the tail's read."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        release = threading.Event()
+        blocker = loop.run_in_executor(None, release.wait)
+        hub = Hub()
+        try:
+            await asyncio.wait_for(hub.poll_once(), 20)  # a deadlock guard, not a timing
+        finally:
+            release.set()
+            await blocker
+            await hub.stop()
+
+    asyncio.run(main())
+
+
+def test_ids_open_when_the_api_starts_are_named_by_a_resync_when_they_commit(api: str, make_key: KeyFactory) -> None:
+    """The tail starts at the ledger's end; its first clients wait START_WAIT_S at most for the
+    transactions then open. Ids below the end still uncommitted after that are watched: a client
+    is told of them (committed resync) when they commit, never silently left without them."""
+    tenant, key = make_key()
+    (job,) = make_jobs(tenant, 1)
+    with db.get_engine().connect() as t1:
+        t1.begin()
+        t1.execute(INSERT, {"job": job, "n": 3, "tag": "open-at-start"})
+        commit_events(job, 1, "end")
+        with recorded(api, key, job_id=str(job)) as (rec, start):  # this API's first stream: its tail starts
+            # here, and subscribes it once START_WAIT_S has passed with t1 still open
+            t1.commit()
+            wait_for(lambda: rec.of_type("resync"), 30, 0.05, "a resync naming the ids committed late")
+            (late,) = rec.of_type("resync")
+            opened = ledger_ids(job, 0)[:3]
+            assert (late["state"], int(late["from"]), int(late["to"])) == ("committed", opened[0], opened[-1])
+            assert int(late["to"]) < start and not rec.ids()
+    with recorded(api, key, job_id=str(job), since=str(int(late["from"]) - 1)) as (replay, _):
+        wait_for(lambda: len(replay.ids()) == 4, 30, 0.05, "the replay")
+        assert replay.ids() == ledger_ids(job, 0)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from api import stream_hub
 from api.stream_hub import ClientQueue, Hub, Update
 from worker.settings import reset_settings
 
@@ -104,3 +105,14 @@ def test_coalescing_that_frees_less_than_a_tenth_is_an_overflow() -> None:
     assert roomy.put(upd(100, 0)) and len(roomy.items) == 19
     tight = fill(19)  # frees 1 of 20: not enough
     assert not tight.put(upd(100, 0)) and tight.overflowed
+
+
+def test_past_max_pending_held_back_the_tail_reads_only_its_holes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events behind an open hole are held in memory: bounded, the tail stops reading new ones."""
+    monkeypatch.setattr(stream_hub, "MAX_PENDING", 2)
+    hub = Hub()
+    hub.released = hub.fetched = 10
+    assert absorb(hub, [upd(11), upd(13), upd(14)], xmin=100, xmax=101, now=0.0) == [11]
+    assert hub.plan().after is None and hub.plan().holes == [(12, 12)]
+    assert absorb(hub, [upd(12)], xmin=100, xmax=101, now=0.1) == [12, 13, 14]
+    assert hub.plan().after == 14
