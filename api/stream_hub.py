@@ -2,18 +2,21 @@
 
 The ledger's `job_events` table is already the durable, ordered record of every transition, and
 its BIGSERIAL id is the stream's cursor: no change to the write path, and a resume is a range
-read. One task per process polls `WHERE id > :last OR id IN (:holes) ORDER BY id LIMIT n` (one
-query per process, whatever the number of clients) and hands each event to the subscribers of its
-tenant, each with its own bounded queue.
+read. One task per process polls `WHERE id > :last OR id BETWEEN :lo AND :hi ... ORDER BY id
+LIMIT n` (one query per process, whatever the number of clients) and hands each event to the
+subscribers of its tenant, each with its own bounded queue.
 
 The race this module exists for: a sequence id is taken at INSERT, not at COMMIT, so id 10 can
 become visible after id 11. A tail at `last = 11` would skip 10 for ever. Every id below the
-high-water mark that has not been seen is a *hole*; events are released to clients strictly in id
-order, so a release stops at the lowest open hole until that hole fills (its transaction commits)
-or is settled as never coming: every transaction that was running when the hole was seen has
-ended (PostgreSQL snapshot xmin has passed the xmax seen then: it rolled back) or
-`ws_hole_wait_seconds` have passed. In-order release is what makes the cursor a plain number: a
-client that saw cursor C has seen, or will never need, everything at or below C.
+high-water mark that has not been seen is a *hole* (kept as ranges: `api/stream_holes.py`, which
+also says when a hole is known to have rolled back). Events are released strictly in id order, so
+a release stops at the lowest open hole until it fills (its transaction commits) or is known never
+to come. In-order release is what makes the cursor a plain number: a client that saw cursor C has
+seen, or will never need, everything at or below C.
+
+Never silently: a hole still open after `ws_hole_wait_seconds` is passed with a `resync` message
+naming its range to every client, and is watched on; its events, if they commit later, are named
+to their clients by a second `resync` (docs/api.md "Live updates").
 """
 
 from __future__ import annotations
@@ -21,27 +24,36 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
+import heapq
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Connection
 
+from api.stream_clients import ClientQueue, Resync, Subscriber, Update
+from api.stream_holes import Gap, Holes
 from worker.ledger import db, queries
 from worker.settings import get_settings
+
+__all__ = ["STREAM_CLOSED", "ClientQueue", "Hub", "LimitError", "Resync", "Subscriber", "Update", "get_hub"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TAIL_PAGE = 1000
-MAX_HOLES = 10_000  # a gap wider than this (a rolled-back bulk insert) is settled at once, logged
+QUERY_HOLES = 64  # hole ranges one tail read re-reads (the lowest: the release waits on those)
+QUERY_LATE = 16  # ranges passed with a resync, re-read for their late events
 DISPATCH_CHUNK = 50  # updates dispatched between two yields to the writers
-HOLE_MIN_AGE_S = 0.25  # nextval may come a moment before the inserting transaction takes its xid
+MAX_PENDING = 20_000  # events held behind an open hole; past it the tail reads only the holes
+START_WINDOW = 100_000  # ids below the starting point checked for gaps an open transaction may fill
+START_GAPS = 10_000  # at most this many of those gaps (the newest) are watched
+START_WAIT_S = 10.0  # clients wait this long at most for the transactions open at the start
 
 
 STREAMS = Gauge("medic_stream_connections", "WS /jobs/stream clients subscribed to this API process")
@@ -49,118 +61,7 @@ STREAM_CLOSED = Counter("medic_stream_closed_total", "Streams the server closed,
 HOLES_OPEN = Gauge("medic_stream_holes", "Event ids below the tail's high-water mark not seen yet")
 HOLES_SETTLED = Counter(
     "medic_stream_holes_given_up_total", "Holes given up without their event, by how", ["how"]
-)  # rolled_back (snapshot xmin passed), timeout (ws_hole_wait_seconds), wide_gap (> MAX_HOLES)
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """One transition as the stream sends it; `id` is the job_events id (the cursor)."""
-
-    id: int
-    job_id: uuid.UUID
-    from_state: str | None
-    to_state: str
-    reason: str
-    attempt: int
-    at: dt.datetime
-    tenant: str
-    queue: str
-    type: str
-
-    @classmethod
-    def from_row(cls, row: Any) -> Update:
-        return cls(
-            row.id, row.job_id, row.from_state, row.to_state, row.reason, row.attempt, row.at,
-            row.tenant, row.queue, row.type,
-        )  # fmt: skip
-
-    def message(self, coalesced: int = 0) -> dict[str, Any]:
-        return {
-            "type": "transition",
-            "job_id": str(self.job_id),
-            "job_type": self.type,
-            "queue": self.queue,
-            "from_state": self.from_state,
-            "to_state": self.to_state,
-            "reason": self.reason,
-            "attempt": self.attempt,
-            "at": self.at.isoformat(),
-            "cursor": str(self.id),
-            "coalesced": coalesced,
-        }
-
-
-class ClientQueue:
-    """A bounded FIFO of updates for one client. When full, it keeps only the latest update of
-    each job (order of the survivors kept, so cursors stay increasing); if that frees less than a
-    tenth of it, the client has overflowed and must resume from its last cursor."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.items: collections.deque[tuple[Update, int]] = collections.deque()
-        self.ready = asyncio.Event()
-        self.overflowed = False
-
-    def put(self, update: Update) -> bool:
-        """False when the queue overflowed (the update is dropped; so is everything queued)."""
-        if self.overflowed:
-            return False
-        if len(self.items) >= self.maxsize:
-            self._coalesce()
-            # Coalescing is O(queue): unless it freed a tenth of the room, give up now rather than
-            # pay it again on every next update (a slow client must stay cheap for the tail).
-            if len(self.items) > self.maxsize - max(1, self.maxsize // 10):
-                self.overflowed = True
-        if self.overflowed:
-            self.items.clear()  # free the memory now: the client resumes from the ledger
-            self.ready.set()
-            return False
-        self.items.append((update, 0))
-        self.ready.set()
-        return True
-
-    def _coalesce(self) -> None:
-        latest: dict[uuid.UUID, tuple[Update, int]] = {}
-        for update, dropped in self.items:
-            before = latest.pop(update.job_id, None)  # pop + insert: the survivor moves to its newest place
-            latest[update.job_id] = (update, dropped + (before[1] + 1 if before else 0))
-        self.items = collections.deque(latest.values())
-
-    async def get(self) -> tuple[Update, int] | None:
-        """The next update, or None once the queue has overflowed."""
-        while not self.items and not self.overflowed:
-            self.ready.clear()
-            await self.ready.wait()
-        if self.overflowed:
-            return None
-        return self.items.popleft()
-
-
-@dataclass(eq=False)
-class Subscriber:
-    """One stream client: its tenant, filters, the cursor below which it wants nothing, its queue."""
-
-    tenant: str
-    key_id: uuid.UUID
-    floor: int
-    queue: ClientQueue
-    job_ids: frozenset[uuid.UUID] = frozenset()
-    queue_name: str | None = None
-    job_type: str | None = None
-    overflow: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def wants(self, update: Update) -> bool:
-        if update.id <= self.floor:
-            return False
-        if self.job_ids and update.job_id not in self.job_ids:
-            return False
-        if self.queue_name and update.queue != self.queue_name:
-            return False
-        return not (self.job_type and update.type != self.job_type)
-
-    def offer(self, update: Update) -> None:
-        if self.wants(update) and not self.queue.put(update):
-            self.overflow.set()
+)  # rolled_back (a covering read under a later snapshot), resync (ws_hole_wait_seconds, clients told)
 
 
 class LimitError(Exception):
@@ -172,10 +73,19 @@ class LimitError(Exception):
         self.reason = reason
 
 
-@dataclass
-class _Hole:
-    seen_at: float
-    xmax: int  # snapshot xmax when the hole was first seen (0: not PostgreSQL)
+@dataclass(frozen=True)
+class Fetch:
+    """What one tail read asks for: ids past `after` (None: none, too much is held back), and
+    the hole ranges it re-reads."""
+
+    after: int | None
+    holes: list[tuple[int, int]]
+    late: list[tuple[int, int]]
+    limit: int = TAIL_PAGE
+
+    def covered_upto(self, rows: int, last_id: int) -> int | None:
+        """The highest id this read covered: with a full page, only up to its last row (None: all)."""
+        return last_id if rows >= self.limit else None
 
 
 class Hub:
@@ -185,12 +95,15 @@ class Hub:
         self.by_tenant: dict[str, set[Subscriber]] = {}
         self.per_key: collections.Counter[uuid.UUID] = collections.Counter()
         self.count = 0
-        self.released = 0  # every id <= released was dispatched, or settled as never coming
+        self.released = 0  # every id <= released was dispatched, settled, or named in a resync
         self.fetched = 0  # highest id fetched
-        self.holes: dict[int, _Hole] = {}
+        self.holes = Holes()  # waited for: the release stops at the lowest
+        self.late = Holes()  # passed with a resync: watched until they commit (resync again) or end
         self.pending: dict[int, Update] = {}  # fetched, waiting behind a hole
+        self._pending_ids: list[int] = []  # a heap of pending's keys
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
         self.last_xmin = 0  # snapshot xmin of the latest tail read
 
     # --- subscribers ---------------------------------------------------------------------
@@ -228,6 +141,13 @@ class Hub:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="medic-stream-tail")
         await self._started.wait()
 
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn` on the tail's own thread: replays and key checks use the default pool, and a
+        burst of them must not hold back every client's live events."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="medic-stream-tail")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def _run(self) -> None:
         start_xmax = await self._start_point()
         since = time.monotonic()
@@ -237,95 +157,123 @@ class Hub:
                 full = await self.poll_once()
             except Exception:
                 log.warning("stream tail: poll failed; retrying", exc_info=True)
-            # An id below the starting point may belong to a transaction still open: clients
-            # (whose replay reads up to `released`) wait until every transaction running at the
-            # start has ended, as for any hole.
+            # Clients (whose replay reads up to `released`) wait, START_WAIT_S at most, until every
+            # transaction running at the start has ended: then an id below it is final.
             if not self._started.is_set() and (
-                self.last_xmin >= start_xmax or time.monotonic() - since >= get_settings().ws_hole_wait_seconds
+                self.last_xmin >= start_xmax or time.monotonic() - since >= START_WAIT_S
             ):
                 self._started.set()
             if not full:
                 await asyncio.sleep(0.02 if not self._started.is_set() else get_settings().ws_poll_seconds)
 
     async def _start_point(self) -> int:
-        """Start at the ledger's end; return the snapshot xmax of that read (0: not PostgreSQL)."""
+        """Start at the ledger's end; return the snapshot xmax of that read (0: not PostgreSQL).
+        An id below the end may belong to a transaction still open past START_WAIT_S: the gaps
+        among the last START_WINDOW ids are watched as if passed with a resync, so a late commit
+        there is named to its clients."""
         while True:
             try:
-                end, (_, xmax) = await asyncio.to_thread(_end)
+                end, gaps, xmax = await self._read(_start)
             except Exception:  # the ledger is down: keep trying, clients wait
                 log.warning("stream tail: cannot read the ledger's end yet", exc_info=True)
                 await asyncio.sleep(1.0)
                 continue
+            now = time.monotonic()
+            for lo, hi in gaps:
+                self.late.add(Gap(lo, hi, now, origin=lo))
             self.released = self.fetched = end
             return xmax
 
+    def plan(self) -> Fetch:
+        """The next read: past `fetched`, and the lowest hole ranges (a bounded number of each)."""
+        after = self.fetched if len(self.pending) < MAX_PENDING else None
+        return Fetch(after, self.holes.lowest(QUERY_HOLES), self.late.lowest(QUERY_LATE))
+
     async def poll_once(self) -> bool:
         """One tail read and release; True when the page was full (poll again at once)."""
-        holes = sorted(self.holes)[:TAIL_PAGE]
-        rows, (xmin, xmax) = await asyncio.to_thread(_fetch, self.fetched, holes)
+        fetch = self.plan()
+        rows, (xmin, xmax) = await self._read(_fetch, fetch)
         self.last_xmin = xmin
-        ready = self.absorb([Update.from_row(r) for r in rows], xmin, xmax, time.monotonic())
-        for i, update in enumerate(ready, 1):
-            self._dispatch(update)
+        ready, late = self.absorb(fetch, [Update.from_row(r) for r in rows], xmin, xmax, time.monotonic())
+        for i, item in enumerate(ready, 1):
+            self._dispatch(item)
             if i % DISPATCH_CHUNK == 0:
                 # Let the writers run: a page (1,000 events) dispatched in one go would fill the
                 # queue of a client that keeps up perfectly well, since no writer runs meanwhile.
                 await asyncio.sleep(0)
-        return len(rows) >= TAIL_PAGE
+        self._dispatch_late(late)
+        return len(rows) >= fetch.limit
 
-    def absorb(self, updates: list[Update], xmin: int, xmax: int, now: float) -> list[Update]:
-        """Take one fetch (read under one snapshot with `xmin`/`xmax`); return what can be
-        released, in id order."""
+    def absorb(
+        self, fetch: Fetch, updates: list[Update], xmin: int, xmax: int, now: float
+    ) -> tuple[list[Update | Resync], dict[int, list[Update]]]:
+        """Take one read (`updates`, in id order, under one snapshot with `xmin`/`xmax`): return
+        what can be released, in id order, and the events of ranges already passed with a resync
+        (by the range they were passed in) that have committed since."""
+        late: dict[int, list[Update]] = {}
         for update in updates:
-            if update.id in self.holes:
-                del self.holes[update.id]
-            elif update.id > self.fetched:
-                gap = range(self.fetched + 1, update.id)
-                if len(self.holes) + len(gap) > MAX_HOLES:
-                    log.warning("stream tail: %d-id gap before %d settled at once", len(gap), update.id)
-                    HOLES_SETTLED.labels("wide_gap").inc(len(gap))
-                else:
-                    self.holes.update((h, _Hole(now, xmax)) for h in gap)
+            if update.id > self.fetched:
+                if update.id > self.fetched + 1:
+                    self.holes.add(Gap(self.fetched + 1, update.id - 1, now))
                 self.fetched = update.id
-            elif update.id <= self.released:
-                continue  # a hole given up earlier has committed after all; replay will show it
+            elif self.holes.take(update.id) is None:
+                passed = self.late.take(update.id)
+                if passed is not None:
+                    late.setdefault(passed.origin, []).append(update)
+                else:  # the read asks only for holes and ids past `fetched`: a settling bug
+                    log.warning("stream tail: id %d was given up as rolled back yet committed", update.id)
+                continue
+            heapq.heappush(self._pending_ids, update.id)
             self.pending[update.id] = update
-        ready = self._release(xmin, now)
-        HOLES_OPEN.set(len(self.holes))
-        return ready
+        covered = fetch.covered_upto(len(updates), updates[-1].id if updates else 0)
+        settled = self.holes.settle(fetch.holes, covered, xmin, xmax, now)
+        settled += self.late.settle(fetch.late, covered, xmin, xmax, now)
+        HOLES_SETTLED.labels("rolled_back").inc(settled)
+        ready = self._release(now)
+        HOLES_OPEN.set(self.holes.ids + self.late.ids)
+        return ready, late
 
-    def _settled(self, hole: _Hole, xmin: int, now: float) -> bool:
-        age = now - hole.seen_at
-        if age >= get_settings().ws_hole_wait_seconds:
-            HOLES_SETTLED.labels("timeout").inc()
-            return True
-        # Every transaction running when the hole was seen has ended (and this very fetch, under
-        # the same snapshot, did not see the id): it rolled back. See the module docstring.
-        if hole.xmax > 0 and xmin >= hole.xmax and age >= HOLE_MIN_AGE_S:
-            HOLES_SETTLED.labels("rolled_back").inc()
-            return True
-        return False
+    def _release(self, now: float) -> list[Update | Resync]:
+        """Pending updates in id order up to the lowest hole still open. A hole open longer than
+        `ws_hole_wait_seconds` is passed, and every client told so by a resync in its place."""
+        ready: list[Update | Resync] = []
+        wait_s = get_settings().ws_hole_wait_seconds
+        while True:
+            gap = self.holes.first()
+            stop = gap.lo if gap is not None else self.fetched + 1
+            while self._pending_ids and self._pending_ids[0] < stop:
+                ready.append(self.pending.pop(heapq.heappop(self._pending_ids)))
+            if gap is None:
+                self.released = self.fetched
+                return ready
+            if now - gap.seen_at < wait_s:
+                self.released = gap.lo - 1
+                return ready
+            gap.origin = gap.lo
+            self.late.add(self.holes.pop_first())
+            HOLES_SETTLED.labels("resync").inc(gap.size)
+            log.warning("stream tail: ids %d..%d still uncommitted after %.0f s: passed, resync sent",
+                        gap.lo, gap.hi, wait_s)  # fmt: skip
+            ready.append(Resync(gap.lo, gap.hi, gap.hi, committed=False))
 
-    def _release(self, xmin: int, now: float) -> list[Update]:
-        """Pending updates in id order up to the lowest hole still open. Ids in neither map are
-        gaps settled at once (wider than MAX_HOLES): walked over by the sort, never one by one."""
-        ready: list[Update] = []
-        for id_ in sorted(self.pending.keys() | self.holes.keys()):
-            hole = self.holes.get(id_)
-            if hole is not None:
-                if not self._settled(hole, xmin, now):
-                    self.released = id_ - 1
-                    return ready
-                del self.holes[id_]
-            else:
-                ready.append(self.pending.pop(id_))
-        self.released = self.fetched
-        return ready
-
-    def _dispatch(self, update: Update) -> None:
+    def _dispatch(self, item: Update | Resync) -> None:
         # put() never blocks: a slow client only ever fills its own bounded queue
-        for sub in tuple(self.by_tenant.get(update.tenant, ())):
-            sub.offer(update)
+        if isinstance(item, Update):
+            for sub in tuple(self.by_tenant.get(item.tenant, ())):
+                sub.offer(item)
+        else:  # whose ids these are is not known until they commit: every client is told
+            for subs in tuple(self.by_tenant.values()):
+                for sub in tuple(subs):
+                    sub.notify(item)
+
+    def _dispatch_late(self, late: dict[int, list[Update]]) -> None:
+        """Tell the clients each late event concerns which ids to replay (one message a range)."""
+        for updates in late.values():
+            log.warning("stream tail: %d events committed after their range was passed: resync sent", len(updates))
+            for sub in {s for u in updates for s in self.by_tenant.get(u.tenant, ())}:
+                mine = [u.id for u in updates if sub.matches(u)]
+                if mine:
+                    sub.notify(Resync(mine[0], mine[-1], self.released, committed=True))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -333,6 +281,9 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
 
 def _one_snapshot(read: Callable[[Connection], T]) -> tuple[T, tuple[int, int]]:
@@ -343,12 +294,18 @@ def _one_snapshot(read: Callable[[Connection], T]) -> tuple[T, tuple[int, int]]:
         return read(conn), horizon
 
 
-def _end() -> tuple[int, tuple[int, int]]:
-    return _one_snapshot(queries.max_event_id)
+def _start() -> tuple[int, list[tuple[int, int]], int]:
+    """The ledger's last event id, the newest gaps among the START_WINDOW ids below it, and the
+    snapshot's xmax, under one snapshot."""
+    with db.snapshot() as conn:
+        _, xmax = queries.snapshot_horizon(conn)
+        end = queries.max_event_id(conn)
+        return end, queries.event_gaps(conn, max(0, end - START_WINDOW), end, START_GAPS), xmax
 
 
-def _fetch(after: int, holes: list[int]) -> tuple[list[Any], tuple[int, int]]:
-    return _one_snapshot(lambda conn: queries.stream_tail(conn, after, holes, TAIL_PAGE))
+def _fetch(fetch: Fetch) -> tuple[list[Any], tuple[int, int]]:
+    spans = fetch.holes + fetch.late
+    return _one_snapshot(lambda conn: queries.stream_tail(conn, fetch.after, spans, fetch.limit))
 
 
 _hub: Hub | None = None

@@ -221,7 +221,9 @@ class Settings(BaseSettings):
     ws_max_job_ids: int = Field(100, gt=0, description="Most job_id filters on one stream (4400 past it).")
     ws_client_queue: int = Field(1000, gt=0, description="Updates queued per stream client, then coalesce.")
     ws_poll_seconds: float = Field(0.15, gt=0, description="How often each API process tails job_events for streams.")
-    ws_hole_wait_seconds: float = Field(10.0, gt=0, description="Longest wait for an uncommitted lower event id.")
+    ws_hole_wait_seconds: float = Field(
+        120.0, gt=0, description="Longest a stream waits for an uncommitted lower event id; then it sends resync."
+    )
 
     dev_key_file: str = Field(
         ".medic/dev-key", description="Where `medic up` keeps its dev API key (mode 0600; relative to the cwd)."

@@ -196,12 +196,12 @@ _STREAM_COLUMNS = (
 )
 
 
-def stream_tail(conn: Connection, after: int, holes: Sequence[int], limit: int) -> list[Row[Any]]:
-    """Events past `after` or filling a known hole, oldest first, with their job's tenant, queue
-    and type: the one tail query each API process runs for every stream client (PK range scans)."""
-    where: sa.ColumnElement[bool] = job_events.c.id > after
-    if holes:
-        where = sa.or_(where, job_events.c.id.in_(list(holes)))
+def stream_tail(conn: Connection, after: int | None, holes: Sequence[tuple[int, int]], limit: int) -> list[Row[Any]]:
+    """Events past `after` (None: none) or in a known hole range (lo, hi inclusive), oldest first,
+    with their job's tenant, queue and type: the one tail query each API process runs for every
+    stream client (PK range scans; the caller bounds the number of ranges)."""
+    spans = [job_events.c.id.between(lo, hi) for lo, hi in holes]
+    where = sa.or_(sa.false(), *spans) if after is None else sa.or_(job_events.c.id > after, *spans)
     stmt = (
         sa.select(*_STREAM_COLUMNS)
         .join(jobs, jobs.c.id == job_events.c.job_id)
@@ -240,6 +240,21 @@ def stream_replay(
 
 def max_event_id(conn: Connection) -> int:
     return int(conn.scalar(sa.select(sa.func.coalesce(sa.func.max(job_events.c.id), 0))) or 0)
+
+
+def event_gaps(conn: Connection, floor: int, end: int, limit: int) -> list[tuple[int, int]]:
+    """The newest `limit` runs of missing ids (lo, hi inclusive) between event ids in
+    (floor, end], in id order: where a stream tail starting at `end` may still see commits."""
+    prev = sa.func.lag(job_events.c.id, 1, floor).over(order_by=job_events.c.id)
+    ids = (
+        sa.select(job_events.c.id.label("id"), prev.label("prev"))
+        .where(job_events.c.id > floor, job_events.c.id <= end)
+        .subquery()
+    )
+    stmt = (
+        sa.select(ids.c.prev + 1, ids.c.id - 1).where(ids.c.id > ids.c.prev + 1).order_by(ids.c.id.desc()).limit(limit)
+    )
+    return [(int(lo), int(hi)) for lo, hi in reversed(conn.execute(stmt).all())]
 
 
 def snapshot_horizon(conn: Connection) -> tuple[int, int]:
