@@ -29,7 +29,9 @@ REPLAY_PAGE = 500
 REPLAY_WINDOW_IDS = 20_000
 
 REPLAY_READS = Gauge("medic_stream_replay_reads_running", "Replay page reads running on this API process")
-REPLAY_WAITING = Gauge("medic_stream_replay_waiting", "Replay page reads waiting for a slot (per key or process)")
+REPLAY_WAITING = Gauge(
+    "medic_stream_replay_waiting", "Replay page reads waiting for a slot, by the bound they wait on", ["bound"]
+)  # key (ws_replay_max_per_key), process (ws_replay_max_per_process)
 REPLAY_READS_TOTAL = Counter("medic_stream_replay_reads_total", "Replay page reads done by this API process")
 
 
@@ -48,20 +50,14 @@ class ReplaySlots:
         """Held for one read: the key's turn first (so one key never holds every process slot)."""
         key = self.keys.setdefault(key_id, asyncio.Semaphore(self.per_key))
         self.users[key_id] += 1
-        REPLAY_WAITING.inc()
-        waiting = True
         try:
-            async with key, self.process:
-                REPLAY_WAITING.dec()
-                waiting = False
+            async with _waiting("key", key), _waiting("process", self.process):
                 REPLAY_READS.inc()
                 try:
                     yield
                 finally:
                     REPLAY_READS.dec()
         finally:
-            if waiting:
-                REPLAY_WAITING.dec()
             self.users[key_id] -= 1
             if self.users[key_id] <= 0:
                 del self.users[key_id], self.keys[key_id]
@@ -70,6 +66,17 @@ class ReplaySlots:
         async with self.slot(key_id):
             REPLAY_READS_TOTAL.inc()
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+@contextlib.asynccontextmanager
+async def _waiting(bound: str, semaphore: asyncio.Semaphore) -> AsyncIterator[None]:
+    """`semaphore` held, the wait for it counted under `bound` (key or process)."""
+    with REPLAY_WAITING.labels(bound).track_inprogress():
+        await semaphore.acquire()
+    try:
+        yield
+    finally:
+        semaphore.release()
 
 
 _slots: ReplaySlots | None = None
