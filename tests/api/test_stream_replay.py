@@ -10,6 +10,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -139,6 +140,9 @@ def test_replay_reads_are_bounded_per_key_and_per_process() -> None:
         keys = {name: uuid.uuid4() for name in "abcd"}
         await asyncio.gather(*(read(slots, keys[name], name) for name in "aaaaaabbbbbbccccccdddddd"))
         assert slots.keys == {} and slots.users == {}  # nothing kept for keys gone
+        # on the replay pool, not the default executor the tail's and key checks' reads share
+        (thread,) = await slots.read(uuid.uuid4(), lambda: [threading.current_thread().name])
+        assert thread.startswith("medic-replay")
 
     asyncio.run(run())
     assert len(done) == 24  # every read waited its turn: none refused
