@@ -17,6 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
 from tests.api.test_stream import add_events, closed_with, metric, open_stream, park_job, recv, subscribed
 from tests.api.test_stream_load import DROPPED, RawPeer
@@ -24,6 +25,15 @@ from tests.conftest import KeyFactory
 from worker.ledger import db, queries
 from worker.ops.follow import RESUMES, follow_stream
 from worker.testing.processes import Processes, wait_for
+
+
+def hello(ws: ClientConnection) -> int:
+    """`subscribed`'s cursor. A fresh API's tail starts once every transaction open in the
+    cluster (other test runs' included) has ended, up to MEDIC_WS_HOLE_WAIT_SECONDS (10 s):
+    wait longer than that for the first message."""
+    message = recv(ws, 30)
+    assert message["type"] == "subscribed", message
+    return int(message["cursor"])
 
 
 @contextlib.contextmanager
@@ -70,7 +80,7 @@ def test_a_stream_past_its_lifetime_closes_4000_and_a_resume_loses_nothing(
     with writing(job, total):
         while len(got) < total and time.monotonic() < deadline:
             with open_stream(api, key, job_id=job, since=cursor) as ws:
-                assert subscribed(ws) == int(cursor)
+                assert hello(ws) == int(cursor)
                 said = ""
                 with contextlib.suppress(ConnectionClosed):
                     while len(got) < total:
@@ -87,7 +97,8 @@ def test_a_stream_past_its_lifetime_closes_4000_and_a_resume_loses_nothing(
     assert set(closes) == {
         (4000, "lifetime over: resume with since=<cursor>", "stream lifetime over: resume with since")
     }
-    assert metric(api, 'medic_stream_closed_total{cause="lifetime"}') == len(closes)
+    # the server may also have ended the last stream as the client left it
+    assert metric(api, 'medic_stream_closed_total{cause="lifetime"}') in (len(closes), len(closes) + 1)
 
 
 def test_submit_wait_follows_its_job_across_lifetime_closes(procs: Processes, make_key: KeyFactory) -> None:
@@ -97,11 +108,10 @@ def test_submit_wait_follows_its_job_across_lifetime_closes(procs: Processes, ma
     _, key = make_key()
     job = park_job(api, key)
     shown: list[dict[str, object]] = []
-    started = time.monotonic()
     with writing(job, 60, terminal=True):
         assert follow_stream(api, key, job, time.monotonic() + 60, shown.append)
-    lifetimes = (time.monotonic() - started) / 0.5
-    assert lifetimes > RESUMES + 1  # more closes than drops it would survive
+    # more lifetime closes than the drops it survives
+    assert metric(api, 'medic_stream_closed_total{cause="lifetime"}') > RESUMES + 1
     events = httpx.get(f"{api}/jobs/{job}/events", headers={"Authorization": f"Bearer {key}"}).json()["events"]
     assert [m["reason"] for m in shown] == [e["reason"] for e in events]
 
@@ -119,7 +129,7 @@ def test_sockets_over_the_unauthenticated_cap_are_closed_1013_unread(procs: Proc
                 third.send(auth)
             assert closed_with(third) == (1013, "2 streams are authenticating on this API process; retry later")
         first.send(auth)
-        assert subscribed(first) > 0
+        assert hello(first) > 0
         wait_for(lambda: metric(api, "medic_stream_unauthenticated") == 1, 10, 0.05, "a slot frees")
         with open_stream(api, None) as fourth:  # the slot it held is free again
             fourth.send(auth)

@@ -22,6 +22,7 @@ from api import stream_replay
 from api.stream_hub import ClientQueue, Subscriber, Update
 from tests import ROOT
 from tests.api.test_stream import add_events, metric, open_stream, park_job, recv, subscribed
+from tests.api.test_stream_bounds import hello
 from tests.api.test_stream_load import make_jobs
 from tests.conftest import KeyFactory
 from worker.ledger import db, queries
@@ -158,7 +159,7 @@ def test_a_live_api_makes_replays_wait_on_the_key_then_the_process_bound(
     for job in jobs:
         add_events(job, 2, "old")
     with contextlib.ExitStack() as streams:
-        subscribed(streams.enter_context(open_stream(api, keys[0])))  # the tail has started
+        hello(streams.enter_context(open_stream(api, keys[0])))  # the tail has started
         opened = []
         with db.get_engine().connect() as locker:
             locker.begin()
