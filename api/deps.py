@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -38,6 +39,11 @@ class KeyCache:
         self._entries.move_to_end(digest)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        """Drop a key seen revoked, so its next use reads the ledger (a scan: revocations are rare)."""
+        for digest in [d for d, (key, _) in self._entries.items() if key is not None and key.id == key_id]:
+            del self._entries[digest]
 
 
 CACHE = KeyCache(size=10_000)

@@ -218,6 +218,21 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(
         4096, ge=256, description="Largest message a stream client may send (the key); larger: closed 1009."
     )
+    ws_auth_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest a stream socket without a Bearer header may wait for its key message (4401)."
+    )
+    ws_max_unauthenticated: int = Field(
+        100, gt=0, description="Stream sockets of one API process not authenticated yet; more: close 1013 unread."
+    )
+    ws_max_lifetime_seconds: float = Field(
+        3600.0, gt=0, description="A stream is closed (4000, resume with since) after 90-100 % of this."
+    )
+    ws_replay_max_per_process: int = Field(
+        4, gt=0, description="Replay reads (since=) in flight per API process, each on its own thread; more wait."
+    )
+    ws_replay_max_per_key: int = Field(
+        2, gt=0, description="Replay reads one API key may have in flight per API process; more wait their turn."
+    )
     ws_max_job_ids: int = Field(100, gt=0, description="Most job_id filters on one stream (4400 past it).")
     ws_client_queue: int = Field(1000, gt=0, description="Updates queued per stream client, then coalesce.")
     ws_poll_seconds: float = Field(0.15, gt=0, description="How often each API process tails job_events for streams.")

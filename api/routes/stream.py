@@ -1,9 +1,12 @@
 """`WS /jobs/stream`: the caller's job transitions, live, resumable by cursor (docs/api.md).
 
-Close codes: 4400 bad filter or cursor, 4401 no or bad key, 4403 key lacks `read`, 4429 too many
-streams for this key, 1013 this process is at `ws_max_connections`, 4008 overflow (after an
-`overflow` message carrying the cursor to resume from), 1011 keep-alive ping unanswered (uvicorn),
-1013 also when the ledger cannot be reached (reconnect with `since`).
+Close codes: 4400 bad filter or cursor, 4401 no or bad key (or none within
+`ws_auth_timeout_seconds`), or the key revoked while the stream is open (api/stream_keys.py),
+4403 key lacks `read`, 4429 too many streams for this key, 1013 this process is at
+`ws_max_connections` or `ws_max_unauthenticated`, or the ledger cannot be reached (reconnect with
+`since`), 4008 overflow (after an `overflow` message carrying the cursor to resume from), 4000
+the stream's lifetime is over (after a `reconnect` message carrying the cursor), 1011 keep-alive
+ping unanswered (uvicorn).
 """
 
 from __future__ import annotations
@@ -11,23 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from prometheus_client import Gauge
 
 from api.deps import find_key
-from api.stream_hub import STREAM_CLOSED, ClientQueue, LimitError, Subscriber, Update, get_hub
+from api.stream_hub import STREAM_CLOSED, ClientQueue, LimitError, Resync, Subscriber, Update, get_hub
+from api.stream_keys import get_watch
+from api.stream_replay import replay
 from worker.errors import LedgerUnavailableError
-from worker.ledger import db, queries
 from worker.ledger.apikeys import ApiKey, Scope
 from worker.settings import get_settings
 
 router = APIRouter(tags=["jobs"])
 
-AUTH_WAIT_S = 5.0
-REPLAY_PAGE = 500
-REPLAY_WINDOW_IDS = 20_000
+LIFETIME_JITTER = 0.1  # a stream lives 90-100 % of ws_max_lifetime_seconds: a pod's streams do not all end at once
+UNAUTHENTICATED = Gauge("medic_stream_unauthenticated", "Stream sockets of this API process without a checked key yet")
 
 
 class StreamCloseError(Exception):
@@ -36,29 +42,62 @@ class StreamCloseError(Exception):
         self.code, self.reason = code, reason
 
 
-async def _authenticate(ws: WebSocket) -> ApiKey:
-    """The Bearer header, or (browsers cannot set headers) the key as the first message:
-    the raw key or `{"type": "auth", "key": "<key>"}`."""
-    header = ws.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        raw = header[7:].strip()
-    else:
+class _Unauthenticated:
+    """Sockets accepted whose key is not checked yet: bounded, since each costs a socket and a
+    coroutine for up to `ws_auth_timeout_seconds` before anyone is known to pay for it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Raises:
+        StreamCloseError: 1013, the process holds `ws_max_unauthenticated` such sockets already.
+        """
+        limit = get_settings().ws_max_unauthenticated
+        if self.count >= limit:
+            raise StreamCloseError(1013, f"{limit} streams are authenticating on this API process; retry later")
+        self.count += 1
+        UNAUTHENTICATED.set(self.count)
         try:
-            text = await asyncio.wait_for(ws.receive_text(), AUTH_WAIT_S)
-        except TimeoutError:
-            raise StreamCloseError(
-                4401, "missing API key: send 'Authorization: Bearer <key>' or the key first"
-            ) from None
-        raw = text.strip()
-        if raw.startswith("{"):
-            with contextlib.suppress(ValueError, AttributeError):
-                raw = str(json.loads(raw).get("key", ""))
-    key = await asyncio.to_thread(find_key, raw) if raw else None
+            yield
+        finally:
+            self.count -= 1
+            UNAUTHENTICATED.set(self.count)
+
+
+_unauthenticated = _Unauthenticated()
+
+
+async def _key_message(ws: WebSocket) -> str:
+    """The key a browser sends as its first message: the raw key or `{"type": "auth", "key": ...}`.
+    Its size is capped by uvicorn (`--ws-max-size`, close 1009) before it is read."""
+    try:
+        message = await asyncio.wait_for(ws.receive(), get_settings().ws_auth_timeout_seconds)
+    except TimeoutError:
+        raise StreamCloseError(4401, "missing API key: send 'Authorization: Bearer <key>' or the key first") from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text") or (message.get("bytes") or b"").decode(errors="replace")
+    raw = text.strip()
+    if raw.startswith("{"):
+        with contextlib.suppress(ValueError, AttributeError):
+            raw = str(json.loads(raw).get("key", ""))
+    return raw
+
+
+async def _authenticate(ws: WebSocket) -> tuple[ApiKey, asyncio.Event]:
+    """The Bearer header, or (browsers cannot set headers) the key as the first message. Returns
+    the key and the event its revocation sets (api/stream_keys.py)."""
+    with _unauthenticated.slot():  # before anything is read
+        header = ws.headers.get("authorization", "")
+        raw = header[7:].strip() if header.lower().startswith("bearer ") else await _key_message(ws)
+        key = await asyncio.to_thread(find_key, raw) if raw else None
     if key is None:
         raise StreamCloseError(4401, "invalid or revoked API key")
     if not key.allows(Scope.READ):
         raise StreamCloseError(4403, "this key lacks the 'read' scope")
-    return key
+    return key, get_watch().watch(key.id)
 
 
 def _subscriber(ws: WebSocket, key: ApiKey, floor: int) -> tuple[Subscriber, int | None]:
@@ -90,39 +129,23 @@ def _subscriber(ws: WebSocket, key: ApiKey, floor: int) -> tuple[Subscriber, int
     return sub, since
 
 
-def _replay_page(sub: Subscriber, after: int, upto: int) -> list[Update]:
-    with db.connect() as conn:
-        rows = queries.stream_replay(
-            conn, sub.tenant, after=after, upto=upto, limit=REPLAY_PAGE,
-            job_ids=sorted(sub.job_ids), queue=sub.queue_name, type_=sub.job_type,
-        )  # fmt: skip
-    return [Update.from_row(r) for r in rows]
-
-
 async def _send(ws: WebSocket, message: dict[str, Any]) -> None:
     await ws.send_text(json.dumps(message, separators=(",", ":")))
 
 
-async def _replay(ws: WebSocket, sub: Subscriber, upto: int, cursor: list[int]) -> None:
-    """Send the tenant's events in (cursor, upto] from the ledger; live ones (> upto) wait in the
-    client's queue meanwhile, so nothing is missed and nothing sent twice."""
-    while cursor[0] < upto and not sub.overflow.is_set():
-        # a window of ids per read: the tenant is on `jobs`, not on the events, so an unbounded
-        # range would scan every other tenant's events up to the LIMIT; this bounds each read
-        window_end = min(cursor[0] + REPLAY_WINDOW_IDS, upto)
-        page = await asyncio.to_thread(_replay_page, sub, cursor[0], window_end)
-        for update in page:
-            await _send(ws, update.message())
-            cursor[0] = update.id
-        if len(page) < REPLAY_PAGE:
-            cursor[0] = window_end  # nothing else of this client's at or below window_end
+async def _write(ws: WebSocket, sub: Subscriber, since: int | None, upto: int, cursor: list[int]) -> None:
+    """The replay (if the client resumes), then live updates. `cursor` moves only once a message
+    is written: uvicorn's send writes to the transport without awaiting after it, so a cancel
+    lands before a write, never after one, and `cursor` is exactly the last message sent."""
 
-
-async def _write(ws: WebSocket, sub: Subscriber, cursor: list[int]) -> None:
-    while (item := await sub.queue.get()) is not None:
-        update, coalesced = item
+    async def send(update: Update | Resync, coalesced: int = 0) -> None:
         await _send(ws, update.message(coalesced))
         cursor[0] = update.id
+
+    if since is not None and since < upto:
+        await replay(sub, upto, cursor, send)
+    while (item := await sub.queue.get()) is not None:
+        await send(*item)
 
 
 async def _drain_reads(ws: WebSocket) -> None:
@@ -134,11 +157,29 @@ async def _drain_reads(ws: WebSocket) -> None:
                 return
 
 
-async def _serve(ws: WebSocket, sub: Subscriber, cursor: list[int]) -> None:
+async def _last_word(ws: WebSocket, message: dict[str, Any], code: int, reason: str) -> None:
+    """A message naming the cursor to resume from, then the close. A reader too slow to take even
+    this is waited for a bounded time (as long as a silent peer is kept by keep-alive anyway),
+    then the socket is dropped (returning closes the transport) with its buffers."""
+    wait_s = get_settings().ws_ping_timeout_seconds
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(_send(ws, message), wait_s)
+        await asyncio.wait_for(ws.close(code, reason), wait_s)
+    raise WebSocketDisconnect(code)
+
+
+async def _serve(
+    ws: WebSocket, sub: Subscriber, since: int | None, upto: int, revoked: asyncio.Event, cursor: list[int]
+) -> None:
+    """Until the client leaves, its key is revoked, it overflows or its lifetime is over."""
+    lifetime = get_settings().ws_max_lifetime_seconds * random.uniform(1 - LIFETIME_JITTER, 1)
+    writer = asyncio.create_task(_write(ws, sub, since, upto, cursor))
     tasks = [
-        asyncio.create_task(_write(ws, sub, cursor)),
+        writer,
         asyncio.create_task(_drain_reads(ws)),
         asyncio.create_task(sub.overflow.wait()),
+        asyncio.create_task(revoked.wait()),
+        asyncio.create_task(asyncio.sleep(lifetime)),
     ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -146,17 +187,20 @@ async def _serve(ws: WebSocket, sub: Subscriber, cursor: list[int]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    failure = writer.exception() if writer.done() and not writer.cancelled() else None
+    if isinstance(failure, LedgerUnavailableError):
+        raise failure  # a replay could not read the ledger (any other failure: the socket is gone)
+    if revoked.is_set():
+        raise StreamCloseError(4401, "API key revoked")
     if sub.overflow.is_set():
         STREAM_CLOSED.labels("overflow").inc()
-        # The queue is already freed. A reader this slow may not take even this message: a bounded
-        # wait, then the socket is dropped (returning closes the transport) with its buffers.
-        with contextlib.suppress(Exception):
-            overflow = {"type": "overflow", "cursor": str(cursor[0]), "reason": "client too slow: resume with since"}
-            # as long as a peer may stay silent before keep-alive drops it anyway
-            wait_s = get_settings().ws_ping_timeout_seconds
-            await asyncio.wait_for(_send(ws, overflow), wait_s)
-            await asyncio.wait_for(ws.close(4008, "overflow: resume with since=<cursor>"), wait_s)
-        raise WebSocketDisconnect(4008)
+        # the queue is already freed: the client resumes from the ledger
+        overflow = {"type": "overflow", "cursor": str(cursor[0]), "reason": "client too slow: resume with since"}
+        await _last_word(ws, overflow, 4008, "overflow: resume with since=<cursor>")
+    if tasks[-1].done() and not tasks[-1].cancelled():
+        STREAM_CLOSED.labels("lifetime").inc()
+        again = {"type": "reconnect", "cursor": str(cursor[0]), "reason": "stream lifetime over: resume with since"}
+        await _last_word(ws, again, 4000, "lifetime over: resume with since=<cursor>")
 
 
 @router.websocket("/jobs/stream")
@@ -165,8 +209,10 @@ async def stream(ws: WebSocket) -> None:
     await ws.accept()
     hub = get_hub()
     sub: Subscriber | None = None
+    watched: tuple[uuid.UUID, asyncio.Event] | None = None
     try:
-        key = await _authenticate(ws)
+        key, revoked = await _authenticate(ws)
+        watched = (key.id, revoked)
         await hub.start()
         upto = hub.released
         sub, since = _subscriber(ws, key, upto)
@@ -177,9 +223,7 @@ async def stream(ws: WebSocket) -> None:
             raise StreamCloseError(exc.code, exc.reason) from None
         cursor = [upto if since is None else since]
         await _send(ws, {"type": "subscribed", "cursor": str(cursor[0])})
-        if since is not None and since < upto:
-            await _replay(ws, sub, upto, cursor)
-        await _serve(ws, sub, cursor)
+        await _serve(ws, sub, since, upto, revoked, cursor)
     except StreamCloseError as exc:
         STREAM_CLOSED.labels(str(exc.code)).inc()
         with contextlib.suppress(Exception):
@@ -195,3 +239,5 @@ async def stream(ws: WebSocket) -> None:
     finally:
         if sub is not None:
             hub.remove(sub)
+        if watched is not None:
+            get_watch().unwatch(*watched)

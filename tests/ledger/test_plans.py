@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from worker.clock import seconds, utcnow
 from worker.ledger import queries
-from worker.ledger.db import make_engine
+from worker.ledger.db import as_written, make_engine
 from worker.ledger.models import jobs
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,7 +30,6 @@ LIMIT = 100
 # A bounded read touches a few LIMITs' worth of rows; tenant-0's history alone is 50k rows,
 # the queued backlog 4,000, the running set 2,000.
 MAX_READ = 10 * LIMIT
-_LIMITS = re.compile(r"^(SET LOCAL \w+ = \d+; )+")
 
 # A realistic mix: 90% succeeded, 3% dead, 1% cancelled, 4% queued (a tenth never published,
 # some due later), 2% running; finished over the last 31 days (retention 30); half the jobs
@@ -96,7 +94,7 @@ def explain(engine: sa.Engine, call: Callable[[Connection], object]) -> list[dic
         sa.event.remove(engine, "before_cursor_execute", grab)
     assert len(sent) == 1, sent
     statement, parameters = sent[0]
-    statement = _LIMITS.sub("", statement)  # the ledger limits sent in front (worker/ledger/db.py)
+    statement = as_written(statement)
     with engine.begin() as conn:
         raw = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar()
     doc = raw if isinstance(raw, list) else json.loads(raw)

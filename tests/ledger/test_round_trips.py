@@ -3,7 +3,6 @@ no ping per checkout, async commit only where asked, and a write that survives a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,6 @@ from worker.ledger.records import NewJob as NewJobRecord
 
 # The session limits (db.SessionLimits) ride in front of a transaction's first statement, in its
 # round trip: left out, so that each recorded statement is one round trip's own work.
-_LIMITS = re.compile(r"^(SET LOCAL \w+ = \d+; )+")
 
 
 @pytest.fixture
@@ -28,7 +26,7 @@ def statements(engine: sa.Engine) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        seen.append(_LIMITS.sub("", statement))
+        seen.append(db.as_written(statement))
 
     sa.event.listen(engine, "before_cursor_execute", record)
     yield seen

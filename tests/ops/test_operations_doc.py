@@ -11,6 +11,8 @@ from tests import ROOT
 SOURCES = (
     "api/metrics.py",
     "api/stream_hub.py",
+    "api/stream_replay.py",
+    "api/routes/stream.py",
     "worker/runtime/job_metrics.py",
     "worker/runtime/pool_metrics.py",
     "worker/control/metrics.py",

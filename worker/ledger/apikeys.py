@@ -8,6 +8,7 @@ import hashlib
 import re
 import secrets
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -101,6 +102,14 @@ def lookup(conn: Connection, raw: str) -> ApiKey | None:
     if row is None:
         return None
     return ApiKey(id=row.id, tenant=row.tenant, scopes=parse_scopes(row.scopes), queues=parse_queues(row.queues))
+
+
+def live_ids(conn: Connection, ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of `ids` that still exist unrevoked: one primary-key read for every open stream's key."""
+    if not ids:
+        return set()
+    query = sa.select(api_keys.c.id).where(api_keys.c.id.in_(list(ids)), api_keys.c.revoked_at.is_(None))
+    return set(conn.scalars(query))
 
 
 @dataclass(frozen=True)

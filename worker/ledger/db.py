@@ -147,6 +147,15 @@ def _dead_on_arrival(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         raise sa_exc.DisconnectionError("the ledger closed this pooled connection")
 
 
+_SENT_IN_FRONT = re.compile(r"^(SET LOCAL \w+ = \w+; )+")
+
+
+def as_written(statement: str) -> str:
+    """`statement` without the `SET LOCAL`s `_statement_prefix` sent in front of it: what its
+    caller wrote (for tools that EXPLAIN or count what was sent)."""
+    return _SENT_IN_FRONT.sub("", statement)
+
+
 def _statement_prefix(limits: str) -> Callable[..., tuple[str, Any]]:
     """Statements sent in the same round trip as a statement (psycopg2 uses the simple query
     protocol, so they run in its transaction, an implicit one in autocommit mode):

@@ -2,8 +2,11 @@
 
 The stream is opened with `job_id=<id>&since=0`, so the job's events already written (the job
 may have run before the socket opened) are replayed from the ledger before live ones: no race
-between the POST and the subscription. A dropped stream is resumed from its last cursor; if the
-stream cannot be had at all (an older API, a proxy without WebSockets), the job is polled.
+between the POST and the subscription. With a job_id the server reads only that job's events, on
+its index from the job's first one (api/stream_replay.py), not the ledger from 0. A stream the
+server ends on purpose (`overflow`, or `reconnect` when its lifetime is over) is resumed from the
+cursor it names; a dropped one from the last cursor seen, at most RESUMES times; if the stream
+cannot be had at all (an older API, a proxy without WebSockets), the job is polled.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import httpx
 
 TERMINAL = ("succeeded", "dead", "cancelled")
 RESUMES = 3  # stream drops survived before falling back to polling
+RESUME_FROM = ("overflow", "reconnect")  # the server ends the stream and names the cursor: not a drop
 
 
 class Progress:
@@ -59,6 +63,7 @@ def follow_stream(api_url: str, key: str, job_id: str, deadline: float, show: Ca
         return False
     since, drops = "0", 0
     while drops <= RESUMES and time.monotonic() < deadline:
+        resume = False
         try:
             with connect(_ws_url(api_url, job_id, since), additional_headers={"Authorization": f"Bearer {key}"}) as ws:
                 while (left := deadline - time.monotonic()) > 0:
@@ -68,12 +73,15 @@ def follow_stream(api_url: str, key: str, job_id: str, deadline: float, show: Ca
                         show(message)
                         if message["to_state"] in TERMINAL:
                             return True
-                    elif message.get("type") == "overflow":
-                        since = message["cursor"]
+                    elif message.get("type") in RESUME_FROM:
+                        since, resume = message["cursor"], True
                         break
-                return False
         except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake):
-            drops += 1  # reconnect from the last cursor: nothing missed, nothing twice
+            if not resume:
+                drops += 1  # reconnect from the last cursor: nothing missed, nothing twice
+            continue
+        if not resume:
+            return False  # the deadline passed
     return False
 
 
