@@ -14,8 +14,10 @@ from tests.conftest import KeyFactory, switched_env
 from tests.ledger_view import assert_no_overlap
 from tests.testjobs import executions
 from worker.accept import JobRequest, enqueue_many
+from worker.broker import inspect
+from worker.control.reconcile import ACTOR as RECONCILE
 from worker.ledger import db
-from worker.ledger.models import jobs
+from worker.ledger.models import job_events, jobs
 from worker.ops.stack import PrivateRedis
 from worker.testing.processes import Processes, wait_for
 
@@ -41,10 +43,26 @@ def _all_succeeded(ids: list[uuid.UUID]) -> bool:
     return _states(ids).get("succeeded", 0) == len(ids)
 
 
+def _deliveries(ids: list[uuid.UUID], state: str | None = None) -> dict[uuid.UUID, str]:
+    """Each job's current delivery id (of the jobs in `state`, if named)."""
+    where = [jobs.c.id.in_(ids)] + ([jobs.c.state == state] if state else [])
+    with db.connect() as conn:
+        return {r.id: str(r.delivery_id) for r in conn.execute(sa.select(jobs.c.id, jobs.c.delivery_id).where(*where))}
+
+
+def _resent(ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """The jobs reconcile_broker re-sent (queued -> queued with a fresh delivery id)."""
+    with db.connect() as conn:
+        rows = conn.execute(
+            sa.select(job_events.c.job_id).where(job_events.c.job_id.in_(ids), job_events.c.actor == RECONCILE)
+        ).all()
+    return {r.job_id for r in rows}
+
+
 def test_a_broker_restart_loses_no_queued_job(cprocs: Processes, private_redis: PrivateRedis) -> None:
-    """Given 200 jobs queued on a running worker, When Redis restarts without persistence (every
-    message gone), Then the workers consume again, reconcile re-sends what was lost, and all 200
-    succeed, none twice."""
+    """Given 200 jobs queued on a running worker, When Redis restarts without persistence,
+    Then every message the broker held before is gone, reconcile re-sends those jobs (a fresh
+    delivery id each), the workers consume again, and all 200 succeed, none twice."""
     env = {"MEDIC_REDIS_URL": private_redis.url}
     cprocs.worker("chaos-broker", queues="chaos5", concurrency=2, **env)
     cprocs.control_plane(**env)
@@ -54,12 +72,23 @@ def test_a_broker_restart_loses_no_queued_job(cprocs: Processes, private_redis: 
     )
     ids = [d.job.id for d in done]
     wait_for(lambda: _states(ids).get("succeeded", 0) >= 20, 60, 0.05, "20 jobs done before the restart")
+    queued = {d: j for j, d in _deliveries(ids, "queued").items()}
+    held = inspect.delivery_ids(["chaos5"], 100_000, set(queued))  # waiting, or prefetched (unacked)
+    assert held, "the broker holds messages of queued jobs before the restart"
+    before = {queued[d]: d for d in held}
 
     private_redis.stop(keep_dir=True)
     private_redis.start()
-    assert _states(ids).get("succeeded", 0) < 200, "the restart must have hit queued jobs"
+    # a re-sent job has a fresh delivery id: none of the old ids can be back
+    assert inspect.delivery_ids(["chaos5"], 100_000, set(held)) == set(), "the restart lost every message"
 
     wait_for(lambda: _all_succeeded(ids), 120, 0.2, "all 200 succeeded")
+    resent, after = _resent(ids), _deliveries(ids)
+    assert resent & set(before), "reconcile re-sent jobs whose messages the restart lost"
+    # the rest of them ran from a worker's prefetch, under the delivery they had before
+    assert {j for j in before if j not in resent and after[j] != before[j]} == set()
+    assert {j for j in resent if after[j] in held} == set(), "a re-sent job runs under its new delivery"
+    print(f"\n{len(held)} messages in the broker before the restart, 0 after; {len(resent & set(before))} re-sent")
     twice = [t for t in tags if len(executions(t)) != 1]
     assert twice == [], f"{len(twice)} jobs ran other than once"
     assert_no_overlap(ids)

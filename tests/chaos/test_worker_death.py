@@ -85,17 +85,25 @@ def test_a_job_that_always_kills_its_process_is_dead_after_max_attempts(cprocs: 
 
 
 def test_a_hanging_job_is_killed_retried_and_finally_dead(cprocs: Processes) -> None:
-    """Given examples.hang with timeout 2 s and max_attempts 2, When it runs,
-    Then each attempt is timed_out and its process killed, and the job ends dead."""
-    cprocs.worker("chaos-hang", queues="chaos4", concurrency=1)
+    """Given a job that hangs swallowing its soft limit (tests.hang: examples.hang that records
+    each attempt's pid) with timeout 2 s and max_attempts 2, on a worker of two processes (so a
+    first attempt left alive would not hold up the second),
+    When it runs, Then each attempt is timed_out and each attempt's process killed, and the job
+    ends dead."""
+    cprocs.worker("chaos-hang", queues="chaos4", concurrency=2)
     cprocs.control_plane()
-    job_id = submit("examples.hang", {}, queue="chaos4", timeout=2, max_attempts=2)
+    tag = uuid.uuid4().hex
+    job_id = submit("tests.hang", {"tag": tag}, queue="chaos4", timeout=2, max_attempts=2)
     done = wait_job(job_id, TERMINAL, timeout=60)
     assert done.state == "dead"
     assert done.attempts == 2
     assert reasons(job_id).count("timeout") == 4  # running -> timed_out -> queued|dead, twice
-    assert done.worker_pid is not None
-    wait_for(lambda: not _alive(done.worker_pid), 10, 0.1, "the hanging process was killed")
+    runs = executions(tag)
+    assert len(runs) == 2 and [r["end"] for r in runs] == [0, 0], runs
+    pids = [int(r["pid"]) for r in runs]
+    assert done.worker_pid == pids[-1], (done.worker_pid, pids)
+    for attempt, pid in enumerate(pids, 1):
+        wait_for(lambda p=pid: not _alive(p), 10, 0.1, f"attempt {attempt}'s hanging process {pid} killed")
     assert_no_overlap([job_id])
 
 

@@ -29,6 +29,7 @@ from worker.testing.processes import Processes, free_port, wait_for
 from worker.testing.servers import delete_keys
 
 FOR_S = 2.0
+EVICTION = "MedicRedisEvictionPolicy"
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,27 @@ def plane(
 
 def _health_runs() -> int:
     return int(loop_stats("health_and_alerts").get("runs", 0))
+
+
+def _firing(name: str, **labels: str) -> bool | None:
+    """The alert's state as the last evaluation left it: False pending, True firing, None absent.
+
+    Read straight after an evaluation, in this thread: the webhook is posted after the state is
+    written, so reading the webhook alone cannot tell "not sent" from "not sent yet"."""
+    found = [
+        a for a in alerts.active() if a["name"] == name and all(a["labels"].get(k) == v for k, v in labels.items())
+    ]
+    assert len(found) <= 1, found
+    return bool(found[0]["firing"]) if found else None
+
+
+def _resolved_at(name: str, **labels: str) -> list[float]:
+    """When each recent resolve of the alert was recorded (newest first)."""
+    return [
+        float(a["resolved_at"])
+        for a in alerts.recently_resolved()
+        if a["name"] == name and all(a["labels"].get(k) == v for k, v in labels.items())
+    ]
 
 
 def _settle(periods: int = 4) -> None:
@@ -126,23 +148,28 @@ def test_evicting_redis_fires_eviction_policy_then_resolves(private_ledger: dict
         with switched_env(env):
             t0 = dt.datetime.now(dt.UTC)
             registry.health_and_alerts(t0)
+            assert _firing(EVICTION) is False, "pending from the first sample"
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S / 2))
-            assert [a["firing"] for a in alerts.active() if a["name"] == "MedicRedisEvictionPolicy"] == [False]
+            assert _firing(EVICTION) is False, "not before `for`"
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
-            wait_for(lambda: webhook.calls("MedicRedisEvictionPolicy"), 10, 0.05, "eviction policy fires")
+            assert _firing(EVICTION) is True, "fires once it held for `for`"
+            wait_for(lambda: webhook.calls(EVICTION), 10, 0.05, "eviction policy fires")
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still firing: not re-sent
             private.config_set("maxmemory-policy", "noeviction")
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 2))  # clear: resolves after `for`
-            assert webhook.calls("MedicRedisEvictionPolicy") == ["firing"], "no resolve before it stays clear"
-            registry.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 2.1))
-            wait_for(lambda: len(webhook.calls("MedicRedisEvictionPolicy")) == 2, 10, 0.05, "resolved")
+            assert _firing(EVICTION) is True and _resolved_at(EVICTION) == [], "no resolve before it stays clear"
+            assert webhook.calls(EVICTION) == ["firing"], "no resolve sent before it stays clear"
+            resolve_at = t0 + dt.timedelta(seconds=2 * FOR_S + 2.1)
+            registry.health_and_alerts(resolve_at)
+            assert _firing(EVICTION) is None and _resolved_at(EVICTION) == [resolve_at.timestamp()], "resolved"
+            wait_for(lambda: len(webhook.calls(EVICTION)) == 2, 10, 0.05, "resolved")
             registry.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 3))
-            body = next(b for b in webhook.bodies if b["commonLabels"]["alertname"] == "MedicRedisEvictionPolicy")
+            body = next(b for b in webhook.bodies if b["commonLabels"]["alertname"] == EVICTION)
             assert body["commonLabels"] == {"alertname": "MedicRedisEvictionPolicy", "severity": "critical",
                                             "policy": "allkeys-lru"}  # fmt: skip
     finally:
         private.shutdown(nosave=True)
-    assert webhook.calls("MedicRedisEvictionPolicy") == ["firing", "resolved"]
+    assert webhook.calls(EVICTION) == ["firing", "resolved"]
 
 
 def _pings(client: redis.Redis[bytes]) -> bool:
@@ -171,12 +198,16 @@ def test_held_pool_connections_fire_pool_saturated_then_resolve(
                 conn.execute(sa.text("SELECT 1"))  # opens the transaction: `idle in transaction`
             t0 = dt.datetime.now(dt.UTC)
             registry.health_and_alerts(t0)
+            assert _firing("MedicDbPoolSaturated", process="medic-99999") is False, "pending, not firing"
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            assert _firing("MedicDbPoolSaturated", process="medic-99999") is True, "fires after `for`"
             wait_for(lambda: webhook.calls("MedicDbPoolSaturated", process="medic-99999"), 10, 0.05, "fires")
             for conn in held:
                 conn.rollback()  # back in the pool: `idle`
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))
+            assert _firing("MedicDbPoolSaturated", process="medic-99999") is True, "no resolve on one clear sample"
             registry.health_and_alerts(t0 + dt.timedelta(seconds=2 * FOR_S + 1.1))  # clear for `for`
+            assert _firing("MedicDbPoolSaturated", process="medic-99999") is None, "resolved after `for` clear"
             wait_for(
                 lambda: len(webhook.calls("MedicDbPoolSaturated", process="medic-99999")) == 2, 10, 0.05, "resolved"
             )
@@ -218,15 +249,22 @@ def test_a_pool_checkout_that_timed_out_in_a_worker_fires_pool_saturated_then_re
             assert (last["waits"], last["timeouts"]) == (1, 1), last
             t0 = dt.datetime.fromtimestamp(float(last["last_at"]), dt.UTC)
             registry.health_and_alerts(t0)
+            assert _firing("MedicDbPoolSaturated", process=process) is False, "pending from the first sample"
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S / 2))
-            assert webhook.calls("MedicDbPoolSaturated", process=process) == [], "not before `for`"
+            assert _firing("MedicDbPoolSaturated", process=process) is False, "not before `for`"
+            assert webhook.calls("MedicDbPoolSaturated", process=process) == [], "nothing sent before `for`"
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            assert _firing("MedicDbPoolSaturated", process=process) is True, "fires after `for`"
             wait_for(lambda: webhook.calls("MedicDbPoolSaturated", process=process), 10, 0.05, "fires")
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 1))  # still in its window: not re-sent
+            assert _firing("MedicDbPoolSaturated", process=process) is True
             clear = t0 + dt.timedelta(seconds=FOR_S + 2 * 60)  # past the window (for + 2 health periods)
             registry.health_and_alerts(clear)
-            assert webhook.calls("MedicDbPoolSaturated", process=process) == ["firing"], "no resolve before `for`"
+            assert _firing("MedicDbPoolSaturated", process=process) is True, "no resolve before `for` clear"
+            assert _resolved_at("MedicDbPoolSaturated", process=process) == [], "no resolve before `for` clear"
+            assert webhook.calls("MedicDbPoolSaturated", process=process) == ["firing"], "no resolve sent before `for`"
             registry.health_and_alerts(clear + dt.timedelta(seconds=FOR_S + 0.1))
+            assert _firing("MedicDbPoolSaturated", process=process) is None, "resolved once clear for `for`"
             wait_for(lambda: len(webhook.calls("MedicDbPoolSaturated", process=process)) == 2, 10, 0.05, "resolved")
             registry.health_and_alerts(clear + dt.timedelta(seconds=FOR_S + 1))
     finally:
@@ -255,11 +293,15 @@ def test_slow_api_is_logged_and_fires_api_slow(
             wait_for(lambda: get_redis().hlen(redis_keys.api_latency()) == 1, 15, 0.1, "p95 published")
             t0 = dt.datetime.now(dt.UTC)
             registry.health_and_alerts(t0)
+            assert _firing("MedicApiSlow") is False, "pending, not firing"
             registry.health_and_alerts(t0 + dt.timedelta(seconds=FOR_S + 0.1))
+            assert _firing("MedicApiSlow") is True, "fires after `for`"
             wait_for(lambda: webhook.calls("MedicApiSlow"), 10, 0.05, "api slow fires")
             procs.stop_all()  # the API is gone: its p95 goes stale, and the alert clears
             registry.health_and_alerts(t0 + dt.timedelta(seconds=60))
+            assert _firing("MedicApiSlow") is True, "no resolve on the first clear sample"
             registry.health_and_alerts(t0 + dt.timedelta(seconds=60 + FOR_S + 0.1))  # clear for `for`
+            assert _firing("MedicApiSlow") is None, "resolved once clear for `for`"
             wait_for(lambda: len(webhook.calls("MedicApiSlow")) == 2, 10, 0.05, "api slow resolves")
     finally:
         procs.stop_all()
