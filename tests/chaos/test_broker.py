@@ -121,3 +121,29 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_is_back(
     wait_for(lambda: _all_succeeded(ids), 120, 0.2, "all 50 succeeded")
     assert set(_states(ids)) <= {"succeeded"} | TERMINAL
     assert_no_overlap(ids)
+
+
+def test_a_worker_holding_running_jobs_outlives_a_broker_outage(cprocs: Processes, private_redis: PrivateRedis) -> None:
+    """Given a worker running a job (its message unacked: acks_late), When Redis goes down long
+    enough for the consumer to lose its connection and comes back, Then the worker process is
+    still the same one, logged no "Unrecoverable error" (kombu's restore of unacked messages
+    on close used to raise AttributeError and Celery exited: worker/broker/kombu_fixes.py), and it
+    consumes a job submitted after the outage."""
+    env = {"MEDIC_REDIS_URL": private_redis.url}
+    worker = cprocs.worker("chaos-outage", queues="chaos12", concurrency=2, **env)
+    [running] = enqueue_many([JobRequest("examples.sleep", {"seconds": 6}, queue="chaos12")], tenant="chaos")
+    wait_for(lambda: _states([running.job.id]) == {"running": 1}, 60, 0.05, "the job running")
+
+    private_redis.stop(keep_dir=True)
+    wait_for(lambda: "Connection to broker lost" in worker.log(), 60, 0.1, "the consumer seeing the outage")
+    # Down for a few reconnect attempts, as in a real restart, not a blip.
+    wait_for(lambda: worker.log().count("Cannot connect to") >= 2 or not worker.alive(), 60, 0.2, "reconnect tries")
+    private_redis.start()
+
+    [after] = enqueue_many([JobRequest("examples.echo", {"message": "after"}, queue="chaos12")], tenant="chaos")
+    wait_for(lambda: _all_succeeded([after.job.id]) or not worker.alive(), 90, 0.1, "the job after the outage")
+    assert "Unrecoverable error" not in worker.log(), worker.log()[-3000:]
+    assert worker.alive(), "the worker exited during the broker outage"
+    assert _all_succeeded([after.job.id])
+    wait_for(lambda: _states([running.job.id]) == {"succeeded": 1}, 60, 0.1, "the job that ran through it")
+    assert_no_overlap([running.job.id, after.job.id])

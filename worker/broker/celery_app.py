@@ -14,6 +14,7 @@ from typing import Any
 import kombu.pools
 from celery import Celery
 
+from worker.broker import kombu_fixes
 from worker.settings import Settings, get_settings
 
 CONTROL_QUEUE = "medic.control"
@@ -21,6 +22,7 @@ CONTROL_TASKS = "worker.control.tasks"
 CONTROL_TASK_PREFIX = "medic.control."
 WORKER_LOADER = "worker.control.wiring:ControlLoader"
 
+kombu_fixes.install()
 app = Celery("medic", loader=WORKER_LOADER)
 
 
