@@ -243,8 +243,12 @@ def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
         return {"count": 0, "p50": None, "p95": None, "max": None}
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"count": len(ordered), "p50": round(statistics.median(ordered), 2), "p95": round(p95, 2),
-            "max": round(ordered[-1], 2)}  # fmt: skip
+    return {
+        "count": len(ordered),
+        "p50": round(statistics.median(ordered), 2),
+        "p95": round(p95, 2),
+        "max": round(ordered[-1], 2),
+    }
 
 
 def check(
@@ -291,7 +295,8 @@ def check(
             "overall": distribution([r.seconds for r in rec]),
             "by_fault": {kind: distribution(v) for kind, v in sorted(per_kind.items())},
             "cut_not_rerun": in_place,
-            "points": [{"kind": r.kind, "host": r.host, "at": r.fault_start, "seconds": round(r.seconds, 2)}
-                       for r in rec],  # fmt: skip
+            "points": [
+                {"kind": r.kind, "host": r.host, "at": r.fault_start, "seconds": round(r.seconds, 2)} for r in rec
+            ],
         },
     }

@@ -94,7 +94,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
     with (
-        httpx.Client(base_url=a.url, headers={"Authorization": f"Bearer {a.key}"}, timeout=TIMEOUT_S, limits=limits) as http,
+        httpx.Client(
+            base_url=a.url, headers={"Authorization": f"Bearer {a.key}"}, timeout=TIMEOUT_S, limits=limits
+        ) as http,
         ThreadPoolExecutor(max_workers=48) as pool,
     ):
         print("client ready", flush=True)

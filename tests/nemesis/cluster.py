@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,16 @@ SETTINGS = {
     "MEDIC_RECONCILE_PERIOD_SECONDS": "5",
     "MEDIC_LOG_QUIET": "true",
 }
+
+# what the run's processes will use, read by the code under test in their environment
+SHOW_SETTINGS = """
+import json
+from worker.settings import get_settings
+s = get_settings()
+names = ["profile", "lease_seconds", "heartbeat_seconds", "presence_ttl_seconds", "recover_period_seconds",
+         "reconcile_period_seconds", "lost_after_seconds"]
+print(json.dumps({n: getattr(s, n) for n in names}))
+"""
 
 
 def _base_env() -> dict[str, str]:
@@ -76,9 +86,20 @@ class Cluster:
         env = {**_base_env(), "MEDIC_DATABASE_URL": self.pg.url(), "MEDIC_REDIS_URL": self.redis.url()}
         cli = [sys.executable, "-m", "worker.ops.cli", "--log-level", "WARNING"]
         subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
-        keys = subprocess.run([*cli, "keys", "create", "--tenant", "nemesis", "--scopes", "submit,read"],
-                              env=env, check=True, capture_output=True, text=True, timeout=60)  # fmt: skip
+        keys = subprocess.run(
+            [*cli, "keys", "create", "--tenant", "nemesis", "--scopes", "submit,read"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         self.api_key = keys.stdout.strip().splitlines()[-1]
+        self.settings = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", SHOW_SETTINGS], env=env, check=True, capture_output=True, text=True, timeout=60
+            ).stdout
+        )
         self.net_env = {
             **_base_env(),
             "MEDIC_DATABASE_URL": self.pg.url(data),
@@ -118,8 +139,14 @@ class Cluster:
     def start_proxy(self, host: str) -> Proc:
         assert self.net is not None
         data = self.net.hosts["data"].addr
-        argv = [sys.executable, "-m", "tests.nemesis.delayproxy", str(self.delay_file(host)),
-                f"{PROXY_PG}:{data}:{PG_PORT}", f"{PROXY_REDIS}:{data}:{REDIS_PORT}"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.nemesis.delayproxy",
+            str(self.delay_file(host)),
+            f"{PROXY_PG}:{data}:{PG_PORT}",
+            f"{PROXY_REDIS}:{data}:{REDIS_PORT}",
+        ]
         proc = self.start_proc(f"proxy-{host}", host, argv)
         wait_for(lambda: "proxy ready" in proc.log() or not proc.alive(), 30, 0.05, f"proxy on {host}")
         return proc
@@ -155,8 +182,9 @@ class Cluster:
                     sa.text("SELECT job_id, to_state, reason, delivery_id, attempt, at FROM job_events ORDER BY id")
                 )
                 events = [
-                    LedgerEvent(str(r.job_id), r.to_state, r.reason, str(r.delivery_id), int(r.attempt),
-                                r.at.timestamp())  # fmt: skip
+                    LedgerEvent(
+                        str(r.job_id), r.to_state, r.reason, str(r.delivery_id), int(r.attempt), r.at.timestamp()
+                    )
                     for r in rows
                 ]
         finally:
@@ -208,5 +236,3 @@ class Cluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-

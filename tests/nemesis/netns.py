@@ -153,7 +153,13 @@ class Network:
         ip("link", "add", "br0", "type", "bridge", ns=self.switch)
         ip("link", "set", "br0", "up", ns=self.switch)
         for i, name in enumerate(names):
-            host = Host(name, f"{self.prefix}-{name}", f"10.199.{self.subnet}.{10 + i}", f"{self.prefix}h{i}", f"{self.prefix}s{i}")
+            host = Host(
+                name,
+                f"{self.prefix}-{name}",
+                f"10.199.{self.subnet}.{10 + i}",
+                f"{self.prefix}h{i}",
+                f"{self.prefix}s{i}",
+            )
             ip("netns", "add", host.ns)
             self.hosts[name] = host
             ip("link", "add", host.veth_host, "type", "veth", "peer", "name", host.veth_switch)
@@ -181,7 +187,18 @@ class Network:
         bridge floods those frames to ports that discard them. Other peers are not affected."""
         a, b = self.hosts[host], self.hosts[peer]
         for me, other in ((a, b), (b, a)):
-            ip("neigh", "replace", other.addr, "lladdr", BLACKHOLE_MAC, "nud", "permanent", "dev", me.veth_host, ns=me.ns)
+            ip(
+                "neigh",
+                "replace",
+                other.addr,
+                "lladdr",
+                BLACKHOLE_MAC,
+                "nud",
+                "permanent",
+                "dev",
+                me.veth_host,
+                ns=me.ns,
+            )
 
     def heal(self, host: str, peer: str) -> None:
         """Undo `cut`: the bogus entries removed, ARP resolves the real MACs again."""

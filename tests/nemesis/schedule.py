@@ -50,7 +50,7 @@ def draw(kind: str, rng: random.Random, lease_s: float) -> Planned:
     if kind == "latency":
         return Planned(kind, worker, 0, round(rng.uniform(8, 15), 1), {"ms": 100, "jitter_ms": 50})
     if kind in ("pause_child", "pause_host"):
-        return Planned(kind, worker, 0, round(lease_s + rng.uniform(2, 6), 1))
+        return Planned(kind, worker, 0, round(1.5 * lease_s + rng.uniform(2, 6), 1))
     if kind == "kill_host":
         return Planned(kind, worker, 0, round(rng.uniform(3, 8), 1))
     if kind == "restart_redis":
@@ -74,7 +74,9 @@ def _fits(p: Planned, placed: list[Planned]) -> bool:
 SPACING_S = 35.0  # with `fill`: one fault per this many seconds of schedule, on average
 
 
-def plan(seed: int, length_s: float, lease_s: float, kinds: tuple[str, ...] = KINDS, fill: bool = False) -> list[Planned]:
+def plan(
+    seed: int, length_s: float, lease_s: float, kinds: tuple[str, ...] = KINDS, fill: bool = False
+) -> list[Planned]:
     """Every kind once (in a seeded order), then, with `fill`, faults of random kinds up to one
     per SPACING_S seconds. Placement is random within the length where it fits; one of the first
     round that fits nowhere goes after the last (so the schedule may run a little past `length_s`)."""
