@@ -22,6 +22,17 @@ from tests.nemesis.schedule import WORKERS, Planned
 BUSY_WAIT_S = 5.0  # a worker fault waits at most this long for its host to be running a job
 
 
+def children(pid: int) -> list[int]:
+    """Every child of `pid`, whichever of its threads forked it: billiard forks replacement pool
+    processes from a thread of its own, and /proc/<pid>/task/<pid>/children lists only the main
+    thread's (Proc.children), so a child replaced after a Redis restart would be missed."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            found.update(int(c) for c in (task / "children").read_text().split())
+    return sorted(found)
+
+
 def _signal(pids: list[int], sig: signal.Signals) -> list[int]:
     hit = []
     for pid in pids:
@@ -145,8 +156,8 @@ class Nemesis:
         deadline = time.monotonic() + timeout
         while True:
             proc = self.c.procs.get(host)
-            children = proc.children() if proc is not None else []
-            busy = list(self.tail.running(children))
+            kids = children(proc.pid) if proc is not None else []
+            busy = list(self.tail.running(kids))
             if busy or time.monotonic() > deadline:
                 return busy
             time.sleep(0.05)
@@ -181,11 +192,11 @@ class Nemesis:
 
     def pause_child(self, p: Planned, rec: dict[str, Any]) -> None:
         busy = self._wait_busy(p.host)
-        children = busy or self.c.procs[p.host].children()
-        if not children:
+        kids = busy or children(self.c.procs[p.host].pid)
+        if not kids:
             raise RuntimeError(f"{p.host}: its worker has no child to pause")
         rec["start"] = time.time()
-        self._pause([self.rng.choice(children)], p.seconds, rec)
+        self._pause([self.rng.choice(kids)], p.seconds, rec)
 
     def pause_host(self, p: Planned, rec: dict[str, Any]) -> None:
         assert self.c.net is not None

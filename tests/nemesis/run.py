@@ -110,6 +110,7 @@ def run(opts: Options, run_dir: Path) -> dict[str, Any]:
         ended = time.time()
         consuming = _consuming_after(history, last_fault_end)
         worker_alive = {h: c.procs[h].alive() for h in WORKERS}
+        exits = _unexpected_exits(c)
     _log(
         f"done: lost {verdict['jobs']['lost']}, duplicates {verdict['duplicate_finishes']}, "
         f"overlaps {verdict['overlaps']}, recovery {verdict['recovery_s']['overall']}"
@@ -137,9 +138,24 @@ def run(opts: Options, run_dir: Path) -> dict[str, Any]:
         "fault_errors": [{"kind": f["kind"], "host": f["host"], "error": f["error"]} for f in faults if "error" in f],
         "consuming_after_last_fault": consuming,
         "workers_alive_at_end": worker_alive,
+        "unexpected_exits": exits,
         "throughput": _throughput(events, t0, ended),
         **verdict,
     }
+
+
+def _unexpected_exits(c: Cluster) -> list[dict[str, Any]]:
+    """Processes of the deployment that are gone though the nemesis did not end them (the current
+    process of each role, at the end, before teardown), with their last error line."""
+    out = []
+    for role, proc in c.procs.items():
+        if role == "client" or proc.alive():
+            continue
+        errors = [line for line in proc.log().splitlines() if "CRITICAL" in line or "Error" in line]
+        out.append(
+            {"role": role, "pid": proc.pid, "exit": proc.popen.returncode, "last_error": (errors or [""])[-1][:300]}
+        )
+    return out
 
 
 def _consuming_after(history: list[dict[str, Any]], since: float) -> dict[str, int]:

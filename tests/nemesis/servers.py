@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +34,9 @@ class DataPostgres:
 
     def __init__(self, net: Network, root: Path) -> None:
         self.net = net
-        self.dir = root / "pg"
-        self.dir.mkdir(parents=True)
+        # its own folder, not under the run's: pytest's tmp root is 0700 and the postgres user must get in
+        self.dir = Path(tempfile.mkdtemp(prefix="medic-nemesis-pg-"))
+        self.dir.chmod(0o755)
         shutil.chown(self.dir, "postgres", "postgres")
         self.data = self.dir / "data"
         self.bin = pg_bin()
@@ -79,6 +81,7 @@ class DataPostgres:
     def destroy(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):
             self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class DataRedis:
