@@ -211,7 +211,7 @@ class Recovery:
 def _hit(fault: Mapping[str, Any], e: Execution) -> bool:
     if fault["kind"] == "pause_child":
         return e.pid in {int(p) for p in fault.get("pids", [])}
-    return e.host == fault["host"]
+    return e.host == str(fault["host"])
 
 
 def recoveries(runs: Sequence[Execution], faults: Iterable[Mapping[str, Any]]) -> tuple[list[Recovery], int]:

@@ -26,7 +26,7 @@ from worker.runtime.registry import job
 TICK_S = 0.05
 
 try:  # the self-fencing API of issue 19, when this code has it
-    from worker.runtime import fencing as _fencing
+    from worker.runtime import fencing as _fencing  # type: ignore[attr-defined,unused-ignore]
 
     still_owner: Callable[[], bool] = _fencing.still_owner
     FENCING = True
