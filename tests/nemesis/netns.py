@@ -24,6 +24,16 @@ BLACKHOLE_MAC = "02:00:5e:19:19:19"  # locally administered; on no interface
 OWNERS = Path("/run/medic-nemesis")
 
 
+LIVE: list[Network] = []  # networks this process made and has not destroyed yet
+
+
+def destroy_all() -> None:
+    """Destroy every network this process still holds: a pytest finalizer's last resort, should a
+    run be cut off before its own `finally`."""
+    for net in list(LIVE):
+        net.destroy()
+
+
 def ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     argv = ["ip", *(["-n", ns] if ns else []), *args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
@@ -140,6 +150,7 @@ class Network:
         prefix = f"{FAMILY}{random.SystemRandom().randrange(16**4):04x}"
         (OWNERS / prefix).write_text(str(os.getpid()))  # before any namespace: never one without its owner
         net = cls(prefix, _free_subnet())
+        LIVE.append(net)
         try:
             net._build(names)
         except BaseException:
@@ -215,3 +226,5 @@ class Network:
             ip("netns", "del", ns, check=False)
         with contextlib.suppress(FileNotFoundError):
             (OWNERS / self.prefix).unlink()
+        if self in LIVE:
+            LIVE.remove(self)

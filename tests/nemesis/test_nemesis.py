@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.nemesis.netns import can_make_namespaces
+from tests.nemesis.netns import can_make_namespaces, destroy_all
 from tests.nemesis.run import Options, run, seed_from_env
 from tests.nemesis.schedule import KINDS, WORKERS
 
@@ -25,10 +25,12 @@ SCHEDULE_S = 70.0  # faults are placed within this; with setup, tail, drain and 
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def result(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     why = can_make_namespaces()
     if why:
         pytest.skip(f"the nemesis suite needs network namespaces: {why}")
+    # run() tears its cluster down in a `finally`; this is the last resort for the namespaces
+    request.addfinalizer(destroy_all)
     run_dir = tmp_path_factory.mktemp("nemesis")
     out = run(Options(seed=seed_from_env(), length_s=SCHEDULE_S, drain_s=75.0), run_dir)
     (Path(run_dir) / "result.json").write_text(json.dumps(out, indent=1, default=str))
