@@ -121,9 +121,10 @@ def intersection(a: Sequence[Window], b: Sequence[Window]) -> float:
 @dataclass
 class Overlap:
     job: str
-    first: str
+    first: str  # host:pid:delivery prefix
     second: str
     seconds: float
+    deliveries: tuple[str, str] = ("", "")
 
 
 def overlaps(runs: Sequence[Execution], pauses: Mapping[int, Sequence[Window]]) -> list[Overlap]:
@@ -136,7 +137,7 @@ def overlaps(runs: Sequence[Execution], pauses: Mapping[int, Sequence[Window]]) 
         pieces = [(e, live(e, pauses)) for e in sorted(job_runs, key=lambda r: r.start)]
         for (a, pa), (b, pb) in itertools.combinations(pieces, 2):
             if (shared := intersection(pa, pb)) > 0:
-                found.append(Overlap(job, a.name(), b.name(), round(shared, 3)))
+                found.append(Overlap(job, a.name(), b.name(), round(shared, 3), (a.delivery, b.delivery)))
     return found
 
 
@@ -266,6 +267,7 @@ def check(
     twice = duplicate_finishes(e for e in events if e.job in said.accepted)
     both = overlaps(runs, pauses)
     rec, in_place = recoveries(runs, faults)
+    claimed = {e.delivery: e.attempt for e in events if e.reason == "claimed"}
     per_kind: dict[str, list[float]] = defaultdict(list)
     for r in rec:
         per_kind[r.kind].append(r.seconds)
@@ -283,7 +285,8 @@ def check(
         "duplicate_finish_ids": dict(list(twice.items())[:50]),
         "history_finished_twice": sum(1 for n in Counter(e.job for e in runs if e.ended).values() if n > 1),
         "overlaps": len(both),
-        "overlap_pairs": [vars(o) for o in both[:50]],
+        # the attempt of each side, from the ledger's claim of its delivery (the job may not know it)
+        "overlap_pairs": [{**vars(o), "attempts": [claimed.get(d) for d in o.deliveries]} for o in both[:50]],
         "api": {
             "statuses": dict(said.statuses),
             "connection_errors": said.connection_errors,

@@ -91,6 +91,7 @@ class Nemesis:
         self.c = cluster
         self.rng = random.Random(seed ^ 0x19)
         self.tail = HistoryTail(cluster.dir / "hosts")
+        self.found_dead: list[dict[str, Any]] = []  # processes that had died before a fault was to end them
         self.done: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -194,6 +195,7 @@ class Nemesis:
         busy = self._wait_busy(p.host)
         kids = busy or children(self.c.procs[p.host].pid)
         if not kids:
+            self._note_if_dead(p.host)
             raise RuntimeError(f"{p.host}: its worker has no child to pause")
         rec["start"] = time.time()
         self._pause([self.rng.choice(kids)], p.seconds, rec)
@@ -204,10 +206,20 @@ class Nemesis:
         rec["start"] = time.time()
         self._pause(self.c.net.pids(p.host), p.seconds, rec)
 
+    def _note_if_dead(self, role: str) -> None:
+        """A process the nemesis is about to end that is already gone died by itself: recorded
+        (with its last error line), since the restart that follows would hide it."""
+        proc = self.c.procs.get(role)
+        if proc is not None and not proc.alive():
+            errors = [line for line in proc.log().splitlines() if "CRITICAL" in line or "Error" in line]
+            self.found_dead.append({"role": role, "pid": proc.pid, "exit": proc.popen.returncode,
+                                    "found_at": time.time(), "last_error": (errors or [""])[-1][:300]})  # fmt: skip
+
     def kill_host(self, p: Planned, rec: dict[str, Any]) -> None:
         """SIGKILL every process of the host, then, after `seconds`, start its proxy and worker
         again, as a supervisor would."""
         assert self.c.net is not None
+        self._note_if_dead(p.host)
         self._wait_busy(p.host)
         rec["start"] = time.time()
         rec["pids"] = _signal(self.c.net.pids(p.host), signal.SIGKILL)
@@ -236,6 +248,7 @@ class Nemesis:
         it again and wait until it is ready, then the next."""
         steps = []
         for host in WORKERS:
+            self._note_if_dead(host)
             proc = self.c.procs[host]
             rec["pids"].append(proc.pid)
             sent = time.time()

@@ -110,7 +110,7 @@ def run(opts: Options, run_dir: Path) -> dict[str, Any]:
         ended = time.time()
         consuming = _consuming_after(history, last_fault_end)
         worker_alive = {h: c.procs[h].alive() for h in WORKERS}
-        exits = _unexpected_exits(c)
+        exits = nemesis.found_dead + _unexpected_exits(c)
     _log(
         f"done: lost {verdict['jobs']['lost']}, duplicates {verdict['duplicate_finishes']}, "
         f"overlaps {verdict['overlaps']}, recovery {verdict['recovery_s']['overall']}"

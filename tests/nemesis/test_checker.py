@@ -121,10 +121,13 @@ def test_the_verdict_counts_what_it_found() -> None:
     history = lines("J", "d1", "w1", 100, 0.0, 5.0) + lines("J", "d2", "w2", 200, 4.0, 8.0)
     client = [_answer("a", 202, "J"), _answer("b", 202, "K"), _answer("c", 500)]
     events = [
+        LedgerEvent("J", "running", "claimed", "d1", 1, 0.0),
         LedgerEvent("J", "succeeded", "succeeded", "d1", 1, 5.0),
+        LedgerEvent("J", "running", "claimed", "d2", 2, 4.0),
         LedgerEvent("J", "succeeded", "succeeded", "d2", 2, 8.0),
     ]
     v = checker.check(history, client, [], {"J": "succeeded", "K": "queued"}, events)
+    assert v["overlap_pairs"][0]["attempts"] == [1, 2]  # from the ledger's claims of the two deliveries
     assert (v["jobs"]["accepted"], v["jobs"]["succeeded"], v["jobs"]["lost"]) == (2, 1, 1)
     assert (v["duplicate_finishes"], v["overlaps"], v["history_finished_twice"]) == (1, 1, 1)
     assert v["api"]["server_errors_500"] == 1

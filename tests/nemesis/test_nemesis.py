@@ -73,3 +73,9 @@ def test_every_worker_consumes_after_the_last_fault(result: dict[str, Any]) -> N
         f"workers that started no job after the last fault: {idle}; "
         f"exits {result['unexpected_exits']}; {_where(result)}"
     )
+
+
+def test_no_process_of_the_deployment_dies_by_itself(result: dict[str, Any]) -> None:
+    """Processes the nemesis did not end (it restarts those it kills) must still run, or have run
+    until the nemesis ended them: a worker that exits on a broker restart needs a supervisor."""
+    assert result["unexpected_exits"] == [], f"{result['unexpected_exits']}; {_where(result)}"
