@@ -109,7 +109,8 @@ def plot(rep: dict[str, Any], path: Path) -> None:
     top.set_ylabel(f"jobs succeeded / {tp['bucket_s']:g} s")
     overlaps = rep["overlaps"]
     title = (f"nemesis seed {rep['seed']} at {rep['code']['head']}: {rep['jobs']['accepted']} accepted, "
-             f"{rep['jobs']['lost']} lost, {rep['duplicates']} duplicate finishes, {overlaps} overlaps")  # fmt: skip
+             f"{rep['jobs']['lost']} lost, {rep['duplicates']} duplicate finishes, {overlaps} overlaps, "
+             f"{len(rep['unexpected_exits'])} processes died by themselves")  # fmt: skip
     top.set_title(title, fontsize=10)
     top.legend(loc="upper right", fontsize=7, ncol=3)
     for kind in sorted({p["kind"] for p in rep["recovery_s"]["points"]}):

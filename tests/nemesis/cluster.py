@@ -10,10 +10,9 @@ MEDIC_RECONCILE_PERIOD_SECONDS=5 (default 15).
 
 Worker hosts reach PostgreSQL through their own delay proxy (tests/nemesis/delayproxy.py) on
 127.0.0.1, so the nemesis can put latency on that link; Redis directly. Not Redis through the proxy:
-a forwarder accepts a connection and then closes it while Redis is down, where a real Redis host
-refuses it, and kombu's reconnect path took that difference badly (every worker died with
-AttributeError 'NoneType' has no attribute 'hostname' at a Redis restart, run of seed 1936351608),
-a harness artefact we must not report as medic's. API and control connect directly."""
+a forwarder accepts a connection and then closes it while Redis is down, where a real host refuses
+it, and that made every worker die at a Redis restart instead of some (docs/nemesis.md).
+API and control connect directly."""
 
 from __future__ import annotations
 
