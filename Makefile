@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast lint format docs clean bench
+.PHONY: run test test-fast lint format docs clean bench nemesis
+
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -41,3 +43,10 @@ docs: $(STAMP)  ## regenerate docs/configuration.md
 bench: $(STAMP)  ## one bench -> docs/bench/<it>.json: scale by default (~10 min), BENCH=throughput (~3 min); not in `make test`
 	$(PY) -m bench.$(or $(BENCH),scale) > docs/bench/$(or $(BENCH),scale).json.new
 	mv docs/bench/$(or $(BENCH),scale).json.new docs/bench/$(or $(BENCH),scale).json
+
+$(BENCH_STAMP): $(STAMP)  # matplotlib, for the benches that draw
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+nemesis: $(BENCH_STAMP)  ## seeded faults on namespace hosts under load, 10 min (root) -> docs/bench/nemesis.json + docs/img/nemesis.png; MINUTES=3 shortens, NEMESIS_SEED=<n> replays
+	$(PY) -m bench.nemesis --minutes $(or $(MINUTES),10)
