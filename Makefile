@@ -19,8 +19,8 @@ run: $(STAMP)  ## the whole stack on this machine's PostgreSQL and Redis
 test: $(STAMP)  ## the whole suite: every room (tests/<room>) and the chaos suite
 	$(PY) -m pytest
 
-test-fast: $(STAMP)  ## without the chaos suite
-	$(PY) -m pytest -m "not chaos"
+test-fast: $(STAMP)  ## without the chaos and nemesis suites
+	$(PY) -m pytest -m "not chaos and not nemesis"
 
 lint: $(STAMP)  ## ruff, mypy strict, the import layers, docs/configuration.md and deploy/prometheus/rules.yml up to date
 	$(VENV)/bin/ruff check .
