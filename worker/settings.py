@@ -73,18 +73,30 @@ class Settings(BaseSettings):
     )
 
     # liveness
-    lease_seconds: float = Field(10.0, gt=0, description="How long a heartbeat keeps a job's lease.")
+    lease_seconds: float = Field(
+        4.0,
+        gt=0,
+        description="How long a claim or a heartbeat keeps a job's lease. A worker that cannot renew it "
+        "within this stops the job (self-fencing); a crashed worker's jobs run again after about this "
+        "plus the margin. Longer: fewer jobs killed by a slow ledger; shorter: faster recovery.",
+    )
     heartbeat_seconds: float = Field(
-        2.0, gt=0, description="How often a worker extends its leases (shorter than the presence TTL)."
+        1.0, gt=0, description="How often a worker extends its leases (shorter than the presence TTL)."
     )
     presence_ttl_seconds: float = Field(
-        6.0, gt=0, description="TTL of a worker process's presence key in Redis (shorter than the lease)."
+        2.5, gt=0, description="TTL of a worker process's presence key in Redis (shorter than the lease)."
+    )
+    lease_margin_seconds: float = Field(
+        0.5,
+        ge=0.1,
+        description="recover_stuck takes a job only this long after its lease expired: it covers the "
+        "clock skew between worker and control hosts and the fence's reaction time (50 ms).",
     )
     timeout_grace_seconds: float = Field(5.0, ge=0, description="Added to a job's timeout for the hard time limit.")
 
     # control loops
     beat_alive_seconds: float = Field(5.0, gt=0, description="Period of the beat/control liveness tick.")
-    recover_period_seconds: float = Field(5.0, gt=0, description="Period of recover_stuck.")
+    recover_period_seconds: float = Field(1.0, gt=0, description="Period of recover_stuck.")
     timeout_period_seconds: float = Field(5.0, gt=0, description="Period of enforce_timeouts.")
     reconcile_period_seconds: float = Field(15.0, gt=0, description="Period of reconcile_broker.")
     prune_period_seconds: float = Field(3600.0, gt=0, description="Period of prune.")

@@ -52,6 +52,32 @@ def test_recover_requeues_a_job_whose_lease_expired_and_worker_is_gone() -> None
     assert recover_stuck(later) == {"requeued": 0, "dead": 0, "lease_late": 0}, "acting twice is impossible"
 
 
+def test_recover_waits_the_lease_margin_after_the_lease_expired() -> None:
+    # Bug caught: recovery taking a job as soon as its lease expires, while the worker's fence
+    # (which stops the job at the lease it can prove) may need a moment to act, or the hosts'
+    # clocks differ by a little.
+    job = _running(max_attempts=3)
+    expired = job.lease_expires_at
+    assert expired is not None
+    margin = seconds(get_settings().lease_margin_seconds)
+    assert recover_stuck(expired + margin / 2)["requeued"] == 0, "inside the margin"
+    assert recover_stuck(expired + margin + seconds(0.01))["requeued"] == 1, "past it"
+
+
+def test_recover_revokes_the_old_delivery_before_the_retry_is_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bug caught: publish-then-revoke, the window in which a stale process and the retry both run.
+    job = _running(max_attempts=3)
+    seen: list[tuple[list[Any], int]] = []
+
+    def revoke(ids: list[Any]) -> None:
+        seen.append((list(ids), inspect.depth(job.queue)))
+
+    monkeypatch.setattr("worker.control.recover.revoke_deliveries", revoke)
+    assert recover_stuck(utcnow() + seconds(60))["requeued"] == 1
+    assert seen == [([job.delivery_id], 0)], "revoked while no retry was in the queue yet"
+    assert inspect.depth(job.queue) == 1, "then the retry was published"
+
+
 def test_recover_leaves_a_job_whose_worker_is_still_present() -> None:
     job = _running(worker="alive@here", pid=77)
     presence.announce("alive@here", 77, incarnation="test", held=[job.delivery_id], ttl_s=30)

@@ -156,8 +156,8 @@ def test_leases_extend_only_for_the_delivery_held(engine: sa.Engine, new_job: Ne
     assert running is not None
     later = utcnow() + dt.timedelta(seconds=30)
     with engine.begin() as conn:
-        assert transitions.extend_leases(conn, {job.id: uuid.uuid4()}, now=later, lease_s=LEASE) == 0
-        assert transitions.extend_leases(conn, {job.id: running.delivery_id}, now=later, lease_s=LEASE) == 1
+        assert transitions.extend_leases(conn, {job.id: uuid.uuid4()}, now=later, lease_s=LEASE) == set()
+        assert transitions.extend_leases(conn, {job.id: running.delivery_id}, now=later, lease_s=LEASE) == {job.id}
         row = queries.get_job(conn, job.id)
     assert row is not None and row.lease_expires_at == later + dt.timedelta(seconds=LEASE)
 

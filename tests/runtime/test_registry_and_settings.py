@@ -41,7 +41,7 @@ def test_fast_profile_changes_defaults_but_not_explicit_values() -> None:
     fast = Settings(profile="fast", lease_seconds=9)
     assert fast.lease_seconds == 9
     assert fast.heartbeat_seconds == 0.5
-    assert Settings(profile="production").lease_seconds == 10.0
+    assert Settings(profile="production").lease_seconds == 4.0
 
 
 def test_placeholder_flower_password_is_refused() -> None:

@@ -75,11 +75,16 @@ def publish(
     return [r.id for r in rows]
 
 
-def commit_then_publish(write: Callable[[Connection], Iterable[Job | None]]) -> list[Job | None]:
+def commit_then_publish(
+    write: Callable[[Connection], Iterable[Job | None]], *, before_publish: Callable[[], object] | None = None
+) -> list[Job | None]:
     """The outbox in one call: run `write` (transitions) in one transaction, commit, then send a
-    delivery for every job it left `queued`. Returns what `write` returned (None: a race lost)."""
+    delivery for every job it left `queued`. Returns what `write` returned (None: a race lost).
+    `before_publish` runs between the commit and the publish (recover_stuck revokes there)."""
     with db.begin() as conn:
         after = list(write(conn))
+    if before_publish is not None:
+        before_publish()
     publish([row for row in after if row is not None and row.state == JobState.QUEUED])
     return after
 

@@ -31,10 +31,15 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
     the claim committed but its reply was lost (the process never started it), or the process is a
     new incarnation with the same (hostname, pid), e.g. a restarted container.
 
+    Fencing: a job is taken only when its lease expired more than MEDIC_LEASE_MARGIN_SECONDS ago.
+    Its worker stops the job once the lease it can prove it holds has passed (worker/runtime/
+    fencing.py), so by then the old execution is dead; the margin covers clock skew and the fence's
+    reaction time. The old delivery is revoked BEFORE the retry is published, a second belt.
+
     Race: a job claimed just now is not in its process's presence until the next beat. That cannot
-    make us take it: we only look at EXPIRED leases, the lease (10 s; 3 s fast) is far longer than
-    the heartbeat interval (2 s; 0.5 s fast), and the presence key lives only `presence_ttl_seconds`
-    (6 s; 1.5 s fast) < the lease. So a presence key that exists once the lease has expired was
+    make us take it: we only look at EXPIRED leases, the lease (4 s; 3 s fast) is longer than the
+    heartbeat interval (1 s; 0.5 s fast), and the presence key lives only `presence_ttl_seconds`
+    (2.5 s; 1.5 s fast) < the lease. So a presence key that exists once the lease has expired was
     written at least `lease - presence_ttl` after the lease was last set (by the claim or by a
     beat that held the job): by a beat that saw the job tracked, unless the process dropped it.
     """
@@ -48,7 +53,8 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
         late = 0
         taken.clear()
         acted.clear()
-        rows = queries.expired_leases(conn, now, limit or s.control_batch_size)
+        cutoff = now - dt.timedelta(seconds=s.lease_margin_seconds)
+        rows = queries.expired_leases(conn, cutoff, limit or s.control_batch_size)
         held = presence.holding([(r.worker, r.worker_pid, r.delivery_id) for r in rows]) if rows else []
         after: list[Job | None] = []
         for row, is_held in zip(rows, held, strict=True):
@@ -67,12 +73,11 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
                 after.append(given)
         return after
 
-    after = commit_then_publish(give_back_orphans)
+    # The old deliveries are revoked before the retries are published: a stale process that
+    # somehow outlived its fence hears the revoke before a retry exists.
+    after = commit_then_publish(give_back_orphans, before_publish=lambda: revoke_deliveries(taken))
     for row, given in acted:  # after the commit: a line per job actually taken
         where = f"{row.worker}:{row.worker_pid}"
         extra = logs.job_extra(row, reason="worker_lost")
         log.warning("recover_stuck: job %s taken from %s (lease expired): %s", row.id, where, given.state, extra=extra)
-    # A process that lost its presence but still runs (a stalled heartbeat) must not finish
-    # a second execution: kill the old delivery wherever it is.
-    revoke_deliveries(taken)
     return {**sort_outcomes(after), "lease_late": late}

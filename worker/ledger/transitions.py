@@ -315,10 +315,13 @@ def mark_unpublished(conn: Connection, pairs: Sequence[tuple[uuid.UUID, uuid.UUI
         )
 
 
-def extend_leases(conn: Connection, held: Mapping[uuid.UUID, uuid.UUID], *, now: dt.datetime, lease_s: float) -> int:
-    """One statement for every job this process runs: push their leases forward."""
+def extend_leases(
+    conn: Connection, held: Mapping[uuid.UUID, uuid.UUID], *, now: dt.datetime, lease_s: float
+) -> set[uuid.UUID]:
+    """One statement for every job this process runs: push their leases forward. Returns the ids
+    extended: a held job missing from it was taken away, and its process fences it at once."""
     if not held:
-        return 0
+        return set()
     result = conn.execute(
         sa.update(jobs)
         .where(
@@ -327,8 +330,9 @@ def extend_leases(conn: Connection, held: Mapping[uuid.UUID, uuid.UUID], *, now:
             jobs.c.state == JobState.RUNNING.value,
         )
         .values(heartbeat_at=now, lease_expires_at=now + seconds(lease_s))
+        .returning(jobs.c.id)
     )
-    return int(result.rowcount or 0)
+    return {row[0] for row in result}
 
 
 def delete_jobs(conn: Connection, job_ids: Sequence[uuid.UUID]) -> int:

@@ -21,6 +21,7 @@ from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
 from worker.forksafe import PerProcess
 from worker.ledger import db, transitions
+from worker.runtime import fencing
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -82,16 +83,20 @@ class Heartbeat:
         if not held:
             return 0
         s = get_settings()
+        sent_at = fencing.clock()  # before the statement: the ledger's lease ends no earlier
         try:
-            # Asynchronous commit: a lost extension only lets a lease expire early, and recovery
-            # asks the worker's presence before it takes a job away (docs/guarantees.md).
-            return db.write(
-                lambda conn: transitions.extend_leases(conn, held, now=utcnow(), lease_s=s.lease_seconds),
-                sync_commit=False,
+            # Committed synchronously: the fence trusts an extension the moment it returns, so a
+            # PostgreSQL crash must not be able to take it back (the lease would then end in the
+            # ledger before the worker thinks it does).
+            extended = db.write(
+                lambda conn: transitions.extend_leases(conn, held, now=utcnow(), lease_s=s.lease_seconds)
             )
         except LedgerUnavailableError as exc:
             log.warning("lease extension failed (ledger down?): %s", exc)
             return 0
+        if (fence := fencing.peek_fence()) is not None:
+            fence.confirm(held, extended, sent_at=sent_at, lease_s=s.lease_seconds)
+        return len(extended)
 
     def stop(self) -> None:
         self._thread.stop()

@@ -17,7 +17,7 @@ from celery import signals
 from celery.loaders.app import AppLoader
 from celery.utils.dispatch.signal import Signal
 
-from worker.runtime import consumer, joblog, liveness, scrape, timer_compaction
+from worker.runtime import consumer, fencing, joblog, liveness, scrape, timer_compaction
 
 # (signal, handler): weak=False, since the handlers are module functions that live as long as
 # the process; dispatch_uid makes a second install() a no-op.
@@ -28,11 +28,14 @@ HANDLERS = (
     (signals.task_postrun, joblog.on_task_postrun),
     (signals.worker_init, scrape.on_worker_init),
     (signals.worker_init, liveness.on_worker_init),
+    (signals.worker_init, fencing.on_worker_init),
+    (signals.worker_process_init, fencing.on_worker_process_init),
     (signals.beat_init, liveness.on_beat_init),
     (signals.worker_process_shutdown, scrape.on_child_exit),
     (signals.worker_ready, consumer.on_worker_ready),
     (signals.worker_ready, timer_compaction.on_worker_ready),
     (signals.worker_shutdown, consumer.on_worker_shutdown),
+    (signals.worker_shutdown, fencing.on_worker_shutdown),
 )
 
 

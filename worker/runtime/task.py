@@ -25,7 +25,7 @@ from worker.errors import LedgerUnavailableError
 from worker.ledger import db, transitions
 from worker.ledger.db import with_ledger_retry
 from worker.ledger.records import Job
-from worker.runtime import storable
+from worker.runtime import fencing, storable
 from worker.runtime.heartbeat import get_heartbeat
 from worker.runtime.job_metrics import job_finished
 from worker.runtime.lost_child import MedicRequest
@@ -72,9 +72,14 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     worker = task.request.hostname or socket.gethostname()
     pid = os.getpid()
 
+    sent_at = 0.0
+
     def do_claim() -> Job | None:
         # One statement, committed asynchronously: a claim lost in a PostgreSQL crash only makes
-        # the job look queued again, the at-least-once case (docs/guarantees.md, "Durability").
+        # the job look queued again, the at-least-once case (docs/guarantees.md, "Durability"):
+        # the next lease extension then says "not extended" and the fence stops this execution.
+        nonlocal sent_at
+        sent_at = fencing.clock()  # before the statement: the lease it sets ends no earlier
         return db.write(
             lambda conn: transitions.claim(
                 conn, job_id, delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=s.lease_seconds
@@ -91,14 +96,21 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
         log.info("dropping stale or duplicate delivery %s of job %s", delivery_id, job_id)
         return
 
+    fence = fencing.get_fence()
+    holding = fence.hold(
+        fencing.FencingToken(job_id, delivery_id, job.attempts), sent_at=sent_at, lease_s=s.lease_seconds
+    )
     heartbeat = get_heartbeat(worker)
     heartbeat.track(job_id, delivery_id, job.queue)
     try:
-        outcome = _run(spec, job)
+        with fencing.running(holding):
+            outcome = _run(spec, job)
+        fence.body_done(job_id)
         after = record_outcome(job, outcome, actor=f"{worker}:{pid}")
         job_finished(job, outcome.kind, after)  # metrics; never raises
     finally:
         heartbeat.untrack(job_id)
+        fence.release(job_id)
     if after is None:
         log.warning("job %s delivery %s was taken away while it ran; result discarded", job_id, delivery_id)
 
