@@ -75,10 +75,14 @@ def executions(lines: Iterable[Mapping[str, Any]]) -> list[Execution]:
             if line["event"] == "start":
                 continue
         e = open_[key]
-        e.last = max(e.last, t)
         e.lines += 1
+        if line["event"] == "fenced":
+            # The job's note that still_owner() said no: written after ownership was lost, by
+            # design, and no side effect of the job. It marks the execution, it does not extend it.
+            e.fenced = True
+            continue
+        e.last = max(e.last, t)
         e.ended = e.ended or line["event"] == "end"
-        e.fenced = e.fenced or line["event"] == "fenced"
     return out
 
 

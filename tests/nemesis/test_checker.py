@@ -55,6 +55,18 @@ def test_a_resumed_execution_that_runs_on_past_its_rerun_start_overlaps() -> Non
     assert [(o.job, o.seconds) for o in found] == [("J", 2.0)]
 
 
+def test_a_fenced_note_after_resume_is_no_overlap_but_a_tick_is() -> None:
+    """A resumed execution that only writes its `fenced` note (still_owner() said no) did nothing
+    of the job: no overlap. The same line as a `tick` is a step run after resume: an overlap."""
+    history = lines("J", "d1", "w1", 100, 0.0, 2.0, end=False) + lines("J", "d2", "w2", 200, 12.0, 15.0)
+    pauses = checker.pause_windows([{"pauses": [{"pid": 100, "stop": 2.0, "cont": 13.0}]}])
+    note = {"job": "J", "delivery": "d1", "host": "w1", "pid": 100, "attempt": None, "t": 13.01}
+    fenced = checker.executions([*history, {**note, "event": "fenced"}])
+    assert checker.overlaps(fenced, pauses) == []
+    assert next(e for e in fenced if e.delivery == "d1").fenced
+    assert len(checker.overlaps(checker.executions([*history, {**note, "event": "tick"}]), pauses)) == 1
+
+
 def test_subtract_leaves_the_pieces_outside_the_holes() -> None:
     assert checker.subtract((0, 10), [(2, 3), (5, 7)]) == [(0, 2), (3, 5), (7, 10)]
     assert checker.subtract((0, 10), [(-5, 15)]) == []
