@@ -64,7 +64,8 @@ def bench_medic(medic: MedicRun, n: int, job_seconds: float, cap: float) -> dict
         "kill_to_succeeded_s": spread([r.finished_at.timestamp() - killed for r in ok]),
         "attempts": sorted(r.attempts for r in final),
         "settings": {"lease_s": s.lease_seconds, "heartbeat_s": s.heartbeat_seconds,
-                     "presence_ttl_s": s.presence_ttl_seconds, "recover_period_s": s.recover_period_seconds},
+                     "presence_ttl_s": s.presence_ttl_seconds, "recover_period_s": s.recover_period_seconds,
+                     "lease_margin_s": s.lease_margin_seconds},
     }  # fmt: skip
 
 
