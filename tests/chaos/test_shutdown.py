@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-import tests.chaos.shutdown_jobs  # noqa: F401 - registers shutdown.* for submit()
+import tests.chaos.shutdown_jobs  # registers shutdown.* for submit()
 import tests.nemesis.jobs  # noqa: F401 - registers nemesis.tick for submit()
 from tests.chaos.conftest import TERMINAL, submit, wait_job
 from tests.ledger_view import job
@@ -28,9 +29,11 @@ from tests.nemesis import checker
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.ledger import db, queries
+from worker.ledger.models import jobs
 from worker.testing.processes import Proc, Processes, wait_for
 
 JOB_MODULES = "worker.examples,tests.testjobs,tests.nemesis.jobs,tests.chaos.shutdown_jobs"
+LONG_S = 2.5  # a rolling-restart job longer than its workers' grace (1 s)
 LEASE_S = 10.0  # far longer than the grace: a hand-back at the lease's pace is plain to see
 
 
@@ -90,20 +93,19 @@ def test_a_job_longer_than_the_grace_is_handed_back_at_once_and_its_process_kill
     sigterm(a)
 
     done = wait_job(job_id, TERMINAL, timeout=60)
+    evs = events(job_id)
+    reasons = [e.reason for e in evs]
+    handed = next(e for e in evs if e.from_state == "running")  # the first delivery's end
+    assert (handed.reason, handed.to_state) == ("worker_shutdown", "queued"), reasons
+    assert handed.at < lease_at_sigterm, f"handed back at {handed.at}, not before the lease ({lease_at_sigterm})"
+    rerun = [e for e in evs if e.reason == "claimed"][1]
+    assert rerun.at < lease_at_sigterm, f"re-run at {rerun.at}, not before the lease ({lease_at_sigterm})"
+    assert reasons.count("worker_shutdown") == 1, reasons
+    assert "worker_lost" not in reasons, "the killed child is no failure of the job, and reported once"
     assert done.state == "succeeded", done
     assert done.worker is not None and done.worker.startswith("sd-long-b@")
     assert done.attempts == 1, "the shutdown gave its attempt back (max_attempts 1, not dead)"
     assert exit_code(a) == 0, a.log()
-
-    evs = events(job_id)
-    reasons = [e.reason for e in evs]
-    assert reasons.count("worker_shutdown") == 1, reasons
-    assert "worker_lost" not in reasons, "the killed child is no failure of the job, and reported once"
-    handed = next(e for e in evs if e.reason == "worker_shutdown")
-    assert (handed.from_state, handed.to_state) == ("running", "queued")
-    rerun = [e for e in evs if e.reason == "claimed"][1]
-    assert handed.at < lease_at_sigterm, f"handed back at {handed.at}, not before the lease ({lease_at_sigterm})"
-    assert rerun.at < lease_at_sigterm, f"re-run at {rerun.at}, not before the lease ({lease_at_sigterm})"
 
     runs = history(tmp_path)
     assert [(r.host, r.ended) for r in runs] == [("a", False), ("b", True)], runs
@@ -135,7 +137,8 @@ def test_a_job_shorter_than_the_grace_finishes_during_the_warm_shutdown(cprocs: 
 def _broker_lists(queue: str) -> tuple[set[str], set[str]]:
     """Delivery ids waiting in `queue`'s lists, and those held unacknowledged by some worker."""
     r = get_redis()
-    waiting = {json.loads(raw)["headers"]["id"] for key in redis_keys.queue_lists(queue) for raw in r.lrange(key, 0, -1)}
+    lists = [raw for key in redis_keys.queue_lists(queue) for raw in r.lrange(key, 0, -1)]
+    waiting = {json.loads(raw)["headers"]["id"] for raw in lists}
     held = {json.loads(raw)[0]["headers"]["id"] for raw in r.hvals(redis_keys.unacked())}
     return waiting, held
 
@@ -172,7 +175,7 @@ class Load:
 
     def seconds(self) -> float:
         """Mostly short jobs; one in 8 longer than the grace, so some are handed back."""
-        return 2.5 if self.rng.random() < 1 / 8 else self.rng.uniform(0.1, 0.6)
+        return LONG_S if self.rng.random() < 1 / 8 else self.rng.uniform(0.1, 0.6)
 
     def run(self) -> None:
         next_at = time.monotonic()
@@ -181,6 +184,15 @@ class Load:
             self.accepted.append(submit("nemesis.tick", args, queue=self.queue, max_attempts=1))
             next_at += self.period
             self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+def running_long_job(worker: str) -> bool:
+    """`worker` is running a job longer than its grace (so its SIGTERM hands one back)."""
+    with db.connect() as conn:
+        rows = conn.execute(
+            sa.select(jobs.c.args).where(jobs.c.state == "running", jobs.c.worker.like(f"{worker}@%"))
+        ).all()
+    return any(float(r.args["seconds"]) >= LONG_S for r in rows)
 
 
 @pytest.mark.timeout(300)
@@ -196,7 +208,7 @@ def test_a_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(cproc
     try:
         wait_for(lambda: len(load.accepted) >= 20, 30, 0.1, "load under way")
         for i, w in enumerate(workers):
-            wait_for(lambda w=w: w.children() and any(alive(p) for p in w.children()), 10, 0.1, "busy")
+            wait_for(lambda name=w.name: running_long_job(name), 30, 0.05, f"{w.name} runs a job longer than the grace")
             sigterm(w)
             assert exit_code(w) == 0, w.log()
             cprocs.worker(f"sd-roll-{i}b", queues=queue, concurrency=3, **worker_env(f"w{i}b", 1))
@@ -221,4 +233,5 @@ def test_a_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(cproc
     finishes = [checker.LedgerEvent(str(e.job_id), e.to_state, e.reason, str(e.delivery_id), e.attempt, 0) for e in evs]
     assert checker.duplicate_finishes(finishes) == {}
     handed_back = sum(e.reason == "worker_shutdown" for e in evs)
+    assert handed_back >= 1, "no restart found a job running past the grace"
     print(f"rolling restart: {len(accepted)} jobs, {len(runs)} executions, {handed_back} handed back")
