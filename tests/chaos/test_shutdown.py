@@ -96,7 +96,9 @@ def test_a_job_longer_than_the_grace_is_handed_back_at_once_and_its_process_kill
     evs = events(job_id)
     reasons = [e.reason for e in evs]
     handed = next(e for e in evs if e.from_state == "running")  # the first delivery's end
-    assert (handed.reason, handed.to_state) == ("worker_shutdown", "queued"), reasons
+    assert (handed.reason, handed.to_state) == ("worker_shutdown", "queued"), (
+        f"{reasons}: the first delivery ended ({handed.reason}) at {handed.at}; lease at SIGTERM {lease_at_sigterm}"
+    )
     assert handed.at < lease_at_sigterm, f"handed back at {handed.at}, not before the lease ({lease_at_sigterm})"
     rerun = [e for e in evs if e.reason == "claimed"][1]
     assert rerun.at < lease_at_sigterm, f"re-run at {rerun.at}, not before the lease ({lease_at_sigterm})"
