@@ -41,13 +41,19 @@ from worker.ledger.db import with_ledger_retry
 from worker.ledger.records import Job
 from worker.ledger.states import JobState
 from worker.runtime.lost_child import HANDED_BACK, MedicRequest, job_ids
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 REASON = "worker_shutdown"
 HAND_BACK_BUDGET_S = 3.0  # the ledger write's retries: within the pod's last seconds before SIGKILL
 DEATH_WAIT_S = 2.0  # longest wait for a SIGKILLed child to be gone (it is at once, unless unkillable)
+
+
+def stop_within_s(s: Settings) -> float:
+    """Longest a warm shutdown takes from SIGTERM to the last hand-back: the pod's termination
+    grace (compose's stop_grace_period) must be at least this."""
+    return s.shutdown_grace_seconds + DEATH_WAIT_S + HAND_BACK_BUDGET_S
 
 
 @dataclass(frozen=True)
