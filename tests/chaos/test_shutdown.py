@@ -24,7 +24,7 @@ import sqlalchemy as sa
 import tests.chaos.shutdown_jobs  # registers shutdown.* for submit()
 import tests.nemesis.jobs  # noqa: F401 - registers nemesis.tick for submit()
 from tests.chaos.conftest import TERMINAL, submit, wait_job
-from tests.ledger_view import job
+from tests.ledger_view import assert_no_overlap, job
 from tests.nemesis import checker
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
@@ -114,6 +114,7 @@ def test_a_job_longer_than_the_grace_is_handed_back_at_once_and_its_process_kill
     assert runs[0].pid == first.pid and not alive(first.pid), "the first execution's process is dead"
     assert runs[0].last < handed.at.timestamp(), "the first execution wrote a line after its hand-back"
     assert checker.overlaps(runs, {}) == []
+    assert_no_overlap([job_id])
 
 
 def test_a_job_shorter_than_the_grace_finishes_during_the_warm_shutdown(cprocs: Processes, tmp_path: Path) -> None:
@@ -134,6 +135,7 @@ def test_a_job_shorter_than_the_grace_finishes_during_the_warm_shutdown(cprocs: 
     runs = history(tmp_path)
     assert len(runs) == 1 and runs[0].ended, runs
     assert runs[0].last > sigterm_at, "the job was still running when SIGTERM came"
+    assert_no_overlap([job_id])
 
 
 def _broker_lists(queue: str) -> tuple[set[str], set[str]]:
@@ -163,6 +165,7 @@ def test_a_prefetched_message_goes_back_to_the_queue(cprocs: Processes) -> None:
     done = wait_job(job_id, TERMINAL, timeout=30)
     assert done.state == "succeeded" and done.worker is not None and done.worker.startswith("sd-eta-b@"), done
     assert done.attempts == 2
+    assert_no_overlap([job_id])
 
 
 class Load:
@@ -234,6 +237,7 @@ def test_a_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(cproc
         evs = [e for j in accepted for e in queries.get_events(conn, j)]
     finishes = [checker.LedgerEvent(str(e.job_id), e.to_state, e.reason, str(e.delivery_id), e.attempt, 0) for e in evs]
     assert checker.duplicate_finishes(finishes) == {}
+    assert_no_overlap(accepted)
     handed_back = sum(e.reason == "worker_shutdown" for e in evs)
     assert handed_back >= 1, "no restart found a job running past the grace"
     print(f"rolling restart: {len(accepted)} jobs, {len(runs)} executions, {handed_back} handed back")

@@ -33,6 +33,7 @@ from typing import Any
 from celery.worker import state
 from sqlalchemy.engine import Connection
 
+from worker import logs
 from worker.broker.publish import commit_then_publish
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
@@ -154,9 +155,10 @@ class Deadline:
             log.warning("shutdown: ledger unavailable; %d killed jobs wait for their lease to expire", len(runs))
             return
         for run, row in zip(runs, after, strict=True):
-            if row is not None:
+            if row is not None:  # the killed delivery, the job's fields as the control loops log them
+                extra = logs.job_extra(row, delivery_id=run.delivery_id, worker=self.hostname, reason=REASON)
                 log.warning("shutdown: job %s still running after %gs grace: process %d killed, job %s",
-                            run.job_id, self.grace_s, run.pid, row.state)  # fmt: skip
+                            run.job_id, self.grace_s, run.pid, row.state, extra=extra)  # fmt: skip
 
 
 _started: list[Deadline] = []
