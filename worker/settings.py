@@ -98,7 +98,8 @@ class Settings(BaseSettings):
         25.0,
         ge=0,
         description="How long a worker's warm shutdown (SIGTERM) lets running jobs finish; those still running "
-        "then are killed and handed back at once (the pod's termination grace must be at least this + 5 s).",
+        "then are killed and handed back at once, at no cost in attempts (the pod's termination grace must be "
+        "at least this + 5 s).",
     )
 
     # control loops

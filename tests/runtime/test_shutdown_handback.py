@@ -1,5 +1,5 @@
 """The shutdown's hand-back in the ledger (worker/runtime/shutdown.py): once, fenced on the
-delivery, attempt refunded, and never doubled by the lost-child report of the same kill."""
+delivery, at no cost in attempts, and never doubled by the lost-child report of the same kill."""
 
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ def running(medic_env: dict[str, str]) -> Iterator[Job]:
     lost_child.HANDED_BACK.discard(claimed.delivery_id)
 
 
-def test_a_shutdown_hand_back_queues_the_job_once_and_refunds_its_attempt(running: Job) -> None:
+def test_a_shutdown_hand_back_queues_the_job_once_at_no_cost_in_attempts(running: Job) -> None:
+    """On its last attempt, the job is queued (not dead) with one more attempt allowed; `attempts`
+    still counts the claim, so the next claim's fencing token is greater."""
     run = shutdown.Run(running.id, running.delivery_id, PID)
     [after] = shutdown.hand_back([run], actor="w:1", grace_s=2)
-    assert after is not None and after.state == "queued" and after.attempts == 0, after
+    assert after is not None and after.state == "queued", after
+    assert (after.attempts, after.max_attempts) == (1, 2), after
     assert after.delivery_id != running.delivery_id
     assert shutdown.hand_back([run], actor="w:1", grace_s=2) == [None], "a second hand-back is fenced out"
     assert reasons(running.id).count("worker_shutdown") == 1

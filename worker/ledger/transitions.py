@@ -170,7 +170,8 @@ def give_back(
     """End a failed delivery of `job`: `queued` with back-off if attempts are left, else `dead`
     (at once when the failure is not `retryable`: another attempt would end the same way).
     A delivery ended through no fault of the job (`attempt_spent=False`: its worker shut down)
-    gives its attempt back and is always queued again.
+    is always queued again, with one more attempt allowed: `attempts` still counts every claim,
+    so the attempt of a fencing token only grows, and the job keeps the attempts it had left.
 
     The one place that decides "retry or give up". Fenced on the delivery and attempt that
     `job` describes, so a late report of an old delivery changes nothing.
@@ -180,7 +181,7 @@ def give_back(
     if error is not None:
         common["error"] = dict(error)
     if not attempt_spent:
-        common["attempts"] = max(0, job.attempts - 1)
+        common["max_attempts"] = job.max_attempts + 1
     if not attempt_spent or (retryable and job.attempts < job.max_attempts):
         delay = 0.0 if immediate else backoff_delay(job.backoff_s, job.attempts, max_backoff_s)
         return transition(

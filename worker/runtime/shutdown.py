@@ -3,8 +3,9 @@
 SIGTERM starts Celery's warm shutdown: no new job is taken, running ones may finish. This module
 gives that a deadline, MEDIC_SHUTDOWN_GRACE_SECONDS. Jobs still running when it passes are
 handed back at once (queued, their retry published, reason `worker_shutdown`) so another worker
-runs them now, not after their lease expires and recovery finds them. Their attempt is given
-back too: a deploy is no failure of the job. Messages the worker had prefetched but not started
+runs them now, not after their lease expires and recovery finds them. The attempt costs the job
+nothing: a deploy is no failure of the job, so its `max_attempts` grows by one (its `attempts`
+counts every claim, and so keeps growing, as fencing tokens need). Messages the worker had prefetched but not started
 are not acknowledged, so the broker gets them back when the connection closes.
 
 Order, so that no execution outlives its hand-back: the delivery is marked as ours, its child is
@@ -103,7 +104,7 @@ def kill(runs: list[Run]) -> None:
 
 
 def hand_back(runs: list[Run], *, actor: str, grace_s: float) -> list[Job | None]:
-    """Give each run's job back (queued, attempt refunded, published), if the row is still
+    """Give each run's job back (queued, one more attempt allowed, published), if the row is still
     running that delivery in that process; None for each run the ledger had already moved on."""
     s = get_settings()
 
