@@ -5,8 +5,9 @@ gives that a deadline, MEDIC_SHUTDOWN_GRACE_SECONDS. Jobs still running when it 
 handed back at once (queued, their retry published, reason `worker_shutdown`) so another worker
 runs them now, not after their lease expires and recovery finds them. The attempt costs the job
 nothing: a deploy is no failure of the job, so its `max_attempts` grows by one (its `attempts`
-counts every claim, and so keeps growing, as fencing tokens need). Messages the worker had prefetched but not started
-are not acknowledged, so the broker gets them back when the connection closes.
+counts every claim, and so keeps growing, as fencing tokens need). Messages the worker had
+prefetched but not started are not acknowledged, so the broker gets them back when the
+connection closes.
 
 Order, so that no execution outlives its hand-back: the delivery is marked as ours, its child is
 SIGKILLed and seen dead, and only then is the job given back (fenced on that delivery). The mark
