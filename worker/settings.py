@@ -28,6 +28,7 @@ FAST_PROFILE: dict[str, Any] = {
     "heartbeat_seconds": 0.5,
     "presence_ttl_seconds": 1.5,
     "timeout_grace_seconds": 1.0,
+    "shutdown_grace_seconds": 3.0,
     "default_backoff_seconds": 0.2,
     "finalize_retry_seconds": 20.0,
     "api_key_cache_seconds": 1.0,
@@ -93,6 +94,13 @@ class Settings(BaseSettings):
         "clock skew between worker and control hosts and the fence's reaction time (50 ms).",
     )
     timeout_grace_seconds: float = Field(5.0, ge=0, description="Added to a job's timeout for the hard time limit.")
+    shutdown_grace_seconds: float = Field(
+        25.0,
+        ge=0,
+        description="How long a worker's warm shutdown (SIGTERM) lets running jobs finish; those still running "
+        "then are killed and handed back at once, at no cost in attempts (the pod's termination grace must be "
+        "at least this + 5 s).",
+    )
 
     # control loops
     beat_alive_seconds: float = Field(5.0, gt=0, description="Period of the beat/control liveness tick.")

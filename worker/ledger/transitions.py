@@ -165,9 +165,13 @@ def give_back(
     frm: JobState = JobState.RUNNING,
     immediate: bool = False,
     retryable: bool = True,
+    attempt_spent: bool = True,
 ) -> Job | None:
     """End a failed delivery of `job`: `queued` with back-off if attempts are left, else `dead`
     (at once when the failure is not `retryable`: another attempt would end the same way).
+    A delivery ended through no fault of the job (`attempt_spent=False`: its worker shut down)
+    is always queued again, with one more attempt allowed: `attempts` still counts every claim,
+    so the attempt of a fencing token only grows, and the job keeps the attempts it had left.
 
     The one place that decides "retry or give up". Fenced on the delivery and attempt that
     `job` describes, so a late report of an old delivery changes nothing.
@@ -176,7 +180,9 @@ def give_back(
     common: dict[str, Any] = {"lease_expires_at": None}
     if error is not None:
         common["error"] = dict(error)
-    if retryable and job.attempts < job.max_attempts:
+    if not attempt_spent:
+        common["max_attempts"] = job.max_attempts + 1
+    if not attempt_spent or (retryable and job.attempts < job.max_attempts):
         delay = 0.0 if immediate else backoff_delay(job.backoff_s, job.attempts, max_backoff_s)
         return transition(
             conn,

@@ -1,8 +1,8 @@
 """The `process` scaler's supervisor half: `medic up` keeps as many single-slot worker processes for a
 queue as the autoscaler asks for (in Redis), and reports how many it runs.
 
-Scaling down stops a worker with SIGTERM: Celery's warm shutdown lets its running job finish,
-so a scale-down never kills work (KEDA deleting a pod mid-task would).
+Scaling down stops a worker with SIGTERM: a warm shutdown lets its running job finish within
+MEDIC_SHUTDOWN_GRACE_SECONDS, else hands it back at once to run elsewhere (worker/runtime/shutdown.py).
 """
 
 from __future__ import annotations

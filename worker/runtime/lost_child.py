@@ -39,6 +39,16 @@ from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+# Deliveries whose child the shutdown deadline (worker/runtime/shutdown.py) kills and hands back
+# itself: their loss is no failure of the job, so `_report` leaves them alone. Filled before the
+# kill, so the report of that death, in the main thread, always finds its delivery here.
+HANDED_BACK: set[uuid.UUID] = set()
+
+
+def job_ids(args: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """(job_id, delivery_id) of a job task's args, or None for any other task."""
+    return _job_ids(args)
+
 
 def _job_ids(args: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
     try:
@@ -86,7 +96,7 @@ def report_lost(
 
 def _report(request: Request, reason: OutcomeKind) -> None:
     ids = _job_ids(request.args)
-    if ids is None:
+    if ids is None or ids[1] in HANDED_BACK:
         return
     try:
         taken = report_lost(

@@ -17,7 +17,7 @@ from celery import signals
 from celery.loaders.app import AppLoader
 from celery.utils.dispatch.signal import Signal
 
-from worker.runtime import consumer, fencing, joblog, liveness, scrape, timer_compaction
+from worker.runtime import consumer, fencing, joblog, liveness, scrape, shutdown, timer_compaction
 
 # (signal, handler): weak=False, since the handlers are module functions that live as long as
 # the process; dispatch_uid makes a second install() a no-op.
@@ -36,6 +36,7 @@ HANDLERS = (
     (signals.worker_ready, timer_compaction.on_worker_ready),
     (signals.worker_shutdown, consumer.on_worker_shutdown),
     (signals.worker_shutdown, fencing.on_worker_shutdown),
+    (signals.worker_shutting_down, shutdown.on_worker_shutting_down),
 )
 
 
