@@ -183,6 +183,7 @@ ALLOWED: list[Allowed] = [
     Allowed("guarantees.md", "4 + 0.5 + 1 s by default", "settings' defaults"),
     Allowed("guarantees.md", "`MEDIC_LEASE_MARGIN_SECONDS` (0.5 s)", "a setting's default"),
     Allowed("configuration.md", "| >= 0.1 |", "a setting's lower bound"),
+    Allowed("nemesis.md", "(heartbeat 1 s, presence 2.5 s, margin\n  0.5 s,", "settings' defaults"),
     Allowed(B, "polled every 0.1 s", "the bench's polling period"),
     Allowed(B, "cores busy over 0.5 s", "the bench's load check"),
     Allowed(B, "an in-process loop of 2,000 jobs", "the loop's size"),
