@@ -24,7 +24,7 @@ from worker.ops.stack import free_port
 
 MASTER_NAME = "medic"
 REPLICATION_USER = "replicator"
-REPLICATION_PASSWORD = "replication-pw-of-this-test"  # noqa: S105 - a throwaway server's
+REPLICATION_PASSWORD = "replication-pw-of-this-test"  # a throwaway server's
 
 
 def sentinel_argv(conf: Path) -> list[str]:
@@ -61,6 +61,11 @@ class Server:
 
     def client(self) -> redis.Redis[str]:
         return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+
+    def named_master(self) -> int:
+        """The master's port as this Sentinel names it."""
+        _, port = self.client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+        return int(port)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -127,7 +132,7 @@ class SentinelCluster:
     def _sentinels_ready(self) -> bool:
         others = len(self.sentinels) - 1
         for sentinel in self.sentinels:
-            state = sentinel.client().sentinel_master(MASTER_NAME)
+            state = sentinel.client().sentinel_master(MASTER_NAME)  # type: ignore[no-untyped-call]
             if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < others:
                 return False
         return True
@@ -136,8 +141,7 @@ class SentinelCluster:
         """The master's port as the Sentinels name it (the first that answers)."""
         for sentinel in self.sentinels:
             with contextlib.suppress(redis.RedisError):
-                _, port = sentinel.client().sentinel_get_master_addr_by_name(MASTER_NAME)
-                return int(port)
+                return sentinel.named_master()
         raise RuntimeError("no Sentinel answers")
 
     def cut_replication(self) -> None:
@@ -154,7 +158,7 @@ class SentinelCluster:
         """Wait until every Sentinel names the replica as master and it acts as one; its port."""
 
         def promoted() -> bool:
-            named = {int(s.client().sentinel_get_master_addr_by_name(MASTER_NAME)[1]) for s in self.sentinels}
+            named = {s.named_master() for s in self.sentinels}
             return named == {self.replica.port} and self.replica.client().info("replication")["role"] == "master"
 
         _wait(promoted, "the Sentinels to promote the replica", timeout)
