@@ -155,12 +155,13 @@ def test_a_sentinel_failover_under_load_loses_nothing(
 
     thread.join(timeout=120)
     assert not thread.is_alive(), "the load did not finish"
+    assert len(load.answers) == TOTAL, "a submission neither answered nor failed over HTTP"
     statuses: dict[int | str, int] = {}
     for answer in load.answers:
         statuses[answer.status] = statuses.get(answer.status, 0) + 1
     assert set(statuses) <= {202, 503}, f"answers other than 202/503: {statuses}"
     accepted = [a for a in load.answers if a.status == 202]
-    assert any(a.sent_at > failed_over_at + 5 for a in accepted), "the API accepts again after the failover"
+    assert any(a.sent_at > failed_over_at + 2 for a in accepted), "the API accepts again after the failover"
     ids = [a.job_id for a in accepted if a.job_id is not None]
 
     with contextlib.suppress(AssertionError):

@@ -124,7 +124,8 @@ class SentinelCluster:
             f"port {sentinel.port}\nbind 127.0.0.1\ndir {sentinel.dir}\n"
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master.port} 2\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
-            f"sentinel failover-timeout {MASTER_NAME} 10000\n"
+            # a split vote is tried again after twice this: seconds, not Sentinel's default minutes
+            f"sentinel failover-timeout {MASTER_NAME} 5000\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
         )
         return conf
