@@ -37,10 +37,13 @@ JOB_SECONDS = 0.15  # two slots run ~12 jobs/s: a backlog waits in the broker wh
 
 @pytest.fixture
 def cluster(private_ledger: dict[str, str]) -> Iterator[SentinelCluster]:
-    sentinels = SentinelCluster().start()
-    with switched_env(sentinels.env()):  # this test process's reads and reconcile follow them too
-        yield sentinels
-    sentinels.stop()
+    sentinels = SentinelCluster()
+    try:  # a cluster that failed to start is stopped too
+        sentinels.start()
+        with switched_env(sentinels.env()):  # this test process's reads and writes follow them too
+            yield sentinels
+    finally:
+        sentinels.stop()
 
 
 @dataclass
