@@ -127,14 +127,14 @@ def _resent(ids: set[uuid.UUID]) -> set[uuid.UUID]:
 
 @pytest.mark.timeout(300)
 def test_a_sentinel_failover_under_load_loses_nothing(
-    cprocs: Processes, cluster: SentinelCluster, make_key: KeyFactory
+    cluster: SentinelCluster, cprocs: Processes, make_key: KeyFactory
 ) -> None:
     """Given a worker, the API and the control loops on a Redis master watched by three Sentinels,
     and 20 jobs/s submitted over HTTP for 20 s, When replication is cut and the master is
     SIGKILLed mid-run (the Sentinels promote the replica; the messages published after the cut
     die with the master), Then every answer is 202 or 503, every accepted job succeeds exactly
     once, the same worker process consumes again by itself, and reconcile re-sent the jobs
-    whose messages the failover lost."""
+    whose messages the failover lost. (`cluster` first: the processes stop before it does.)"""
     env = cluster.env()
     worker = cprocs.worker("sentinel-worker", queues=QUEUE, concurrency=2, **env)
     _, url = cprocs.api("sentinel-api", **env)
