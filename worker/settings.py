@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/medic"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+SENTINEL_SCHEME = "sentinel://"
+DEFAULT_SENTINEL_PORT = 26379
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret", "medic-dev", "medic"}
 PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me")
 MIN_SECRET_LENGTH = 16
@@ -57,7 +59,17 @@ class Settings(BaseSettings):
 
     # where things live
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the job ledger.")
-    redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis: broker and medic's own keys.")
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL,
+        description="Redis: broker and medic's own keys; `sentinel://host:port;sentinel://host2:port` "
+        "(a password for the master in the first: `sentinel://:pw@host:port/0`) follows a Sentinel-managed master.",
+    )
+    redis_sentinel_master: str = Field(
+        "", description="Name of the master the Sentinels watch (required with a sentinel:// MEDIC_REDIS_URL)."
+    )
+    redis_sentinel_password: str = Field(
+        "", description="Password of the Sentinels themselves (requirepass of sentinel.conf); empty: none."
+    )
     key_prefix: str = Field("medic:", description="Prefix of every key medic writes in Redis.")
     broker_key_prefix: str = Field(
         "", description="kombu global_keyprefix in front of every broker key (queues, unacked)."
@@ -375,6 +387,24 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _sentinel_needs_a_master(self) -> Settings:
+        """kombu and redis-py both need the master's name to ask the Sentinels where it is; a
+        master name without Sentinels would be silently ignored."""
+        if is_sentinel_url(self.redis_url):
+            sentinel_nodes(self.redis_url)  # raises on a malformed list
+            if not self.redis_sentinel_master:
+                raise ValueError(
+                    "MEDIC_REDIS_URL names Sentinels (sentinel://...) but MEDIC_REDIS_SENTINEL_MASTER is empty: "
+                    "set it to the master name of sentinel.conf (`sentinel monitor <name> ...`)"
+                )
+        elif self.redis_sentinel_master:
+            raise ValueError(
+                f"MEDIC_REDIS_SENTINEL_MASTER is {self.redis_sentinel_master!r} but MEDIC_REDIS_URL is not a "
+                "sentinel:// URL: list the Sentinels (sentinel://host:26379;sentinel://host2:26379) or unset it"
+            )
+        return self
+
     @field_validator("flower_password")
     @classmethod
     def _refuse_placeholder(cls, value: str) -> str:
@@ -423,7 +453,8 @@ class Settings(BaseSettings):
             "MEDIC_FLOWER_PASSWORD": self.flower_password,
             "MEDIC_METRICS_TOKEN": self.metrics_token,
             "MEDIC_DATABASE_URL password": url_password(self.database_url),
-            "MEDIC_REDIS_URL password": url_password(self.redis_url),
+            "MEDIC_REDIS_URL password": url_password(self.redis_url.split(";", 1)[0]),
+            "MEDIC_REDIS_SENTINEL_PASSWORD": self.redis_sentinel_password,
         }
 
 
@@ -440,6 +471,38 @@ def weak(secret: str) -> str | None:
 def url_password(url: str) -> str:
     """The password in a URL (`scheme://user:password@host/...`), or ''."""
     return urlsplit(url).password or ""
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEME)
+
+
+def sentinel_nodes(url: str) -> list[tuple[str, int]]:
+    """The (host, port) of every Sentinel in `sentinel://h1:p1;sentinel://h2:p2` (kombu's form: the
+    first may carry the master's password and the database).
+
+    Raises:
+        ValueError: a part is not a sentinel:// address with a host.
+    """
+    nodes = []
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        try:
+            port = parts.port or DEFAULT_SENTINEL_PORT
+        except ValueError:
+            port = 0
+        if parts.scheme != "sentinel" or not parts.hostname or not port:
+            raise ValueError(
+                f"MEDIC_REDIS_URL part {redact_password(part.strip())!r} is not a Sentinel address: "
+                "write sentinel://host:port, several joined by ';'"
+            )
+        nodes.append((parts.hostname, port))
+    return nodes
+
+
+def redact_password(url: str) -> str:
+    password = url_password(url)
+    return url.replace(f":{password}@", ":***@") if password else url
 
 
 def is_loopback(host: str) -> bool:

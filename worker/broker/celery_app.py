@@ -15,7 +15,8 @@ import kombu.pools
 from celery import Celery
 
 from worker.broker import kombu_fixes
-from worker.settings import Settings, get_settings
+from worker.broker.redis_client import sentinel_connection_options
+from worker.settings import Settings, get_settings, is_sentinel_url
 
 CONTROL_QUEUE = "medic.control"
 CONTROL_TASKS = "worker.control.tasks"
@@ -46,6 +47,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
     }
     if s.broker_key_prefix:
         transport["global_keyprefix"] = s.broker_key_prefix
+    transport.update(sentinel_options(s))
     return {
         "broker_url": s.redis_url,
         "broker_transport_options": transport,
@@ -80,6 +82,18 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "imports": [CONTROL_TASKS, *s.job_modules],
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
+    }
+
+
+def sentinel_options(s: Settings) -> dict[str, Any]:
+    """kombu's sentinel transport (a `sentinel://` broker URL) asks the Sentinels for this master;
+    the URL's own password is the master's, `sentinel_kwargs` are the Sentinel connections' own
+    (short timeouts: discovery moves on to the next Sentinel)."""
+    if not is_sentinel_url(s.redis_url):
+        return {}
+    return {
+        "master_name": s.redis_sentinel_master,
+        "sentinel_kwargs": sentinel_connection_options(s.redis_sentinel_password),
     }
 
 

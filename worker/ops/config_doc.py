@@ -26,10 +26,10 @@ tests/ops/test_config_doc.py fails when this file is out of date. -->
 One settings object, `worker.settings.Settings` (pydantic-settings), read from the environment when a
 process first asks for it. Every field is the variable `MEDIC_<FIELD NAME IN CAPITALS>`. Lists take a
 comma-separated string (or a JSON list); dicts take JSON. Under `MEDIC_PROFILE=production` the secrets
-(`MEDIC_FLOWER_PASSWORD`, `MEDIC_METRICS_TOKEN`, the passwords in `MEDIC_DATABASE_URL` and
-`MEDIC_REDIS_URL`) refuse placeholders such as `change-me-*` or `medic-dev` and anything shorter than 16
-characters, unless `MEDIC_ALLOW_WEAK_SECRETS=true` (`medic up` sets it); the Flower user and password
-refuse `,`. [Back to the README](../README.md).
+(`MEDIC_FLOWER_PASSWORD`, `MEDIC_METRICS_TOKEN`, `MEDIC_REDIS_SENTINEL_PASSWORD`, the passwords in
+`MEDIC_DATABASE_URL` and `MEDIC_REDIS_URL`) refuse placeholders such as `change-me-*` or `medic-dev` and
+anything shorter than 16 characters, unless `MEDIC_ALLOW_WEAK_SECRETS=true` (`medic up` sets it); the
+Flower user and password refuse `,`. [Back to the README](../README.md).
 """
 
 
