@@ -45,6 +45,7 @@ FAST_PROFILE: dict[str, Any] = {
     "health_period_seconds": 1.0,
     "alert_for_seconds": 3.0,
     "alert_repeat_seconds": 60.0,
+    "consumer_stall_seconds": 3.0,
 }
 
 
@@ -112,6 +113,12 @@ class Settings(BaseSettings):
         description="How long a worker's warm shutdown (SIGTERM) lets running jobs finish; those still running "
         "then are killed and handed back at once, at no cost in attempts (the pod's termination grace must be "
         "at least this + 5 s).",
+    )
+    consumer_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A worker whose queue holds ready jobs and which has free slots but received nothing for this "
+        "long has its consumer restarted (MedicConsumerStalled); still so as long again: a warm shutdown.",
     )
 
     # control loops
@@ -335,6 +342,17 @@ class Settings(BaseSettings):
                 f"MEDIC_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
                 f"MEDIC_PRESENCE_TTL_SECONDS ({self.presence_ttl_seconds:g}): a live worker's presence "
                 "would lapse between its beats and recovery would take its running jobs"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _stall_longer_than_heartbeat(self) -> Settings:
+        """The stall watchdog looks once per heartbeat: a threshold within one beat would call a
+        consumer stalled on a single look, before it had a chance to take the message."""
+        if self.consumer_stall_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                f"MEDIC_CONSUMER_STALL_SECONDS ({self.consumer_stall_seconds:g}) must be longer than "
+                f"MEDIC_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}): the watchdog looks once per heartbeat"
             )
         return self
 

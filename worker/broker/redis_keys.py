@@ -86,6 +86,12 @@ def queue_consumers(queue: str) -> str:
     return f"{_p()}consumers:{queue}"
 
 
+def consumer_stalls() -> str:
+    """Hash of stalled consumers: "worker|queue" -> JSON {worker, queue, since, at, action}; written
+    by the worker's stall watchdog (runtime/progress.py), read for MedicConsumerStalled; TTL'd."""
+    return f"{_p()}stalls:consumers"
+
+
 def ops_snapshot() -> str:
     """JSON of the cluster-wide gauges the health_and_alerts loop computed last (the API serves it)."""
     return f"{_p()}ops:snapshot"

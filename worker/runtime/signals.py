@@ -17,7 +17,7 @@ from celery import signals
 from celery.loaders.app import AppLoader
 from celery.utils.dispatch.signal import Signal
 
-from worker.runtime import consumer, fencing, joblog, liveness, scrape, shutdown, timer_compaction
+from worker.runtime import consumer, fencing, joblog, liveness, progress, scrape, shutdown, timer_compaction
 
 # (signal, handler): weak=False, since the handlers are module functions that live as long as
 # the process; dispatch_uid makes a second install() a no-op.
@@ -34,8 +34,11 @@ HANDLERS = (
     (signals.worker_process_shutdown, scrape.on_child_exit),
     (signals.worker_ready, consumer.on_worker_ready),
     (signals.worker_ready, timer_compaction.on_worker_ready),
+    (signals.worker_ready, progress.on_worker_ready),
+    (signals.task_received, progress.on_task_received),
     (signals.worker_shutdown, consumer.on_worker_shutdown),
     (signals.worker_shutdown, fencing.on_worker_shutdown),
+    (signals.worker_shutdown, progress.on_worker_shutdown),
     (signals.worker_shutting_down, shutdown.on_worker_shutting_down),
 )
 
