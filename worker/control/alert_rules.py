@@ -127,6 +127,24 @@ def queue_unconsumed(snap: Snapshot, s: Settings) -> list[Finding]:
     ]
 
 
+STALL_WINDOW_S = 300  # a stall, even one healed at once, is reported this long (increase over 5m)
+
+
+def consumer_stalled(snap: Snapshot, s: Settings) -> list[Finding]:
+    """A worker's stall watchdog (worker/runtime/progress.py) marked a stall within the window."""
+    now = float(snap["at"])
+    return [
+        Finding(
+            {"worker": e["worker"], "queue": e["queue"]},
+            f"worker {e['worker']} took no job from {e['queue']} for {float(e['at']) - float(e['since']):.0f} s "
+            f"while jobs waited and it had free slots ({e['action']}, {max(0.0, now - float(e['at'])):.0f} s ago)",
+            float(e["at"]) - float(e["since"]),
+        )
+        for e in snap.get("consumer_stalls", [])
+        if now - float(e["at"]) <= STALL_WINDOW_S
+    ]
+
+
 def lease_late(snap: Snapshot, s: Settings) -> list[Finding]:
     recover = snap.get("loops", {}).get("recover_stuck")
     late = int(recover["lease_late"] or 0) if recover else 0
@@ -245,6 +263,12 @@ RULES: tuple[Rule, ...] = (
          expr="max by (queue) (medic_queue_depth) > 0\n"
               "and on (queue) max by (queue) (medic_queue_consumers) == 0",
          summary="queue {{ $labels.queue }} holds {{ $value }} jobs and no live worker consumes it"),
+    Rule("MedicConsumerStalled", WARNING, consumer_stalled, default_for=0.0,
+         expr=f"max by (worker, queue) (increase(medic_consumer_stalls_total[{STALL_WINDOW_S // 60}m])) > 0",
+         summary="worker {{ $labels.worker }} took no job from {{ $labels.queue }} while jobs waited and it had "
+                 "free slots: its consumer was restarted",
+         note="The worker's own watchdog decided (MEDIC_CONSUMER_STALL_SECONDS) and acted; a stall healed at once\n"
+              f"is reported for {STALL_WINDOW_S // 60} minutes all the same."),
     Rule("MedicLoopStale", CRITICAL, loop_stale,
          expr='max by (loop) (medic_alerts_firing{alert="MedicLoopStale"}) > 0\n'
               "or (time() - max(medic_loop_last_run_timestamp_seconds)) > 600",

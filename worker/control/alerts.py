@@ -21,7 +21,7 @@ from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
 from worker.control import alert_sinks, snapshot
 from worker.control.alert_rules import RULES, Finding, Rule
-from worker.runtime import pooltrouble
+from worker.runtime import pooltrouble, progress
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def health_and_alerts(now: dt.datetime, loop_periods: Mapping[str, float]) -> di
     (worker/control/registry.py `health_and_alerts`) hands in the registry's."""
     snap = snapshot.take(now, loop_periods)
     snap["pool_trouble"] = pooltrouble.read(now.timestamp())  # every process's pool waits and timeouts
+    snap["consumer_stalls"] = progress.read(now.timestamp())  # stalls the workers' watchdogs marked
     counts = evaluate(snap, now.timestamp())
     snap["alerts_firing"] = firing_gauge(snap)
     snapshot.publish(snap)

@@ -81,6 +81,7 @@ class Snapshot(TypedDict):
     api_pool_full: dict[str, float]
     loops: dict[str, LoopAge]
     pool_trouble: NotRequired[dict[str, dict[str, Any]]]  # worker/runtime/pooltrouble.py read()
+    consumer_stalls: NotRequired[list[dict[str, Any]]]  # worker/runtime/progress.py read()
     alerts_firing: NotRequired[dict[str, int]]  # "name|severity" -> instances firing
 
 

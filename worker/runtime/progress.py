@@ -74,9 +74,11 @@ class Watchdog:
         self.stall: Stall | None = None
         for queue in queues:  # each series from 0, so that a first stall is an increase
             stalls_counter().labels(hostname, queue)
-        self.thread = BackgroundThread(
-            "medic-progress", self.check, every_s=get_settings().heartbeat_seconds, logger=log
-        ).start()
+        self.thread = BackgroundThread("medic-progress", self.check, every_s=get_settings().heartbeat_seconds, logger=log)
+
+    def start(self) -> Watchdog:
+        self.thread.start()
+        return self
 
     def free_slots(self) -> int:
         size = getattr(self.consumer.pool, "num_processes", None) or self.consumer.controller.concurrency
@@ -191,7 +193,7 @@ def stalls_counter() -> Counter:
 
 
 _watchdog: PerProcess[tuple[Any, str, tuple[str, ...]], Watchdog] = PerProcess(
-    lambda key: Watchdog(*key), close=Watchdog.stop
+    lambda key: Watchdog(*key).start(), close=Watchdog.stop
 )
 
 
