@@ -109,4 +109,5 @@ def test_the_heartbeat_must_beat_within_the_presence_ttl() -> None:
     for beat in (6.0, 7.5):
         with pytest.raises(ValueError, match=r"MEDIC_HEARTBEAT_SECONDS \(\S+\) must be shorter than MEDIC_PRESENCE"):
             Settings(heartbeat_seconds=beat, presence_ttl_seconds=6.0, lease_seconds=10)
-    assert Settings(heartbeat_seconds=5.9, presence_ttl_seconds=6.0, lease_seconds=10).heartbeat_seconds == 5.9
+    ok = Settings(heartbeat_seconds=5.9, presence_ttl_seconds=6.0, lease_seconds=10, consumer_stall_seconds=30)
+    assert ok.heartbeat_seconds == 5.9

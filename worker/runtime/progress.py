@@ -68,28 +68,42 @@ class Watchdog:
     """Checks one worker's consumer every heartbeat and heals it when it stalls."""
 
     def __init__(self, consumer: Any, hostname: str, queues: tuple[str, ...]) -> None:
-        self.consumer, self.hostname, self.queues = consumer, hostname, queues
+        self.consumer, self.hostname = consumer, hostname
         self.arrivals = _Arrivals.count
         self.waiting_since: float | None = None
         self.stall: Stall | None = None
         for queue in queues:  # each series from 0, so that a first stall is an increase
             stalls_counter().labels(hostname, queue)
-        self.thread = BackgroundThread("medic-progress", self.check, every_s=get_settings().heartbeat_seconds, logger=log)
+        self.thread = BackgroundThread(
+            "medic-progress", self.check, every_s=get_settings().heartbeat_seconds, logger=log
+        )
 
     def start(self) -> Watchdog:
         self.thread.start()
         return self
 
+    def queues(self) -> list[str]:
+        """Asked at each look: `celery control cancel_consumer` deselects a queue at run time."""
+        return consumed_queues(self.consumer.app)
+
+    def watching(self) -> bool:
+        """Free slots, and no shutdown under way (a warm shutdown stops consuming on purpose)."""
+        # Celery's test: the exit code may be 0 (a SIGTERM), so only None and False mean "no"
+        shutting_down = any(
+            flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate)
+        )
+        return not shutting_down and self.free_slots() > 0
+
     def free_slots(self) -> int:
-        size = getattr(self.consumer.pool, "num_processes", None) or self.consumer.controller.concurrency
-        return int(size) - len(state.reserved_requests)
+        size = getattr(self.consumer.pool, "num_processes", None)
+        return int(self.consumer.controller.concurrency if size is None else size) - len(state.reserved_requests)
 
     def check(self, now: float | None = None) -> None:
         """One look: an arrival, an empty queue or no free slot resets the clock; ready messages
         and free slots with no arrival for MEDIC_CONSUMER_STALL_SECONDS are a stall."""
         now = time.monotonic() if now is None else now
         arrivals = _Arrivals.count
-        waiting = [q for q in self.queues if inspect.depth(q) > 0] if self.free_slots() > 0 else []
+        waiting = [q for q in self.queues() if inspect.depth(q) > 0] if self.watching() else []
         if arrivals != self.arrivals or not waiting:
             self.arrivals, self.waiting_since = arrivals, None
             if self.stall is not None:
@@ -103,7 +117,8 @@ class Watchdog:
 
     def act(self, waiting: list[str], now: float) -> None:
         """Restart the consumer at once; a warm shutdown if that did not help within the threshold."""
-        stall = self.stall = self.stall or Stall(since=self.waiting_since or now)
+        since = now if self.waiting_since is None else self.waiting_since
+        stall = self.stall = self.stall or Stall(since=since)
         if stall.restarted_at is None:
             stall.restarted_at = now
             self.report(waiting, now - stall.since, "restarting it")
@@ -160,7 +175,9 @@ def mark(worker: str, queues: list[str], stalled_s: float, action: str, now: flo
     now = time.time() if now is None else now
     key = redis_keys.consumer_stalls()
     entries = {
-        f"{worker}|{q}": json.dumps({"worker": worker, "queue": q, "since": now - stalled_s, "at": now, "action": action})
+        f"{worker}|{q}": json.dumps(
+            {"worker": worker, "queue": q, "since": now - stalled_s, "at": now, "action": action}
+        )
         for q in queues
     }
     pipe = get_redis().pipeline(transaction=False)

@@ -1,0 +1,143 @@
+"""The stall watchdog's decisions, one look at a time with the clock passed in, against real Redis
+and real sockets (the worker and its broker connection are stand-ins; tests/chaos/test_consumer_stall.py
+runs the real thing)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from celery.worker import state
+
+from worker.broker import redis_keys
+from worker.broker.redis_client import get_redis
+from worker.control.alert_rules import STALL_WINDOW_S, consumer_stalled
+from worker.runtime import progress
+from worker.settings import Settings, get_settings
+
+WORKER = "w-progress@host"
+QUEUE = "q-progress"
+
+
+@dataclass
+class Broker:
+    """The worker's one broker socket and its far end."""
+
+    ours: socket.socket
+    theirs: socket.socket
+
+    def consumer(self, slots: int = 2) -> Any:
+        """A stand-in for Celery's consumer, its connection holding `ours` the way kombu's does."""
+        conn = SimpleNamespace(_sock=self.ours)
+        channel = SimpleNamespace(_pool=SimpleNamespace(_available_connections=[], _in_use_connections=[conn]))
+        return SimpleNamespace(
+            app=SimpleNamespace(amqp=SimpleNamespace(queues=SimpleNamespace(consume_from={QUEUE: None}))),
+            pool=SimpleNamespace(num_processes=slots), controller=SimpleNamespace(concurrency=slots),
+            connection=SimpleNamespace(_transport=SimpleNamespace(channels=[channel])), event_dispatcher=None,
+        )  # fmt: skip
+
+    def reset(self) -> bool:
+        """Whether the worker's socket was shut down: the far end reads the end of the stream."""
+        self.theirs.settimeout(0.5)
+        try:
+            return self.theirs.recv(1) == b""
+        except TimeoutError:
+            return False
+
+
+@pytest.fixture
+def broker(medic_env: dict[str, str]) -> Iterator[Broker]:
+    pair = Broker(*socket.socketpair())
+    yield pair
+    get_redis().delete(*redis_keys.queue_lists(QUEUE), redis_keys.consumer_stalls())
+    pair.ours.close()
+    pair.theirs.close()
+
+
+def _ready(n: int = 1) -> None:
+    get_redis().lpush(redis_keys.queue_list_for(QUEUE, 0), *["{}"] * n)
+
+
+def _counted() -> float:
+    samples = [s for m in progress.stalls_counter().collect() for s in m.samples if s.name.endswith("_total")]
+    return sum(s.value for s in samples if s.labels == {"worker": WORKER, "queue": QUEUE})
+
+
+def test_ready_jobs_free_slots_and_no_arrival_for_the_threshold_restart_the_consumer(broker: Broker) -> None:
+    n = get_settings().consumer_stall_seconds
+    dog = progress.Watchdog(broker.consumer(), WORKER, (QUEUE,))
+    counted = _counted()
+    _ready()
+    dog.check(now=100.0)
+    dog.check(now=100.0 + n - 0.01)
+    assert dog.stall is None and not broker.reset(), "not before the threshold"
+    dog.check(now=100.0 + n)
+    assert broker.reset(), "the consumer's broker socket was shut down"
+    [mark] = progress.read(0)
+    assert (mark["worker"], mark["queue"], mark["action"]) == (WORKER, QUEUE, "restart")
+    assert mark["at"] - mark["since"] == pytest.approx(n)
+    assert _counted() == counted + 1
+
+
+@pytest.mark.parametrize("what", ["an arrival", "an empty queue", "no free slot", "a warm shutdown"])
+def test_no_stall(broker: Broker, what: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "should_stop", 0 if what == "a warm shutdown" else None)  # 0: SIGTERM's EX_OK
+    n = get_settings().consumer_stall_seconds
+    dog = progress.Watchdog(broker.consumer(slots=0 if what == "no free slot" else 2), WORKER, (QUEUE,))
+    if what != "an empty queue":
+        _ready()
+    for t in (0.0, n / 2, n, 2 * n):
+        if what == "an arrival":
+            progress.on_task_received()
+        dog.check(now=t)
+    assert dog.stall is None and progress.read(0) == []
+    assert not broker.reset()
+
+
+def test_still_stalled_after_the_restart_asks_a_warm_shutdown(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "should_stop", None)
+    n = get_settings().consumer_stall_seconds
+    dog = progress.Watchdog(broker.consumer(), WORKER, (QUEUE,))
+    _ready()
+    dog.check(now=0.0)
+    dog.check(now=n)
+    assert dog.stall is not None and dog.stall.restarted_at == n and state.should_stop is None
+    dog.check(now=2 * n - 0.01)
+    assert state.should_stop is None
+    dog.check(now=2 * n)
+    assert state.should_stop == progress.EXIT_STALLED
+    [mark] = progress.read(0)
+    assert mark["action"] == "shutdown"
+
+
+def test_a_message_after_the_restart_ends_the_stall(broker: Broker) -> None:
+    n = get_settings().consumer_stall_seconds
+    dog = progress.Watchdog(broker.consumer(), WORKER, (QUEUE,))
+    _ready()
+    dog.check(now=0.0)
+    dog.check(now=n)
+    assert dog.stall is not None
+    progress.on_task_received()
+    dog.check(now=n + 0.5)
+    assert dog.stall is None and dog.waiting_since is None
+
+
+def test_the_alert_reports_a_mark_for_its_window() -> None:
+    s = Settings()
+    mark = {"worker": WORKER, "queue": QUEUE, "since": 900.0, "at": 930.0, "action": "restart"}
+    snap: Any = {"at": 930.0 + STALL_WINDOW_S, "consumer_stalls": [mark]}
+    [finding] = consumer_stalled(snap, s)
+    assert finding.labels == {"worker": WORKER, "queue": QUEUE} and finding.value == 30.0
+    snap["at"] += 1
+    assert consumer_stalled(snap, s) == []
+
+
+def test_the_stall_threshold_must_be_longer_than_a_heartbeat() -> None:
+    with pytest.raises(ValueError, match=r"MEDIC_CONSUMER_STALL_SECONDS \(2\) must be longer than MEDIC_HEARTBEAT"):
+        Settings(profile="production", consumer_stall_seconds=2.0, heartbeat_seconds=2.0)
+    ok = Settings(profile="production", consumer_stall_seconds=2.5, heartbeat_seconds=2.0)
+    assert ok.consumer_stall_seconds == 2.5
