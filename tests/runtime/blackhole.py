@@ -5,7 +5,9 @@ that moment silently stop forwarding, in both directions: bytes are read and dro
 closed, no RST or FIN is sent, so neither end can tell (the kernel answers keepalives: the peer is
 the proxy, which is alive). That is the connection a NAT, a load balancer or a failed-over broker
 leaves behind, on which Celery's consumer waits for a BRPOP reply for ever (celery issues 8082,
-10205). Connections accepted afterwards are relayed normally, so a client that reconnects heals.
+10205). Connections accepted afterwards are relayed normally, so a client that reconnects heals,
+unless `trap` is set: then any connection that sends those bytes (b"BRPOP": a consumer's) turns
+black before they are forwarded, a consumer that no reconnect can heal while the rest works.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import threading
 class _Pair:
     """One relayed connection: the client's socket and ours to the upstream."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
-        self.client, self.upstream = client, upstream
+    def __init__(self, client: socket.socket, upstream: socket.socket, proxy: BlackholeProxy) -> None:
+        self.client, self.upstream, self.proxy = client, upstream, proxy
         self.black = threading.Event()
         self.closed = False
 
-    def pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                trap = self.proxy.trap
+                if from_client and trap is not None and trap in data:
+                    self.black.set()  # before forwarding: the command never reaches the server
                 if not self.black.is_set():
                     dst.sendall(data)
         if not self.black.is_set():  # a black-holed pair never tells the other end anything
@@ -49,6 +54,7 @@ class BlackholeProxy:
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
         self.accepted = 0
+        self.trap: bytes | None = None  # a connection that sends these bytes turns black, old or new
         threading.Thread(target=self._accept, name="blackhole-accept", daemon=True).start()
 
     def blackhole(self) -> int:
@@ -83,9 +89,9 @@ class BlackholeProxy:
                 client.close()
                 continue
             upstream.settimeout(None)
-            pair = _Pair(client, upstream)
+            pair = _Pair(client, upstream, self)
             with self._lock:
                 self._pairs.append(pair)
                 self.accepted += 1
-            threading.Thread(target=pair.pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pair.pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=pair.pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=pair.pump, args=(upstream, client, False), daemon=True).start()

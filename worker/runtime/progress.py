@@ -126,8 +126,8 @@ class Watchdog:
         elif not stall.shutdown_asked and now - stall.restarted_at >= get_settings().consumer_stall_seconds:
             stall.shutdown_asked = True
             self.report(waiting, now - stall.since, "warm shutdown")
-            reset_connection(self.consumer)  # a read blocked on a dead socket returns and sees the flag
             state.should_stop = EXIT_STALLED  # what Celery's SIGTERM handler sets: a warm shutdown
+            reset_connection(self.consumer)  # a read blocked on a dead socket returns and sees the flag
         mark(self.hostname, waiting, now - stall.since, stall.action)  # refreshed while it lasts
 
     def report(self, waiting: list[str], stalled_s: float, cure: str) -> None:
