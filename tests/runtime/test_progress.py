@@ -83,11 +83,14 @@ def test_ready_jobs_free_slots_and_no_arrival_for_the_threshold_restart_the_cons
     assert _counted() == counted + 1
 
 
-@pytest.mark.parametrize("what", ["an arrival", "an empty queue", "no free slot", "a warm shutdown"])
+@pytest.mark.parametrize("what", ["an arrival", "an empty queue", "no free slot", "a warm shutdown", "a reconnect"])
 def test_no_stall(broker: Broker, what: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state, "should_stop", 0 if what == "a warm shutdown" else None)  # 0: SIGTERM's EX_OK
     n = get_settings().consumer_stall_seconds
-    dog = progress.Watchdog(broker.consumer(slots=0 if what == "no free slot" else 2), WORKER, (QUEUE,))
+    consumer = broker.consumer(slots=0 if what == "no free slot" else 2)
+    if what == "a reconnect":
+        consumer.connection = None  # Celery's consumer while it connects again (after a broker loss)
+    dog = progress.Watchdog(consumer, WORKER, (QUEUE,))
     if what != "an empty queue":
         _ready()
     for t in (0.0, n / 2, n, 2 * n):

@@ -86,13 +86,14 @@ class Watchdog:
         """Asked at each look: `celery control cancel_consumer` deselects a queue at run time."""
         return consumed_queues(self.consumer.app)
 
-    def watching(self) -> bool:
-        """Free slots, and no shutdown under way (a warm shutdown stops consuming on purpose)."""
+    def judging(self) -> bool:
+        """Not while Celery reconnects (its consumer has no connection then: a broker outage is its
+        own business) or shuts down (a warm shutdown stops consuming on purpose)."""
         # Celery's test: the exit code may be 0 (a SIGTERM), so only None and False mean "no"
         shutting_down = any(
             flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate)
         )
-        return not shutting_down and self.free_slots() > 0
+        return self.consumer.connection is not None and not shutting_down
 
     def free_slots(self) -> int:
         size = getattr(self.consumer.pool, "num_processes", None)
@@ -102,8 +103,11 @@ class Watchdog:
         """One look: an arrival, an empty queue or no free slot resets the clock; ready messages
         and free slots with no arrival for MEDIC_CONSUMER_STALL_SECONDS are a stall."""
         now = time.monotonic() if now is None else now
+        if not self.judging():
+            self.waiting_since = None  # a stall under way stays: its restart may be what Celery is doing
+            return
         arrivals = _Arrivals.count
-        waiting = [q for q in self.queues() if inspect.depth(q) > 0] if self.watching() else []
+        waiting = [q for q in self.queues() if inspect.depth(q) > 0] if self.free_slots() > 0 else []
         if arrivals != self.arrivals or not waiting:
             self.arrivals, self.waiting_since = arrivals, None
             if self.stall is not None:
