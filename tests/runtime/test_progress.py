@@ -5,7 +5,7 @@ runs the real thing)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -62,6 +62,16 @@ def _ready(n: int = 1) -> None:
     get_redis().lpush(redis_keys.queue_list_for(QUEUE, 0), *["{}"] * n)
 
 
+def _looks(dog: progress.Watchdog, start: float, end: float, before_each: Callable[[], object] = lambda: None) -> None:
+    """The watchdog's looks from `start` to `end` (both included), one per heartbeat as its thread makes them."""
+    beat = get_settings().heartbeat_seconds
+    for i in range(int((end - start) / beat) + 1):
+        before_each()
+        dog.check(now=min(start + i * beat, end))
+    before_each()
+    dog.check(now=end)
+
+
 def _counted() -> float:
     samples = [s for m in progress.stalls_counter().collect() for s in m.samples if s.name.endswith("_total")]
     return sum(s.value for s in samples if s.labels == {"worker": WORKER, "queue": QUEUE})
@@ -72,8 +82,7 @@ def test_ready_jobs_free_slots_and_no_arrival_for_the_threshold_restart_the_cons
     dog = progress.Watchdog(broker.consumer(), WORKER, (QUEUE,))
     counted = _counted()
     _ready()
-    dog.check(now=100.0)
-    dog.check(now=100.0 + n - 0.01)
+    _looks(dog, 100.0, 100.0 + n - 0.01)
     assert dog.stall is None and not broker.reset(), "not before the threshold"
     dog.check(now=100.0 + n)
     assert broker.reset(), "the consumer's broker socket was shut down"
@@ -93,10 +102,7 @@ def test_no_stall(broker: Broker, what: str, monkeypatch: pytest.MonkeyPatch) ->
     dog = progress.Watchdog(consumer, WORKER, (QUEUE,))
     if what != "an empty queue":
         _ready()
-    for t in (0.0, n / 2, n, 2 * n):
-        if what == "an arrival":
-            progress.on_task_received()
-        dog.check(now=t)
+    _looks(dog, 0.0, 2 * n, before_each=progress.on_task_received if what == "an arrival" else lambda: None)
     assert dog.stall is None and progress.read(0) == []
     assert not broker.reset()
 
@@ -106,10 +112,9 @@ def test_still_stalled_after_the_restart_asks_a_warm_shutdown(broker: Broker, mo
     n = get_settings().consumer_stall_seconds
     dog = progress.Watchdog(broker.consumer(), WORKER, (QUEUE,))
     _ready()
-    dog.check(now=0.0)
-    dog.check(now=n)
+    _looks(dog, 0.0, n)
     assert dog.stall is not None and dog.stall.restarted_at == n and state.should_stop is None
-    dog.check(now=2 * n - 0.01)
+    _looks(dog, n, 2 * n - 0.01)
     assert state.should_stop is None
     dog.check(now=2 * n)
     assert state.should_stop == progress.EXIT_STALLED
@@ -121,12 +126,25 @@ def test_a_message_after_the_restart_ends_the_stall(broker: Broker) -> None:
     n = get_settings().consumer_stall_seconds
     dog = progress.Watchdog(broker.consumer(), WORKER, (QUEUE,))
     _ready()
-    dog.check(now=0.0)
-    dog.check(now=n)
+    _looks(dog, 0.0, n)
     assert dog.stall is not None
     progress.on_task_received()
     dog.check(now=n + 0.5)
     assert dog.stall is None and dog.waiting_since is None
+
+
+def test_a_pause_of_the_process_is_no_stall(broker: Broker) -> None:
+    """SIGSTOP, a frozen VM: the consumer had no chance either, so the clock starts again after it."""
+    n = get_settings().consumer_stall_seconds
+    beat = get_settings().heartbeat_seconds
+    dog = progress.Watchdog(broker.consumer(), WORKER, (QUEUE,))
+    _ready()
+    _looks(dog, 0.0, n / 2)
+    resumed = n / 2 + 10 * n
+    _looks(dog, resumed, resumed + n)  # the first look after the pause only notices it
+    assert dog.stall is None and not broker.reset()
+    dog.check(now=resumed + n + beat)
+    assert dog.stall is not None and broker.reset(), "a stall all the same once it lasts n after the pause"
 
 
 def test_the_alert_reports_a_mark_for_its_window() -> None:

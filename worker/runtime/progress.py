@@ -71,6 +71,7 @@ class Watchdog:
         self.consumer, self.hostname = consumer, hostname
         self.arrivals = _Arrivals.count
         self.waiting_since: float | None = None
+        self.last_look: float | None = None
         self.stall: Stall | None = None
         for queue in queues:  # each series from 0, so that a first stall is an increase
             stalls_counter().labels(hostname, queue)
@@ -103,8 +104,13 @@ class Watchdog:
         """One look: an arrival, an empty queue or no free slot resets the clock; ready messages
         and free slots with no arrival for MEDIC_CONSUMER_STALL_SECONDS are a stall."""
         now = time.monotonic() if now is None else now
-        if not self.judging():
-            self.waiting_since = None  # a stall under way stays: its restart may be what Celery is doing
+        paused = self.last_look is not None and now - self.last_look > 2 * get_settings().heartbeat_seconds
+        self.last_look = now
+        if paused or not self.judging():
+            # No judgement across a pause of this process (SIGSTOP, a frozen VM: its consumer had no
+            # chance either), while Celery reconnects or while it shuts down. A stall under way
+            # stays: its restart may be what Celery is doing.
+            self.waiting_since = None
             return
         arrivals = _Arrivals.count
         waiting = [q for q in self.queues() if inspect.depth(q) > 0] if self.free_slots() > 0 else []
