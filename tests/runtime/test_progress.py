@@ -11,6 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery import signals as celery_signals
+from celery.utils.dispatch.signal import Signal
 from celery.worker import state
 
 from worker.broker import redis_keys
@@ -109,6 +111,10 @@ def test_no_stall(broker: Broker, what: str, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_still_stalled_after_the_restart_asks_a_warm_shutdown(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state, "should_stop", None)
+    told: list[dict[str, Any]] = []
+    shutting_down = Signal(name="worker_shutting_down")  # this process's own handlers stay out of it
+    shutting_down.connect(lambda sender, **kw: told.append({"sender": sender, **kw}), weak=False)
+    monkeypatch.setattr(celery_signals, "worker_shutting_down", shutting_down)
     n = get_settings().consumer_stall_seconds
     dog = progress.Watchdog(broker.consumer(), WORKER, (QUEUE,))
     _ready()
@@ -118,6 +124,7 @@ def test_still_stalled_after_the_restart_asks_a_warm_shutdown(broker: Broker, mo
     assert state.should_stop is None
     dog.check(now=2 * n)
     assert state.should_stop == progress.EXIT_STALLED
+    assert [(t["sender"], t["how"], t["exitcode"]) for t in told] == [(WORKER, "Warm", progress.EXIT_STALLED)]
     [mark] = progress.read(0)
     assert mark["action"] == "shutdown"
 

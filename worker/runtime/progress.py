@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from celery import signals
 from celery.worker import state
 from prometheus_client import Counter
 
@@ -136,7 +137,7 @@ class Watchdog:
         elif not stall.shutdown_asked and now - stall.restarted_at >= get_settings().consumer_stall_seconds:
             stall.shutdown_asked = True
             self.report(waiting, now - stall.since, "warm shutdown")
-            state.should_stop = EXIT_STALLED  # what Celery's SIGTERM handler sets: a warm shutdown
+            warm_shutdown(self.hostname)
             reset_connection(self.consumer)  # a read blocked on a dead socket returns and sees the flag
         mark(self.hostname, waiting, now - stall.since, stall.action)  # refreshed while it lasts
 
@@ -150,6 +151,13 @@ class Watchdog:
 
     def stop(self) -> None:
         self.thread.stop()
+
+
+def warm_shutdown(hostname: str) -> None:
+    """What Celery's SIGTERM handler does, with EXIT_STALLED: tell the warm shutdown's handlers
+    (its grace deadline, worker/runtime/shutdown.py), then set the flag the event loop checks."""
+    signals.worker_shutting_down.send(sender=hostname, sig="SIGTERM", how="Warm", exitcode=EXIT_STALLED)
+    state.should_stop = EXIT_STALLED
 
 
 def _sockets(consumer: Any) -> Iterator[socket.socket]:
