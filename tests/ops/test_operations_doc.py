@@ -15,6 +15,7 @@ SOURCES = (
     "api/routes/stream.py",
     "worker/runtime/job_metrics.py",
     "worker/runtime/pool_metrics.py",
+    "worker/runtime/progress.py",
     "worker/control/metrics.py",
 )
 NOT_METRICS: set[str] = set()  # a string literal that starts with medic_ but names no metric goes here
