@@ -181,7 +181,11 @@ ALLOWED: list[Allowed] = [
     Allowed("guarantees.md", "batch after batch (2,000 jobs", "a constant in the code"),
     Allowed("guarantees.md", "20 batches of 1,000", "the old code's constants"),
     Allowed("guarantees.md", "4 + 0.5 + 1 s by default", "settings' defaults"),
-    Allowed("guarantees.md", "lease 10 s, heartbeat 2 s, presence TTL 6 s and a 5 s scan:\n13.27 s", "the old defaults and the old run's figure"),
+    Allowed(
+        "guarantees.md",
+        "lease 10 s, heartbeat 2 s, presence TTL 6 s and a 5 s scan:\n13.27 s",
+        "the old defaults and the old run's figure",
+    ),
     Allowed("guarantees.md", "lease - heartbeat = 3 s per extension", "settings' defaults"),
     Allowed("guarantees.md", "`MEDIC_LEASE_MARGIN_SECONDS` (0.5 s)", "a setting's default"),
     Allowed("configuration.md", "| >= 0.1 |", "a setting's lower bound"),
@@ -227,6 +231,32 @@ QUOTES += [
     Quote("api.md", "`cache_could_save_share` 0.044", ST, "polling_get_job.cache_could_save_share"),
 ]
 ALLOWED += [Allowed("api.md", "the bench's 10 s wait", "the bench's own wait")]
+
+NJ, NM = "nemesis.json", "nemesis.md"
+QUOTES += [
+    Quote(NM, "(`code.head` eddf7c8", NJ, "code.head"),
+    Quote(NM, "eddf7c8, seed 273749254", NJ, "seed"),
+    Quote(NM, "1-min load 0.1 before", NJ, "load_before.loadavg_1m"),
+    Quote(NM, "NEMESIS_SEED=273749254 make", NJ, "seed"),
+    Quote(NM, "| all | 9", NJ, "recovery_s.overall.count"),
+    Quote(NM, "| all | 9 | 5.22", NJ, "recovery_s.overall.p50"),
+    Quote(NM, "| 5.22 s | 7.98", NJ, "recovery_s.overall.max"),
+    Quote(NM, "worker host) | 2", NJ, "recovery_s.by_fault.kill_host.count"),
+    Quote(NM, "worker host) | 2 | 5.21", NJ, "recovery_s.by_fault.kill_host.p50"),
+    Quote(NM, "| 5.21 s | 5.22", NJ, "recovery_s.by_fault.kill_host.max"),
+    Quote(NM, "data host) | 2", NJ, "recovery_s.by_fault.partition.count"),
+    Quote(NM, "data host) | 2 | 5.09", NJ, "recovery_s.by_fault.partition.p50"),
+    Quote(NM, "| 5.09 s | 5.49", NJ, "recovery_s.by_fault.partition.max"),
+    Quote(NM, "the lease) | 2", NJ, "recovery_s.by_fault.pause_child.count"),
+    Quote(NM, "the lease) | 2 | 4.02", NJ, "recovery_s.by_fault.pause_child.p50"),
+    Quote(NM, "| 4.02 s | 4.09", NJ, "recovery_s.by_fault.pause_child.max"),
+    Quote(NM, "whole worker host) | 3", NJ, "recovery_s.by_fault.pause_host.count"),
+    Quote(NM, "whole worker host) | 3 | 7.88", NJ, "recovery_s.by_fault.pause_host.p50"),
+    Quote(NM, "| 7.88 s | 7.98", NJ, "recovery_s.by_fault.pause_host.max"),
+    Quote(NM, "paused at 589.6", NJ, "faults.16.start_s"),
+    Quote(NM, "(from 587.89", NJ, "faults.15.start_s"),
+]
+ALLOWED += [Allowed(NM, "above 6 s are", "the issue's target"), Allowed(NM, "over 600 s of", "the schedule's length")]
 
 OV, L = "overload.json", "load.md"
 QUOTES += [
