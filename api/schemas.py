@@ -74,6 +74,16 @@ class JobPublic(BaseModel):
     not_before: dt.datetime | None = None
     worker: str | None = None
     worker_pid: int | None = None
+    schedule_id: uuid.UUID | None = Field(None, description="The schedule that fired this job.")
+    scheduled_for: dt.datetime | None = Field(None, description="The fire time this job is for.")
+    workflow_id: uuid.UUID | None = Field(None, description="The workflow this job is a step of.")
+    step: str | None = Field(None, description="Its step's name in that workflow.")
+    cancel_requested_at: dt.datetime | None = Field(
+        None, description="When a cancel of this running job was asked; its worker stops it within the grace."
+    )
+    progress: dict[str, Any] | None = Field(
+        None, description='The latest progress it reported: {"fraction": 0.4, "message": "...", "at": "..."}.'
+    )
 
     @classmethod
     def of(cls, job: Any, *, published: bool = True) -> JobPublic:

@@ -69,13 +69,26 @@ jobs = sa.Table(
     sa.Column("not_before", UTCDateTime, nullable=True),
     sa.Column("worker", sa.String(255), nullable=True),
     sa.Column("worker_pid", sa.Integer, nullable=True),
+    # a schedule's fire: one row per (schedule, time), however many beats race to make it
+    sa.Column("schedule_id", sa.Uuid, nullable=True),
+    sa.Column("scheduled_for", UTCDateTime, nullable=True),
+    # a workflow's step (its name is unique in its workflow; workflow_steps holds the graph)
+    sa.Column("workflow_id", sa.Uuid, nullable=True),
+    sa.Column("step", sa.String(200), nullable=True),
+    # a cancel asked of a running job: its worker reads it at each heartbeat (migration 0006)
+    sa.Column("cancel_requested_at", UTCDateTime, nullable=True),
+    # the latest {fraction, message, at} the running job reported
+    sa.Column("progress", JSONType, nullable=True),
     sa.UniqueConstraint("tenant", "idempotency_key"),
+    sa.UniqueConstraint("schedule_id", "scheduled_for"),
     # listing a tenant's jobs newest first, keyset-paginated; filtered by state, type or queue, a
     # page is one index range read backwards with the LIMIT (tests/ledger/test_plans.py)
     sa.Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
     sa.Index("ix_jobs_tenant_state_created_at_id", "tenant", "state", "created_at", "id"),
     sa.Index("ix_jobs_tenant_type_created_at_id", "tenant", "type", "created_at", "id"),
     sa.Index("ix_jobs_tenant_queue_created_at_id", "tenant", "queue", "created_at", "id"),
+    sa.Index("ix_jobs_tenant_schedule_id_created_at_id", "tenant", "schedule_id", "created_at", "id"),
+    sa.Index("ix_jobs_tenant_workflow_id_created_at_id", "tenant", "workflow_id", "created_at", "id"),
     # control loops: running jobs by lease (recover) and by start (timeouts), queued jobs by queue,
     # queued jobs by publish time (reconcile), finished jobs by age (prune)
     sa.Index("ix_jobs_state_lease", "state", "lease_expires_at"),
@@ -137,4 +150,75 @@ control_state = sa.Table(
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(200), nullable=False),
+    sa.Column("args", JSONType, nullable=False),
+    sa.Column("queue", sa.String(200), nullable=True),
+    # exactly one of every_seconds and cron
+    sa.Column("every_seconds", sa.Float, nullable=True),
+    sa.Column("cron", sa.String(200), nullable=True),
+    sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
+    sa.Column("overlap", sa.String(20), nullable=False, server_default="skip"),  # skip | allow | cancel_previous
+    sa.Column("catch_up_seconds", sa.Float, nullable=True),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("origin", sa.String(10), nullable=False, server_default="api"),  # api | code
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    # the earliest fire not made yet; the fire loop reads schedules by it
+    sa.Column("next_fire_at", UTCDateTime, nullable=True),
+    sa.Column("last_fire_at", UTCDateTime, nullable=True),
+    sa.Column("last_job_id", sa.Uuid, nullable=True),
+    sa.Column("fired", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("skipped", sa.BigInteger, nullable=False, server_default="0"),
+    sa.UniqueConstraint("tenant", "name"),
+    sa.Index("ix_schedules_paused_next_fire_at", "paused", "next_fire_at"),
+)
+
+schedule_events = sa.Table(
+    "schedule_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    # no foreign key: the audit of a schedule outlives its deletion
+    sa.Column("schedule_id", sa.Uuid, nullable=False),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("detail", JSONType, nullable=True),
+    sa.Index("ix_schedule_events_schedule_id_id", "schedule_id", "id"),
+)
+
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(200), nullable=True),
+    sa.Column("failure_policy", sa.String(20), nullable=False, server_default="fail_fast"),  # | continue
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Index("ix_workflows_tenant_created_at_id", "tenant", "created_at", "id"),
+    sa.Index("ix_workflows_state_updated_at", "state", "updated_at"),
+)
+
+workflow_steps = sa.Table(
+    "workflow_steps",
+    metadata,
+    sa.Column("workflow_id", sa.Uuid, sa.ForeignKey("workflows.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("job_id", sa.Uuid, nullable=False, unique=True),
+    sa.Column("after", JSONType, nullable=False),  # the names of the steps it waits for
+    # how many of those have not succeeded yet: 0 releases the step (waiting -> queued)
+    sa.Column("pending", sa.Integer, nullable=False),
+    sa.Column("wants_results", sa.Boolean, nullable=False, server_default=sa.false()),
 )

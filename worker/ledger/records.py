@@ -85,6 +85,12 @@ class Job:
     not_before: dt.datetime | None
     worker: str | None
     worker_pid: int | None
+    schedule_id: uuid.UUID | None
+    scheduled_for: dt.datetime | None
+    workflow_id: uuid.UUID | None
+    step: str | None
+    cancel_requested_at: dt.datetime | None
+    progress: Any
 
     @classmethod
     def of(cls, row: Row[Any]) -> Job:

@@ -6,6 +6,7 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
+    WAITING = "waiting"  # a workflow step whose predecessors have not all succeeded
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -19,6 +20,8 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELL
 # from-state -> the states it may move to. `timed_out` is a passing state: the job moves on to
 # `queued` or `dead` in the same transaction, and the reason stays in its events.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # released when the last step it waits for succeeds; cancelled when one fails (fail_fast)
+    JobState.WAITING: frozenset({JobState.QUEUED, JobState.CANCELLED}),
     # queued -> dead: given up, its message could not be delivered however often it was re-sent
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.QUEUED, JobState.DEAD}),
     JobState.RUNNING: frozenset(
