@@ -30,6 +30,7 @@ from worker.errors import (
     UnauthorizedError,
     UnknownJobTypeError,
     UnknownQueueError,
+    WorkflowNotFoundError,
 )
 from worker.ledger.db import is_connection_error
 from worker.settings import get_settings
@@ -41,6 +42,7 @@ STATUS: dict[type[MedicError], int] = {
     UnauthorizedError: 401,
     ForbiddenError: 403,
     JobNotFoundError: 404,
+    WorkflowNotFoundError: 404,
     InvalidTransitionError: 409,
     IdempotencyConflictError: 409,
     PayloadTooLargeError: 413,

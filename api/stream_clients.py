@@ -25,16 +25,18 @@ class Update:
     tenant: str
     queue: str
     type: str
+    workflow_id: uuid.UUID | None = None  # a workflow's step: its workflow and step name
+    step: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Update:
         return cls(
             row.id, row.job_id, row.from_state, row.to_state, row.reason, row.attempt, row.at,
-            row.tenant, row.queue, row.type,
+            row.tenant, row.queue, row.type, row.workflow_id, row.step,
         )  # fmt: skip
 
     def message(self, coalesced: int = 0) -> dict[str, Any]:
-        return {
+        message = {
             "type": "transition",
             "job_id": str(self.job_id),
             "job_type": self.type,
@@ -47,6 +49,9 @@ class Update:
             "cursor": str(self.id),
             "coalesced": coalesced,
         }
+        if self.workflow_id is not None:  # only on a workflow's steps: a plain job's message is unchanged
+            message.update(workflow_id=str(self.workflow_id), step=self.step)
+        return message
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -103,3 +103,13 @@ class ForbiddenError(PermanentError):
 
 class RequestTooLargeError(PermanentError):
     code = "request_too_large"
+
+
+class InvalidWorkflowError(InvalidArgsError):
+    """A workflow that is not a DAG of known, uniquely named steps (a 422, nothing written)."""
+
+    code = "invalid_workflow"
+
+
+class WorkflowNotFoundError(PermanentError):
+    code = "workflow_not_found"

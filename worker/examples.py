@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
@@ -45,3 +46,9 @@ def hang() -> None:
             time.sleep(0.1)
         except SoftTimeLimitExceeded:
             continue
+
+
+@job("examples.merge")
+def merge(results: dict[str, Any]) -> dict[str, Any]:
+    """A workflow's fan-in (docs/workflows.md): the results of the steps it waited for, by name."""
+    return {"merged": {name: results[name] for name in sorted(results)}}

@@ -38,6 +38,7 @@ FAST_PROFILE: dict[str, Any] = {
     "recover_period_seconds": 1.0,
     "timeout_period_seconds": 1.0,
     "reconcile_period_seconds": 1.0,
+    "workflow_repair_period_seconds": 1.0,
     "lost_after_seconds": 5.0,
     "backpressure_period_seconds": 0.5,
     "autoscale_period_seconds": 2.0,
@@ -127,6 +128,9 @@ class Settings(BaseSettings):
     timeout_period_seconds: float = Field(5.0, gt=0, description="Period of enforce_timeouts.")
     reconcile_period_seconds: float = Field(15.0, gt=0, description="Period of reconcile_broker.")
     prune_period_seconds: float = Field(3600.0, gt=0, description="Period of prune.")
+    workflow_repair_period_seconds: float = Field(
+        30.0, gt=0, description="Period of repair_workflows (a step ended without its dependents released)."
+    )
     lost_after_seconds: float = Field(
         300.0, gt=0, description="A queued job older than this whose message is not in the broker is re-sent."
     )

@@ -146,6 +146,7 @@ def list_jobs(
     state: JobState | None = None,
     type: str | None = None,
     queue: str | None = None,
+    workflow_id: Annotated[uuid.UUID | None, Query(description="Only the steps of this workflow.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
     fields: Annotated[
@@ -165,6 +166,7 @@ def list_jobs(
             limit=limit,
             before=before,
             payloads=wanted,
+            workflow_id=workflow_id,
         )
     next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
     page = JobsPublic(jobs=[JobSummary.listed(r, wanted) for r in rows], next_cursor=next_cursor)

@@ -23,6 +23,7 @@ from worker.control.loop import LoopFn
 from worker.control.prune import prune
 from worker.control.reconcile import reconcile_broker
 from worker.control.recover import recover_stuck
+from worker.control.repair_workflows import repair_workflows
 from worker.control.timeouts import enforce_timeouts
 from worker.settings import Settings, get_settings
 
@@ -81,6 +82,12 @@ LOOPS: tuple[Loop, ...] = (
         reconcile_broker,
         "reconcile_period_seconds",
         MappingProxyType({"after_restart": "republished", "unpublished": "republished", "lost": "republished"}),
+    ),
+    Loop(
+        "repair_workflows",
+        repair_workflows,
+        "workflow_repair_period_seconds",
+        MappingProxyType({"released": "released", "cancelled": "cancelled"}),
     ),
     Loop("apply_backpressure", apply_backpressure, "backpressure_period_seconds"),
     Loop("autoscale", autoscale, "autoscale_period_seconds"),

@@ -51,6 +51,7 @@ def list_jobs(
     limit: int = 50,
     before: tuple[dt.datetime, uuid.UUID] | None = None,
     payloads: Collection[str] = ("args", "result"),
+    workflow_id: uuid.UUID | None = None,
 ) -> list[Job]:
     """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen.
 
@@ -64,6 +65,8 @@ def list_jobs(
         stmt = stmt.where(jobs.c.type == type_)
     if queue:
         stmt = stmt.where(jobs.c.queue == queue)
+    if workflow_id is not None:  # index (tenant, workflow_id, created_at, id)
+        stmt = stmt.where(jobs.c.workflow_id == workflow_id)
     if before is not None:
         cursor = sa.tuple_(
             sa.literal(before[0], type_=jobs.c.created_at.type), sa.literal(before[1], type_=jobs.c.id.type)
@@ -193,6 +196,8 @@ _STREAM_COLUMNS = (
     jobs.c.tenant,
     jobs.c.queue,
     jobs.c.type,
+    jobs.c.workflow_id,
+    jobs.c.step,
 )
 
 

@@ -34,10 +34,13 @@ class NewJob:
     delivery_id: uuid.UUID
     created_at: dt.datetime
     idempotency_key: str | None = None
+    workflow_id: uuid.UUID | None = None  # a workflow's step (worker/ledger/workflows.py writes those)
+    step: str | None = None
 
     def row(self) -> dict[str, Any]:
-        """The columns of the insert (state and the event are added by the ledger)."""
-        return {
+        """The columns of the insert (state and the event are added by the ledger). A workflow's
+        step adds its two columns; a plain job's statement stays the one it always was."""
+        row = {
             "id": self.id,
             "type": self.type,
             "queue": self.queue,
@@ -54,6 +57,9 @@ class NewJob:
             "updated_at": self.created_at,
             "published_at": self.created_at,
         }
+        if self.workflow_id is not None:
+            row.update(workflow_id=self.workflow_id, step=self.step)
+        return row
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ child deadlocked on its first job. Seen here in a test, with py-spy, before this
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import uuid
@@ -29,7 +30,7 @@ from worker.broker.messages import TENANT_HEADER
 from worker.broker.publish import commit_then_publish
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
-from worker.ledger import queries, transitions
+from worker.ledger import queries, release, transitions
 from worker.ledger.db import with_ledger_retry
 from worker.ledger.records import Job
 from worker.ledger.states import JobState
@@ -65,21 +66,22 @@ def report_lost(
     s = get_settings()
     taken: list[Job] = []
 
-    def write(conn: Connection) -> Job | None:
+    def write(conn: Connection) -> list[Job | None]:
         taken.clear()
         job = queries.get_job(conn, job_id)
         if job is None or job.state != JobState.RUNNING or job.delivery_id != delivery_id:
-            return None
+            return [None]
         if pid is not None and job.worker_pid not in (None, pid):
-            return None
+            return [None]
         taken.append(job)
         now = utcnow()
         if reason is OutcomeKind.TIMEOUT:
             detail = f"hard time limit of {job.timeout_s + s.timeout_grace_seconds:.0f}s exceeded"
-            return transitions.time_out(
+            after = transitions.time_out(
                 conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=detail
             )
-        return transitions.give_back(
+            return _follow(conn, after, actor=actor, now=now)
+        after = transitions.give_back(
             conn,
             job,
             reason=reason.value,
@@ -89,9 +91,18 @@ def report_lost(
             immediate=True,
             error={"type": "WorkerLost", "message": f"process {pid} died while running the job", "traceback": None},
         )
+        return _follow(conn, after, actor=actor, now=now)
 
-    [after] = with_ledger_retry(lambda: commit_then_publish(lambda conn: [write(conn)]), budget_s=budget_s, what=reason)
+    after, *_ = with_ledger_retry(lambda: commit_then_publish(write), budget_s=budget_s, what=reason)
     return None if after is None or not taken else (taken[0], after)
+
+
+def _follow(conn: Connection, after: Job | None, *, actor: str, now: dt.datetime) -> list[Job | None]:
+    """A workflow's step that died here: its dependents cancelled (or counted down) in the same
+    transaction, as a worker's finalize does (worker/ledger/release.py)."""
+    if after is None:
+        return [None]
+    return [after, *release.step_ended(conn, after, actor=actor, now=now)]
 
 
 def _report(request: Request, reason: OutcomeKind) -> None:

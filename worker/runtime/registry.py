@@ -6,6 +6,7 @@ Arguments are a JSON object of keyword arguments, validated against the function
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from worker.errors import DuplicateJobNameError, InvalidArgsError, UnknownJobTypeError
 from worker.runtime import storable
+from worker.runtime.signature import si, sig
 from worker.runtime.task import register_task
 from worker.settings import Settings, get_settings
 
@@ -122,6 +124,8 @@ def job(
         _REGISTRY[job_name] = spec
         register_task(spec)
         func.job_spec = spec  # type: ignore[attr-defined]
+        func.s = functools.partial(sig, func)  # type: ignore[attr-defined]  # Celery's my_task.s(...)
+        func.si = functools.partial(si, func)  # type: ignore[attr-defined]
         return func
 
     return decorate

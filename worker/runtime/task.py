@@ -22,7 +22,7 @@ from worker.broker.celery_app import app
 from worker.broker.publish import commit_then_publish
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
-from worker.ledger import db, transitions
+from worker.ledger import db, release, transitions
 from worker.ledger.db import with_ledger_retry
 from worker.ledger.records import Job
 from worker.runtime import fencing, storable
@@ -140,14 +140,15 @@ def record_outcome(job: Job, outcome: Outcome, *, actor: str) -> Job | None:
     s = get_settings()
 
     def write(o: Outcome) -> Job | None:
-        if o.kind is OutcomeKind.SUCCEEDED:  # one statement, synchronous: nothing to publish after it
+        if o.kind is OutcomeKind.SUCCEEDED and job.workflow_id is None:
+            # one statement, synchronous: nothing to publish after it
             return with_ledger_retry(
                 lambda: db.write(lambda conn: _finalize(conn, job, o, actor=actor)),
                 budget_s=s.finalize_retry_seconds,
                 what="finalize",
             )
-        [after] = with_ledger_retry(
-            lambda: commit_then_publish(lambda conn: [_finalize(conn, job, o, actor=actor)]),
+        after, *_ = with_ledger_retry(
+            lambda: commit_then_publish(lambda conn: _finalize_and_follow(conn, job, o, actor=actor)),
             budget_s=s.finalize_retry_seconds,
             what="finalize",
         )
@@ -186,6 +187,17 @@ def _run(spec: JobSpec, job: Job) -> Outcome:
         return Outcome.timed_out(f"soft time limit of {job.timeout_s}s exceeded")
     except Exception as exc:  # noqa: BLE001 - every job error is recorded, none kills the worker
         return Outcome.failed(error_info(exc))
+
+
+def _finalize_and_follow(conn: Connection, job: Job, outcome: Outcome, *, actor: str) -> list[Job | None]:
+    """The outcome, then (a workflow's step that ended) its dependents released or cancelled in
+    the SAME transaction: a crash after the COMMIT cannot lose a release, and one before it
+    leaves the step running, to be run again and release then. The released steps are published
+    after the COMMIT with any retry of this one (the outbox)."""
+    after = _finalize(conn, job, outcome, actor=actor)
+    if after is None or job.workflow_id is None:
+        return [after]
+    return [after, *release.step_ended(conn, after, actor=actor, now=after.updated_at)]
 
 
 def _finalize(conn: Connection, job: Job, outcome: Outcome, *, actor: str) -> Job | None:
