@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import celery
 import redis
@@ -132,3 +133,76 @@ def unstorable(kind: str, payload: object = None) -> object:
 def sized(size: int) -> str:
     """A result of exactly `size` bytes of JSON (a string of size - 2 characters and its quotes)."""
     return "x" * (size - 2)
+
+
+def _history(path: str, name: str, event: str, **fields: object) -> None:
+    """One line per event of a workflow's step, appended to a file outside the ledger: one
+    `write` on an O_APPEND file, so the lines of every process stay whole and in real order."""
+    line = json.dumps({"step": name, "event": event, "pid": os.getpid(), **fields}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _await_succeeded(steps: list[str]) -> None:
+    """Wait until these steps of this job's own workflow have succeeded in the ledger."""
+    import uuid
+
+    from worker.ledger import db, queries, workflows
+
+    job_id, _ = _current_delivery()
+    with db.connect() as conn:
+        me = queries.get_job(conn, uuid.UUID(job_id))
+    assert me is not None and me.workflow_id is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with db.connect() as conn:
+            states = {s.name: s.state for s in workflows.get_steps(conn, me.workflow_id)}
+        if all(states.get(name) == "succeeded" for name in steps):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"steps {steps} did not succeed")
+
+
+def _kill_at_next_publish() -> None:
+    """SIGKILL this process at its next publish: the one that follows the finalize's COMMIT
+    (worker/broker/publish.py commit_then_publish), so the step ends committed, its release
+    with it, and the released steps' messages never sent."""
+    import signal
+
+    from worker.broker import publish
+
+    def killed(*_: object, **__: object) -> list[object]:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return []
+
+    publish.publish = killed  # type: ignore[assignment]
+
+
+@job("tests.wf_step")
+def wf_step(
+    history: str,
+    name: str,
+    fail: bool = False,
+    seconds: float = 0.0,
+    after_succeeded: list[str] | None = None,
+    kill_after_finalize: bool = False,
+    results: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """A workflow's step that writes its start and end to `history`: `fail` raises;
+    `after_succeeded` waits for those steps to have succeeded first; `kill_after_finalize` kills
+    its own process right after its finalize commits (once: the history file says whether)."""
+    _history(history, name, "start", saw=sorted(results or {}))
+    if after_succeeded:
+        _await_succeeded(after_succeeded)
+    time.sleep(seconds)
+    if fail:
+        _history(history, name, "failed")
+        raise RuntimeError(f"step {name} fails on purpose")
+    if kill_after_finalize and '"event": "killing"' not in Path(history).read_text():
+        _history(history, name, "killing")
+        _kill_at_next_publish()
+    _history(history, name, "end")
+    return {"step": name, "saw": sorted(results or {}), "results": results or {}}
