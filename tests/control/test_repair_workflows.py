@@ -1,0 +1,95 @@
+"""repair_workflows, called as a plain function of `now`: workflows broken by hand in the
+ledger (a release removed, a dead step's follow-up never written, the last step's finish
+missing) are brought back in line with their steps' states, and counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.ledger_view import job
+from worker import enqueue_workflow
+from worker.accept.dag import StepRequest
+from worker.accept.validate import JobRequest
+from worker.accept.workflow import AcceptedWorkflow
+from worker.clock import utcnow
+from worker.control.repair_workflows import ACTOR, repair_workflows
+from worker.ledger import db, queries, transitions, workflows
+from worker.ledger.models import jobs, workflow_steps
+from worker.ledger.records import Job
+
+pytestmark = pytest.mark.usefixtures("private_ledger")
+PARKED = "nobody-consumes-this"  # a declared queue no worker reads: released steps stay queued
+
+
+def _step(name: str, *after: str) -> StepRequest:
+    return StepRequest(name, JobRequest("examples.echo", {"message": name}, queue=PARKED, max_attempts=1), after)
+
+
+def _submit(policy: str = "fail_fast") -> AcceptedWorkflow:
+    """a -> b -> c, all parked."""
+    return enqueue_workflow([_step("a"), _step("b", "a"), _step("c", "b")], tenant="repair", failure_policy=policy)
+
+
+def _end_without_follow_up(row: Job, *, ok: bool = True) -> None:
+    """What a recovery loop or a hand edit leaves: the step ended, its dependents untouched."""
+    now = utcnow()
+    with db.begin() as conn:
+        claimed = transitions.claim(conn, row.id, row.delivery_id, worker="w", pid=1, now=now, lease_s=30)
+        assert claimed is not None
+        if ok:
+            transitions.succeed(conn, row.id, row.delivery_id, {"ok": True}, actor="hand", now=now)
+        else:
+            transitions.give_back(conn, claimed, reason="error", actor="hand", now=now, max_backoff_s=1)
+
+
+def _repair() -> dict[str, int]:
+    return repair_workflows(utcnow(), limit=1000)
+
+
+def test_a_release_removed_by_hand_is_repaired_once(medic_env: dict[str, Any]) -> None:
+    """Given a workflow whose first step succeeded but whose release was removed (b waiting,
+    pending 1), When the loop runs, Then b is queued by the loop, and a second run does nothing."""
+    accepted = _submit()
+    _end_without_follow_up(accepted.job_of("a"))
+    b = accepted.job_of("b")
+    assert job(b.id).state == "waiting"
+    counts = _repair()
+    assert counts["released"] >= 1
+    assert job(b.id).state == "queued"
+    with db.connect() as conn:
+        [*_, released] = queries.get_events(conn, b.id)
+    assert (released.from_state, released.to_state, released.actor) == ("waiting", "queued", ACTOR)
+    assert job(accepted.job_of("c").id).state == "waiting", "c still waits for b"
+    assert _repair()["released"] == 0
+
+
+def test_a_release_undone_in_the_database_is_repaired(medic_env: dict[str, Any]) -> None:
+    """Given b released, then put back by hand (state waiting, pending 1), When the loop runs,
+    Then b is queued again."""
+    accepted = _submit()
+    _end_without_follow_up(accepted.job_of("a"))
+    _repair()
+    b = accepted.job_of("b")
+    with db.begin() as conn:
+        conn.execute(sa.update(jobs).where(jobs.c.id == b.id).values(state="waiting"))
+        conn.execute(
+            sa.update(workflow_steps)
+            .where(workflow_steps.c.workflow_id == accepted.id, workflow_steps.c.name == "b")
+            .values(pending=1)
+        )
+    assert _repair()["released"] >= 1
+    assert job(b.id).state == "queued"
+
+
+def test_a_dead_step_without_its_follow_up_cancels_its_dependents_and_fails_the_workflow(
+    medic_env: dict[str, Any],
+) -> None:
+    accepted = _submit("fail_fast")
+    _end_without_follow_up(accepted.job_of("a"), ok=False)
+    assert _repair()["cancelled"] >= 2
+    assert [job(accepted.job_of(n).id).state for n in "abc"] == ["dead", "cancelled", "cancelled"]
+    with db.connect() as conn:
+        assert workflows.get_workflow(conn, accepted.id).state == "failed"  # type: ignore[union-attr]
