@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.ledger_view import job
+from tests.ledger_view import assert_no_overlap, job
 from tests.testjobs import wf_step
 from worker import chord, group
 from worker.ledger import db, queries, workflows
@@ -67,3 +67,4 @@ def test_sigkill_right_after_the_last_fan_in_step_commits_still_releases_the_cal
     assert [ln["step"] for ln in lines if ln["event"] == "start"].count("callback") == 1
     assert steps["callback"].started_at >= steps["last"].finished_at  # type: ignore[operator]
     assert job(steps["callback"].job_id).result["saw"] == ["h1", "h2", "last"]
+    assert_no_overlap([st.job_id for st in steps.values()])
