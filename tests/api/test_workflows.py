@@ -144,3 +144,11 @@ def test_a_chord_runs_to_the_end_with_results_passed_and_its_steps_on_the_stream
     steps_seen = {(m["step"], m["from_state"], m["to_state"]) for m in seen if m.get("workflow_id") == accepted["id"]}
     assert ("merge", "waiting", "queued") in steps_seen
     assert ("fetch-eu", "running", "succeeded") in steps_seen
+
+
+def test_the_workflow_routes_are_in_the_openapi_with_an_example(stack: str) -> None:
+    spec = httpx.get(stack + "/openapi.json").json()
+    assert {"/workflows", "/workflows/{workflow_id}"} <= set(spec["paths"])
+    body = spec["paths"]["/workflows"]["post"]["requestBody"]["content"]["application/json"]
+    [example] = body["examples"].values()
+    assert [st["name"] for st in example["value"]["steps"]] == ["fetch-eu", "fetch-us", "merge"]

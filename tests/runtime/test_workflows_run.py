@@ -15,9 +15,9 @@ import pytest
 
 from tests.ledger_view import job, reasons
 from tests.testjobs import wf_step
-from worker import chain, chord, group
+from worker import chain, chord, group, sig
 from worker.accept.workflow import AcceptedWorkflow
-from worker.ledger import db, workflows
+from worker.ledger import db, queries, workflows
 from worker.ledger.workflows import Step
 from worker.runtime.signature import Signature
 from worker.testing.processes import Processes, wait_for
@@ -132,3 +132,18 @@ def test_continue_runs_the_dependents_of_a_dead_step_with_the_results_there_are(
     assert job(steps["d"].job_id).result["saw"] == ["c"], "b is dead: only c has a result to pass"
     with db.connect() as conn:
         assert workflows.get_workflow(conn, accepted.id).state == "failed"  # type: ignore[union-attr]
+
+
+def test_a_step_whose_process_dies_on_its_last_attempt_cancels_its_dependents_at_once(
+    flow_worker: None, tmp_path: Path
+) -> None:
+    """Given a -> b where a kills its own process (examples.crash, max_attempts 1), When the
+    worker's main process reports the lost child, Then a is dead and b cancelled in that same
+    report's transaction: no control loop runs here, so nothing else could have."""
+    crash = sig("examples.crash").set(name="a", queue=QUEUE, max_attempts=1)
+    accepted = chain(crash, s(tmp_path / "history.jsonl", "b")).submit(tenant=f"flow-{uuid.uuid4().hex[:6]}")
+    steps = _finished(accepted)
+    assert {n: st.state for n, st in steps.items()} == {"a": "dead", "b": "cancelled"}
+    with db.connect() as conn:
+        [*_, cancelled] = queries.get_events(conn, steps["b"].job_id)
+    assert cancelled.reason == "workflow_failed" and cancelled.actor.startswith("flow@"), cancelled
