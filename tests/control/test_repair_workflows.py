@@ -4,6 +4,7 @@ missing) are brought back in line with their steps' states, and counted."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -15,10 +16,12 @@ from worker.accept.dag import StepRequest
 from worker.accept.validate import JobRequest
 from worker.accept.workflow import AcceptedWorkflow
 from worker.clock import utcnow
+from worker.control.prune import prune
 from worker.control.repair_workflows import ACTOR, repair_workflows
 from worker.ledger import db, queries, transitions, workflows
 from worker.ledger.models import jobs, workflow_steps
 from worker.ledger.records import Job
+from worker.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("private_ledger")
 PARKED = "nobody-consumes-this"  # a declared queue no worker reads: released steps stay queued
@@ -93,3 +96,18 @@ def test_a_dead_step_without_its_follow_up_cancels_its_dependents_and_fails_the_
     assert [job(accepted.job_of(n).id).state for n in "abc"] == ["dead", "cancelled", "cancelled"]
     with db.connect() as conn:
         assert workflows.get_workflow(conn, accepted.id).state == "failed"  # type: ignore[union-attr]
+
+
+def test_prune_deletes_finished_workflows_past_retention_and_keeps_running_ones(medic_env: dict[str, Any]) -> None:
+    done = enqueue_workflow([_step("only")], tenant="repair")
+    _end_without_follow_up(done.job_of("only"))
+    _repair()  # finishes it: its one step is terminal
+    running = _submit()
+    retention = dt.timedelta(days=get_settings().retention_days)
+    assert prune(utcnow() + retention - dt.timedelta(hours=1))["workflows_deleted"] == 0
+    assert prune(utcnow() + retention + dt.timedelta(hours=1))["workflows_deleted"] >= 1
+    with db.connect() as conn:
+        assert workflows.get_workflow(conn, done.id) is None
+        assert workflows.get_steps(conn, done.id) == []
+        assert workflows.get_workflow(conn, running.id) is not None
+        assert conn.scalar(sa.select(sa.func.count()).where(workflow_steps.c.workflow_id == done.id)) == 0

@@ -1,5 +1,6 @@
-"""prune: finished jobs and their events past the retention period, deleted in batches; known
-queues idle and empty past MEDIC_QUEUE_FORGET_SECONDS, forgotten."""
+"""prune: finished jobs and their events past the retention period, deleted in batches, and
+finished workflows with their step rows; known queues idle and empty past
+MEDIC_QUEUE_FORGET_SECONDS, forgotten."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 from worker.broker import counters
 from worker.clock import seconds
-from worker.ledger import db, decisions, queries, transitions
+from worker.ledger import db, decisions, queries, transitions, workflows
 from worker.settings import get_settings
 
 
@@ -33,5 +34,12 @@ def prune(now: dt.datetime, *, batch: int = 2000, budget_s: float | None = None)
         deleted += len(ids)
         if len(ids) < batch or time.monotonic() >= deadline:
             break
+    with db.begin() as conn:  # one batch a run: a workflow is one row for up to 1000 jobs
+        workflows_deleted = workflows.prune_finished_before(conn, cutoff, batch)
     forgotten = counters.forget_idle(now.timestamp(), s.queue_forget_seconds)
-    return {"deleted": deleted, "decisions_deleted": decisions.prune_before(cutoff), "queues_forgotten": len(forgotten)}
+    return {
+        "deleted": deleted,
+        "workflows_deleted": workflows_deleted,
+        "decisions_deleted": decisions.prune_before(cutoff),
+        "queues_forgotten": len(forgotten),
+    }

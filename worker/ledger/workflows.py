@@ -243,3 +243,18 @@ def list_workflows(
 
 def step_names(steps: Sequence[Step]) -> dict[str, Step]:
     return {step.name: step for step in steps}
+
+
+def prune_finished_before(conn: Connection, cutoff: dt.datetime, limit: int) -> int:
+    """Delete up to `limit` workflows finished before `cutoff` and their step rows (retention;
+    their jobs go by the jobs' own retention). Returns how many workflows went."""
+    finished = (
+        sa.select(workflows.c.id)
+        .where(workflows.c.state != WorkflowState.RUNNING.value, workflows.c.finished_at < cutoff)
+        .limit(limit)
+    )
+    ids = [r[0] for r in conn.execute(finished)]
+    if not ids:
+        return 0
+    conn.execute(sa.delete(workflow_steps).where(workflow_steps.c.workflow_id.in_(ids)))
+    return int(conn.execute(sa.delete(workflows).where(workflows.c.id.in_(ids))).rowcount or 0)
