@@ -245,12 +245,16 @@ def step_names(steps: Sequence[Step]) -> dict[str, Step]:
     return {step.name: step for step in steps}
 
 
+_FINISHED = [s.value for s in WorkflowState if s is not WorkflowState.RUNNING]
+
+
 def prune_finished_before(conn: Connection, cutoff: dt.datetime, limit: int) -> int:
-    """Delete up to `limit` workflows finished before `cutoff` and their step rows (retention;
-    their jobs go by the jobs' own retention). Returns how many workflows went."""
+    """Delete up to `limit` workflows finished (and last touched: a finished workflow's row is
+    touched by a late step end too) before `cutoff`, and their step rows (retention; their jobs go
+    by the jobs' own retention). Returns how many workflows went."""
     finished = (
         sa.select(workflows.c.id)
-        .where(workflows.c.state != WorkflowState.RUNNING.value, workflows.c.finished_at < cutoff)
+        .where(workflows.c.state.in_(_FINISHED), workflows.c.updated_at < cutoff)  # index (state, updated_at)
         .limit(limit)
     )
     ids = [r[0] for r in conn.execute(finished)]
