@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import exc as sa_exc
+
 from worker.accept.admission import Reservation, admit_jobs
 from worker.accept.commit import Accepted, publish_new
 from worker.accept.dag import MAX_STEPS, StepRequest, check_dag
@@ -24,8 +26,14 @@ from worker.accept.flow import Caller
 from worker.accept.quota import check_tenant_quota
 from worker.accept.validate import new_job
 from worker.clock import utcnow
-from worker.errors import InvalidArgsError, InvalidWorkflowError, MedicError
-from worker.ledger import db, workflows
+from worker.errors import (
+    CommitUnconfirmedError,
+    InvalidArgsError,
+    InvalidWorkflowError,
+    LedgerUnavailableError,
+    MedicError,
+)
+from worker.ledger import db, queries, workflows
 from worker.ledger.records import Job, NewJob
 from worker.ledger.workflows import FailurePolicy, NewStep, NewWorkflow
 from worker.runtime.queues import DeclaredQueues, declared_queues
@@ -67,7 +75,8 @@ def accept_workflow(req: WorkflowRequest, caller: Caller) -> AcceptedWorkflow:
         UnknownJobTypeError, InvalidArgsError, PayloadTooLargeError, UnknownQueueError,
         ForbiddenError: a step's job is wrong (`step` in the details).
         TenantQuotaError, QueueFullError: refused for load (retry later).
-        LedgerUnavailableError: the ledger cannot keep it now.
+        LedgerUnavailableError: the ledger cannot keep it now (nothing written).
+        CommitUnconfirmedError: its COMMIT's answer was lost twice (`workflow_id` in the details).
     """
     new = new_workflow(req, caller)
     roots = [s.job for s in new.steps if not s.after]
@@ -76,8 +85,7 @@ def accept_workflow(req: WorkflowRequest, caller: Caller) -> AcceptedWorkflow:
         check_tenant_quota(caller.tenant, [s.job for s in new.steps])
         reservations = admit_jobs(roots)
     try:
-        with db.begin() as conn:
-            written = workflows.create_workflow(conn, new, actor=caller.actor, now=new.created_at)
+        written = _commit(new, caller.actor)
         root_ids = {r.id for r in roots}
         done = publish_new([Accepted(job, True) for job in written if job.id in root_ids], reservations)
     finally:
@@ -87,6 +95,50 @@ def accept_workflow(req: WorkflowRequest, caller: Caller) -> AcceptedWorkflow:
     log.info("accepted workflow %s: %d steps, %d roots", new.id, len(new.steps), len(roots),
              extra={"workflow_id": str(new.id), "tenant": caller.tenant})  # fmt: skip
     return AcceptedWorkflow(new.id, written, published)
+
+
+def _commit(new: NewWorkflow, actor: str) -> list[Job]:
+    """The one transaction. A COMMIT whose answer is lost is settled by writing it once more
+    (ids are made here): the insert of a workflow id that an unanswered COMMIT did write waits
+    for it and then finds it (read back, as written), one that it did not is written now.
+
+    Raises:
+        LedgerUnavailableError: nothing was written.
+        CommitUnconfirmedError: the settling got no answer either (outcome "unknown": look up
+            `workflow_id` before sending it again).
+    """
+    try:
+        return _write(new, actor)
+    except _UnconfirmedError as lost:
+        log.warning("the ledger did not answer the COMMIT of workflow %s (%s); settling it", new.id, lost.__cause__)
+    try:
+        return _write(new, actor)
+    except sa_exc.IntegrityError:  # the first COMMIT did write it
+        with db.connect() as conn:
+            return [job for s in new.steps if (job := queries.get_job(conn, s.job.id)) is not None]
+    except (_UnconfirmedError, LedgerUnavailableError) as exc:
+        raise CommitUnconfirmedError(
+            "the ledger did not confirm the workflow's commit; look it up before sending it again",
+            outcome="unknown",
+            workflow_id=str(new.id),
+        ) from exc
+
+
+class _UnconfirmedError(Exception):
+    """The COMMIT was sent and its answer lost: the outcome is unknown."""
+
+
+def _write(new: NewWorkflow, actor: str) -> list[Job]:
+    sent = False
+    try:
+        with db.begin() as conn:
+            written = workflows.create_workflow(conn, new, actor=actor, now=new.created_at)
+            sent = True  # what fails from here on is the COMMIT
+    except LedgerUnavailableError as exc:
+        if sent:
+            raise _UnconfirmedError() from exc
+        raise
+    return written
 
 
 def new_workflow(req: WorkflowRequest, caller: Caller) -> NewWorkflow:
