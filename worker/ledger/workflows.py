@@ -230,21 +230,6 @@ def running_oldest_first(conn: Connection, limit: int) -> list[uuid.UUID]:
     return [r[0] for r in conn.execute(stmt)]
 
 
-def list_workflows(
-    conn: Connection, tenant: str, *, limit: int, before: tuple[dt.datetime, uuid.UUID] | None = None
-) -> list[Workflow]:
-    """A tenant's workflows, newest first (index (tenant, created_at, id)); `before`: keyset cursor."""
-    stmt = sa.select(workflows).where(workflows.c.tenant == tenant)
-    if before is not None:
-        stmt = stmt.where(sa.tuple_(workflows.c.created_at, workflows.c.id) < sa.tuple_(*before))
-    stmt = stmt.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(limit)
-    return [Workflow.of(r) for r in conn.execute(stmt)]
-
-
-def step_names(steps: Sequence[Step]) -> dict[str, Step]:
-    return {step.name: step for step in steps}
-
-
 _FINISHED = [s.value for s in WorkflowState if s is not WorkflowState.RUNNING]
 
 
