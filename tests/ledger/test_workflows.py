@@ -137,3 +137,13 @@ def test_repair_follows_a_dead_step_as_its_policy_says(engine: sa.Engine, policy
     expected = "cancelled" if policy is FailurePolicy.FAIL_FAST else "queued"
     assert _states(engine, jobs)["b"] == expected
     assert _states(engine, jobs)["d"] == ("cancelled" if policy is FailurePolicy.FAIL_FAST else "waiting")
+
+
+def test_a_cancelled_root_cancels_the_rest_at_the_repair_and_the_workflow_is_cancelled(engine: sa.Engine) -> None:
+    """A cancel writes no follow-up of its own: the repair sees the cancelled step and acts."""
+    jobs = _create(engine, FailurePolicy.FAIL_FAST)
+    with engine.begin() as conn:
+        assert transitions.cancel(conn, jobs["a"].id, "ledger-tests", actor=ACTOR, now=utcnow()) is not None
+        release.repair(conn, workflow_id=jobs["a"].workflow_id, actor=ACTOR, now=utcnow())  # type: ignore[arg-type]
+    assert _states(engine, jobs) == dict.fromkeys("abcd", "cancelled")
+    assert _workflow_state(engine, jobs["a"]) == "cancelled", "cancelled, none dead: not failed"

@@ -218,7 +218,8 @@ workflow_steps = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("job_id", sa.Uuid, nullable=False, unique=True),
     sa.Column("after", JSONType, nullable=False),  # the names of the steps it waits for
-    # how many of those have not succeeded yet: 0 releases the step (waiting -> queued)
+    # how many of those have not ended yet as its release needs (succeeded; any end under the
+    # `continue` policy): 0 releases the step (waiting -> queued); worker/ledger/release.py
     sa.Column("pending", sa.Integer, nullable=False),
     sa.Column("wants_results", sa.Boolean, nullable=False, server_default=sa.false()),
 )
