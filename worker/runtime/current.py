@@ -75,7 +75,9 @@ def validate(fraction: Any, message: Any) -> dict[str, Any]:
         raise ValueError(f"progress fraction must be from 0 to 1, not {fraction}")
     if message is not None and not isinstance(message, str):
         raise ValueError(f"progress message must be a string, not {type(message).__name__}")
-    return {"fraction": float(fraction), "message": None if message is None else message[:MAX_MESSAGE]}
+    # NUL: PostgreSQL's JSONB refuses it
+    text = None if message is None else message[:MAX_MESSAGE].replace("\x00", "\\x00")
+    return {"fraction": float(fraction), "message": text}
 
 
 def current_job() -> CurrentJob:

@@ -107,7 +107,8 @@ class Heartbeat:
 
     def write_progress(self, held: dict[uuid.UUID, uuid.UUID]) -> None:
         """The latest unsent progress of each held job, in one transaction: at most one write per
-        job per beat, however often the job reported (a failed write is sent with the next)."""
+        job per beat (and one when its body ends), however often the job reported. A write the
+        ledger could not take is sent with the next beat; progress never fails a job."""
         reports = current.take_progress(held)
         if not reports:
             return
@@ -118,6 +119,8 @@ class Heartbeat:
         except LedgerUnavailableError as exc:
             current.unsend(reports)
             log.warning("progress write failed (ledger down?): %s", exc)
+        except Exception:  # a report the ledger refuses is dropped, never fatal to the job
+            log.exception("progress write of %d job(s) failed; dropped", len(reports))
 
     def wake(self) -> None:
         """Beat now (a cancel broadcast arrived): the ledger, not the broadcast, says what to stop."""

@@ -105,6 +105,8 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     try:
         with fencing.running(holding), current.running(job_id, delivery_id):
             outcome = _run(spec, job)
+            # the last report, if the heartbeat has not written it: GET /jobs/{id} ends on it
+            heartbeat.write_progress({job_id: delivery_id})
         fence.body_done(job_id)
         after = record_outcome(job, outcome, actor=f"{worker}:{pid}")
         job_finished(job, outcome.kind, after)  # metrics; never raises
