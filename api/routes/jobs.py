@@ -200,6 +200,7 @@ def get_events(job_id: uuid.UUID, key: ReadKey) -> EventsPublic:
 _CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The job was queued: it is `cancelled` now."},
     202: {
+        "model": JobPublic,
         "description": "The job is running: its cancel is requested (`cancel_requested_at`); its worker learns "
         "it within a heartbeat and it ends `cancelled` (reason `stopped`) within the grace.",
         "content": {

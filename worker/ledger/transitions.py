@@ -135,6 +135,7 @@ def claim(
             "finished_at": None,
             "worker": worker,
             "worker_pid": pid,
+            "progress": None,  # an earlier attempt's report is not this one's
         },
     )
 
