@@ -197,3 +197,33 @@ def test_bulk_cancel_of_running_jobs_asks_them_to_stop(procs: Processes, make_ke
         assert wait_state(client, job["id"], {"cancelled"}, timeout=30)["result"] == "stopped cleanly"
         assert client.get(f"/jobs/{queued['id']}").json()["state"] == "cancelled"
     assert os.path.exists(history)
+
+
+def test_cancel_and_progress_work_on_a_sqlite_ledger(procs: Processes, tmp_path: Path) -> None:
+    """The single-host ledger: a worker and an API on SQLite (broadcast off), `examples.steps`
+    reports progress (seen on `GET /jobs/{id}`), its cancel request is read by the heartbeat, and
+    the job stops between steps, `cancelled`/`stopped`, with what it did as its result."""
+    from worker.ledger import apikeys
+    from worker.ledger.db import make_engine
+    from worker.ledger.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            key = apikeys.create_key(conn, "sqlite-tenant", apikeys.parse_scopes("submit,read"))
+    finally:
+        engine.dispose()
+    queue = f"q-cancel-{uuid.uuid4().hex[:8]}"
+    procs.worker("cancel-sqlite", queues=queue, concurrency=1, MEDIC_DATABASE_URL=url)
+    _, api = procs.api("cancel-sqlite-api", MEDIC_DATABASE_URL=url, MEDIC_CANCEL_BROADCAST="false")
+    with _client(api, key) as client:
+        job = submit(client, "examples.steps", {"steps": 200, "seconds_per_step": 0.1}, queue=queue)
+        seen = wait_for(lambda: (j := client.get(f"/jobs/{job['id']}").json())["progress"] and j, 30, 0.1, "progress")
+        assert seen["state"] == "running" and 0 < seen["progress"]["fraction"] < 1
+        assert client.post(f"/jobs/{job['id']}/cancel").status_code == 202
+        final = wait_state(client, job["id"], {"cancelled"}, timeout=30)
+        reasons = [e["reason"] for e in events(client, job["id"])]
+    assert reasons[-1] == "stopped" and "cancel_requested" in reasons and "progress" in reasons
+    assert 0 < final["result"]["steps"] < 200, final
