@@ -177,21 +177,18 @@ def give_back(
     so the attempt of a fencing token only grows, and the job keeps the attempts it had left.
 
     The one place that decides "retry or give up". Fenced on the delivery and attempt that
-    `job` describes, so a late report of an old delivery changes nothing.
+    `job` describes, so a late report of an old delivery changes nothing. A running job whose
+    cancel was requested is neither: it ends `cancelled`, reason `stopped` (`stop`).
     """
     fence = [jobs.c.delivery_id == job.delivery_id, jobs.c.attempts == job.attempts]
-    if frm is JobState.RUNNING:
-        # a job whose cancel was requested is never retried: it ends `cancelled` (stopped)
+    if frm is JobState.RUNNING:  # a job whose cancel was requested is never retried ...
         fence.append(jobs.c.cancel_requested_at.is_(None))
-        given = _give_back(conn, job, fence, reason=reason, actor=actor, now=now, max_backoff_s=max_backoff_s,
-                           error=error, frm=frm, immediate=immediate, retryable=retryable,
-                           attempt_spent=attempt_spent)  # fmt: skip
-        if given is not None:
-            return given
+    given = _give_back(conn, job, fence, reason=reason, actor=actor, now=now, max_backoff_s=max_backoff_s,
+                       error=error, frm=frm, immediate=immediate, retryable=retryable,
+                       attempt_spent=attempt_spent)  # fmt: skip
+    if given is None and frm is JobState.RUNNING:  # ... it ends `cancelled` (stopped)
         return stop(conn, job, actor=actor, now=now, detail=f"ended ({reason}) after the cancel request", error=error)
-    return _give_back(conn, job, fence, reason=reason, actor=actor, now=now, max_backoff_s=max_backoff_s,
-                      error=error, frm=frm, immediate=immediate, retryable=retryable,
-                      attempt_spent=attempt_spent)  # fmt: skip
+    return given
 
 
 def _give_back(
