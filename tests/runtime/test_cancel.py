@@ -227,3 +227,20 @@ def test_cancel_and_progress_work_on_a_sqlite_ledger(procs: Processes, tmp_path:
         reasons = [e["reason"] for e in events(client, job["id"])]
     assert reasons[-1] == "stopped" and "cancel_requested" in reasons and "progress" in reasons
     assert 0 < final["result"]["steps"] < 200, final
+
+
+def test_in_a_threads_pool_the_job_is_told_and_ends_cancelled_when_it_returns(inproc_worker: str) -> None:
+    """A threads pool kills nothing (the process runs other jobs): the job learns of the request
+    from the heartbeat, `examples.steps` stops between steps, and it ends `cancelled`/`stopped`."""
+    from tests.ledger_view import job as row
+    from worker.accept import enqueue
+    from worker.clock import utcnow
+    from worker.ledger import db, transitions
+
+    job_id = enqueue("examples.steps", {"steps": 100, "seconds_per_step": 0.05}, tenant="t-inproc",
+                     queue=inproc_worker).job.id  # fmt: skip
+    wait_for(lambda: row(job_id).progress, 30, 0.05, "the first progress report")
+    with db.begin() as conn:
+        assert transitions.cancel(conn, job_id, "t-inproc", actor="test", now=utcnow()) is not None
+    final = wait_for(lambda: (r := row(job_id)).state == "cancelled" and r, 30, 0.05, "the job cancelled")
+    assert 0 < final.result["steps"] < 100, final.result
