@@ -133,3 +133,17 @@ def test_wake_runs_the_next_step_now() -> None:
     finally:
         thread.stop()
         assert thread.join(5)
+
+
+def test_a_run_that_left_its_job_cancelled_is_counted_as_cancelled() -> None:
+    """medic_jobs_finished_total: a run whose cancel was requested is `cancelled`, even when the
+    function returned (not a success) or its process was killed (not a lost worker)."""
+    from types import SimpleNamespace
+
+    from worker.runtime.job_metrics import FinishedOutcome, outcome_label
+    from worker.runtime.outcome import OutcomeKind
+
+    stopped = SimpleNamespace(state="cancelled")
+    for kind in (OutcomeKind.SUCCEEDED, OutcomeKind.WORKER_LOST, OutcomeKind.FAILED):
+        assert outcome_label(kind, stopped) == FinishedOutcome.CANCELLED  # type: ignore[arg-type]
+    assert outcome_label(OutcomeKind.SUCCEEDED, SimpleNamespace(state="succeeded")) == FinishedOutcome.SUCCEEDED  # type: ignore[arg-type]
