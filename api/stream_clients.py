@@ -25,12 +25,13 @@ class Update:
     tenant: str
     queue: str
     type: str
+    detail: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Update:
         return cls(
             row.id, row.job_id, row.from_state, row.to_state, row.reason, row.attempt, row.at,
-            row.tenant, row.queue, row.type,
+            row.tenant, row.queue, row.type, row.detail,
         )  # fmt: skip
 
     def message(self, coalesced: int = 0) -> dict[str, Any]:
@@ -46,6 +47,7 @@ class Update:
             "at": self.at.isoformat(),
             "cursor": str(self.id),
             "coalesced": coalesced,
+            "detail": self.detail,  # a progress event's {"fraction", "message"}, as JSON
         }
 
 

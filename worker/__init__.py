@@ -9,19 +9,20 @@
     worker.ledger   tables, the state machine, transitions (writes), queries (reads)
 
 `api` imports this package; nothing here imports `api`. The public surface is
-`from worker import job, enqueue, enqueue_many, JobRequest`.
+`from worker import job, current_job, enqueue, enqueue_many, JobRequest`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from worker.runtime.current import current_job
 from worker.runtime.registry import job
 
 if TYPE_CHECKING:
     from worker.accept import JobRequest, enqueue, enqueue_many
 
-__all__ = ["JobRequest", "enqueue", "enqueue_many", "job"]
+__all__ = ["JobRequest", "current_job", "enqueue", "enqueue_many", "job"]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ import time
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
+from worker.runtime.current import current_job
 from worker.runtime.registry import job
 
 
@@ -45,3 +46,17 @@ def hang() -> None:
             time.sleep(0.1)
         except SoftTimeLimitExceeded:
             continue
+
+
+@job("examples.steps")
+def steps(steps: int, seconds_per_step: float) -> dict[str, int]:
+    """Work in `steps` steps, reporting progress after each; a cancel request ends it between
+    steps (it returns how many steps it did)."""
+    me = current_job()
+    done = 0
+    for done in range(1, steps + 1):
+        time.sleep(seconds_per_step)
+        me.progress(done / steps, f"step {done} of {steps}")
+        if me.cancelled():
+            break
+    return {"steps": done}

@@ -31,6 +31,7 @@ FAST_PROFILE: dict[str, Any] = {
     "presence_ttl_seconds": 1.5,
     "timeout_grace_seconds": 1.0,
     "shutdown_grace_seconds": 3.0,
+    "cancel_grace_seconds": 2.0,
     "default_backoff_seconds": 0.2,
     "finalize_retry_seconds": 20.0,
     "api_key_cache_seconds": 1.0,
@@ -114,6 +115,19 @@ class Settings(BaseSettings):
         "then are killed and handed back at once, at no cost in attempts (the pod's termination grace must be "
         "at least this + 5 s).",
     )
+    cancel_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long a running job whose cancel was requested may go on once its worker learned of it "
+        "(at its next heartbeat, or at once from the broadcast): `current_job().cancelled()` is True meanwhile; "
+        "then a prefork worker kills it and it ends `cancelled` (stopped).",
+    )
+    cancel_broadcast: bool = Field(
+        True,
+        description="Also broadcast each cancel request to the workers, so it is learned at once rather than at "
+        "the next heartbeat (off: the heartbeat alone, as when the broadcast is lost).",
+    )
+    max_bulk_cancel: int = Field(1000, gt=0, description="Most jobs one POST /jobs/cancel acts on.")
     consumer_stall_seconds: float = Field(
         30.0,
         gt=0,

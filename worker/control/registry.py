@@ -71,7 +71,8 @@ def health_and_alerts(now: dt.datetime) -> dict[str, int]:
     return alerts.health_and_alerts(now, loop_periods(get_settings()))
 
 
-REQUEUED_OR_DEAD = MappingProxyType({"requeued": "requeued", "dead": "dead"})
+# `stopped`: a job whose cancel was requested, ended `cancelled` instead of given back
+REQUEUED_OR_DEAD = MappingProxyType({"requeued": "requeued", "dead": "dead", "stopped": "stopped"})
 
 LOOPS: tuple[Loop, ...] = (
     Loop("recover_stuck", recover_stuck, "recover_period_seconds", REQUEUED_OR_DEAD),

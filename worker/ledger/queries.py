@@ -73,6 +73,35 @@ def list_jobs(
     return [Job.of(row) for row in conn.execute(stmt)]
 
 
+CANCELLABLE = ("queued", "running")
+
+
+def cancellable(
+    conn: Connection,
+    tenant: str,
+    *,
+    limit: int,
+    state: str | None = None,
+    type_: str | None = None,
+    queue: str | None = None,
+    schedule_id: uuid.UUID | None = None,
+    workflow_id: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """Ids of a tenant's jobs a bulk cancel acts on, oldest first, at most `limit`: queued ones,
+    and running ones not asked to stop yet (a job asked already is not counted again)."""
+    states = [state] if state else list(CANCELLABLE)
+    stmt = sa.select(jobs.c.id).where(
+        jobs.c.tenant == tenant,
+        jobs.c.state.in_(states),
+        sa.or_(jobs.c.state != "running", jobs.c.cancel_requested_at.is_(None)),
+    )
+    matches = {"type": type_, "queue": queue, "schedule_id": schedule_id, "workflow_id": workflow_id}
+    for column, value in matches.items():
+        if value is not None:
+            stmt = stmt.where(jobs.c[column] == value)
+    return list(conn.scalars(stmt.order_by(jobs.c.created_at, jobs.c.id).limit(limit)))
+
+
 def count_events(conn: Connection, job_ids: Sequence[uuid.UUID], reason: str) -> dict[uuid.UUID, int]:
     """How many events with `reason` each job has (e.g. how often its message was lost)."""
     rows = conn.execute(
@@ -190,6 +219,7 @@ _STREAM_COLUMNS = (
     job_events.c.reason,
     job_events.c.attempt,
     job_events.c.at,
+    job_events.c.detail,
     jobs.c.tenant,
     jobs.c.queue,
     jobs.c.type,
