@@ -146,6 +146,7 @@ def list_jobs(
     state: JobState | None = None,
     type: str | None = None,
     queue: str | None = None,
+    schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule fired.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
     fields: Annotated[
@@ -162,6 +163,7 @@ def list_jobs(
             state=state.value if state else None,
             type_=type,
             queue=queue,
+            schedule_id=schedule_id,
             limit=limit,
             before=before,
             payloads=wanted,
