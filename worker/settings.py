@@ -314,6 +314,11 @@ class Settings(BaseSettings):
         description="Catch-up window of a schedule that sets none: after an outage, due fires older than this are "
         "skipped and counted. A window under 2 periods of fire_schedules is taken as 2 periods.",
     )
+    schedule_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["beat_schedule"],
+        description="Comma-separated modules whose `SCHEDULES` dict (Celery's beat_schedule shape) declares "
+        "schedules in code; a module that is not there is skipped.",
+    )
     schedule_code_tenant: str = Field(
         "default", description="Tenant of the schedules declared in code (`@job(schedule=...)`, beat_schedule.py)."
     )
@@ -403,7 +408,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("job_modules", "queues", mode="before")
+    @field_validator("job_modules", "queues", "schedule_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):
