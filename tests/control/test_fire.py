@@ -30,12 +30,16 @@ pytestmark = pytest.mark.usefixtures("private_ledger")
 T0 = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(autouse=True)
-def _empty() -> None:
+def clear() -> None:
     empty_ledger()
     with db.begin() as conn:
         conn.execute(sa.delete(schedules))
         conn.execute(sa.delete(schedule_events))
+
+
+@pytest.fixture(autouse=True)
+def _empty() -> None:
+    clear()
 
 
 def at(s: float) -> dt.datetime:
@@ -245,3 +249,46 @@ def test_a_celery_crontab_maps_to_its_cron_expression() -> None:
         "nightly", {"task": "examples.echo", "schedule": crontab(minute=30, hour=2), "kwargs": {"message": "x"}}
     )
     assert got.timing == Timing(cron="30 2 * * *") and got.args == {"message": "x"}
+
+
+def test_medic_schedules_list_shows_each_schedule_with_its_next_and_last_fire() -> None:
+    from click.testing import CliRunner
+
+    from worker.ops.cli import main
+
+    s = make(2, name="listed", overlap="allow")
+    make(5, name="elsewhere", tenant="other")
+    fire_schedules(at(2))
+    result = CliRunner().invoke(main, ["schedules", "list", "--tenant", "fire"])
+    assert result.exit_code == 0, result.output
+    header, *rows = [line.split("\t") for line in result.output.strip().splitlines()]
+    assert [dict(zip(header, r, strict=True))["name"] for r in rows] == ["listed"]
+    row = dict(zip(header, rows[0], strict=True))
+    assert row["id"] == str(s.id) and row["timing"] == "every 2s" and row["state"] == "active"
+    assert row["next"] == at(4).isoformat(timespec="seconds") and row["last"] == at(2).isoformat(timespec="seconds")
+    assert row["fired"] == "1"
+    everyone = CliRunner().invoke(main, ["schedules", "list"]).output
+    assert "elsewhere" in everyone and "listed" in everyone
+
+
+def test_dst_with_a_fixed_clock_the_loop_fires_each_local_time_once() -> None:
+    """A daily 02:30 in Berlin, the loop run every 10 minutes of a fixed clock through both
+    changes of 2026: one fire a day, none doubled in October's repeated hour, none lost in
+    March's skipped one (made at 03:00, right after the jump)."""
+    tz_spec = ScheduleSpec(
+        name="dst", type="examples.echo", timing=Timing(cron="30 2 * * *", timezone="Europe/Berlin"),
+        args={"message": "dst"}, queue=f"q-{uuid.uuid4().hex[:6]}", overlap="allow",
+    )  # fmt: skip
+    for start, expected in (
+        (dt.datetime(2026, 10, 24, 12, tzinfo=dt.UTC), [(10, 25, 0, 30), (10, 26, 1, 30)]),
+        (dt.datetime(2026, 3, 28, 12, tzinfo=dt.UTC), [(3, 29, 1, 0), (3, 30, 0, 30)]),
+    ):
+        clear()
+        with db.begin() as conn:
+            s = ledger.create(
+                conn, new_values(tz_spec, tenant="fire", origin="api", now=start), actor="test", now=start
+            )
+        assert s is not None
+        for step in range(2 * 24 * 6):
+            fire_schedules(start + dt.timedelta(minutes=10 * step))
+        assert fires(s) == [dt.datetime(2026, m, d, h, mi, tzinfo=dt.UTC) for m, d, h, mi in expected]
