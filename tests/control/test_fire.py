@@ -292,3 +292,23 @@ def test_dst_with_a_fixed_clock_the_loop_fires_each_local_time_once() -> None:
         for step in range(2 * 24 * 6):
             fire_schedules(start + dt.timedelta(minutes=10 * step))
         assert fires(s) == [dt.datetime(2026, m, d, h, mi, tzinfo=dt.UTC) for m, d, h, mi in expected]
+
+
+def test_a_fire_later_than_the_slack_raises_schedule_missed_and_resolves_once_made() -> None:
+    """The health loop measures how late each schedule's next fire is; MedicScheduleMissed (its
+    `for` is 0) fires past MEDIC_SCHEDULE_MISSED_SLACK_SECONDS, ignores paused schedules, and
+    resolves once fire_schedules has made the fire."""
+    from worker.control import alerts
+
+    slack = get_settings().schedule_missed_slack_seconds
+    s = make(2, overlap="allow", name="late-one")
+    make(2, overlap="allow", name="paused-one", paused=True)
+
+    def missed(now: dt.datetime) -> list[dict[str, Any]]:
+        alerts.health_and_alerts(now, {})
+        return [dict(a["labels"]) for a in alerts.active() if a["name"] == "MedicScheduleMissed" and a["firing"]]
+
+    assert missed(at(2 + slack)) == [], "exactly the slack late: not yet"
+    assert missed(at(2 + slack + 1)) == [{"tenant": "fire", "schedule": "late-one"}]
+    fire_schedules(at(2 + slack + 1))
+    assert missed(at(2 + slack + 1.5)) == [], "the fires were made: resolved"

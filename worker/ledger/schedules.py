@@ -103,15 +103,16 @@ def due(conn: Connection, now: dt.datetime, *, limit: int) -> list[Schedule]:
     return [Schedule(**row._mapping) for row in conn.execute(stmt)]
 
 
-def oldest_due(conn: Connection) -> Schedule | None:
-    """The schedule (not paused) that has waited longest for its next fire: the missed-fire alert's input."""
+def late(conn: Connection, before: dt.datetime, *, limit: int) -> list[Schedule]:
+    """Schedules (not paused) whose next fire is older than `before`, the latest first: the
+    missed-fire alert's input (one range of the (paused, next_fire_at) index)."""
     stmt = (
         sa.select(schedules)
-        .where(schedules.c.paused == sa.false(), schedules.c.next_fire_at.is_not(None))
+        .where(schedules.c.paused == sa.false(), schedules.c.next_fire_at < before)
         .order_by(schedules.c.next_fire_at)
-        .limit(1)
+        .limit(limit)
     )
-    return Schedule.maybe(conn.execute(stmt).first())
+    return [Schedule(**row._mapping) for row in conn.execute(stmt)]
 
 
 def update(
