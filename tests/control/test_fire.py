@@ -246,9 +246,15 @@ def test_a_celery_crontab_maps_to_its_cron_expression() -> None:
     from celery.schedules import crontab
 
     got = declared.from_beat_entry(
-        "nightly", {"task": "examples.echo", "schedule": crontab(minute=30, hour=2), "kwargs": {"message": "x"}}
+        "nightly",
+        {
+            "task": "examples.echo",
+            "schedule": crontab(minute=30, hour=2),
+            "kwargs": {"message": "x"},
+            "timezone": "Europe/Berlin",
+        },
     )
-    assert got.timing == Timing(cron="30 2 * * *") and got.args == {"message": "x"}
+    assert got.timing == Timing(cron="30 2 * * *", timezone="Europe/Berlin") and got.args == {"message": "x"}
 
 
 def test_medic_schedules_list_shows_each_schedule_with_its_next_and_last_fire() -> None:

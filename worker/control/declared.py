@@ -53,8 +53,8 @@ def timing(value: Any, timezone: str = "UTC") -> Timing:
         return Timing(cron=value, timezone=timezone)
     fields = ("_orig_minute", "_orig_hour", "_orig_day_of_month", "_orig_month_of_year", "_orig_day_of_week")
     if all(hasattr(value, f) for f in fields):  # celery.schedules.crontab, without importing it
-        zone = getattr(getattr(value, "tz", None), "key", None) or timezone
-        return Timing(cron=" ".join(str(getattr(value, f)) for f in fields), timezone=zone)
+        # the entry's `timezone`, not the crontab's (that is the Celery app's, UTC here)
+        return Timing(cron=" ".join(str(getattr(value, f)) for f in fields), timezone=timezone)
     raise InvalidArgsError(f"not a schedule: {value!r} (seconds, a timedelta, a cron string or a crontab)")
 
 
