@@ -307,7 +307,7 @@ def test_a_fire_later_than_the_slack_raises_schedule_missed_and_resolves_once_ma
     from worker.control import alerts
 
     slack = get_settings().schedule_missed_slack_seconds
-    s = make(2, overlap="allow", name="late-one")
+    make(2, overlap="allow", name="late-one")
     make(2, overlap="allow", name="paused-one", paused=True)
 
     def missed(now: dt.datetime) -> list[dict[str, Any]]:
@@ -318,3 +318,43 @@ def test_a_fire_later_than_the_slack_raises_schedule_missed_and_resolves_once_ma
     assert missed(at(2 + slack + 1)) == [{"tenant": "fire", "schedule": "late-one"}]
     fire_schedules(at(2 + slack + 1))
     assert missed(at(2 + slack + 1.5)) == [], "the fires were made: resolved"
+
+
+def test_declared_reads_job_schedules_and_the_schedule_modules(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """`@job(schedule=...)` and a module's SCHEDULES dict (as beat_schedule.py holds) are both read."""
+    import sys
+
+    from worker.runtime.registry import job
+
+    @job("tests.scheduled_echo", schedule={"every_seconds": 30, "args": {"message": "m"}, "overlap": "allow"})
+    def scheduled_echo(message: str) -> str:
+        return message
+
+    (tmp_path / "my_beat_schedule.py").write_text(
+        'SCHEDULES = {"from-beat": {"task": "examples.echo", "schedule": "*/5 * * * *", "kwargs": {"message": "b"}}}\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_beat_schedule", raising=False)
+    s = get_settings().model_copy(update={"schedule_modules": ["my_beat_schedule", "no_such_module_here"]})
+    found = {spec.name: spec for spec in declared.declared(s)}
+    assert found["tests.scheduled_echo"] == ScheduleSpec(
+        name="tests.scheduled_echo", type="tests.scheduled_echo", timing=Timing(every_seconds=30),
+        args={"message": "m"}, overlap="allow",
+    )  # fmt: skip
+    assert found["from-beat"].timing == Timing(cron="*/5 * * * *") and found["from-beat"].args == {"message": "b"}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"task": "examples.echo", "schedule": 5, "args": [1]},
+        {"task": "examples.echo", "schedule": 5, "options": {"priority": 3}},
+        {"task": "examples.echo", "schedule": object()},
+        {"task": "examples.echo", "schedule": 5, "surprise": 1},
+    ],
+)
+def test_a_beat_entry_medic_cannot_keep_is_refused(entry: dict[str, Any]) -> None:
+    from worker.errors import InvalidArgsError
+
+    with pytest.raises(InvalidArgsError):
+        declared.from_beat_entry("x", entry)
