@@ -103,24 +103,26 @@ def test_each_due_time_is_one_published_job_however_often_the_loop_runs() -> Non
     assert actions(s) == ["created", "fired", "fired"]
 
 
-def test_racing_runs_fire_each_time_once() -> None:
+def test_racing_runs_fire_and_count_each_time_once() -> None:
     """Eight threads run the loop at the same `now` together: the compare-and-set on next_fire_at
-    lets one of them fire, the others find it moved (raced)."""
-    s = make(1, overlap="allow")
+    lets one of them act; the others find it moved (raced), so the times skipped as older than
+    the catch-up window are counted once too."""
+    s = make(1, overlap="allow", catch_up_seconds=5)
     barrier = threading.Barrier(8)
     results: list[dict[str, int]] = []
 
     def run() -> None:
         barrier.wait()
-        results.append(fire_schedules(at(10)))
+        results.append(fire_schedules(at(20)))
 
     threads = [threading.Thread(target=run) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert fires(s) == [at(i) for i in range(1, 11)]
-    assert sum(r["fired"] for r in results) == 10
+    assert fires(s) == [at(i) for i in range(15, 21)]
+    assert reread(s).skipped == 14 and reread(s).fired == 6
+    assert sum(r["fired"] for r in results) == 6 and sum(r["raced"] for r in results) == 7
 
 
 def test_the_unique_fire_stops_a_second_insert_of_the_same_time() -> None:
