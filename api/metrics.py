@@ -114,7 +114,7 @@ class SnapshotCollector(Collector):
         yield _gauge("medic_postgres_max_connections", "PostgreSQL max_connections", pg.get("max_connections"))
         yield _gauge("medic_workers_live", "Worker processes with a fresh heartbeat", snap.get("workers_live"))
         late = GaugeMetricFamily(
-            "medic_schedule_late_seconds", "How late a schedule's next fire is, when past the slack",
+            "medic_schedule_late_seconds", "How late a schedule's next fire is, past its time",
             labels=["tenant", "schedule"],
         )  # fmt: skip
         for entry in snap.get("schedules_late", []):
