@@ -360,3 +360,22 @@ def test_a_beat_entry_medic_cannot_keep_is_refused(entry: dict[str, Any]) -> Non
 
     with pytest.raises(InvalidArgsError):
         declared.from_beat_entry("x", entry)
+
+
+def test_fires_committed_before_a_failing_schedule_are_still_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.control import fire
+    from worker.errors import LedgerUnavailableError
+
+    first = make(2, overlap="allow", created=T0)
+    second = make(2, overlap="allow", created=T0 + dt.timedelta(seconds=1))  # due later: handled second
+    real = fire._fire_one
+
+    def failing_second(conn: Any, schedule: Schedule, *args: Any) -> None:
+        if schedule.id == second.id:
+            raise LedgerUnavailableError("the ledger went away")
+        real(conn, schedule, *args)
+
+    monkeypatch.setattr(fire, "_fire_one", failing_second)
+    with pytest.raises(LedgerUnavailableError):
+        fire_schedules(at(3))
+    assert fires(first) == [at(2)] and inspect.depth(first.queue or "") == 1, "committed, then published"

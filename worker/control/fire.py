@@ -58,11 +58,13 @@ def fire_schedules(now: dt.datetime) -> dict[str, int]:
     with db.connect() as conn:
         due = ledger.due(conn, now, limit=s.schedule_fire_batch)
     run = _Run()
-    for schedule in due:
-        with db.begin() as conn:
-            _fire_one(conn, schedule, now, s, run)
-    publish_new([Accepted(job, True) for job in run.made])
-    revoke_deliveries(run.revoke, signal="SIGTERM")
+    try:
+        for schedule in due:
+            with db.begin() as conn:
+                _fire_one(conn, schedule, now, s, run)
+    finally:  # what was committed is published even when a later schedule's transaction fails
+        publish_new([Accepted(job, True) for job in run.made])
+        revoke_deliveries(run.revoke, signal="SIGTERM")
     return {"fired": len(run.made), "skipped": run.skipped, "raced": run.raced}
 
 
