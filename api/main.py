@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from api import errors, metrics, slow, swagger
 from api.limits import AuthBeforeBody, BodySizeLimit, InflightLimit, NulInQueryRefusal
-from api.routes import alerts, health, jobs, queues, stream
+from api.routes import alerts, health, jobs, queues, schedules, stream
 from api.schemas import ErrorPublic
 from worker import logs
 from worker.broker.redis_client import eviction_risk
@@ -57,6 +57,7 @@ def create_app() -> FastAPI:
     app.include_router(stream.router)  # before jobs: /jobs/stream must not match /jobs/{id}
     app.include_router(jobs.router)
     app.include_router(queues.router)
+    app.include_router(schedules.router)
     app.include_router(health.router)
     app.include_router(alerts.router)
 

@@ -44,6 +44,8 @@ FAST_PROFILE: dict[str, Any] = {
     "autoscale_period_seconds": 2.0,
     "scale_down_cooldown_seconds": 5.0,
     "health_period_seconds": 1.0,
+    "schedule_period_seconds": 0.5,
+    "schedule_missed_slack_seconds": 3.0,
     "alert_for_seconds": 3.0,
     "alert_repeat_seconds": 60.0,
     "consumer_stall_seconds": 3.0,
@@ -312,6 +314,31 @@ class Settings(BaseSettings):
         "liveness probe (`medic health --live`); empty: `medic-alive` in the temp directory.",
     )
     health_period_seconds: float = Field(15.0, gt=0, description="Period of health_and_alerts.")
+    schedule_period_seconds: float = Field(
+        1.0, gt=0, description="Period of fire_schedules: how late past its time a schedule's fire may be made."
+    )
+    schedule_fire_batch: int = Field(
+        100,
+        ge=1,
+        description="Schedules fire_schedules handles per run, and fire times per schedule (the rest next run).",
+    )
+    schedule_catch_up_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Catch-up window of a schedule that sets none: after an outage, due fires older than this are "
+        "skipped and counted. A window under 2 periods of fire_schedules is taken as 2 periods.",
+    )
+    schedule_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["beat_schedule"],
+        description="Comma-separated modules whose `SCHEDULES` dict (Celery's beat_schedule shape) declares "
+        "schedules in code; a module that is not there is skipped.",
+    )
+    schedule_code_tenant: str = Field(
+        "default", description="Tenant of the schedules declared in code (`@job(schedule=...)`, beat_schedule.py)."
+    )
+    schedule_missed_slack_seconds: float = Field(
+        30.0, gt=0, description="MedicScheduleMissed: a due fire later than its period plus this slack."
+    )
     alert_for_seconds: float = Field(
         60.0, ge=0, description="How long a condition must hold before its alert fires (every rule but shedding)."
     )
@@ -395,7 +422,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("job_modules", "queues", mode="before")
+    @field_validator("job_modules", "queues", "schedule_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -148,6 +148,7 @@ def list_jobs(
     state: JobState | None = None,
     type: str | None = None,
     queue: str | None = None,
+    schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule fired.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
     fields: Annotated[
@@ -164,6 +165,7 @@ def list_jobs(
             state=state.value if state else None,
             type_=type,
             queue=queue,
+            schedule_id=schedule_id,
             limit=limit,
             before=before,
             payloads=wanted,
@@ -230,8 +232,7 @@ def cancel_job(job_id: uuid.UUID, key: SubmitKey, response: Response) -> JobPubl
 
 def _announce(rows: list[Job]) -> None:
     """The fast path: wake the workers of these running jobs (the ledger already holds the request)."""
-    if rows and get_settings().cancel_broadcast:
-        announce_cancel([r.delivery_id for r in rows])
+    announce_cancel([r.delivery_id for r in rows])
 
 
 @router.post("/cancel", response_model=BulkCancelPublic)

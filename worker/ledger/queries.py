@@ -48,6 +48,7 @@ def list_jobs(
     state: str | None = None,
     type_: str | None = None,
     queue: str | None = None,
+    schedule_id: uuid.UUID | None = None,
     limit: int = 50,
     before: tuple[dt.datetime, uuid.UUID] | None = None,
     payloads: Collection[str] = ("args", "result"),
@@ -64,6 +65,8 @@ def list_jobs(
         stmt = stmt.where(jobs.c.type == type_)
     if queue:
         stmt = stmt.where(jobs.c.queue == queue)
+    if schedule_id is not None:
+        stmt = stmt.where(jobs.c.schedule_id == schedule_id)
     if before is not None:
         cursor = sa.tuple_(
             sa.literal(before[0], type_=jobs.c.created_at.type), sa.literal(before[1], type_=jobs.c.id.type)

@@ -59,6 +59,19 @@ def create_job_once(conn: Connection, new: NewJob, *, actor: str, now: dt.dateti
     return inserted
 
 
+def create_fire(
+    conn: Connection, new: NewJob, schedule_id: uuid.UUID, scheduled_for: dt.datetime, *, actor: str, now: dt.datetime
+) -> Job | None:
+    """Insert a schedule's fire for `scheduled_for` unless that fire exists; None if it did.
+    The unique (schedule_id, scheduled_for) makes racing loops and beats fire each time once."""
+    values = dict(new.row(), state=JobState.QUEUED.value, schedule_id=schedule_id, scheduled_for=scheduled_for)
+    stmt = dialect.of(conn).insert_on_conflict(jobs, values, ["schedule_id", "scheduled_for"]).returning(*jobs.c)
+    inserted = Job.maybe(conn.execute(stmt).first())
+    if inserted is not None:
+        conn.execute(*events.created(actor, now).insert_for([inserted]))
+    return inserted
+
+
 def transition(
     conn: Connection,
     job_id: uuid.UUID,
