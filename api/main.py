@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from api import errors, metrics, slow, swagger
 from api.limits import AuthBeforeBody, BodySizeLimit, InflightLimit, NulInQueryRefusal
-from api.routes import alerts, health, jobs, queues, stream, workflows
+from api.routes import alerts, health, jobs, queues, schedules, stream, workflows
 from api.schemas import ErrorPublic
 from worker import logs
 from worker.broker.redis_client import eviction_risk
@@ -27,7 +27,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         400: "The body could not be read (not UTF-8 JSON).",
         401: "No API key, or one that is unknown or revoked.",
         403: "The key lacks the scope (or the queue) this needs.",
-        404: "No such job or workflow for this tenant, or no such route.",
+        404: "No such job, workflow or schedule for this tenant, or no such route.",
         405: "The route does not take this method.",
         409: "The job is not in a state that allows this, or the idempotency key was used for another job.",
         413: "The request body or the job's args are over the limit.",
@@ -58,6 +58,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(workflows.router)
     app.include_router(queues.router)
+    app.include_router(schedules.router)
     app.include_router(health.router)
     app.include_router(alerts.router)
 

@@ -113,6 +113,13 @@ class SnapshotCollector(Collector):
         yield _gauge("medic_postgres_connections", "Connections PostgreSQL serves", pg.get("connections"))
         yield _gauge("medic_postgres_max_connections", "PostgreSQL max_connections", pg.get("max_connections"))
         yield _gauge("medic_workers_live", "Worker processes with a fresh heartbeat", snap.get("workers_live"))
+        late = GaugeMetricFamily(
+            "medic_schedule_late_seconds", "How late a schedule's next fire is, past its time",
+            labels=["tenant", "schedule"],
+        )  # fmt: skip
+        for entry in snap.get("schedules_late", []):
+            late.add_metric([entry["tenant"], entry["schedule"]], entry["late_seconds"])
+        yield late
         firing = GaugeMetricFamily("medic_alerts_firing", "Alert instances firing now", labels=["alert", "severity"])
         for key, n in snap.get("alerts_firing", {}).items():
             firing.add_metric(key.split("|", 1), n)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL refuses NUL in text: a 422 here, not a 500 at the insert
 
@@ -135,3 +135,51 @@ class EventPublic(BaseModel):
 class EventsPublic(BaseModel):
     job_id: uuid.UUID
     events: list[EventPublic]
+
+
+class CancelFilter(BaseModel):
+    """Which of the caller's jobs `POST /jobs/cancel` cancels: every field given must match, and
+    at least one is given (an empty filter would cancel everything)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"type": "examples.sleep", "state": "queued"}, {"queue": "reports"}]},
+    )
+
+    state: Literal["queued", "running"] | None = Field(
+        None, description="Only queued (cancelled at once) or only running (asked to stop) jobs; both if absent."
+    )
+    type: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    schedule_id: uuid.UUID | None = Field(None, description="Jobs fired by this schedule.")
+    workflow_id: uuid.UUID | None = Field(None, description="Steps of this workflow that are queued or running.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> CancelFilter:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("give at least one of state, type, queue, schedule_id, workflow_id")
+        return self
+
+
+class BulkCancelPublic(BaseModel):
+    """What one bulk cancel did; each job it touched has its own event (actor: the API key)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "cancelled": 2,
+                    "requested": 1,
+                    "job_ids": ["6f0c1a0e-8f1b-4c4e-9a57-0d2b1d3c9e11"],
+                    "more": False,
+                    "limit": 1000,
+                }
+            ]
+        }
+    )
+
+    cancelled: int = Field(description="Queued jobs cancelled at once.")
+    requested: int = Field(description="Running jobs asked to stop (each ends `cancelled` within the grace).")
+    job_ids: list[uuid.UUID] = Field(description="Every job this call cancelled or asked to stop.")
+    more: bool = Field(description="More jobs match than one call acts on: call again.")
+    limit: int = Field(description="The most jobs one call acts on (MEDIC_MAX_BULK_CANCEL).")

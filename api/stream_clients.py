@@ -25,6 +25,7 @@ class Update:
     tenant: str
     queue: str
     type: str
+    detail: str | None = None
     workflow_id: uuid.UUID | None = None  # a workflow's step: its workflow and step name
     step: str | None = None
 
@@ -32,7 +33,7 @@ class Update:
     def from_row(cls, row: Any) -> Update:
         return cls(
             row.id, row.job_id, row.from_state, row.to_state, row.reason, row.attempt, row.at,
-            row.tenant, row.queue, row.type, row.workflow_id, row.step,
+            row.tenant, row.queue, row.type, row.detail, row.workflow_id, row.step,
         )  # fmt: skip
 
     def message(self, coalesced: int = 0) -> dict[str, Any]:
@@ -48,6 +49,7 @@ class Update:
             "at": self.at.isoformat(),
             "cursor": str(self.id),
             "coalesced": coalesced,
+            "detail": self.detail,  # a progress event's {"fraction", "message"}, as JSON
         }
         if self.workflow_id is not None:  # only on a workflow's steps: a plain job's message is unchanged
             message.update(workflow_id=str(self.workflow_id), step=self.step)

@@ -69,7 +69,7 @@ def executions_by_delivery(job_id: uuid.UUID) -> list[Execution]:
             current = str(e.delivery_id)
             assert current not in spans, f"job {job_id}: delivery {current} claimed twice"
             spans[current] = [e.at.timestamp(), now]
-        elif e.from_state == "running" and current is not None:
+        elif e.from_state == "running" and e.to_state != "running" and current is not None:
             spans[current][1] = e.at.timestamp()
             current = None
     seen: set[str] = set()

@@ -9,7 +9,7 @@
     worker.ledger   tables, the state machine, transitions (writes), queries (reads)
 
 `api` imports this package; nothing here imports `api`. The public surface is
-`from worker import job, enqueue, enqueue_many, JobRequest`, and for workflows
+`from worker import job, current_job, enqueue, enqueue_many, JobRequest`, and for workflows
 `chain, group, chord, sig, si, enqueue_workflow, StepRequest` (docs/workflows.md).
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from worker.runtime.current import current_job
 from worker.runtime.registry import job
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "StepRequest",
     "chain",
     "chord",
+    "current_job",
     "enqueue",
     "enqueue_many",
     "enqueue_workflow",

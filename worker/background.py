@@ -38,6 +38,7 @@ class BackgroundThread:
         self._step = step
         self._log = logger or log
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set by stop() and wake(): the wait between steps ends
         self._failing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -48,6 +49,7 @@ class BackgroundThread:
     def stop(self) -> None:
         """Ask the loop to end: a wait in progress ends at once, a step in progress finishes."""
         self._stopping.set()
+        self._wake.set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end; True when it has."""
@@ -59,8 +61,13 @@ class BackgroundThread:
         return self._stopping.is_set()
 
     def pause(self, seconds: float) -> bool:
-        """Wait `seconds` unless stopped first; True when stopped (a step's own back-off uses it)."""
-        return self._stopping.wait(seconds)
+        """Wait `seconds` unless stopped or woken first; True when stopped (a step's own back-off
+        uses it)."""
+        if self._wake.wait(seconds):
+            self._wake.clear()
+            if self._stopping.is_set():
+                self._wake.set()  # every later pause ends at once too
+        return self._stopping.is_set()
 
     def run_once(self) -> None:
         """One step under the error policy (the loop's body)."""
@@ -76,6 +83,11 @@ class BackgroundThread:
         if self._failing:
             self._failing = False
             self._log.info("%s recovered", self.name)
+
+    def wake(self) -> None:
+        """Run the next step now instead of at the end of the period (safe from a signal handler:
+        it only sets an event)."""
+        self._wake.set()
 
     def _run(self) -> None:
         if self.first_after_s > 0 and self.pause(self.first_after_s):

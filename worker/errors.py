@@ -73,6 +73,16 @@ class IdempotencyConflictError(PermanentError):
     code = "idempotency_conflict"
 
 
+class ScheduleNotFoundError(PermanentError):
+    code = "schedule_not_found"
+
+
+class ScheduleConflictError(PermanentError):
+    """The tenant has a schedule of that name, or the schedule changed while this change was made."""
+
+    code = "schedule_conflict"
+
+
 class DuplicateJobNameError(PermanentError):
     code = "duplicate_job_name"
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
+from worker.runtime.current import current_job
 from worker.runtime.registry import job
 
 
@@ -52,3 +53,17 @@ def hang() -> None:
 def merge(results: dict[str, Any]) -> dict[str, Any]:
     """A workflow's fan-in (docs/workflows.md): the results of the steps it waited for, by name."""
     return {"merged": {name: results[name] for name in sorted(results)}}
+
+
+@job("examples.steps")
+def steps(steps: int, seconds_per_step: float) -> dict[str, int]:
+    """Work in `steps` steps, reporting progress after each; a cancel request ends it between
+    steps (it returns how many steps it did)."""
+    me = current_job()
+    done = 0
+    for done in range(1, steps + 1):
+        time.sleep(seconds_per_step)
+        me.progress(done / steps, f"step {done} of {steps}")
+        if me.cancelled():
+            break
+    return {"steps": done}

@@ -31,6 +31,7 @@ FAST_PROFILE: dict[str, Any] = {
     "presence_ttl_seconds": 1.5,
     "timeout_grace_seconds": 1.0,
     "shutdown_grace_seconds": 3.0,
+    "cancel_grace_seconds": 2.0,
     "default_backoff_seconds": 0.2,
     "finalize_retry_seconds": 20.0,
     "api_key_cache_seconds": 1.0,
@@ -44,6 +45,8 @@ FAST_PROFILE: dict[str, Any] = {
     "autoscale_period_seconds": 2.0,
     "scale_down_cooldown_seconds": 5.0,
     "health_period_seconds": 1.0,
+    "schedule_period_seconds": 0.5,
+    "schedule_missed_slack_seconds": 3.0,
     "alert_for_seconds": 3.0,
     "alert_repeat_seconds": 60.0,
     "consumer_stall_seconds": 3.0,
@@ -115,6 +118,19 @@ class Settings(BaseSettings):
         "then are killed and handed back at once, at no cost in attempts (the pod's termination grace must be "
         "at least this + 5 s).",
     )
+    cancel_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long a running job whose cancel was requested may go on once its worker learned of it "
+        "(at its next heartbeat, or at once from the broadcast): `current_job().cancelled()` is True meanwhile; "
+        "then a prefork worker kills it and it ends `cancelled` (stopped).",
+    )
+    cancel_broadcast: bool = Field(
+        True,
+        description="Also broadcast each cancel request to the workers, so it is learned at once rather than at "
+        "the next heartbeat (off: the heartbeat alone, as when the broadcast is lost).",
+    )
+    max_bulk_cancel: int = Field(1000, gt=0, description="Most jobs one POST /jobs/cancel acts on.")
     consumer_stall_seconds: float = Field(
         30.0,
         gt=0,
@@ -302,6 +318,31 @@ class Settings(BaseSettings):
         "liveness probe (`medic health --live`); empty: `medic-alive` in the temp directory.",
     )
     health_period_seconds: float = Field(15.0, gt=0, description="Period of health_and_alerts.")
+    schedule_period_seconds: float = Field(
+        1.0, gt=0, description="Period of fire_schedules: how late past its time a schedule's fire may be made."
+    )
+    schedule_fire_batch: int = Field(
+        100,
+        ge=1,
+        description="Schedules fire_schedules handles per run, and fire times per schedule (the rest next run).",
+    )
+    schedule_catch_up_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Catch-up window of a schedule that sets none: after an outage, due fires older than this are "
+        "skipped and counted. A window under 2 periods of fire_schedules is taken as 2 periods.",
+    )
+    schedule_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["beat_schedule"],
+        description="Comma-separated modules whose `SCHEDULES` dict (Celery's beat_schedule shape) declares "
+        "schedules in code; a module that is not there is skipped.",
+    )
+    schedule_code_tenant: str = Field(
+        "default", description="Tenant of the schedules declared in code (`@job(schedule=...)`, beat_schedule.py)."
+    )
+    schedule_missed_slack_seconds: float = Field(
+        30.0, gt=0, description="MedicScheduleMissed: a due fire later than its period plus this slack."
+    )
     alert_for_seconds: float = Field(
         60.0, ge=0, description="How long a condition must hold before its alert fires (every rule but shedding)."
     )
@@ -385,7 +426,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("job_modules", "queues", mode="before")
+    @field_validator("job_modules", "queues", "schedule_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -6,7 +6,7 @@ import base64
 import datetime as dt
 import logging
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
@@ -17,6 +17,8 @@ from api.schemas import (
     BatchCreate,
     BatchItem,
     BatchPublic,
+    BulkCancelPublic,
+    CancelFilter,
     EventPublic,
     EventsPublic,
     JobCreate,
@@ -26,7 +28,7 @@ from api.schemas import (
 )
 from worker import logs
 from worker.accept import Accepted, Caller, JobRequest, accept
-from worker.broker.publish import commit_then_publish, revoke_deliveries
+from worker.broker.publish import announce_cancel, commit_then_publish
 from worker.clock import utcnow
 from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
 from worker.ledger import db, queries, transitions
@@ -147,6 +149,7 @@ def list_jobs(
     type: str | None = None,
     queue: str | None = None,
     workflow_id: Annotated[uuid.UUID | None, Query(description="Only the steps of this workflow.")] = None,
+    schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule fired.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
     fields: Annotated[
@@ -163,6 +166,7 @@ def list_jobs(
             state=state.value if state else None,
             type_=type,
             queue=queue,
+            schedule_id=schedule_id,
             limit=limit,
             before=before,
             payloads=wanted,
@@ -197,9 +201,24 @@ def get_events(job_id: uuid.UUID, key: ReadKey) -> EventsPublic:
     return EventsPublic(job_id=job_id, events=[EventPublic.model_validate(e._asdict()) for e in events])
 
 
-@router.post("/{job_id:uuid}/cancel", response_model=JobPublic)
-def cancel_job(job_id: uuid.UUID, key: SubmitKey) -> JobPublic:
-    """Cancel a queued or running job; a running one is also terminated on its worker."""
+_CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The job was queued: it is `cancelled` now."},
+    202: {
+        "model": JobPublic,
+        "description": "The job is running: its cancel is requested (`cancel_requested_at`); its worker learns "
+        "it within a heartbeat and it ends `cancelled` (reason `stopped`) within the grace.",
+        "content": {
+            "application/json": {"example": {"state": "running", "cancel_requested_at": "2026-12-05T12:00:00Z"}}
+        },
+    },
+    409: {"description": "The job is finished (or waiting in a workflow): nothing to cancel."},
+}
+
+
+@router.post("/{job_id:uuid}/cancel", response_model=JobPublic, responses=_CANCEL_RESPONSES)
+def cancel_job(job_id: uuid.UUID, key: SubmitKey, response: Response) -> JobPublic:
+    """Cancel a queued job at once (200); ask a running one to stop (202): a durable request its
+    worker reads from the ledger at each heartbeat, whether or not the broadcast reaches it."""
     with db.begin() as conn:
         done = transitions.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
     if done is None:
@@ -207,10 +226,48 @@ def cancel_job(job_id: uuid.UUID, key: SubmitKey) -> JobPublic:
         raise InvalidTransitionError(f"a {row.state} job cannot be cancelled", state=row.state)
     left, row = done
     if left == JobState.RUNNING:
-        # SIGTERM lets the job clean up; if it finishes anyway, the fence discards its result.
-        revoke_deliveries([row.delivery_id], signal="SIGTERM")
-    _log_job(f"cancelled ({left})", row)
+        response.status_code = 202
+        _announce([row])
+    _log_job("cancelled" if left == JobState.QUEUED else "cancel requested of", row)
     return JobPublic.of(row)
+
+
+def _announce(rows: list[Job]) -> None:
+    """The fast path: wake the workers of these running jobs (the ledger already holds the request)."""
+    announce_cancel([r.delivery_id for r in rows])
+
+
+@router.post("/cancel", response_model=BulkCancelPublic)
+def cancel_jobs(body: CancelFilter, key: SubmitKey) -> BulkCancelPublic:
+    """Cancel every job of the caller that matches the filter (queued: at once; running: asked to
+    stop), at most MEDIC_MAX_BULK_CANCEL per call, oldest first, in one transaction; `more` says
+    whether others match (call again). Each job gets its own event, its actor the API key."""
+    limit = get_settings().max_bulk_cancel
+    asked: list[Job] = []
+    cancelled: list[uuid.UUID] = []
+    with db.begin() as conn:
+        ids = queries.cancellable(
+            conn, key.tenant, limit=limit + 1, state=body.state, type_=body.type, queue=body.queue,
+            schedule_id=body.schedule_id, workflow_id=body.workflow_id,
+        )  # fmt: skip
+        now = utcnow()
+        for job_id in ids[:limit]:
+            done = transitions.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=now)
+            if done is None:  # it finished meanwhile
+                continue
+            if done[0] == JobState.RUNNING:
+                asked.append(done[1])
+            else:
+                cancelled.append(done[1].id)
+    _announce(asked)
+    log.info("bulk cancel by %s: %d cancelled, %d asked to stop", key.id, len(cancelled), len(asked))
+    return BulkCancelPublic(
+        cancelled=len(cancelled),
+        requested=len(asked),
+        job_ids=[*cancelled, *(r.id for r in asked)],
+        more=len(ids) > limit,
+        limit=limit,
+    )
 
 
 @router.post("/{job_id:uuid}/retry", response_model=JobPublic, status_code=202)

@@ -171,6 +171,7 @@ ALLOWED: list[Allowed] = [
     Allowed("api.md", "`MEDIC_WS_POLL_SECONDS`, 0.15 s", "a setting's default"),
     Allowed("api.md", "`MEDIC_WS_CLIENT_QUEUE` (1,000)", "a setting's default"),
     Allowed("architecture.md", "2 s / 0.5 s", "a loop's period and lock"),
+    Allowed("architecture.md", "1 s / 0.5 s", "a loop's period (fire_schedules)"),
     Allowed("load.md", "(2 s; 0.5 s in the `fast`", "a setting's default"),
     Allowed("load.md", "more than 1,000 rows read", "the plan test's bound"),
     Allowed("load.md", "in chunks of 1,000", "a chunk size in the code"),

@@ -42,14 +42,15 @@ def _running(worker: str = "ghost@nowhere", pid: int = 4242, **row: Any) -> Job:
 
 def test_recover_requeues_a_job_whose_lease_expired_and_worker_is_gone() -> None:
     job = _running(max_attempts=3)
-    assert recover_stuck(utcnow()) == {"requeued": 0, "dead": 0, "lease_late": 0}, "lease still valid"
+    assert recover_stuck(utcnow()) == {"requeued": 0, "dead": 0, "stopped": 0, "lease_late": 0}, "lease still valid"
     later = utcnow() + seconds(60)
-    assert recover_stuck(later) == {"requeued": 1, "dead": 0, "lease_late": 0}
+    assert recover_stuck(later) == {"requeued": 1, "dead": 0, "stopped": 0, "lease_late": 0}
     after = ledger_view.job(job.id)
     assert after.state == JobState.QUEUED and after.delivery_id != job.delivery_id
     assert ledger_view.reasons(job.id)[-1] == "worker_lost"
     assert inspect.depth(after.queue) == 1, "the new delivery was published"
-    assert recover_stuck(later) == {"requeued": 0, "dead": 0, "lease_late": 0}, "acting twice is impossible"
+    again = recover_stuck(later)
+    assert again == {"requeued": 0, "dead": 0, "stopped": 0, "lease_late": 0}, "acting twice is impossible"
 
 
 def test_recover_waits_the_lease_margin_after_the_lease_expired() -> None:
@@ -81,7 +82,7 @@ def test_recover_revokes_the_old_delivery_before_the_retry_is_published(monkeypa
 def test_recover_leaves_a_job_whose_worker_is_still_present() -> None:
     job = _running(worker="alive@here", pid=77)
     presence.announce("alive@here", 77, incarnation="test", held=[job.delivery_id], ttl_s=30)
-    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 0, "dead": 0, "lease_late": 1}
+    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 0, "dead": 0, "stopped": 0, "lease_late": 1}
     assert ledger_view.job(job.id).state == JobState.RUNNING
 
 
@@ -93,8 +94,8 @@ def test_recover_declares_dead_when_attempts_are_used_up() -> None:
 
 def test_enforce_timeouts_moves_overdue_jobs_through_timed_out() -> None:
     job = _running(timeout_s=2.0, max_attempts=2)
-    assert enforce_timeouts(utcnow()) == {"requeued": 0, "dead": 0}
-    assert enforce_timeouts(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0}
+    assert enforce_timeouts(utcnow()) == {"requeued": 0, "dead": 0, "stopped": 0}
+    assert enforce_timeouts(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0, "stopped": 0}
     after = ledger_view.job(job.id)
     assert after.state == JobState.QUEUED and after.attempts == 1
     with db.connect() as conn:

@@ -41,7 +41,7 @@ def test_a_present_process_that_does_not_hold_the_delivery_does_not_protect_it()
     other = _running("busy@host", 31)
     presence.announce("busy@host", 31, incarnation="inc-1", held=[other.delivery_id], ttl_s=30)
     counts = recover_stuck(utcnow() + seconds(60))
-    assert counts == {"requeued": 1, "dead": 0, "lease_late": 1}, "only the held delivery is left alone"
+    assert counts == {"requeued": 1, "dead": 0, "stopped": 0, "lease_late": 1}, "only the held delivery is left alone"
     after = ledger_view.job(job.id)
     assert after.state == JobState.QUEUED and after.delivery_id != job.delivery_id
     assert ledger_view.reasons(job.id)[-1] == "worker_lost"
@@ -55,7 +55,7 @@ def test_a_restarted_process_with_the_same_hostname_and_pid_does_not_protect_the
     presence.announce("container@web", 1, incarnation="before-restart", held=[old.delivery_id], ttl_s=30)
     assert recover_stuck(utcnow() + seconds(60))["lease_late"] == 1, "the old incarnation held it"
     presence.announce("container@web", 1, incarnation="after-restart", held=[uuid.uuid4()], ttl_s=30)
-    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0, "lease_late": 0}
+    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0, "stopped": 0, "lease_late": 0}
     assert ledger_view.job(old.id).state == JobState.QUEUED
 
 
@@ -64,7 +64,7 @@ def test_a_present_process_that_holds_the_delivery_keeps_its_job() -> None:
     Bug caught: a check that takes every expired job, or compares the wrong id."""
     job = _running("stalled@host", 32)
     presence.announce("stalled@host", 32, incarnation="inc-s", held=[uuid.uuid4(), job.delivery_id], ttl_s=30)
-    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 0, "dead": 0, "lease_late": 1}
+    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 0, "dead": 0, "stopped": 0, "lease_late": 1}
     assert ledger_view.job(job.id).state == JobState.RUNNING
 
 
@@ -123,5 +123,5 @@ def test_a_presence_value_the_heartbeat_could_not_have_written_protects_nothing(
     for value in ("1", "not json", '{"incarnation": "x"}'):
         get_redis().set(key, value, ex=30)
         assert presence.lookup([("odd@host", 41)]) == [None], value
-    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0, "lease_late": 0}
+    assert recover_stuck(utcnow() + seconds(60)) == {"requeued": 1, "dead": 0, "stopped": 0, "lease_late": 0}
     assert ledger_view.job(job.id).state == JobState.QUEUED

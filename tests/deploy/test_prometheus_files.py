@@ -23,7 +23,7 @@ GRAFANA = ROOT / "deploy" / "grafana"
 ALERTS = {
     "MedicQueueShedding", "MedicQueueBacklogOld", "MedicJobsLeaseLate", "MedicDeadJobsHigh", "MedicQueueUnconsumed",
     "MedicLoopStale", "MedicDbPoolSaturated", "MedicPostgresConnectionsHigh", "MedicRedisMemoryHigh",
-    "MedicRedisEvictionPolicy", "MedicApiSlow", "MedicConsumerStalled",
+    "MedicRedisEvictionPolicy", "MedicApiSlow", "MedicConsumerStalled", "MedicScheduleMissed",
 }  # fmt: skip
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: apt-get install prometheus (.ci/run)")

@@ -131,9 +131,11 @@ def test_cancel_is_tenant_scoped_and_only_for_live_jobs(engine: sa.Engine, new_j
     running = _claim(engine, new_job(tenant="a"))
     assert running is not None
     with engine.begin() as conn:
+        assert transitions.cancel(conn, running.id, "b", actor="t", now=utcnow()) is None
         done = transitions.cancel(conn, running.id, "a", actor="t", now=utcnow())
     assert done is not None and done[0] == JobState.RUNNING
-    with engine.begin() as conn:  # the worker's result arrives after the cancel: discarded
+    assert done[1].state == JobState.RUNNING and done[1].cancel_requested_at is not None
+    with engine.begin() as conn:  # the worker's success arrives after the request: not a success
         assert transitions.succeed(conn, running.id, running.delivery_id, 1, actor="t", now=utcnow()) is None
 
 
@@ -156,8 +158,9 @@ def test_leases_extend_only_for_the_delivery_held(engine: sa.Engine, new_job: Ne
     assert running is not None
     later = utcnow() + dt.timedelta(seconds=30)
     with engine.begin() as conn:
-        assert transitions.extend_leases(conn, {job.id: uuid.uuid4()}, now=later, lease_s=LEASE) == set()
-        assert transitions.extend_leases(conn, {job.id: running.delivery_id}, now=later, lease_s=LEASE) == {job.id}
+        assert transitions.extend_leases(conn, {job.id: uuid.uuid4()}, now=later, lease_s=LEASE).extended == set()
+        renewal = transitions.extend_leases(conn, {job.id: running.delivery_id}, now=later, lease_s=LEASE)
+        assert renewal.extended == {job.id} and renewal.cancel_requested == set()
         row = queries.get_job(conn, job.id)
     assert row is not None and row.lease_expires_at == later + dt.timedelta(seconds=LEASE)
 
@@ -216,3 +219,95 @@ def test_concurrent_claims_of_one_delivery_have_one_winner(engine: sa.Engine, ne
         t.join()
     assert len(wins) == 1
     assert _events(engine, job.id).count(("queued", "running", "claimed")) == 1
+
+
+# --- cancel requests and progress (issue 20, parts 3 and 4) -----------------------------------
+
+
+def test_a_cancel_request_is_one_event_and_the_heartbeat_reads_it(engine: sa.Engine, new_job: NewJob) -> None:
+    """A running job's cancel is a request: it stays running with one `cancel_requested` event (a
+    second request adds none), and the lease extension reports it to the worker."""
+    running = _claim(engine, new_job(tenant="a"))
+    assert running is not None
+    with engine.begin() as conn:
+        first = transitions.cancel(conn, running.id, "a", actor="api:k", now=utcnow())
+        again = transitions.cancel(conn, running.id, "a", actor="api:k", now=utcnow())
+        renewal = transitions.extend_leases(conn, {running.id: running.delivery_id}, now=utcnow(), lease_s=LEASE)
+    assert first is not None and again is not None
+    assert again[1].cancel_requested_at == first[1].cancel_requested_at
+    assert _events(engine, running.id)[-1] == ("running", "running", "cancel_requested")
+    assert [e for e in _events(engine, running.id) if e[2] == "cancel_requested"] == [
+        ("running", "running", "cancel_requested")
+    ]
+    assert renewal.extended == {running.id} and renewal.cancel_requested == {running.id}
+
+
+@pytest.mark.parametrize("how", ["error", "worker_lost", "timeout", "success"])
+def test_a_job_whose_cancel_was_requested_is_never_retried_it_is_stopped(
+    engine: sa.Engine, new_job: NewJob, how: str
+) -> None:
+    """Whoever reports the end of a run after a cancel request (the task body, the lost-child
+    report, recover_stuck, the timeout loop), the job ends `cancelled`, reason `stopped`."""
+    running = _claim(engine, new_job(tenant="a", max_attempts=5))
+    assert running is not None
+    with engine.begin() as conn:
+        transitions.cancel(conn, running.id, "a", actor="api:k", now=utcnow())
+        now = utcnow()
+        if how == "success":
+            assert transitions.succeed(conn, running.id, running.delivery_id, 7, actor="w", now=now) is None
+            after = transitions.stop(conn, running, actor="w", now=now, detail="returned", result=7)
+        elif how == "timeout":
+            after = transitions.time_out(conn, running, actor="w", now=now, max_backoff_s=CAP, detail="slow")
+        else:
+            after = transitions.give_back(conn, running, reason=how, actor="w", now=now, max_backoff_s=CAP)
+    assert after is not None and after.state == JobState.CANCELLED and after.finished_at is not None
+    assert _events(engine, running.id)[-2:] == [
+        ("running", "running", "cancel_requested"),
+        ("running", "cancelled", "stopped"),
+    ]
+    if how == "success":
+        assert after.result == 7
+
+
+def test_stop_is_only_for_a_job_whose_cancel_was_requested(engine: sa.Engine, new_job: NewJob) -> None:
+    running = _claim(engine, new_job())
+    assert running is not None
+    with engine.begin() as conn:
+        assert transitions.stop(conn, running, actor="w", now=utcnow(), detail="x") is None
+        given = transitions.give_back(conn, running, reason="error", actor="w", now=utcnow(), max_backoff_s=CAP)
+    assert given is not None and given.state == JobState.QUEUED
+
+
+def test_progress_is_kept_on_the_row_with_one_event_per_report(engine: sa.Engine, new_job: NewJob) -> None:
+    running = _claim(engine, new_job())
+    assert running is not None
+    report = {"fraction": 0.4, "message": "step 2 of 5"}
+    with engine.begin() as conn:
+        stale = {running.id: (uuid.uuid4(), report)}  # another delivery's report changes nothing
+        assert transitions.report_progress(conn, stale, actor="w", now=utcnow()) == 0
+        written = transitions.report_progress(
+            conn, {running.id: (running.delivery_id, report)}, actor="w", now=utcnow()
+        )
+        row = queries.get_job(conn, running.id)
+        events = queries.get_events(conn, running.id)
+    assert written == 1
+    assert row is not None and row.state == JobState.RUNNING
+    assert {k: row.progress[k] for k in ("fraction", "message")} == report and "at" in row.progress
+    assert [(e.reason, e.detail) for e in events if e.reason == "progress"] == [
+        ("progress", '{"fraction":0.4,"message":"step 2 of 5"}')
+    ]
+
+
+def test_bulk_cancel_selection_is_tenant_scoped_and_bounded(engine: sa.Engine, new_job: NewJob) -> None:
+    a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    mine = [new_job(tenant=a, queue="q-bulk") for _ in range(3)]
+    new_job(tenant=b, queue="q-bulk")
+    new_job(tenant=a, queue="q-other")
+    running = _claim(engine, mine[0])
+    assert running is not None
+    with engine.begin() as conn:
+        assert set(queries.cancellable(conn, a, limit=10, queue="q-bulk")) == {j.id for j in mine}
+        assert len(queries.cancellable(conn, a, limit=2, queue="q-bulk")) == 2
+        assert queries.cancellable(conn, a, limit=10, queue="q-bulk", state="running") == [running.id]
+        transitions.cancel(conn, running.id, a, actor="t", now=utcnow())
+        assert queries.cancellable(conn, a, limit=10, queue="q-bulk", state="running") == []  # asked already

@@ -60,10 +60,16 @@ def test_a_partition_cuts_one_host_from_data_and_heals(net: Network) -> None:
 
 def test_teardown_leaves_no_namespace_and_no_process(net: Network) -> None:
     sleeper = subprocess.Popen(net.exec_argv("a", ["sleep", "600"]))
-    assert net.pids("a") == [sleeper.pid]
-    names = [h.ns for h in net.hosts.values()] + [net.switch]
-    net.destroy()
-    assert sleeper.wait(timeout=10) == -9
+    try:
+        # `ip netns exec` joins the namespace a moment after the fork (CI once looked too soon)
+        assert wait_for(lambda: net.pids("a") == [sleeper.pid], 10, 0.05, "the sleeper in a's namespace")
+        names = [h.ns for h in net.hosts.values()] + [net.switch]
+        net.destroy()
+        assert sleeper.wait(timeout=10) == -9
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
     assert not set(names) & set(netns.namespaces())
     assert not (netns.OWNERS / net.prefix).exists()
 

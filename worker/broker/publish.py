@@ -27,6 +27,7 @@ from worker.errors import LedgerUnavailableError
 from worker.ledger import db, transitions
 from worker.ledger.records import Job
 from worker.ledger.states import JobState
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +98,18 @@ def revoke_deliveries(delivery_ids: Sequence[uuid.UUID], *, signal: str = "SIGKI
         app.control.revoke([str(d) for d in delivery_ids], terminate=True, signal=signal)
     except BROKER_ERRORS as exc:
         log.warning("could not revoke %d deliveries: %s", len(delivery_ids), exc)
+
+
+CANCEL_COMMAND = "medic_cancel"  # worker/runtime/cancel_wakeup.py answers it
+
+
+def announce_cancel(delivery_ids: Sequence[uuid.UUID]) -> None:
+    """Tell the workers running these deliveries that their cancel was requested, so they read it
+    from the ledger now rather than at their next heartbeat; best effort, kills nothing (off with
+    MEDIC_CANCEL_BROADCAST=false: the heartbeat alone then carries the request)."""
+    if not delivery_ids or not get_settings().cancel_broadcast:
+        return
+    try:
+        app.control.broadcast(CANCEL_COMMAND, arguments={"deliveries": [str(d) for d in delivery_ids]})
+    except BROKER_ERRORS as exc:
+        log.warning("could not announce %d cancel requests: %s", len(delivery_ids), exc)

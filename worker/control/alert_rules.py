@@ -176,6 +176,20 @@ def loop_stale(snap: Snapshot, s: Settings) -> list[Finding]:
     return out
 
 
+def schedule_missed(snap: Snapshot, s: Settings) -> list[Finding]:
+    """A due fire not made within the slack of its time: fire_schedules is not running (beat or
+    the control worker down, or the loop failing)."""
+    return [
+        Finding(
+            {"tenant": late["tenant"], "schedule": late["schedule"]},
+            f"schedule {late['schedule']} of {late['tenant']}: its fire is {late['late_seconds']:.0f} s late",
+            float(late["late_seconds"]),
+        )
+        for late in snap.get("schedules_late", [])
+        if late["late_seconds"] > s.schedule_missed_slack_seconds
+    ]
+
+
 def postgres_connections(snap: Snapshot, s: Settings) -> list[Finding]:
     pg = snap.get("postgres") or {}
     used, limit = pg.get("connections", 0), pg.get("max_connections", 0)
@@ -275,6 +289,12 @@ RULES: tuple[Rule, ...] = (
          summary="control loop {{ $labels.loop }} is not running (control worker or beat down?)",
          note="medic's own verdict per loop (3 periods), or no loop at all ran for 10 minutes\n"
               "(the control worker or beat is gone, so nobody reports the verdict)."),
+    Rule("MedicScheduleMissed", WARNING, schedule_missed, default_for=0.0,
+         threshold=Threshold("schedule_missed_slack_seconds"),
+         expr="max by (tenant, schedule) (medic_schedule_late_seconds) > $threshold",
+         summary="schedule {{ $labels.schedule }} of {{ $labels.tenant }}: a fire is "
+                 "{{ $value | humanizeDuration }} late (fire_schedules not running?)",
+         note="How late a schedule's next fire is, past its time; the slack is the rule's own `for`."),
     Rule("MedicDbPoolSaturated", WARNING, pool_saturated, threshold=USAGE,
          expr="max by (process) (medic_db_pool_checked_out / medic_db_pool_capacity) > $threshold\n"
               "or max by (process) (increase(medic_db_pool_waits_total[5m])) > 0\n"

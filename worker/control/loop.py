@@ -61,9 +61,11 @@ def loop_stats(name: str) -> dict[str, Any]:
 
 
 def sort_outcomes(after: Iterable[Job | None]) -> dict[str, int]:
-    """How many jobs a loop gave back ended `queued` (to run again) and `dead`."""
+    """How many jobs a loop gave back ended `queued` (to run again) and `dead`, and how many it
+    `stopped` (`cancelled`: their cancel was requested, so they are never given back)."""
     done = [row for row in after if row is not None]
     return {
         "requeued": sum(row.state == JobState.QUEUED for row in done),
         "dead": sum(row.state == JobState.DEAD for row in done),
+        "stopped": sum(row.state == JobState.CANCELLED for row in done),
     }

@@ -19,6 +19,7 @@ from worker.broker.celery_app import CONTROL_TASK_PREFIX
 from worker.control import alerts
 from worker.control.autoscale import autoscale
 from worker.control.backpressure import apply_backpressure
+from worker.control.fire import fire_schedules
 from worker.control.loop import LoopFn
 from worker.control.prune import prune
 from worker.control.reconcile import reconcile_broker
@@ -72,7 +73,8 @@ def health_and_alerts(now: dt.datetime) -> dict[str, int]:
     return alerts.health_and_alerts(now, loop_periods(get_settings()))
 
 
-REQUEUED_OR_DEAD = MappingProxyType({"requeued": "requeued", "dead": "dead"})
+# `stopped`: a job whose cancel was requested, ended `cancelled` instead of given back
+REQUEUED_OR_DEAD = MappingProxyType({"requeued": "requeued", "dead": "dead", "stopped": "stopped"})
 
 LOOPS: tuple[Loop, ...] = (
     Loop("recover_stuck", recover_stuck, "recover_period_seconds", REQUEUED_OR_DEAD),
@@ -91,6 +93,7 @@ LOOPS: tuple[Loop, ...] = (
     ),
     Loop("apply_backpressure", apply_backpressure, "backpressure_period_seconds"),
     Loop("autoscale", autoscale, "autoscale_period_seconds"),
+    Loop("fire_schedules", fire_schedules, "schedule_period_seconds"),
     # Hourly: 3 periods are hours, and a stopped control plane shows in the watched loops long before.
     Loop("prune", prune, "prune_period_seconds", watched=False),
     # Whenever it judges, it runs: its own age says nothing. Beat's tick (MedicLoopStale, loop

@@ -21,7 +21,7 @@ from worker.broker.presence import live_consumers
 from worker.broker.redis_client import get_redis
 from worker.clock import seconds
 from worker.control.loop import loop_stats
-from worker.ledger import db, queries
+from worker.ledger import db, queries, schedules
 from worker.settings import get_settings
 
 
@@ -54,6 +54,27 @@ class RedisGauges(TypedDict):
     maxmemory_policy: str
 
 
+class LateSchedule(TypedDict):
+    """A schedule whose next fire is past its time (not made yet); MedicScheduleMissed judges the slack."""
+
+    tenant: str
+    schedule: str
+    late_seconds: float
+
+
+LATE_SCHEDULES_SHOWN = 20  # the latest; more say nothing new (the loop is not running)
+
+
+def _late_schedules(now: dt.datetime) -> list[LateSchedule]:
+    with db.connect() as conn:
+        found = schedules.late(conn, now, limit=LATE_SCHEDULES_SHOWN)
+    return [
+        {"tenant": sc.tenant, "schedule": sc.name, "late_seconds": (now - sc.next_fire_at).total_seconds()}
+        for sc in found
+        if sc.next_fire_at is not None
+    ]
+
+
 class LoopAge(TypedDict):
     """A watched loop's last run (None: never seen) and period, for the staleness rule."""
 
@@ -82,6 +103,7 @@ class Snapshot(TypedDict):
     loops: dict[str, LoopAge]
     pool_trouble: NotRequired[dict[str, dict[str, Any]]]  # worker/runtime/pooltrouble.py read()
     consumer_stalls: NotRequired[list[dict[str, Any]]]  # worker/runtime/progress.py read()
+    schedules_late: NotRequired[list[LateSchedule]]  # only while the ledger is up
     alerts_firing: NotRequired[dict[str, int]]  # "name|severity" -> instances firing
 
 
@@ -175,8 +197,9 @@ def take(now: dt.datetime, loop_periods: Mapping[str, float]) -> Snapshot:
     error: str | None = None
     try:
         queued, oldest, dead, pg = _ledger(now)
+        late = _late_schedules(now)
     except Exception as exc:  # noqa: BLE001 - reported as ledger_up 0; the Redis gauges still count
-        queued, oldest, dead, pg, error = {}, {}, 0, {}, str(exc)[:300]
+        queued, oldest, dead, pg, late, error = {}, {}, 0, {}, [], str(exc)[:300]
     names = set(known_queues()) | set(queued)
     api_p95_ms, api_pool_full = _api_processes(at)
     snap: Snapshot = {
@@ -193,7 +216,7 @@ def take(now: dt.datetime, loop_periods: Mapping[str, float]) -> Snapshot:
         "loops": _loop_ages(loop_periods),
     }
     if error is None:
-        snap["dead_last_minute"], snap["postgres"] = dead, pg
+        snap["dead_last_minute"], snap["postgres"], snap["schedules_late"] = dead, pg, late
     else:
         snap["ledger_error"] = error
     return snap

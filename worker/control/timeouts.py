@@ -26,7 +26,7 @@ def enforce_timeouts(now: dt.datetime, *, limit: int | None = None) -> dict[str,
     with db.connect() as conn:
         late = queries.overdue(conn, now, 2 * s.timeout_grace_seconds, limit or s.control_batch_size)
     if not late:
-        return {"requeued": 0, "dead": 0}
+        return {"requeued": 0, "dead": 0, "stopped": 0}
     revoke_deliveries([r.delivery_id for r in late])
     after = commit_then_publish(
         lambda conn: [

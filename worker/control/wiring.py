@@ -17,6 +17,7 @@ from celery import signals
 from worker.background import BackgroundThread
 from worker.broker.celery_app import CONTROL_QUEUE
 from worker.broker.redis_client import eviction_risk
+from worker.control.declared import sync_logged
 from worker.control.loop import loop_stats, run_loop
 from worker.control.metrics import observe_run
 from worker.control.registry import LOOPS, Loop
@@ -64,9 +65,24 @@ def _start_watchdog(sender: Any, **_: Any) -> None:
         ).start()
 
 
+def _sync_schedules_in_control_worker(sender: Any, **_: Any) -> None:
+    """A control worker's start writes the schedules declared in code into the ledger."""
+    if type(getattr(sender, "controller", None)).__name__ == "TestWorkController":
+        return
+    if CONTROL_QUEUE in (sender.app.amqp.queues.consume_from or {}):
+        sync_logged()
+
+
+def _sync_schedules_at_beat_start(sender: Any, **_: Any) -> None:
+    """Beat's start does too: whichever of the two starts first, the schedules are there."""
+    sync_logged()
+
+
 CONTROL_HANDLERS: Handlers = (
     (signals.worker_ready, _warn_if_redis_evicts),
     (signals.worker_ready, _start_watchdog),
+    (signals.worker_ready, _sync_schedules_in_control_worker),
+    (signals.beat_init, _sync_schedules_at_beat_start),
 )
 
 

@@ -88,7 +88,9 @@ class LedgerDialect(Protocol):
     def fenced(
         self, conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, event: Event, values: dict[str, Any]
     ) -> Job | None:
-        """A hot change fenced on (id, state, delivery_id); `values` may map a column to INCREMENT."""
+        """A hot change fenced on (id, state, delivery_id) of a job with no cancel request (claim,
+        succeed: a job whose cancel was requested ends through transitions.stop); `values` may
+        map a column to INCREMENT."""
         ...
 
     def ran_longer_than(self, limit_s: sa.ColumnElement[float], now: dt.datetime) -> sa.ColumnElement[bool]:
@@ -138,7 +140,7 @@ class SQLite:
     ) -> Job | None:
         assert event.frm is not None
         general = {k: (jobs.c[k] + 1 if v is INCREMENT else v) for k, v in values.items()}
-        fence = [jobs.c.delivery_id == delivery_id]
+        fence = [jobs.c.delivery_id == delivery_id, jobs.c.cancel_requested_at.is_(None)]
         return self.change(
             conn, job_update(job_id, event.frm, event.to, at=event.at, values=general, where=fence), event
         )

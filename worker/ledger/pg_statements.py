@@ -71,8 +71,8 @@ def create_jobs(conn: Connection, news: Sequence[NewJob], *, actor: str, now: dt
 def fenced_statement(
     frm: str, to: str, reason: str, columns: tuple[str, ...], increment: tuple[str, ...]
 ) -> sa.Select[Any]:
-    """A transition fenced on (id, state, delivery_id) as one CTE statement whose every value is a
-    bind parameter, so it is built and compiled once per shape."""
+    """A transition fenced on (id, state, delivery_id, no cancel request) as one CTE statement whose
+    every value is a bind parameter, so it is built and compiled once per shape."""
     values: dict[str, Any] = {"state": to, "updated_at": _NOW}
     values.update({c: sa.bindparam(f"p_{c}", type_=jobs.c[c].type) for c in columns})
     values.update({c: jobs.c[c] + 1 for c in increment})
@@ -82,6 +82,7 @@ def fenced_statement(
             jobs.c.id == sa.bindparam("p_id", type_=sa.Uuid),
             jobs.c.state == frm,
             jobs.c.delivery_id == sa.bindparam("p_delivery", type_=sa.Uuid),
+            jobs.c.cancel_requested_at.is_(None),  # such a job ends `stopped` (transitions.stop)
         )
         .values(**values)
         .returning(*jobs.c)

@@ -48,6 +48,7 @@ def list_jobs(
     state: str | None = None,
     type_: str | None = None,
     queue: str | None = None,
+    schedule_id: uuid.UUID | None = None,
     limit: int = 50,
     before: tuple[dt.datetime, uuid.UUID] | None = None,
     payloads: Collection[str] = ("args", "result"),
@@ -67,6 +68,8 @@ def list_jobs(
         stmt = stmt.where(jobs.c.queue == queue)
     if workflow_id is not None:  # index (tenant, workflow_id, created_at, id)
         stmt = stmt.where(jobs.c.workflow_id == workflow_id)
+    if schedule_id is not None:
+        stmt = stmt.where(jobs.c.schedule_id == schedule_id)
     if before is not None:
         cursor = sa.tuple_(
             sa.literal(before[0], type_=jobs.c.created_at.type), sa.literal(before[1], type_=jobs.c.id.type)
@@ -74,6 +77,35 @@ def list_jobs(
         stmt = stmt.where(sa.tuple_(jobs.c.created_at, jobs.c.id) < cursor)
     stmt = stmt.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
     return [Job.of(row) for row in conn.execute(stmt)]
+
+
+CANCELLABLE = ("queued", "running")
+
+
+def cancellable(
+    conn: Connection,
+    tenant: str,
+    *,
+    limit: int,
+    state: str | None = None,
+    type_: str | None = None,
+    queue: str | None = None,
+    schedule_id: uuid.UUID | None = None,
+    workflow_id: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """Ids of a tenant's jobs a bulk cancel acts on, oldest first, at most `limit`: queued ones,
+    and running ones not asked to stop yet (a job asked already is not counted again)."""
+    states = [state] if state else list(CANCELLABLE)
+    stmt = sa.select(jobs.c.id).where(
+        jobs.c.tenant == tenant,
+        jobs.c.state.in_(states),
+        sa.or_(jobs.c.state != "running", jobs.c.cancel_requested_at.is_(None)),
+    )
+    matches = {"type": type_, "queue": queue, "schedule_id": schedule_id, "workflow_id": workflow_id}
+    for column, value in matches.items():
+        if value is not None:
+            stmt = stmt.where(jobs.c[column] == value)
+    return list(conn.scalars(stmt.order_by(jobs.c.created_at, jobs.c.id).limit(limit)))
 
 
 def count_events(conn: Connection, job_ids: Sequence[uuid.UUID], reason: str) -> dict[uuid.UUID, int]:
@@ -193,6 +225,7 @@ _STREAM_COLUMNS = (
     job_events.c.reason,
     job_events.c.attempt,
     job_events.c.at,
+    job_events.c.detail,
     jobs.c.tenant,
     jobs.c.queue,
     jobs.c.type,

@@ -26,6 +26,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.QUEUED, JobState.DEAD}),
     JobState.RUNNING: frozenset(
         {
+            JobState.RUNNING,  # a cancel request or a progress report: the state stays, the event records it
             JobState.SUCCEEDED,
             JobState.QUEUED,  # failed with attempts left, or worker lost
             JobState.DEAD,

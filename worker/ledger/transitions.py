@@ -10,7 +10,9 @@ dialect's (worker/ledger/dialect.py): ONE statement on PostgreSQL, two on SQLite
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -20,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from worker.clock import seconds
 from worker.errors import InvalidTransitionError
-from worker.ledger import dialect, events
+from worker.ledger import dialect, events, queries
 from worker.ledger.events import Event
 from worker.ledger.models import job_events, jobs
 from worker.ledger.records import Job, NewJob, Overdue
@@ -51,6 +53,19 @@ def create_job_once(conn: Connection, new: NewJob, *, actor: str, now: dt.dateti
     ledger = dialect.of(conn)
     values = dict(new.row(), state=JobState.QUEUED.value)
     stmt = ledger.insert_on_conflict(jobs, values, ["tenant", "idempotency_key"]).returning(*jobs.c)
+    inserted = Job.maybe(conn.execute(stmt).first())
+    if inserted is not None:
+        conn.execute(*events.created(actor, now).insert_for([inserted]))
+    return inserted
+
+
+def create_fire(
+    conn: Connection, new: NewJob, schedule_id: uuid.UUID, scheduled_for: dt.datetime, *, actor: str, now: dt.datetime
+) -> Job | None:
+    """Insert a schedule's fire for `scheduled_for` unless that fire exists; None if it did.
+    The unique (schedule_id, scheduled_for) makes racing loops and beats fire each time once."""
+    values = dict(new.row(), state=JobState.QUEUED.value, schedule_id=schedule_id, scheduled_for=scheduled_for)
+    stmt = dialect.of(conn).insert_on_conflict(jobs, values, ["schedule_id", "scheduled_for"]).returning(*jobs.c)
     inserted = Job.maybe(conn.execute(stmt).first())
     if inserted is not None:
         conn.execute(*events.created(actor, now).insert_for([inserted]))
@@ -133,6 +148,7 @@ def claim(
             "finished_at": None,
             "worker": worker,
             "worker_pid": pid,
+            "progress": None,  # an earlier attempt's report is not this one's
         },
     )
 
@@ -174,9 +190,35 @@ def give_back(
     so the attempt of a fencing token only grows, and the job keeps the attempts it had left.
 
     The one place that decides "retry or give up". Fenced on the delivery and attempt that
-    `job` describes, so a late report of an old delivery changes nothing.
+    `job` describes, so a late report of an old delivery changes nothing. A running job whose
+    cancel was requested is neither: it ends `cancelled`, reason `stopped` (`stop`).
     """
     fence = [jobs.c.delivery_id == job.delivery_id, jobs.c.attempts == job.attempts]
+    if frm is JobState.RUNNING:  # a job whose cancel was requested is never retried ...
+        fence.append(jobs.c.cancel_requested_at.is_(None))
+    given = _give_back(conn, job, fence, reason=reason, actor=actor, now=now, max_backoff_s=max_backoff_s,
+                       error=error, frm=frm, immediate=immediate, retryable=retryable,
+                       attempt_spent=attempt_spent)  # fmt: skip
+    if given is None and frm is JobState.RUNNING:  # ... it ends `cancelled` (stopped)
+        return stop(conn, job, actor=actor, now=now, detail=f"ended ({reason}) after the cancel request", error=error)
+    return given
+
+
+def _give_back(
+    conn: Connection,
+    job: Job,
+    fence: list[sa.ColumnElement[bool]],
+    *,
+    reason: str,
+    actor: str,
+    now: dt.datetime,
+    max_backoff_s: float,
+    error: Mapping[str, Any] | None,
+    frm: JobState,
+    immediate: bool,
+    retryable: bool,
+    attempt_spent: bool,
+) -> Job | None:
     common: dict[str, Any] = {"lease_expires_at": None}
     if error is not None:
         common["error"] = dict(error)
@@ -218,7 +260,9 @@ def give_back(
 def time_out(
     conn: Connection, job: Job | Overdue, *, actor: str, now: dt.datetime, max_backoff_s: float, detail: str
 ) -> Job | None:
-    """running -> timed_out -> queued | dead, in the caller's transaction."""
+    """running -> timed_out -> queued | dead, in the caller's transaction; a job whose cancel was
+    requested ends `cancelled` (stopped) instead."""
+    error = {"type": "Timeout", "message": detail, "traceback": None}
     timed = transition(
         conn,
         job.id,
@@ -227,12 +271,13 @@ def time_out(
         actor=actor,
         reason="timeout",
         now=now,
-        where=[jobs.c.delivery_id == job.delivery_id],
-        values={"error": {"type": "Timeout", "message": detail, "traceback": None}},
+        where=[jobs.c.delivery_id == job.delivery_id, jobs.c.cancel_requested_at.is_(None)],
+        values={"error": error},
         detail=detail,
     )
     if timed is None:
-        return None
+        stopped = f"timed out after the cancel request: {detail}"
+        return stop(conn, job, actor=actor, now=now, detail=stopped, error=error)
     return give_back(
         conn, timed, reason="timeout", actor=actor, now=now, max_backoff_s=max_backoff_s, frm=JobState.TIMED_OUT
     )
@@ -241,22 +286,50 @@ def time_out(
 def cancel(
     conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime
 ) -> tuple[JobState, Job] | None:
-    """Cancel a queued or running job of `tenant`; returns the state it left and the new row."""
-    for frm in (JobState.QUEUED, JobState.RUNNING):
-        row = transition(
-            conn,
-            job_id,
-            frm,
-            JobState.CANCELLED,
-            actor=actor,
-            reason="cancelled",
-            now=now,
-            where=[jobs.c.tenant == tenant],
-            values={"finished_at": now, "lease_expires_at": None},
-        )
-        if row is not None:
-            return frm, row
+    """Cancel a job of `tenant`: a queued one at once (`cancelled`); a running one is asked to
+    stop (`cancel_requested_at` set, an event running -> running `cancel_requested`): its worker
+    learns it at its next heartbeat and stops it within the grace. Returns the state it was in and
+    the row; a second request of a running job returns the row unchanged (no second event).
+    None: no such job of `tenant`, or it is neither queued nor running."""
+    row = transition(
+        conn, job_id, JobState.QUEUED, JobState.CANCELLED, actor=actor, reason="cancelled", now=now,
+        where=[jobs.c.tenant == tenant], values={"finished_at": now, "lease_expires_at": None},
+    )  # fmt: skip
+    if row is not None:
+        return JobState.QUEUED, row
+    row = transition(
+        conn, job_id, JobState.RUNNING, JobState.RUNNING, actor=actor, reason="cancel_requested", now=now,
+        where=[jobs.c.tenant == tenant, jobs.c.cancel_requested_at.is_(None)], values={"cancel_requested_at": now},
+    )  # fmt: skip
+    if row is not None:
+        return JobState.RUNNING, row
+    again = queries.get_job(conn, job_id, tenant)
+    if again is not None and again.state == JobState.RUNNING and again.cancel_requested_at is not None:
+        return JobState.RUNNING, again
     return None
+
+
+def stop(
+    conn: Connection,
+    job: Job | Overdue,
+    *,
+    actor: str,
+    now: dt.datetime,
+    detail: str,
+    result: Any = None,
+    error: Mapping[str, Any] | None = None,
+) -> Job | None:
+    """running -> cancelled, reason `stopped`: the run of a job whose cancel was requested ended
+    (it returned, raised, or was killed after the grace). Fenced on the delivery, and only for a
+    job with a request: the one way such a job leaves `running`. A result it returned is kept."""
+    values: dict[str, Any] = {"finished_at": now, "lease_expires_at": None, "result": result}
+    if error is not None:
+        values["error"] = dict(error)
+    return transition(
+        conn, job.id, JobState.RUNNING, JobState.CANCELLED, actor=actor, reason="stopped", now=now,
+        where=[jobs.c.delivery_id == job.delivery_id, jobs.c.cancel_requested_at.is_not(None)],
+        values=values, detail=detail,
+    )  # fmt: skip
 
 
 def retry_dead(conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime) -> Job | None:
@@ -321,13 +394,23 @@ def mark_unpublished(conn: Connection, pairs: Sequence[tuple[uuid.UUID, uuid.UUI
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Renewal:
+    """What one lease extension learned: the jobs it extended, and those of them whose cancel
+    was requested (the worker stops them within the grace)."""
+
+    extended: frozenset[uuid.UUID]
+    cancel_requested: frozenset[uuid.UUID]
+
+
 def extend_leases(
     conn: Connection, held: Mapping[uuid.UUID, uuid.UUID], *, now: dt.datetime, lease_s: float
-) -> set[uuid.UUID]:
-    """One statement for every job this process runs: push their leases forward. Returns the ids
-    extended: a held job missing from it was taken away, and its process fences it at once."""
+) -> Renewal:
+    """One statement for every job this process runs: push their leases forward. A held job
+    missing from `extended` was taken away, and its process fences it at once; the same statement
+    returns which of them have a cancel request (so a lost broadcast cannot lose a cancel)."""
     if not held:
-        return set()
+        return Renewal(frozenset(), frozenset())
     result = conn.execute(
         sa.update(jobs)
         .where(
@@ -336,9 +419,28 @@ def extend_leases(
             jobs.c.state == JobState.RUNNING.value,
         )
         .values(heartbeat_at=now, lease_expires_at=now + seconds(lease_s))
-        .returning(jobs.c.id)
+        .returning(jobs.c.id, jobs.c.cancel_requested_at)
     )
-    return {row[0] for row in result}
+    rows = list(result)
+    return Renewal(frozenset(row[0] for row in rows), frozenset(row[0] for row in rows if row[1] is not None))
+
+
+def report_progress(
+    conn: Connection, reports: Mapping[uuid.UUID, tuple[uuid.UUID, Mapping[str, Any]]], *, actor: str, now: dt.datetime
+) -> int:
+    """The latest progress of running jobs (job -> (delivery, {fraction, message})): kept on the
+    row and one event each (running -> running, `progress`, its detail the JSON the stream
+    carries). Called by the heartbeat at most once per beat, with only what changed."""
+    written = 0
+    for job_id, (delivery_id, progress) in reports.items():
+        kept = {**progress, "at": now.isoformat()}
+        row = transition(
+            conn, job_id, JobState.RUNNING, JobState.RUNNING, actor=actor, reason="progress", now=now,
+            where=[jobs.c.delivery_id == delivery_id], values={"progress": kept},
+            detail=json.dumps(dict(progress), separators=(",", ":")),
+        )  # fmt: skip
+        written += row is not None
+    return written
 
 
 def delete_jobs(conn: Connection, job_ids: Sequence[uuid.UUID]) -> int:

@@ -111,6 +111,40 @@ def keys_list(tenant: str | None, active: bool) -> None:
         click.echo("\t".join(cells))
 
 
+@main.group()
+def schedules() -> None:
+    """Schedules: each fire a job, once per scheduled time (docs/schedules.md)."""
+
+
+@schedules.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's schedules.")
+def schedules_list(tenant: str | None) -> None:
+    """List schedules: id, tenant, name, origin, type, timing, overlap, state, next and last fire, counts."""
+    from worker.ledger import db as ledger_db
+    from worker.ledger import schedules as ledger
+
+    with ledger_db.connect() as conn:
+        found = ledger.list_for(conn, tenant, limit=10_000) if tenant else ledger.list_all(conn, limit=10_000)
+    click.echo("\t".join(("id", "tenant", "name", "origin", "type", "timing", "overlap", "state", "next", "last",
+                          "fired", "skipped")))  # fmt: skip
+    for sc in found:
+        timing = f"every {sc.every_seconds:g}s" if sc.every_seconds is not None else f"{sc.cron} {sc.timezone}"
+        when = [t.isoformat(timespec="seconds") if t else "-" for t in (sc.next_fire_at, sc.last_fire_at)]
+        state = "paused" if sc.paused else "active"
+        cells = (str(sc.id), sc.tenant, sc.name, sc.origin, sc.type, timing, sc.overlap, state, *when,
+                 str(sc.fired), str(sc.skipped))  # fmt: skip
+        click.echo("\t".join(cells))
+
+
+@schedules.command("sync")
+def schedules_sync() -> None:
+    """Write the schedules declared in code into the ledger now (beat and control workers do at start)."""
+    from worker.clock import utcnow
+    from worker.control.declared import sync
+
+    click.echo(json.dumps(sync(utcnow())))
+
+
 @keys.command("revoke")
 @click.argument("key_id", type=click.UUID)
 def keys_revoke(key_id: Any) -> None:

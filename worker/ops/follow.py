@@ -32,10 +32,7 @@ class Progress:
         self.tty = out.isatty()
 
     def show(self, message: dict[str, Any]) -> None:
-        text = (
-            f"{message['job_id'][:8]} {message.get('from_state') or '-'} -> {message['to_state']}"
-            f" (attempt {message['attempt']}, {message['reason']})"
-        )
+        text = describe(message)
         if self.tty:
             self.out.write("\r\x1b[2K" + text)  # carriage return + erase line: the same line again
         else:
@@ -46,6 +43,25 @@ class Progress:
         if self.tty:
             self.out.write("\n")
             self.out.flush()
+
+
+def describe(message: dict[str, Any]) -> str:
+    """One line for a stream message: a transition, or a running job's progress (`40% step 2`)."""
+    head = message["job_id"][:8]
+    if message.get("reason") == "progress" and message.get("detail"):
+        try:
+            report = json.loads(message["detail"])
+            text = f"{head} running {float(report['fraction']) * 100:.0f}%"
+        except (ValueError, TypeError, KeyError):
+            text = f"{head} running {message['detail']}"
+        else:
+            if report.get("message"):
+                text += f" {report['message']}"
+        return text
+    return (
+        f"{head} {message.get('from_state') or '-'} -> {message['to_state']}"
+        f" (attempt {message['attempt']}, {message['reason']})"
+    )
 
 
 def _ws_url(api_url: str, job_id: str, since: str) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 import shutil
 import signal
@@ -74,6 +75,7 @@ class Holding:
     deadline: float  # on clock(): the lease is proven held until then
     body_running: bool = True
     lost: str = ""  # why ownership is known lost ("" while held)
+    stop_by: float = math.inf  # on clock(): a cancel was requested; the grace ends then
 
 
 # The pool model of this process, set by the worker's signal handlers: a prefork child fences by
@@ -115,11 +117,20 @@ class Fence:
                 if h is None or h.token.delivery_id != delivery_id:
                     continue
                 if job_id in done:
-                    h.deadline = max(h.deadline, sent_at + lease_s)
+                    h.deadline = min(max(h.deadline, sent_at + lease_s), h.stop_by)
                 elif h.body_running and not h.lost:
                     h.lost = "the ledger did not extend its lease (taken away)"
             self._publish()
         self.check()
+
+    def stop_within(self, job_id: uuid.UUID, grace_s: float) -> None:
+        """The job's cancel was requested: its body may run `grace_s` more seconds, then the same
+        guards that enforce the lease kill it (a prefork child; other pools are only told)."""
+        with self._lock:
+            if (h := self._held.get(job_id)) is not None:
+                h.stop_by = min(h.stop_by, clock() + grace_s)
+                h.deadline = min(h.deadline, h.stop_by)
+            self._publish()
 
     def body_done(self, job_id: uuid.UUID) -> None:
         """The job's function returned: nothing of it runs any more, and its finalize is fenced by
@@ -142,7 +153,9 @@ class Fence:
             for h in self._held.values():
                 if not h.body_running:
                     continue
-                if not h.lost and now >= h.deadline:
+                if not h.lost and now >= h.stop_by:
+                    h.lost = "its cancel was requested and the grace is over"
+                elif not h.lost and now >= h.deadline:
                     h.lost = f"lease not confirmed for {now - h.deadline + 0.0:.3f}s past its deadline"
                 if h.lost:
                     tripped.append(h)

@@ -21,7 +21,7 @@ from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
 from worker.forksafe import PerProcess
 from worker.ledger import db, transitions
-from worker.runtime import fencing
+from worker.runtime import current, fencing
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -88,23 +88,63 @@ class Heartbeat:
             # Committed synchronously: the fence trusts an extension the moment it returns, so a
             # PostgreSQL crash must not be able to take it back (the lease would then end in the
             # ledger before the worker thinks it does).
-            extended = db.write(
+            renewal = db.write(
                 lambda conn: transitions.extend_leases(conn, held, now=utcnow(), lease_s=s.lease_seconds)
             )
         except LedgerUnavailableError as exc:
             log.warning("lease extension failed (ledger down?): %s", exc)
             return 0
-        if (fence := fencing.peek_fence()) is not None:
-            fence.confirm(held, extended, sent_at=sent_at, lease_s=s.lease_seconds)
-        return len(extended)
+        fence = fencing.peek_fence()
+        if fence is not None:
+            fence.confirm(held, renewal.extended, sent_at=sent_at, lease_s=s.lease_seconds)
+        # The cancel requests of the jobs held, from the ledger: a lost broadcast loses nothing.
+        for job_id in current.mark_cancel_requested(renewal.cancel_requested):
+            log.warning("job %s: cancel requested; it may run %g s more", job_id, s.cancel_grace_seconds)
+            if fence is not None:
+                fence.stop_within(job_id, s.cancel_grace_seconds)
+        self.write_progress({j: d for j, d in held.items() if j in renewal.extended})
+        return len(renewal.extended)
+
+    def write_progress(self, held: dict[uuid.UUID, uuid.UUID]) -> None:
+        """The latest unsent progress of each held job, in one transaction: at most one write per
+        job per beat (and one when its body ends), however often the job reported. A write the
+        ledger could not take is sent with the next beat; progress never fails a job."""
+        reports = current.take_progress(held)
+        if not reports:
+            return
+        actor = f"{self.worker}:{self.pid}"
+        try:
+            with db.begin() as conn:
+                transitions.report_progress(conn, reports, actor=actor, now=utcnow())
+        except LedgerUnavailableError as exc:
+            current.unsend(reports)
+            log.warning("progress write failed (ledger down?): %s", exc)
+        except Exception:  # a report the ledger refuses is dropped, never fatal to the job
+            log.exception("progress write of %d job(s) failed; dropped", len(reports))
+
+    def wake(self) -> None:
+        """Beat now (a cancel broadcast arrived): the ledger, not the broadcast, says what to stop."""
+        self._thread.wake()
 
     def stop(self) -> None:
         self._thread.stop()
 
 
 _heartbeat: PerProcess[str, Heartbeat] = PerProcess(Heartbeat, close=Heartbeat.stop)
+_latest: tuple[int, Heartbeat] | None = None  # (pid, heartbeat) for wake_now(), read without a lock
+
+
+def wake_now() -> None:
+    """Make this process's heartbeat beat now, if it has one. Takes no lock, so a signal handler
+    may call it: the thread it interrupted may hold any lock (PerProcess's among them)."""
+    latest = _latest
+    if latest is not None and latest[0] == os.getpid():
+        latest[1].wake()
 
 
 def get_heartbeat(worker: str) -> Heartbeat:
     """This process's heartbeat, started on first use (a forked child starts its own)."""
-    return _heartbeat.get(worker)
+    global _latest
+    heartbeat = _heartbeat.get(worker)
+    _latest = (heartbeat.pid, heartbeat)
+    return heartbeat

@@ -36,6 +36,7 @@ class FinishedOutcome(StrEnum):
     DEAD = "dead"  # it used its last attempt
     TIMED_OUT = "timed_out"
     WORKER_LOST = "worker_lost"
+    CANCELLED = "cancelled"  # its cancel was requested: however the run ended, the job is cancelled
 
 
 _LABEL_OF_KIND = {
@@ -89,7 +90,9 @@ def job_metrics() -> JobMetrics:
 
 def outcome_label(kind: OutcomeKind, after: Job | None) -> FinishedOutcome:
     """The label of one finished run: a run that did not succeed and left the job dead is `dead`
-    (it used the last attempt), whatever ended it."""
+    (it used the last attempt), whatever ended it; a run that left it cancelled is `cancelled`."""
+    if after is not None and after.state == JobState.CANCELLED:
+        return FinishedOutcome.CANCELLED
     if kind is not OutcomeKind.SUCCEEDED and after is not None and after.state == JobState.DEAD:
         return FinishedOutcome.DEAD
     return _LABEL_OF_KIND[kind]

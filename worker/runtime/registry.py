@@ -35,6 +35,9 @@ class JobSpec:
     timeout_s: float | None = None
     max_attempts: int | None = None
     backoff_s: float | None = None
+    # a code-declared schedule of this job (worker/control/declared.py reads it): seconds, a cron
+    # string, a celery `crontab`, or a dict of the schedule's fields
+    schedule: Any = None
 
     def validate(self, args: Mapping[str, Any] | None) -> dict[str, Any]:
         """Check `args` against the signature; return them as JSON-ready data.
@@ -104,8 +107,10 @@ def job(
     timeout: float | None = None,
     max_attempts: int | None = None,
     backoff: float | None = None,
+    schedule: Any = None,
 ) -> Callable[[F], F]:
-    """Register `func` as job type `name` (default: module.function) with its defaults."""
+    """Register `func` as job type `name` (default: module.function) with its defaults, and with
+    `schedule` a schedule of it in the ledger (docs/schedules.md)."""
 
     def decorate(func: F) -> F:
         job_name = name or f"{func.__module__.rsplit('.', 1)[-1]}.{func.__name__}"
@@ -120,6 +125,7 @@ def job(
             timeout_s=timeout,
             max_attempts=max_attempts,
             backoff_s=backoff,
+            schedule=schedule,
         )
         _REGISTRY[job_name] = spec
         register_task(spec)

@@ -17,7 +17,17 @@ from celery import signals
 from celery.loaders.app import AppLoader
 from celery.utils.dispatch.signal import Signal
 
-from worker.runtime import consumer, fencing, joblog, liveness, progress, scrape, shutdown, timer_compaction
+from worker.runtime import (
+    cancel_wakeup,
+    consumer,
+    fencing,
+    joblog,
+    liveness,
+    progress,
+    scrape,
+    shutdown,
+    timer_compaction,
+)
 
 # (signal, handler): weak=False, since the handlers are module functions that live as long as
 # the process; dispatch_uid makes a second install() a no-op.
@@ -30,6 +40,7 @@ HANDLERS = (
     (signals.worker_init, liveness.on_worker_init),
     (signals.worker_init, fencing.on_worker_init),
     (signals.worker_process_init, fencing.on_worker_process_init),
+    (signals.worker_process_init, cancel_wakeup.on_worker_process_init),
     (signals.beat_init, liveness.on_beat_init),
     (signals.worker_process_shutdown, scrape.on_child_exit),
     (signals.worker_ready, consumer.on_worker_ready),

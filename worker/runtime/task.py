@@ -25,7 +25,7 @@ from worker.errors import LedgerUnavailableError
 from worker.ledger import db, release, transitions
 from worker.ledger.db import with_ledger_retry
 from worker.ledger.records import Job
-from worker.runtime import fencing, storable
+from worker.runtime import current, fencing, storable
 from worker.runtime.heartbeat import get_heartbeat
 from worker.runtime.job_metrics import job_finished
 from worker.runtime.lost_child import MedicRequest
@@ -103,8 +103,10 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     heartbeat = get_heartbeat(worker)
     heartbeat.track(job_id, delivery_id, job.queue)
     try:
-        with fencing.running(holding):
+        with fencing.running(holding), current.running(job_id, delivery_id):
             outcome = _run(spec, job)
+            # the last report, if the heartbeat has not written it: GET /jobs/{id} ends on it
+            heartbeat.write_progress({job_id: delivery_id})
         fence.body_done(job_id)
         after = record_outcome(job, outcome, actor=f"{worker}:{pid}")
         job_finished(job, outcome.kind, after)  # metrics; never raises
@@ -204,7 +206,12 @@ def _finalize(conn: Connection, job: Job, outcome: Outcome, *, actor: str) -> Jo
     s = get_settings()
     now = utcnow()
     if outcome.kind is OutcomeKind.SUCCEEDED:
-        return transitions.succeed(conn, job.id, job.delivery_id, outcome.value, actor=actor, now=now)
+        done = transitions.succeed(conn, job.id, job.delivery_id, outcome.value, actor=actor, now=now)
+        if done is None:  # its cancel was requested: the run ends `cancelled`, its result kept
+            done = transitions.stop(
+                conn, job, actor=actor, now=now, detail="returned after the cancel request", result=outcome.value
+            )
+        return done
     if outcome.kind is OutcomeKind.TIMEOUT:
         return transitions.time_out(
             conn, job, actor=actor, now=now, max_backoff_s=s.max_backoff_seconds, detail=outcome.value
