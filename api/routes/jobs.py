@@ -228,7 +228,7 @@ def cancel_job(job_id: uuid.UUID, key: SubmitKey, response: Response) -> JobPubl
     if left == JobState.RUNNING:
         response.status_code = 202
         _announce([row])
-    _log_job("cancelled" if left == JobState.QUEUED else "cancel requested of", row)
+    _log_job("cancel requested of" if left == JobState.RUNNING else f"cancelled ({left})", row)
     return JobPublic.of(row)
 
 

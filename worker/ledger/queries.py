@@ -79,7 +79,7 @@ def list_jobs(
     return [Job.of(row) for row in conn.execute(stmt)]
 
 
-CANCELLABLE = ("queued", "running")
+CANCELLABLE = ("waiting", "queued", "running")  # waiting: a workflow's step not released yet
 
 
 def cancellable(

@@ -286,17 +286,19 @@ def time_out(
 def cancel(
     conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime
 ) -> tuple[JobState, Job] | None:
-    """Cancel a job of `tenant`: a queued one at once (`cancelled`); a running one is asked to
-    stop (`cancel_requested_at` set, an event running -> running `cancel_requested`): its worker
-    learns it at its next heartbeat and stops it within the grace. Returns the state it was in and
-    the row; a second request of a running job returns the row unchanged (no second event).
-    None: no such job of `tenant`, or it is neither queued nor running."""
-    row = transition(
-        conn, job_id, JobState.QUEUED, JobState.CANCELLED, actor=actor, reason="cancelled", now=now,
-        where=[jobs.c.tenant == tenant], values={"finished_at": now, "lease_expires_at": None},
-    )  # fmt: skip
-    if row is not None:
-        return JobState.QUEUED, row
+    """Cancel a job of `tenant`: a queued one, or a workflow's step still waiting, at once
+    (`cancelled`); a running one is asked to stop (`cancel_requested_at` set, an event running ->
+    running `cancel_requested`): its worker learns it at its next heartbeat and stops it within
+    the grace. Returns the state it was in and the row; a second request of a running job returns
+    the row unchanged (no second event). None: no such job of `tenant`, or it is not waiting,
+    queued or running."""
+    for frm in (JobState.QUEUED, JobState.WAITING):
+        row = transition(
+            conn, job_id, frm, JobState.CANCELLED, actor=actor, reason="cancelled", now=now,
+            where=[jobs.c.tenant == tenant], values={"finished_at": now, "lease_expires_at": None},
+        )  # fmt: skip
+        if row is not None:
+            return frm, row
     row = transition(
         conn, job_id, JobState.RUNNING, JobState.RUNNING, actor=actor, reason="cancel_requested", now=now,
         where=[jobs.c.tenant == tenant, jobs.c.cancel_requested_at.is_(None)], values={"cancel_requested_at": now},
