@@ -20,7 +20,7 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELL
 # from-state -> the states it may move to. `timed_out` is a passing state: the job moves on to
 # `queued` or `dead` in the same transaction, and the reason stays in its events.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    # released when the last step it waits for succeeds; cancelled when one fails (fail_fast)
+    # released when the last step it waits for succeeds; cancelled when one fails (fail_fast) or by a cancel
     JobState.WAITING: frozenset({JobState.QUEUED, JobState.CANCELLED}),
     # queued -> dead: given up, its message could not be delivered however often it was re-sent
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.QUEUED, JobState.DEAD}),
