@@ -28,10 +28,10 @@ from api.schemas import (
 )
 from worker import logs
 from worker.accept import Accepted, Caller, JobRequest, accept
-from worker.broker.publish import announce_cancel, commit_then_publish
+from worker.broker.publish import announce_cancel, commit_then_publish, publish
 from worker.clock import utcnow
 from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
-from worker.ledger import db, queries, transitions
+from worker.ledger import db, queries, release, transitions
 from worker.ledger.apikeys import ApiKey
 from worker.ledger.records import Job
 from worker.ledger.states import JobState
@@ -211,7 +211,7 @@ _CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
             "application/json": {"example": {"state": "running", "cancel_requested_at": "2026-12-05T12:00:00Z"}}
         },
     },
-    409: {"description": "The job is finished (or waiting in a workflow): nothing to cancel."},
+    409: {"description": "The job is finished: nothing to cancel."},
 }
 
 
@@ -220,7 +220,8 @@ def cancel_job(job_id: uuid.UUID, key: SubmitKey, response: Response) -> JobPubl
     """Cancel a queued job at once (200); ask a running one to stop (202): a durable request its
     worker reads from the ledger at each heartbeat, whether or not the broadcast reaches it."""
     with db.begin() as conn:
-        done = transitions.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
+        done, followed = release.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
+    publish([j for j in followed if j.state == JobState.QUEUED])  # a `continue` workflow's released steps
     if done is None:
         row = _owned(job_id, key.tenant)
         raise InvalidTransitionError(f"a {row.state} job cannot be cancelled", state=row.state)
@@ -245,6 +246,7 @@ def cancel_jobs(body: CancelFilter, key: SubmitKey) -> BulkCancelPublic:
     limit = get_settings().max_bulk_cancel
     asked: list[Job] = []
     cancelled: list[uuid.UUID] = []
+    followed: list[Job] = []
     with db.begin() as conn:
         ids = queries.cancellable(
             conn, key.tenant, limit=limit + 1, state=body.state, type_=body.type, queue=body.queue,
@@ -252,13 +254,15 @@ def cancel_jobs(body: CancelFilter, key: SubmitKey) -> BulkCancelPublic:
         )  # fmt: skip
         now = utcnow()
         for job_id in ids[:limit]:
-            done = transitions.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=now)
-            if done is None:  # it finished meanwhile
+            done, changed = release.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=now)
+            followed += changed
+            if done is None:  # it finished meanwhile (or a workflow's follow-up cancelled it)
                 continue
             if done[0] == JobState.RUNNING:
                 asked.append(done[1])
             else:
                 cancelled.append(done[1].id)
+    publish([j for j in followed if j.state == JobState.QUEUED])
     _announce(asked)
     log.info("bulk cancel by %s: %d cancelled, %d asked to stop", key.id, len(cancelled), len(asked))
     return BulkCancelPublic(

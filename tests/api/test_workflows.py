@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from tests.api.test_stream import open_stream, subscribed
 from tests.api.test_stream import recv as ws_recv
 from tests.conftest import KeyFactory
-from worker.clock import utcnow
-from worker.ledger import db, release
+from worker.ledger import db
 from worker.ledger.models import jobs, workflow_steps, workflows
 from worker.testing.processes import wait_for
 
@@ -156,19 +155,23 @@ def test_the_workflow_routes_are_in_the_openapi_with_an_example(stack: str) -> N
 
 
 def test_a_waiting_step_and_then_a_whole_workflow_are_cancelled_over_the_api(client: httpx.Client) -> None:
-    """Given a parked a -> b -> c, When b (waiting) is cancelled alone and then the workflow by
-    `POST /jobs/cancel {workflow_id}`, Then every step is cancelled at once, and the repair finishes
-    the workflow `cancelled`."""
+    """Given a parked a -> b -> c (fail_fast), When b (waiting) is cancelled alone, Then c, which
+    waits for it, is cancelled in the same transaction (no repair loop); When the workflow is
+    then cancelled by `POST /jobs/cancel {workflow_id}`, Then a goes too and the workflow is
+    finished `cancelled` by that same call."""
     body = {"steps": [step("a", queue="nobody-consumes-this"), step("b", ["a"]), step("c", ["b"])]}
     accepted = client.post("/workflows", json=body).json()
     ids = {s["name"]: s["job_id"] for s in accepted["steps"]}
+
+    def states() -> dict[str, str]:
+        return {s["name"]: s["state"] for s in client.get(f"/workflows/{accepted['id']}").json()["steps"]}
+
     one = client.post(f"/jobs/{ids['b']}/cancel")
     assert one.status_code == 200 and one.json()["state"] == "cancelled", one.text
+    assert states() == {"a": "queued", "b": "cancelled", "c": "cancelled"}
+    assert [e["reason"] for e in client.get(f"/jobs/{ids['c']}/events").json()["events"]][-1] == "workflow_failed"
     bulk = client.post("/jobs/cancel", json={"workflow_id": accepted["id"]})
     assert bulk.status_code == 200, bulk.text
-    assert bulk.json()["cancelled"] == 2  # a (queued) and c (waiting)
-    states = {s["name"]: s["state"] for s in client.get(f"/workflows/{accepted['id']}").json()["steps"]}
-    assert states == dict.fromkeys("abc", "cancelled")
-    with db.begin() as conn:
-        release.repair(conn, workflow_id=uuid.UUID(accepted["id"]), actor="test", now=utcnow())
+    assert bulk.json()["cancelled"] == 1  # a (queued); b and c were already cancelled
+    assert states() == dict.fromkeys("abc", "cancelled")
     assert client.get(f"/workflows/{accepted['id']}").json()["state"] == "cancelled"

@@ -17,7 +17,9 @@ from worker.accept.validate import JobRequest
 from worker.accept.workflow import AcceptedWorkflow
 from worker.clock import utcnow
 from worker.control.prune import prune
+from worker.control.recover import recover_stuck
 from worker.control.repair_workflows import ACTOR, repair_workflows
+from worker.control.timeouts import enforce_timeouts
 from worker.ledger import db, queries, transitions, workflows
 from worker.ledger.models import jobs, workflow_steps
 from worker.ledger.records import Job
@@ -111,3 +113,39 @@ def test_prune_deletes_finished_workflows_past_retention_and_keeps_running_ones(
         assert workflows.get_steps(conn, done.id) == []
         assert workflows.get_workflow(conn, running.id) is not None
         assert conn.scalar(sa.select(sa.func.count()).where(workflow_steps.c.workflow_id == done.id)) == 0
+
+
+def _claim_as_ghost(row: Job, *, lease_s: float = 1) -> None:
+    """`row` running on a worker that is gone (no presence key): what recover_stuck takes."""
+    now = utcnow()
+    with db.begin() as conn:
+        claimed = transitions.claim(
+            conn, row.id, row.delivery_id, worker="ghost@nowhere", pid=4242, now=now, lease_s=lease_s
+        )
+        assert claimed is not None
+
+
+def test_a_step_recover_stuck_gives_up_on_cancels_its_dependents_in_the_same_run(medic_env: dict[str, Any]) -> None:
+    """Given a fail_fast a -> b -> c whose a (one attempt) ran on a worker that vanished, When
+    recover_stuck declares a dead, Then b and c are cancelled and the workflow failed by that same
+    run, not 30 s later by the repair loop (which then finds nothing to do)."""
+    accepted = _submit("fail_fast")
+    _claim_as_ghost(accepted.job_of("a"))
+    assert recover_stuck(utcnow() + dt.timedelta(seconds=60))["dead"] == 1
+    assert [job(accepted.job_of(n).id).state for n in "abc"] == ["dead", "cancelled", "cancelled"]
+    with db.connect() as conn:
+        assert workflows.get_workflow(conn, accepted.id).state == "failed"  # type: ignore[union-attr]
+    assert _repair()["cancelled"] == 0
+
+
+def test_a_step_enforce_timeouts_gives_up_on_releases_its_dependent_under_continue(medic_env: dict[str, Any]) -> None:
+    """Given a `continue` a -> b -> c whose a (one attempt) overran its timeout, When
+    enforce_timeouts declares a dead, Then b is released (queued, published) by that same run."""
+    accepted = _submit("continue")
+    _claim_as_ghost(accepted.job_of("a"), lease_s=3600)
+    timeout = job(accepted.job_of("a").id).timeout_s
+    assert enforce_timeouts(utcnow() + dt.timedelta(seconds=timeout + 3600))["dead"] == 1
+    b = job(accepted.job_of("b").id)
+    assert (b.state, b.published_at is not None) == ("queued", True)
+    assert job(accepted.job_of("c").id).state == "waiting"
+    assert _repair()["released"] == 0

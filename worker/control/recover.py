@@ -13,7 +13,7 @@ from worker import logs
 from worker.broker import presence
 from worker.broker.publish import commit_then_publish, revoke_deliveries
 from worker.control.loop import sort_outcomes
-from worker.ledger import queries, transitions
+from worker.ledger import queries, release, transitions
 from worker.ledger.records import Job
 from worker.settings import get_settings
 
@@ -47,6 +47,7 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
     late = 0
     taken: list[uuid.UUID] = []
     acted: list[tuple[Job, Job]] = []
+    followed: list[Job] = []
 
     def give_back_orphans(conn: Connection) -> list[Job | None]:
         nonlocal late
@@ -71,11 +72,15 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
                 taken.append(row.delivery_id)
                 acted.append((row, given))
                 after.append(given)
-        return after
+        # a workflow step given up on (dead, or stopped after a cancel request): its dependents
+        # released or cancelled in this transaction, published with the retries
+        followed[:] = release.follow(conn, after, actor=ACTOR, now=now)
+        return [*after, *followed]
 
     # The old deliveries are revoked before the retries are published: a stale process that
     # somehow outlived its fence hears the revoke before a retry exists.
     after = commit_then_publish(give_back_orphans, before_publish=lambda: revoke_deliveries(taken))
+    after = after[: len(after) - len(followed)]  # the outcomes of the jobs taken, not their dependents'
     for row, given in acted:  # after the commit: a line per job actually taken
         where = f"{row.worker}:{row.worker_pid}"
         extra = logs.job_extra(row, reason="worker_lost")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from sqlalchemy.engine import Connection
+
 from worker import logs
 from worker.broker.publish import commit_then_publish, revoke_deliveries
 from worker.control.loop import sort_outcomes
-from worker.ledger import db, queries, transitions
+from worker.ledger import db, queries, release, transitions
+from worker.ledger.records import Job
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -28,15 +31,19 @@ def enforce_timeouts(now: dt.datetime, *, limit: int | None = None) -> dict[str,
     if not late:
         return {"requeued": 0, "dead": 0, "stopped": 0}
     revoke_deliveries([r.delivery_id for r in late])
-    after = commit_then_publish(
-        lambda conn: [
+
+    def time_out_all(conn: Connection) -> list[Job | None]:
+        timed_out = [
             transitions.time_out(
                 conn, row, actor=ACTOR, now=now, max_backoff_s=s.max_backoff_seconds,
                 detail=f"running for more than {row.timeout_s:.0f}s + grace; killed by {ACTOR}",
             )
             for row in late
-        ]
-    )  # fmt: skip
+        ]  # fmt: skip
+        # a workflow step that ended dead (or stopped): its dependents followed up in this transaction
+        return [*timed_out, *release.follow(conn, timed_out, actor=ACTOR, now=now)]
+
+    after = commit_then_publish(time_out_all)[: len(late)]
     for row, given in zip(late, after, strict=True):
         if given is not None:
             # `late` rows carry ids and times only; the row after names queue and tenant. The

@@ -58,6 +58,30 @@ def step_ended(conn: Connection, job: Job, *, actor: str, now: dt.datetime) -> l
     return changed
 
 
+def follow(conn: Connection, ended: Iterable[Job | None], *, actor: str, now: dt.datetime) -> list[Job]:
+    """`step_ended` for every workflow step among `ended` (rows a transition of this transaction
+    returned) that has ended for good: the follow-up in the same transaction, whoever ended it (a
+    loop that gave up on it, a cancel), so no release or fail-fast waits for the repair loop."""
+    changed: list[Job] = []
+    for job in ended:
+        if job is not None and job.workflow_id is not None:
+            changed += step_ended(conn, job, actor=actor, now=now)
+    return changed
+
+
+def cancel(
+    conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime
+) -> tuple[tuple[JobState, Job] | None, list[Job]]:
+    """`transitions.cancel`, and when that ended a workflow's step at once (waiting or queued),
+    its follow-up in the same transaction: (what cancel returned, the dependents it changed; the
+    queued ones are the caller's to publish after the COMMIT). A running step is only asked to
+    stop; its follow-up comes with the `stopped` write."""
+    done = transitions.cancel(conn, job_id, tenant, actor=actor, now=now)
+    if done is None or done[0] == JobState.RUNNING:
+        return done, []
+    return done, follow(conn, [done[1]], actor=actor, now=now)
+
+
 def _dependents(steps: dict[str, Step], name: str) -> list[str]:
     return [s.name for s in steps.values() if name in s.after]
 
