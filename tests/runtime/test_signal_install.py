@@ -108,7 +108,12 @@ def test_a_starting_worker_installs_every_handler_and_a_job_line_carries_its_fie
     metrics and consumer registration never start."""
     got = json.loads(_python(START_WORKER).splitlines()[-1])
     assert got["before"] == []
-    assert len(got["control"]) == 2, "the eviction warning and the health watchdog"
+    assert sorted(name.rsplit(".", 1)[-1] for name in got["control"]) == [
+        "_start_watchdog",
+        "_sync_schedules_at_beat_start",
+        "_sync_schedules_in_control_worker",
+        "_warn_if_redis_evicts",
+    ], "the eviction warning, the health watchdog and the schedules' sync (control worker, beat)"
     assert sorted(got["after"]) == sorted(_every_handler() + got["control"])
     running, after = got["lines"]
     assert running["job_id"] == got["job_id"] and running["queue"] == "q-install" and running["worker"] == "w@host"

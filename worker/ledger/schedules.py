@@ -65,7 +65,7 @@ def get(conn: Connection, schedule_id: uuid.UUID, tenant: str | None = None, *, 
     stmt = sa.select(schedules).where(schedules.c.id == schedule_id)
     if tenant is not None:
         stmt = stmt.where(schedules.c.tenant == tenant)
-    if lock and conn.dialect.name == "postgresql":
+    if lock:  # FOR UPDATE on PostgreSQL; SQLite renders nothing (its writer lock is the database's)
         stmt = stmt.with_for_update()
     return Schedule.maybe(conn.execute(stmt).first())
 
