@@ -42,11 +42,3 @@ def tick(seconds: float, history: str, guarded: bool) -> int:
         return n
     finally:
         os.close(fd)
-
-
-def read(history: str) -> list[dict[str, object]]:
-    try:
-        with open(history) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []

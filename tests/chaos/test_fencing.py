@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from tests.chaos import fencejobs
+from tests.chaos import fencejobs  # noqa: F401 - registers fence.* here: submit() enqueues through the library
 from tests.chaos.conftest import TERMINAL, submit, wait_job
+from tests.history import read as read_history
 from worker.ledger import db, queries
 from worker.testing.processes import Processes, wait_for
 
@@ -40,7 +41,7 @@ class Run:
 def runs(history: str) -> list[Run]:
     """One Run per delivery, from its lines, in order of start."""
     out: dict[str, Run] = {}
-    for line in fencejobs.read(history):
+    for line in read_history(history):
         d, t = str(line["delivery"]), float(str(line["t"]))
         if d not in out:
             out[d] = Run(d, int(str(line["pid"])), t, t, False)

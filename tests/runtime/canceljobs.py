@@ -59,11 +59,3 @@ def chatty(calls: int, over_s: float, then_s: float) -> int:
         time.sleep(over_s / calls)
     time.sleep(then_s)
     return calls
-
-
-def read(history: str) -> list[dict[str, object]]:
-    try:
-        with open(history) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []

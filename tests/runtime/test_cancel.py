@@ -15,7 +15,7 @@ import pytest
 
 from tests.api_client import events, submit, wait_state
 from tests.conftest import KeyFactory
-from tests.runtime import canceljobs
+from tests.history import read as read_history
 from worker.settings import get_settings
 from worker.testing.processes import Processes, wait_for
 
@@ -35,7 +35,7 @@ def _client(url: str, key: str) -> httpx.Client:
 
 
 def _started(history: str) -> dict[str, object]:
-    return wait_for(lambda: next((e for e in canceljobs.read(history) if e["event"] == "start"), None), 30, 0.02,
+    return wait_for(lambda: next((e for e in read_history(history) if e["event"] == "start"), None), 30, 0.02,
                     "the job started")  # fmt: skip
 
 
@@ -69,9 +69,9 @@ def test_a_cancel_whose_broadcast_is_dropped_still_stops_the_job_and_frees_its_s
         stopped_at = time.time()
         assert stopped_at - asked_at <= bound, f"stopped {stopped_at - asked_at:.2f}s after the request (> {bound}s)"
         assert _dead(pid), "the job's process still runs"
-        ticks = [float(str(e["t"])) for e in canceljobs.read(history)]
+        ticks = [float(str(e["t"])) for e in read_history(history)]
         assert max(ticks) - asked_at <= bound, "the job went on past heartbeat + grace + 2 s"
-        assert not [e for e in canceljobs.read(history) if e["event"] == "end"]
+        assert not [e for e in read_history(history) if e["event"] == "end"]
         assert final["result"] is None and final["finished_at"] is not None
         reasons = [(e["from_state"], e["to_state"], e["reason"]) for e in events(client, job["id"])]
         assert reasons[-2:] == [("running", "running", "cancel_requested"), ("running", "cancelled", "stopped")]
@@ -106,7 +106,7 @@ def test_a_cooperative_job_sees_the_request_and_ends_cleanly_before_the_grace(
         assert client.post(f"/jobs/{job['id']}/cancel").status_code == 202
         # well before the next heartbeat (20 s): only the broadcast can have made it this soon
         final = wait_state(client, job["id"], {"cancelled"}, timeout=10)
-        lines = [str(e["event"]) for e in canceljobs.read(history)]
+        lines = [str(e["event"]) for e in read_history(history)]
         assert lines[-2:] == ["cancel_seen", "cleaned_up"], lines
         assert not _dead(pid), "the job's process was killed: it should have ended on its own"
         assert final["result"] == "stopped cleanly"

@@ -47,7 +47,6 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
     late = 0
     taken: list[uuid.UUID] = []
     acted: list[tuple[Job, Job]] = []
-    followed: list[Job] = []
 
     def give_back_orphans(conn: Connection) -> list[Job | None]:
         nonlocal late
@@ -74,15 +73,14 @@ def recover_stuck(now: dt.datetime, *, limit: int | None = None) -> dict[str, in
                 after.append(given)
         # a workflow step given up on (dead, or stopped after a cancel request): its dependents
         # released or cancelled in this transaction, published with the retries
-        followed[:] = release.follow(conn, after, actor=ACTOR, now=now)
-        return [*after, *followed]
+        return [*after, *release.follow(conn, after, actor=ACTOR, now=now)]
 
     # The old deliveries are revoked before the retries are published: a stale process that
     # somehow outlived its fence hears the revoke before a retry exists.
-    after = commit_then_publish(give_back_orphans, before_publish=lambda: revoke_deliveries(taken))
-    after = after[: len(after) - len(followed)]  # the outcomes of the jobs taken, not their dependents'
+    commit_then_publish(give_back_orphans, before_publish=lambda: revoke_deliveries(taken))
     for row, given in acted:  # after the commit: a line per job actually taken
         where = f"{row.worker}:{row.worker_pid}"
         extra = logs.job_extra(row, reason="worker_lost")
         log.warning("recover_stuck: job %s taken from %s (lease expired): %s", row.id, where, given.state, extra=extra)
-    return {**sort_outcomes(after), "lease_late": late}
+    # the outcomes of the jobs taken, not of their workflows' dependents
+    return {**sort_outcomes(given for _, given in acted), "lease_late": late}
