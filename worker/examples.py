@@ -67,3 +67,18 @@ def steps(steps: int, seconds_per_step: float) -> dict[str, int]:
         if me.cancelled():
             break
     return {"steps": done}
+
+
+@job("examples.per_account", concurrency_key="account", concurrency_limit=1)
+def per_account(account: str, seconds: float) -> dict[str, Any]:
+    """One account's work at a time (keyed concurrency, docs/flow.md): jobs of one account never
+    overlap, across every worker; other accounts' run beside them."""
+    started = time.time()
+    time.sleep(seconds)
+    return {"account": account, "started": started, "ended": time.time()}
+
+
+@job("examples.throttled", rate_limit="5/s")
+def throttled(n: int) -> dict[str, Any]:
+    """Starts at most 5 times a second across every worker (a global rate limit, docs/flow.md)."""
+    return {"n": n, "started": time.time()}

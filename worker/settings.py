@@ -46,6 +46,7 @@ FAST_PROFILE: dict[str, Any] = {
     "scale_down_cooldown_seconds": 5.0,
     "health_period_seconds": 1.0,
     "schedule_period_seconds": 0.5,
+    "dispatch_period_seconds": 0.5,
     "schedule_missed_slack_seconds": 3.0,
     "alert_for_seconds": 3.0,
     "alert_repeat_seconds": 60.0,
@@ -183,6 +184,35 @@ class Settings(BaseSettings):
         le=1,
         description="Most of a queue's high watermark one tenant's queued jobs may take (429 tenant_quota "
         "past it, while other tenants are still accepted); 1: no cap but the watermark.",
+    )
+    # flow control: the dispatcher (worker/ledger/dispatch.py, docs/flow.md)
+    dispatch_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated queues whose jobs the dispatcher starts (fair share between tenants, "
+        "priorities that age); `*`: every queue. Job types with a concurrency key or a rate limit are "
+        "dispatched on any queue.",
+    )
+    dispatch_window: int = Field(
+        16,
+        gt=0,
+        description="Most jobs of a dispatched queue published and not finished at once: about its worker "
+        "slots plus a few (a smaller window is fairer, a larger one keeps more slots busy).",
+    )
+    dispatch_period_seconds: float = Field(
+        1.0, gt=0, description="Period of dispatch_held (held jobs whose not_before came, resumed queues)."
+    )
+    dispatch_scan: int = Field(
+        200, gt=0, description="Most held jobs one dispatch reads per tenant or per key when it picks."
+    )
+    priority_aging_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="On a dispatched queue, one step of priority is worth this much waiting: a job of "
+        "priority p goes before jobs up to p x this older, and no job waits behind ever newer ones.",
+    )
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description='Fair-share weights per tenant on dispatched queues, JSON: {"tenant": 2.0}; others 1.',
     )
     retry_after_min_seconds: int = Field(1, ge=1, description="Smallest Retry-After of a 429.")
     retry_after_max_seconds: int = Field(300, ge=1, description="Largest Retry-After of a 429.")
@@ -378,6 +408,13 @@ class Settings(BaseSettings):
             return {**FAST_PROFILE, **data}
         return data
 
+    def dispatched(self, queue: str) -> bool:
+        """Whether the dispatcher starts every job of `queue` (MEDIC_DISPATCH_QUEUES)."""
+        return queue in self.dispatch_queues or "*" in self.dispatch_queues
+
+    def tenant_weight(self, tenant: str) -> float:
+        return max(self.tenant_weights.get(tenant, 1.0), 0.001)
+
     @model_validator(mode="after")
     def _heartbeat_within_presence(self) -> Settings:
         """A heartbeat refreshes the presence key and the leases: one slower than the presence
@@ -426,7 +463,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("job_modules", "queues", "schedule_modules", mode="before")
+    @field_validator("job_modules", "queues", "schedule_modules", "dispatch_queues", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):

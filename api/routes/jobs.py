@@ -28,7 +28,7 @@ from api.schemas import (
 )
 from worker import logs
 from worker.accept import Accepted, Caller, JobRequest, accept
-from worker.broker.publish import announce_cancel, commit_then_publish, publish
+from worker.broker.publish import announce_cancel, commit_then_publish, publish_and_follow
 from worker.clock import utcnow
 from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
 from worker.ledger import db, queries, release, transitions
@@ -221,7 +221,8 @@ def cancel_job(job_id: uuid.UUID, key: SubmitKey, response: Response) -> JobPubl
     worker reads from the ledger at each heartbeat, whether or not the broadcast reaches it."""
     with db.begin() as conn:
         done, followed = release.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=utcnow())
-    publish([j for j in followed if j.state == JobState.QUEUED])  # a `continue` workflow's released steps
+    # a `continue` workflow's released steps; the cancelled job's slot, if the dispatcher started it
+    publish_and_follow([*followed, done[1] if done is not None else None])
     if done is None:
         row = _owned(job_id, key.tenant)
         raise InvalidTransitionError(f"a {row.state} job cannot be cancelled", state=row.state)
@@ -246,6 +247,7 @@ def cancel_jobs(body: CancelFilter, key: SubmitKey) -> BulkCancelPublic:
     limit = get_settings().max_bulk_cancel
     asked: list[Job] = []
     cancelled: list[uuid.UUID] = []
+    cancelled_rows: list[Job] = []
     followed: list[Job] = []
     with db.begin() as conn:
         ids = queries.cancellable(
@@ -262,7 +264,8 @@ def cancel_jobs(body: CancelFilter, key: SubmitKey) -> BulkCancelPublic:
                 asked.append(done[1])
             else:
                 cancelled.append(done[1].id)
-    publish([j for j in followed if j.state == JobState.QUEUED])
+                cancelled_rows.append(done[1])
+    publish_and_follow(followed + cancelled_rows)
     _announce(asked)
     log.info("bulk cancel by %s: %d cancelled, %d asked to stop", key.id, len(cancelled), len(asked))
     return BulkCancelPublic(

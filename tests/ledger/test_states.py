@@ -10,11 +10,12 @@ from worker.ledger.transitions import backoff_delay
 def test_terminal_states_have_no_way_out_except_manual_retry_of_dead() -> None:
     for state in TERMINAL_STATES:
         allowed = TRANSITIONS[state]
-        assert allowed == ({JobState.QUEUED} if state == JobState.DEAD else set()), state
+        # a manual retry: queued, or held for a job the dispatcher starts
+        assert allowed == ({JobState.QUEUED, JobState.HELD} if state == JobState.DEAD else set()), state
 
 
 def test_timed_out_is_a_passing_state() -> None:
-    assert TRANSITIONS[JobState.TIMED_OUT] == {JobState.QUEUED, JobState.DEAD}
+    assert TRANSITIONS[JobState.TIMED_OUT] == {JobState.QUEUED, JobState.HELD, JobState.DEAD}
     assert JobState.TIMED_OUT not in TERMINAL_STATES
 
 

@@ -25,10 +25,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from worker.accept.admission import Reservation
-from worker.broker.publish import publish
+from worker.broker.publish import dispatch_queues, publish
 from worker.errors import CommitUnconfirmedError, IdempotencyConflictError, LedgerUnavailableError, MedicError
 from worker.ledger import db, queries, transitions
+from worker.ledger.dispatch import slots_freed
 from worker.ledger.records import Job, NewJob
+from worker.ledger.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -179,4 +181,6 @@ def publish_new(done: Sequence[Committed], reservations: Sequence[Reservation] =
     if not refused:
         for reservation, _ in held:
             reservation.removed()
+    # jobs the dispatcher starts were written `held`: the ones that may start now go at once
+    dispatch_queues(slots_freed(j for j in new_jobs if j.state == JobState.HELD.value))
     return [Accepted(a.job, a.created, a.job.id not in refused) if isinstance(a, Accepted) else a for a in done]

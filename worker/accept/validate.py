@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.clock import utcnow
+from worker.clock import seconds, utcnow
 from worker.errors import ForbiddenError, InvalidArgsError, PayloadTooLargeError
-from worker.ledger.records import NewJob
+from worker.ledger.records import Flow, NewJob
 from worker.ledger.transitions import new_delivery_id
 from worker.runtime.queues import DeclaredQueues, check_queue, declared_queues
-from worker.runtime.registry import get_spec
+from worker.runtime.registry import JobSpec, get_spec
 from worker.settings import Settings, get_settings
 
 
@@ -80,6 +80,35 @@ def new_job(
         backoff_s=spec.backoff_s if spec.backoff_s is not None else s.default_backoff_seconds,
         delivery_id=new_delivery_id(),
         created_at=now,
+        flow=flow_of(spec, queue, tenant, args, req.priority, now, s),
+    )
+
+
+def flow_of(
+    spec: JobSpec, queue: str, tenant: str, args: Mapping[str, Any], priority: int, now: dt.datetime, s: Settings
+) -> Flow | None:
+    """How the dispatcher starts the job (None: published at once, today's fast path): its type
+    declared a concurrency key or a rate limit, or its queue is dispatched (MEDIC_DISPATCH_QUEUES).
+    Its rank is its creation less `priority` aging steps: priorities that age.
+
+    Raises:
+        InvalidArgsError: a key rendered from the args is too long.
+    """
+    if spec.flow is None and not s.dispatched(queue):
+        return None
+    rank = now - seconds(priority * s.priority_aging_seconds)
+    if spec.flow is None:
+        return Flow(rank=rank)
+    try:
+        flow_key, rate_key = spec.flow.keys(spec.name, tenant, args)
+    except ValueError as exc:
+        raise InvalidArgsError(str(exc)) from None
+    return Flow(
+        rank=rank,
+        key=flow_key,
+        limit=spec.flow.concurrency_limit,
+        rate_key=rate_key,
+        rate_interval_s=spec.flow.rate_interval_s,
     )
 
 

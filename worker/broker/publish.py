@@ -23,8 +23,9 @@ from worker.broker.celery_app import app
 from worker.broker.counters import add_arrivals
 from worker.broker.messages import delivery_message
 from worker.broker.redis_client import get_redis
+from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
-from worker.ledger import db, transitions
+from worker.ledger import db, dispatch, transitions
 from worker.ledger.records import Job
 from worker.ledger.states import JobState
 from worker.settings import get_settings
@@ -43,7 +44,8 @@ def publish(
     refused. `arrivals`: the rows are new work, counted in the queues' arrival counters in the
     same round trip (best effort: they go, or are lost, with the messages). `then_remove`:
     (sorted set, member) pairs removed in the last round trip, after every message (the
-    admission reservations these jobs held: the queue's length counts them from then on).
+    admission reservations these jobs held: the queue's length counts them from then on). A
+    `held` row is counted as an arrival and not sent: the dispatcher sends it when it may start.
 
     The messages are built in worker/broker/messages.py, as Celery would send them. A broker
     error refuses the whole call: every row is marked unpublished and reconcile re-sends it. A
@@ -58,7 +60,8 @@ def publish(
             chunk = rows[start : start + PUBLISH_BATCH]
             with client.pipeline(transaction=False) as pipe:
                 for row in chunk:
-                    pipe.lpush(*delivery_message(row))
+                    if row.state != JobState.HELD:  # a held job is the dispatcher's to send
+                        pipe.lpush(*delivery_message(row))
                 if arrivals:
                     add_arrivals(pipe, Counter(row.queue for row in chunk))
                 if start + PUBLISH_BATCH >= len(rows):
@@ -86,8 +89,36 @@ def commit_then_publish(
         after = list(write(conn))
     if before_publish is not None:
         before_publish()
-    publish([row for row in after if row is not None and row.state == JobState.QUEUED])
+    publish_and_follow(after)
     return after
+
+
+def publish_and_follow(rows: Iterable[Job | None]) -> list[Job]:
+    """Send a delivery for every row left `queued`, then dispatch what the other rows freed (a
+    job the dispatcher starts that ended or was held again: its key's slot, its tenant's share);
+    returns what the dispatch started."""
+    rows = list(rows)
+    publish([row for row in rows if row is not None and row.state == JobState.QUEUED])
+    return dispatch_queues(dispatch.slots_freed(rows))
+
+
+DISPATCHER = "dispatcher"
+
+
+def dispatch_queues(todo: dict[str, set[str]], *, budget: int | None = None) -> list[Job]:
+    """One dispatch transaction per queue (with the keys to look at first), each then published.
+    A queue the ledger cannot dispatch now is left to the dispatch_held loop."""
+    started: list[Job] = []
+    for queue, keys in sorted(todo.items()):
+        try:
+            with db.begin() as conn:
+                sent = dispatch.dispatch(conn, queue, actor=DISPATCHER, now=utcnow(), keys=keys, budget=budget)
+        except LedgerUnavailableError as exc:
+            log.warning("could not dispatch queue %s (%s); the dispatch_held loop will", queue, exc)
+            continue
+        publish(sent)
+        started += sent
+    return started
 
 
 def revoke_deliveries(delivery_ids: Sequence[uuid.UUID], *, signal: str = "SIGKILL") -> None:

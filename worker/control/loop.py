@@ -65,7 +65,7 @@ def sort_outcomes(after: Iterable[Job | None]) -> dict[str, int]:
     `stopped` (`cancelled`: their cancel was requested, so they are never given back)."""
     done = [row for row in after if row is not None]
     return {
-        "requeued": sum(row.state == JobState.QUEUED for row in done),
+        "requeued": sum(row.state in (JobState.QUEUED, JobState.HELD) for row in done),
         "dead": sum(row.state == JobState.DEAD for row in done),
         "stopped": sum(row.state == JobState.CANCELLED for row in done),
     }

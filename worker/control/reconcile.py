@@ -11,11 +11,10 @@ import logging
 
 from worker import logs
 from worker.broker import inspect
-from worker.broker.publish import commit_then_publish, publish
+from worker.broker.publish import commit_then_publish, publish_and_follow
 from worker.clock import seconds
 from worker.ledger import control_state, db, queries, release, transitions
 from worker.ledger.records import Job
-from worker.ledger.states import JobState
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +77,7 @@ def lost_messages(now: dt.datetime, limit: int) -> int:
     if not missing:
         return 0
     followed: list[Job] = []
+    dead_rows: list[Job | None] = []
     with db.begin() as conn:
         resent = queries.count_events(conn, [r.id for r in missing], "message_lost")
         hopeless = [r for r in missing if resent.get(r.id, 0) >= s.max_redeliveries]
@@ -87,8 +87,9 @@ def lost_messages(now: dt.datetime, limit: int) -> int:
             )
             log.error("job %s is undeliverable: %s", row.id, detail, extra=logs.job_extra(row, reason="undeliverable"))
             dead = transitions.give_up_undeliverable(conn, row, actor=ACTOR, now=now, detail=detail)
+            dead_rows.append(dead)
             followed.extend(release.follow(conn, [dead], actor=ACTOR, now=now))
-    publish([j for j in followed if j.state == JobState.QUEUED])  # `continue` may release some
+    publish_and_follow([*followed, *dead_rows])  # `continue` may release some; the dead free their slots
     given_up = {r.id for r in hopeless}
     retry = [r for r in missing if r.id not in given_up]
     return _republish(retry, "message_lost", now) if retry else 0

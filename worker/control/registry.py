@@ -19,6 +19,7 @@ from worker.broker.celery_app import CONTROL_TASK_PREFIX
 from worker.control import alerts
 from worker.control.autoscale import autoscale
 from worker.control.backpressure import apply_backpressure
+from worker.control.dispatch_held import dispatch_held
 from worker.control.fire import fire_schedules
 from worker.control.loop import LoopFn
 from worker.control.prune import prune
@@ -91,6 +92,7 @@ LOOPS: tuple[Loop, ...] = (
         "workflow_repair_period_seconds",
         MappingProxyType({"released": "released", "cancelled": "cancelled"}),
     ),
+    Loop("dispatch_held", dispatch_held, "dispatch_period_seconds", MappingProxyType({"dispatched": "dispatched"})),
     Loop("apply_backpressure", apply_backpressure, "backpressure_period_seconds"),
     Loop("autoscale", autoscale, "autoscale_period_seconds"),
     Loop("fire_schedules", fire_schedules, "schedule_period_seconds"),

@@ -36,7 +36,7 @@ def repair_workflows(now: dt.datetime, *, limit: int | None = None) -> dict[str,
         for job in changed:
             if job is None:
                 continue
-            what = "released" if job.state == JobState.QUEUED.value else "cancelled"
+            what = "released" if job.state in (JobState.QUEUED.value, JobState.HELD.value) else "cancelled"
             released += what == "released"
             cancelled += what == "cancelled"
             log.warning("repair_workflows: step %s of workflow %s %s", job.step, workflow_id, what,

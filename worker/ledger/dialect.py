@@ -24,7 +24,6 @@ from worker.ledger import pg_statements
 from worker.ledger.events import Event, created, returning_with_events
 from worker.ledger.models import jobs
 from worker.ledger.records import Job, NewJob
-from worker.ledger.states import JobState
 
 INCREMENT = pg_statements.INCREMENT
 ASYNC_COMMIT = "medic_async_commit"  # execution option: commit this statement's transaction asynchronously
@@ -40,6 +39,10 @@ _BUSY_BY_PROCESS = (
 # Connection slots in use: client backends only (the checkpointer, WAL writer and the other
 # background processes are rows of pg_stat_activity too, but take no max_connections slot).
 _CLIENT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+_LOCK_KEYS = sa.text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) "
+    "FROM (SELECT unnest(CAST(:keys AS text[])) AS k ORDER BY 1) s"
+)
 _SNAPSHOT = "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint FROM pg_current_snapshot() s"
 
 
@@ -86,11 +89,19 @@ class LedgerDialect(Protocol):
         ...
 
     def fenced(
-        self, conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, event: Event, values: dict[str, Any]
+        self,
+        conn: Connection,
+        job_id: uuid.UUID,
+        delivery_id: uuid.UUID,
+        event: Event,
+        values: dict[str, Any],
+        *,
+        unless_paused: bool = False,
     ) -> Job | None:
         """A hot change fenced on (id, state, delivery_id) of a job with no cancel request (claim,
-        succeed: a job whose cancel was requested ends through transitions.stop); `values` may
-        map a column to INCREMENT."""
+        succeed: a job whose cancel was requested ends through transitions.stop), and with
+        `unless_paused` of a job whose queue is not paused (the claim); `values` may map a
+        column to INCREMENT."""
         ...
 
     def ran_longer_than(self, limit_s: sa.ColumnElement[float], now: dt.datetime) -> sa.ColumnElement[bool]:
@@ -113,6 +124,11 @@ class LedgerDialect(Protocol):
         """The scope of one `db.write`."""
         ...
 
+    def lock_keys(self, conn: Connection, keys: Sequence[str]) -> None:
+        """Hold a lock on each of `keys` (sorted) until the transaction ends: the dispatch of
+        jobs with one concurrency key is one at a time, across every process and queue."""
+        ...
+
 
 class SQLite:
     """The plain forms: several statements, which callers run in a transaction."""
@@ -123,11 +139,13 @@ class SQLite:
         return _on_conflict(sqlite.insert, table, values, key, update)
 
     def create_jobs(self, conn: Connection, news: Sequence[NewJob], *, actor: str, now: dt.datetime) -> list[Job]:
-        rows = [dict(new.row(), state=JobState.QUEUED.value) for new in news]
-        stmt = jobs.insert().returning(*jobs.c, sort_by_parameter_order=True)
-        inserted = [Job.of(row) for row in conn.execute(stmt, rows)]
-        conn.execute(*created(actor, now).insert_for(inserted))
-        return inserted
+        inserted: dict[uuid.UUID, Job] = {}
+        for shape in pg_statements.by_shape([new.row() for new in news]):  # one executemany per set of columns
+            stmt = jobs.insert().returning(*jobs.c, sort_by_parameter_order=True)
+            inserted.update((job.id, job) for job in map(Job.of, conn.execute(stmt, shape)))
+        ordered = [inserted[new.id] for new in news]
+        conn.execute(*created(actor, now).insert_for(ordered))
+        return ordered
 
     def change(self, conn: Connection, update: sa.Update, event: Event) -> Job | None:
         job = Job.maybe(conn.execute(update).first())
@@ -136,11 +154,20 @@ class SQLite:
         return job
 
     def fenced(
-        self, conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, event: Event, values: dict[str, Any]
+        self,
+        conn: Connection,
+        job_id: uuid.UUID,
+        delivery_id: uuid.UUID,
+        event: Event,
+        values: dict[str, Any],
+        *,
+        unless_paused: bool = False,
     ) -> Job | None:
         assert event.frm is not None
         general = {k: (jobs.c[k] + 1 if v is INCREMENT else v) for k, v in values.items()}
         fence = [jobs.c.delivery_id == delivery_id, jobs.c.cancel_requested_at.is_(None)]
+        if unless_paused:
+            fence.append(~pg_statements.queue_paused())
         return self.change(
             conn, job_update(job_id, event.frm, event.to, at=event.at, values=general, where=fence), event
         )
@@ -167,6 +194,12 @@ class SQLite:
         with conn.begin():
             yield
 
+    def lock_keys(self, conn: Connection, keys: Sequence[str]) -> None:
+        """One writer at a time: a write statement takes the database's write lock for the rest
+        of the transaction (the keys need no lock of their own)."""
+        if keys:
+            conn.execute(sa.text("UPDATE queue_controls SET queue = queue WHERE 0"))
+
 
 class PostgreSQL:
     """Each change and its event as ONE statement; a write of one statement runs in autocommit."""
@@ -185,9 +218,16 @@ class PostgreSQL:
         return Job.maybe(conn.execute(returning_with_events(update.cte("moved"), event)).first())
 
     def fenced(
-        self, conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, event: Event, values: dict[str, Any]
+        self,
+        conn: Connection,
+        job_id: uuid.UUID,
+        delivery_id: uuid.UUID,
+        event: Event,
+        values: dict[str, Any],
+        *,
+        unless_paused: bool = False,
     ) -> Job | None:
-        return pg_statements.fenced(conn, job_id, delivery_id, event, values)
+        return pg_statements.fenced(conn, job_id, delivery_id, event, values, unless_paused=unless_paused)
 
     def ran_longer_than(self, limit_s: sa.ColumnElement[float], now: dt.datetime) -> sa.ColumnElement[bool]:
         one_second = sa.literal_column("interval '1 second'", type_=sa.Interval)
@@ -227,6 +267,13 @@ class PostgreSQL:
         finally:
             with contextlib.suppress(Exception):  # a dead connection is discarded by the pool anyway
                 raw.autocommit = False  # type: ignore[union-attr]
+
+    def lock_keys(self, conn: Connection, keys: Sequence[str]) -> None:
+        """Transaction-scoped advisory locks on the keys' 64-bit hashes, taken in the keys' order
+        (two dispatchers never wait for each other in a cycle); a hash collision only serializes
+        two keys' dispatches."""
+        if keys:
+            conn.execute(_LOCK_KEYS, {"keys": sorted(keys)})
 
 
 _DIALECTS: dict[str, LedgerDialect] = {"postgresql": PostgreSQL(), "sqlite": SQLite()}

@@ -17,7 +17,6 @@ import sqlalchemy as sa
 
 from worker.ledger.models import job_events
 from worker.ledger.records import Job
-from worker.ledger.states import JobState
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,7 +38,7 @@ class Event:
             "job_id": job.id,
             "at": self.at,
             "from_state": self.frm,
-            "to_state": self.to,
+            "to_state": job.state if self.to == ROW_STATE else self.to,
             "actor": self.actor,
             "reason": self.reason,
             "delivery_id": job.delivery_id,
@@ -57,9 +56,13 @@ class Event:
         return job_events.insert().from_select(list(values), sa.select(*(_sql(k, v) for k, v in values.items())))
 
 
+ROW_STATE = "<the row's state>"  # an event whose to_state is the state the write left the row in
+
+
 def created(actor: Any, at: Any) -> Event:
-    """The event of a job's creation (the only write of an initial state)."""
-    return Event(JobState.QUEUED.value, "enqueued", actor=actor, at=at)
+    """The event of a job's creation (the only write of an initial state: `queued`, or `held`
+    for a job the dispatcher starts)."""
+    return Event(ROW_STATE, "enqueued", actor=actor, at=at)
 
 
 def _sql(column: str, value: Any) -> sa.ColumnElement[Any]:

@@ -79,6 +79,16 @@ jobs = sa.Table(
     sa.Column("cancel_requested_at", UTCDateTime, nullable=True),
     # the latest {fraction, message, at} the running job reported
     sa.Column("progress", JSONType, nullable=True),
+    # flow control (migration 0007): a job the dispatcher starts (worker/ledger/dispatch.py) waits
+    # `held` in the ledger, in `dispatch_rank` order (its creation less priority x the aging step);
+    # `flow_key` holds one of `flow_limit` slots from its dispatch to its end; `rate_key` names the
+    # bucket (`rate_buckets`) a start takes a token of, one every `rate_interval_s`
+    sa.Column("dispatch", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("dispatch_rank", UTCDateTime, nullable=True),
+    sa.Column("flow_key", sa.String(400), nullable=True),
+    sa.Column("flow_limit", sa.Integer, nullable=True),
+    sa.Column("rate_key", sa.String(400), nullable=True),
+    sa.Column("rate_interval_s", sa.Float, nullable=True),
     sa.UniqueConstraint("tenant", "idempotency_key"),
     sa.UniqueConstraint("schedule_id", "scheduled_for"),
     # listing a tenant's jobs newest first, keyset-paginated; filtered by state, type or queue, a
@@ -98,7 +108,33 @@ jobs = sa.Table(
     sa.Index("ix_jobs_state_queue_created_at_not_before", "state", "queue", "created_at", "not_before"),
     sa.Index("ix_jobs_state_published_at_created_at", "state", "published_at", "created_at"),
     sa.Index("ix_jobs_finished", "finished_at"),
-)
+    # the dispatcher: held jobs of a queue in rank order, per tenant (fair share) and per key (a
+    # freed slot); the slots a key holds (its dispatched and running jobs); a queue's window
+    sa.Index(
+        "ix_jobs_held_queue_tenant_rank", "queue", "tenant", "dispatch_rank",
+        postgresql_where=sa.text("state = 'held'"), sqlite_where=sa.text("state = 'held'"),
+    ),
+    sa.Index(
+        "ix_jobs_held_flow_key_rank", "flow_key", "dispatch_rank",
+        postgresql_where=sa.text("state = 'held' AND flow_key IS NOT NULL"),
+        sqlite_where=sa.text("state = 'held' AND flow_key IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_jobs_live_flow_key", "flow_key", "state",
+        postgresql_where=sa.text("state IN ('queued', 'running') AND flow_key IS NOT NULL"),
+        sqlite_where=sa.text("state IN ('queued', 'running') AND flow_key IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_jobs_live_dispatch_queue_tenant", "queue", "tenant", "state",
+        postgresql_where=sa.text("state IN ('queued', 'running') AND dispatch"),
+        sqlite_where=sa.text("state IN ('queued', 'running') AND dispatch"),
+    ),
+    sa.Index(
+        "ix_jobs_live_rate_key", "rate_key", "state",
+        postgresql_where=sa.text("state = 'queued' AND rate_key IS NOT NULL"),
+        sqlite_where=sa.text("state = 'queued' AND rate_key IS NOT NULL"),
+    ),
+)  # fmt: skip
 
 job_events = sa.Table(
     "job_events",
@@ -222,4 +258,28 @@ workflow_steps = sa.Table(
     # `continue` policy): 0 releases the step (waiting -> queued); worker/ledger/release.py
     sa.Column("pending", sa.Integer, nullable=False),
     sa.Column("wants_results", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+queue_controls = sa.Table(
+    "queue_controls",
+    metadata,
+    # one row per queue the dispatcher has seen or an operator paused; its row lock orders every
+    # dispatch of the queue (worker/ledger/dispatch.py)
+    sa.Column("queue", sa.String(200), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    # while paused, whether admission refuses new jobs (429 queue_paused) or keeps them held
+    sa.Column("refuse_while_paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("paused_at", UTCDateTime, nullable=True),
+    sa.Column("paused_by", sa.String(255), nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    # GCRA: `tat` is the earliest time the next start may take a token (a start at `now` needs
+    # `tat <= now` and moves it to now + interval), so starts are at least `interval` apart
+    sa.Column("key", sa.String(400), primary_key=True),
+    sa.Column("tat", UTCDateTime, nullable=False),
+    sa.Column("interval_s", sa.Float, nullable=False),
 )

@@ -19,10 +19,9 @@ from sqlalchemy.engine import Connection
 
 from worker.ledger import events
 from worker.ledger.events import Event, returning_with_events
-from worker.ledger.models import UTCDateTime, jobs
+from worker.ledger.models import UTCDateTime, jobs, queue_controls
 from worker.ledger.prepared import execute_prepared
 from worker.ledger.records import Job, NewJob
-from worker.ledger.states import JobState
 
 INCREMENT = object()  # a fenced-transition value meaning "the column plus one"
 
@@ -55,11 +54,20 @@ def _create_statement(columns: tuple[str, ...]) -> sa.Select[Any]:
     return returning_with_events(inserted, events.created(_ACTOR, _NOW))
 
 
+def by_shape(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """`rows` grouped by their set of columns (one insert statement each), in first-seen order."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        shapes.setdefault(tuple(row), []).append(row)
+    return list(shapes.values())
+
+
 def create_jobs(conn: Connection, news: Sequence[NewJob], *, actor: str, now: dt.datetime) -> list[Job]:
-    payload = [dict(new.row(), state=JobState.QUEUED.value) for new in news]
-    stmt = _create_statement(tuple(payload[0]))
-    params = {"rows": json.dumps(payload, default=_json_default), "p_now": now, "p_actor": actor}
-    by_id = {job.id: job for job in map(Job.of, execute_prepared(conn, stmt, params))}
+    by_id: dict[uuid.UUID, Job] = {}
+    for payload in by_shape([new.row() for new in news]):  # plain jobs, dispatched ones: two shapes
+        stmt = _create_statement(tuple(payload[0]))
+        params = {"rows": json.dumps(payload, default=_json_default), "p_now": now, "p_actor": actor}
+        by_id.update((job.id, job) for job in map(Job.of, execute_prepared(conn, stmt, params)))
     missing = [new.id for new in news if new.id not in by_id]
     if missing:  # committed by an earlier try of this very write; ours (client-made uuid4 ids)
         by_id.update({job.id: job for job in map(Job.of, conn.execute(sa.select(jobs).where(jobs.c.id.in_(missing))))})
@@ -67,9 +75,16 @@ def create_jobs(conn: Connection, news: Sequence[NewJob], *, actor: str, now: dt
     return [by_id[new.id] for new in news]
 
 
+def queue_paused() -> sa.ColumnElement[bool]:
+    """`jobs.queue` is paused (`queue_controls`): a claim fenced on it starts nothing there."""
+    return sa.exists(
+        sa.select(queue_controls.c.queue).where(queue_controls.c.queue == jobs.c.queue, queue_controls.c.paused)
+    )
+
+
 @functools.lru_cache(maxsize=32)
 def fenced_statement(
-    frm: str, to: str, reason: str, columns: tuple[str, ...], increment: tuple[str, ...]
+    frm: str, to: str, reason: str, columns: tuple[str, ...], increment: tuple[str, ...], unless_paused: bool = False
 ) -> sa.Select[Any]:
     """A transition fenced on (id, state, delivery_id, no cancel request) as one CTE statement whose
     every value is a bind parameter, so it is built and compiled once per shape."""
@@ -83,6 +98,7 @@ def fenced_statement(
             jobs.c.state == frm,
             jobs.c.delivery_id == sa.bindparam("p_delivery", type_=sa.Uuid),
             jobs.c.cancel_requested_at.is_(None),  # such a job ends `stopped` (transitions.stop)
+            *([~queue_paused()] if unless_paused else []),
         )
         .values(**values)
         .returning(*jobs.c)
@@ -92,13 +108,20 @@ def fenced_statement(
 
 
 def fenced(
-    conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, event: Event, values: dict[str, Any]
+    conn: Connection,
+    job_id: uuid.UUID,
+    delivery_id: uuid.UUID,
+    event: Event,
+    values: dict[str, Any],
+    *,
+    unless_paused: bool = False,
 ) -> Job | None:
     """Run the cached, prepared statement of a fenced transition; `values` may map a column to
     INCREMENT."""
     assert event.frm is not None
     plain = {k: v for k, v in values.items() if v is not INCREMENT}
-    stmt = fenced_statement(event.frm, event.to, event.reason, tuple(plain), tuple(k for k in values if k not in plain))
+    increment = tuple(k for k in values if k not in plain)
+    stmt = fenced_statement(event.frm, event.to, event.reason, tuple(plain), increment, unless_paused)
     params = {"p_id": job_id, "p_delivery": delivery_id, "p_now": event.at, "p_actor": event.actor}
     params.update({f"p_{k}": v for k, v in plain.items()})
     return Job.maybe(execute_prepared(conn, stmt, params).first())

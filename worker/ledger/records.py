@@ -17,6 +17,29 @@ from sqlalchemy.engine import Row
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Flow:
+    """How the dispatcher starts a job (worker/ledger/dispatch.py): its place in line (`rank`),
+    the key whose slot it holds while it runs (one of `limit`), the rate bucket a start of it
+    takes a token of (one every `rate_interval_s`)."""
+
+    rank: dt.datetime
+    key: str | None = None
+    limit: int | None = None
+    rate_key: str | None = None
+    rate_interval_s: float | None = None
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "dispatch": True,
+            "dispatch_rank": self.rank,
+            "flow_key": self.key,
+            "flow_limit": self.limit,
+            "rate_key": self.rate_key,
+            "rate_interval_s": self.rate_interval_s,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class NewJob:
     """A validated job, ready to insert as `queued` (built by worker.accept, written by
     transitions.create_jobs). Its `id` and first `delivery_id` are made here, on the client, so a
@@ -36,10 +59,18 @@ class NewJob:
     idempotency_key: str | None = None
     workflow_id: uuid.UUID | None = None  # a workflow's step (worker/ledger/workflows.py writes those)
     step: str | None = None
+    flow: Flow | None = None  # the dispatcher starts it: it is written `held`, and not published
+
+    @property
+    def initial_state(self) -> str:
+        """`held` for a job the dispatcher starts, else `queued` (a workflow's step that waits
+        for others is written `waiting` by worker/ledger/workflows.py)."""
+        return "held" if self.flow is not None else "queued"
 
     def row(self) -> dict[str, Any]:
-        """The columns of the insert (state and the event are added by the ledger). A workflow's
-        step adds its two columns; a plain job's statement stays the one it always was."""
+        """The columns of the insert (the event is added by the ledger). A workflow's step adds
+        its two columns, a dispatched job its flow's; a plain job's statement stays the one it
+        always was."""
         row = {
             "id": self.id,
             "type": self.type,
@@ -59,6 +90,9 @@ class NewJob:
         }
         if self.workflow_id is not None:
             row.update(workflow_id=self.workflow_id, step=self.step)
+        if self.flow is not None:
+            row.update(self.flow.columns(), published_at=None)
+        row["state"] = self.initial_state
         return row
 
 
@@ -97,6 +131,12 @@ class Job:
     step: str | None
     cancel_requested_at: dt.datetime | None
     progress: Any
+    dispatch: bool
+    dispatch_rank: dt.datetime | None
+    flow_key: str | None
+    flow_limit: int | None
+    rate_key: str | None
+    rate_interval_s: float | None
 
     @classmethod
     def of(cls, row: Row[Any]) -> Job:

@@ -109,7 +109,8 @@ def _count_down(
 def release(conn: Connection, steps: dict[str, Step], step: Step, *, actor: str, now: dt.datetime) -> Job | None:
     """`waiting -> queued` for `step`, its `results` added first if it asked for them (None: it
     was not waiting: released already, or cancelled)."""
-    values: dict[str, Any] = {"published_at": now}
+    dispatched = bool(conn.execute(sa.select(jobs.c.dispatch).where(jobs.c.id == step.job_id)).scalar())
+    values: dict[str, Any] = {"published_at": None if dispatched else now}
     if step.wants_results:
         args = conn.execute(sa.select(jobs.c.args).where(jobs.c.id == step.job_id)).scalar_one()
         values["args"] = {**dict(args or {}), "results": results_of(conn, [steps[n] for n in step.after])}
@@ -117,7 +118,7 @@ def release(conn: Connection, steps: dict[str, Step], step: Step, *, actor: str,
         conn,
         step.job_id,
         JobState.WAITING,
-        JobState.QUEUED,
+        JobState.HELD if dispatched else JobState.QUEUED,  # a job the dispatcher starts waits its turn
         actor=actor,
         reason=RELEASED,
         now=now,

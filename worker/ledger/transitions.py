@@ -51,7 +51,7 @@ def create_jobs(conn: Connection, news: Sequence[NewJob], *, actor: str, now: dt
 def create_job_once(conn: Connection, new: NewJob, *, actor: str, now: dt.datetime) -> Job | None:
     """Insert a job unless its (tenant, idempotency_key) exists; None if it did (race-free)."""
     ledger = dialect.of(conn)
-    values = dict(new.row(), state=JobState.QUEUED.value)
+    values = new.row()
     stmt = ledger.insert_on_conflict(jobs, values, ["tenant", "idempotency_key"]).returning(*jobs.c)
     inserted = Job.maybe(conn.execute(stmt).first())
     if inserted is not None:
@@ -64,7 +64,7 @@ def create_fire(
 ) -> Job | None:
     """Insert a schedule's fire for `scheduled_for` unless that fire exists; None if it did.
     The unique (schedule_id, scheduled_for) makes racing loops and beats fire each time once."""
-    values = dict(new.row(), state=JobState.QUEUED.value, schedule_id=schedule_id, scheduled_for=scheduled_for)
+    values = dict(new.row(), schedule_id=schedule_id, scheduled_for=scheduled_for)
     stmt = dialect.of(conn).insert_on_conflict(jobs, values, ["schedule_id", "scheduled_for"]).returning(*jobs.c)
     inserted = Job.maybe(conn.execute(stmt).first())
     if inserted is not None:
@@ -112,12 +112,13 @@ def _fenced(
     reason: str,
     now: dt.datetime,
     values: dict[str, Any],
+    unless_paused: bool = False,
 ) -> Job | None:
     """A hot transition fenced on the delivery (a cached, prepared statement on PostgreSQL).
     `values` may map a column to dialect.INCREMENT."""
     _check(frm, to)
     event = Event(to.value, reason, actor=actor, at=now, frm=frm.value)
-    return dialect.of(conn).fenced(conn, job_id, delivery_id, event, values)
+    return dialect.of(conn).fenced(conn, job_id, delivery_id, event, values, unless_paused=unless_paused)
 
 
 def claim(
@@ -130,7 +131,8 @@ def claim(
     now: dt.datetime,
     lease_s: float,
 ) -> Job | None:
-    """Start a delivery: only the message carrying the current delivery_id can claim a queued job."""
+    """Start a delivery: only the message carrying the current delivery_id can claim a queued job,
+    and only while its queue is not paused (worker/ledger/dispatch.py `park` then holds it)."""
     return _fenced(
         conn,
         job_id,
@@ -150,6 +152,7 @@ def claim(
             "worker_pid": pid,
             "progress": None,  # an earlier attempt's report is not this one's
         },
+        unless_paused=True,
     )
 
 
@@ -230,7 +233,7 @@ def _give_back(
             conn,
             job.id,
             frm,
-            JobState.QUEUED,
+            requeued_state(job),
             actor=actor,
             reason=reason,
             now=now,
@@ -239,7 +242,7 @@ def _give_back(
                 **common,
                 "delivery_id": new_delivery_id(),
                 "not_before": now + seconds(delay) if delay else None,
-                "published_at": now,
+                "published_at": None if job.dispatch else now,
             },
             detail=f"retry in {delay:.1f}s",
         )
@@ -255,6 +258,12 @@ def _give_back(
         values={**common, "finished_at": now},
         detail=f"gave up after {job.attempts} attempt(s)" if retryable else "not retryable",
     )
+
+
+def requeued_state(job: Job) -> JobState:
+    """Where a job goes to run again: `held` for one the dispatcher starts (its slot is freed and
+    the dispatcher sends it when it may), else `queued` (published at once)."""
+    return JobState.HELD if job.dispatch else JobState.QUEUED
 
 
 def time_out(
@@ -335,12 +344,17 @@ def stop(
 
 
 def retry_dead(conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime) -> Job | None:
-    """Manual retry of a dead job: a fresh set of attempts and a fresh delivery."""
+    """Manual retry of a dead job: a fresh set of attempts and a fresh delivery (`held` for a job
+    the dispatcher starts: it is published when it may start)."""
+    dead = queries.get_job(conn, job_id, tenant)
+    if dead is None or dead.state != JobState.DEAD.value:
+        return None
+    to = requeued_state(dead)
     return transition(
         conn,
         job_id,
         JobState.DEAD,
-        JobState.QUEUED,
+        to,
         actor=actor,
         reason="manual_retry",
         now=now,
@@ -350,7 +364,7 @@ def retry_dead(conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, 
             "delivery_id": new_delivery_id(),
             "not_before": None,
             "finished_at": None,
-            "published_at": now,
+            "published_at": None if to is JobState.HELD else now,
         },
     )
 

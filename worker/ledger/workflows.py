@@ -115,7 +115,7 @@ def create_workflow(conn: Connection, new: NewWorkflow, *, actor: str, now: dt.d
     )
     rows = [_job_row(step) for step in new.steps]
     inserted = [Job.of(r) for r in conn.execute(jobs.insert().returning(*jobs.c, sort_by_parameter_order=True), rows)]
-    roots = [job for job in inserted if job.state == JobState.QUEUED.value]
+    roots = [job for job in inserted if job.state != JobState.WAITING.value]  # queued, or held
     waiting = [job for job in inserted if job.state == JobState.WAITING.value]
     if roots:
         conn.execute(*events.created(actor, now).insert_for(roots))
@@ -142,7 +142,7 @@ def _job_row(step: NewStep) -> dict[str, Any]:
     row = step.job.row()
     if step.after:
         return dict(row, state=JobState.WAITING.value, published_at=None)
-    return dict(row, state=JobState.QUEUED.value)
+    return row
 
 
 def get_workflow(conn: Connection, workflow_id: uuid.UUID, tenant: str | None = None) -> Workflow | None:

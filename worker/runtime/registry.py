@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from worker.errors import DuplicateJobNameError, InvalidArgsError, UnknownJobTypeError
 from worker.runtime import storable
+from worker.runtime.flow_rules import FlowRules
 from worker.runtime.signature import si, sig
 from worker.runtime.task import register_task
 from worker.settings import Settings, get_settings
@@ -38,6 +39,8 @@ class JobSpec:
     # a code-declared schedule of this job (worker/control/declared.py reads it): seconds, a cron
     # string, a celery `crontab`, or a dict of the schedule's fields
     schedule: Any = None
+    # keyed concurrency and a rate limit: its jobs are started by the dispatcher (docs/flow.md)
+    flow: FlowRules | None = None
 
     def validate(self, args: Mapping[str, Any] | None) -> dict[str, Any]:
         """Check `args` against the signature; return them as JSON-ready data.
@@ -108,15 +111,40 @@ def job(
     max_attempts: int | None = None,
     backoff: float | None = None,
     schedule: Any = None,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
+    rate_limit: str | None = None,
+    rate_limit_key: str | None = None,
 ) -> Callable[[F], F]:
     """Register `func` as job type `name` (default: module.function) with its defaults, and with
-    `schedule` a schedule of it in the ledger (docs/schedules.md)."""
+    `schedule` a schedule of it in the ledger (docs/schedules.md).
+
+    Flow control (docs/flow.md): `concurrency_key` (an argument's name, or a template such as
+    `"{account}/{region}"`) with `concurrency_limit` (default 1) lets at most that many jobs with
+    one key run at once, across every worker; `rate_limit` (`"10/s"`, `"100/m"`, `"5/h"`), per
+    `rate_limit_key` value when given, spaces the starts of the type across every worker. Jobs
+    over a limit wait in the ledger (`held`), holding no worker slot.
+
+    Raises:
+        ValueError: an option that cannot work (a key naming no argument, a bad rate).
+    """
 
     def decorate(func: F) -> F:
         job_name = name or f"{func.__module__.rsplit('.', 1)[-1]}.{func.__name__}"
         existing = _REGISTRY.get(job_name)
         if existing is not None and _origin(existing.func) != _origin(func):
             raise DuplicateJobNameError(f"job {job_name!r} is registered twice")
+        parameters = [
+            p.name for p in inspect.signature(func).parameters.values()
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]  # fmt: skip
+        flow = FlowRules.declare(
+            parameters,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
+            rate_limit=rate_limit,
+            rate_limit_key=rate_limit_key,
+        )
         spec = JobSpec(
             name=job_name,
             func=func,
@@ -126,6 +154,7 @@ def job(
             max_attempts=max_attempts,
             backoff_s=backoff,
             schedule=schedule,
+            flow=flow,
         )
         _REGISTRY[job_name] = spec
         register_task(spec)

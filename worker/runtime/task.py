@@ -22,9 +22,10 @@ from worker.broker.celery_app import app
 from worker.broker.publish import commit_then_publish
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
-from worker.ledger import db, release, transitions
+from worker.ledger import db, dispatch, queries, release, transitions
 from worker.ledger.db import with_ledger_retry
 from worker.ledger.records import Job
+from worker.ledger.states import JobState
 from worker.runtime import current, fencing, storable
 from worker.runtime.heartbeat import get_heartbeat
 from worker.runtime.job_metrics import job_finished
@@ -74,12 +75,17 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
 
     sent_at = 0.0
 
+    rate = spec.flow.rate_interval_s if spec.flow is not None else None
+
     def do_claim() -> Job | None:
         # One statement, committed asynchronously: a claim lost in a PostgreSQL crash only makes
         # the job look queued again, the at-least-once case (docs/guarantees.md, "Durability"):
         # the next lease extension then says "not extended" and the fence stops this execution.
         nonlocal sent_at
         sent_at = fencing.clock()  # before the statement: the lease it sets ends no earlier
+        if rate is not None:  # the token and the claim in one transaction
+            with db.begin() as conn:
+                return _claim_with_token(conn, job_id, delivery_id, worker, pid, s.lease_seconds)
         return db.write(
             lambda conn: transitions.claim(
                 conn, job_id, delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=s.lease_seconds
@@ -87,13 +93,21 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
             sync_commit=False,
         )
 
+    parked: Job | None = None
     try:
         job = with_ledger_retry(do_claim, budget_s=s.heartbeat_seconds, what="claim")
+        if job is None:  # stale, a duplicate, or its queue paused (parked `held` then)
+            parked = with_ledger_retry(
+                lambda: _park_if_paused(job_id, delivery_id, worker, pid), budget_s=s.heartbeat_seconds, what="park"
+            )
     except LedgerUnavailableError:
         # Same task id, so the same delivery_id: the claim still works once the ledger is back.
         raise task.retry(countdown=s.heartbeat_seconds, max_retries=None) from None
     if job is None:
-        log.info("dropping stale or duplicate delivery %s of job %s", delivery_id, job_id)
+        if parked is not None:
+            log.info("delivery %s of job %s parked held (%s)", delivery_id, job_id, parked.state)
+        else:
+            log.info("dropping stale or duplicate delivery %s of job %s", delivery_id, job_id)
         return
 
     fence = fencing.get_fence()
@@ -115,6 +129,40 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
         fence.release(job_id)
     if after is None:
         log.warning("job %s delivery %s was taken away while it ran; result discarded", job_id, delivery_id)
+
+
+def _claim_with_token(
+    conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, worker: str, pid: int, lease_s: float
+) -> Job | None:
+    """Claim a job of a rate-limited type: first its bucket's token (GCRA on a locked row: two
+    starts of one bucket are at least its interval apart, on any host), then the claim. No token
+    due: the job is parked `held` until it is (delayed, not failed), and the dispatcher sends it
+    then. A token taken for a claim that then loses its race is spent: fewer starts, never more."""
+    now = utcnow()
+    actor = f"{worker}:{pid}"
+    job = queries.get_job(conn, job_id)
+    if job is not None and job.state == JobState.QUEUED and job.delivery_id == delivery_id and job.rate_key:
+        due = dispatch.take_token(conn, job.rate_key, job.rate_interval_s or 0.0, now)
+        if due is not None:
+            log.info("job %s over its rate: parked held until %s", job_id, due.isoformat())
+            dispatch.park(conn, job_id, delivery_id, reason="rate_limited", actor=actor, now=now, not_before=due,
+                          detail=f"{job.rate_key}: next start at {due.isoformat()}")  # fmt: skip
+            return None
+    return transitions.claim(conn, job_id, delivery_id, worker=worker, pid=pid, now=now, lease_s=lease_s)
+
+
+def _park_if_paused(job_id: uuid.UUID, delivery_id: uuid.UUID, worker: str, pid: int) -> Job | None:
+    """A claim that matched nothing: if the delivery is current and its queue paused, the job
+    goes back to `held` (the message is acked; the resume dispatches it). None: stale."""
+    with db.begin() as conn:
+        now = utcnow()
+        job = queries.get_job(conn, job_id)
+        if job is None or job.state != JobState.QUEUED or job.delivery_id != delivery_id:
+            return None
+        if not dispatch.control_of(conn, job.queue).paused:
+            return None
+        return dispatch.park(conn, job_id, delivery_id, reason="paused", actor=f"{worker}:{pid}", now=now,
+                             detail=f"queue {job.queue!r} is paused")  # fmt: skip
 
 
 NOT_STORABLE = "result_not_storable"
@@ -142,7 +190,7 @@ def record_outcome(job: Job, outcome: Outcome, *, actor: str) -> Job | None:
     s = get_settings()
 
     def write(o: Outcome) -> Job | None:
-        if o.kind is OutcomeKind.SUCCEEDED and job.workflow_id is None:
+        if o.kind is OutcomeKind.SUCCEEDED and job.workflow_id is None and not job.dispatch:
             # one statement, synchronous: nothing to publish after it
             return with_ledger_retry(
                 lambda: db.write(lambda conn: _finalize(conn, job, o, actor=actor)),
