@@ -146,8 +146,9 @@ class CancelFilter(BaseModel):
         json_schema_extra={"examples": [{"type": "examples.sleep", "state": "queued"}, {"queue": "reports"}]},
     )
 
-    state: Literal["queued", "running"] | None = Field(
-        None, description="Only queued (cancelled at once) or only running (asked to stop) jobs; both if absent."
+    state: Literal["held", "queued", "running"] | None = Field(
+        None,
+        description="Only held or queued (cancelled at once) or only running (asked to stop) jobs; all if absent.",
     )
     type: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
     queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)

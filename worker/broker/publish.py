@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -105,14 +105,16 @@ def publish_and_follow(rows: Iterable[Job | None]) -> list[Job]:
 DISPATCHER = "dispatcher"
 
 
-def dispatch_queues(todo: dict[str, set[str]], *, budget: int | None = None) -> list[Job]:
-    """One dispatch transaction per queue (with the keys to look at first), each then published.
-    A queue the ledger cannot dispatch now is left to the dispatch_held loop."""
+def dispatch_queues(todo: Mapping[str, dispatch.Wake | Collection[str]], *, budget: int | None = None) -> list[Job]:
+    """One dispatch transaction per queue, each then published: what its Wake names, or (a
+    collection of keys) every line with those keys' first. A queue the ledger cannot dispatch
+    now is left to the dispatch_held loop."""
     started: list[Job] = []
-    for queue, keys in sorted(todo.items()):
+    for queue, what in sorted(todo.items()):
+        wake = what if isinstance(what, dispatch.Wake) else dispatch.Wake.everything(what)
         try:
             with db.begin() as conn:
-                sent = dispatch.dispatch(conn, queue, actor=DISPATCHER, now=utcnow(), keys=keys, budget=budget)
+                sent = dispatch.dispatch(conn, queue, actor=DISPATCHER, now=utcnow(), wake=wake, budget=budget)
         except LedgerUnavailableError as exc:
             log.warning("could not dispatch queue %s (%s); the dispatch_held loop will", queue, exc)
             continue

@@ -50,6 +50,21 @@ MAX_TENANTS = 1000  # tenants one dispatch of a queue looks at
 MAX_KEYS = 1000  # keys one run of the loop looks at
 
 
+@dataclasses.dataclass
+class Wake:
+    """Why a queue is dispatched, so a dispatch reads only the lines that may have moved: keys
+    whose slot freed or which got a job, rate buckets whose token may be taken again, and `scan`
+    for every tenant's line (the loop, a resume; a dispatched queue always scans, for its window)."""
+
+    keys: set[str] = dataclasses.field(default_factory=set)
+    rate_keys: set[str] = dataclasses.field(default_factory=set)
+    scan: bool = False
+
+    @classmethod
+    def everything(cls, keys: Collection[str] = ()) -> Wake:
+        return cls(keys=set(keys), scan=True)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueControl:
     queue: str
@@ -234,13 +249,15 @@ def dispatch(
     actor: str,
     now: dt.datetime,
     keys: Collection[str] = (),
+    wake: Wake | None = None,
     budget: int | None = None,
     s: Settings | None = None,
 ) -> list[Job]:
     """Move the held jobs of `queue` that may start now to `queued`, in the caller's transaction
-    (commit, then publish what it returns). `keys`: concurrency keys whose slot just freed or
-    which just got a job (their heads are looked at first, wherever they are in the line)."""
+    (commit, then publish what it returns). `wake` says which lines to read (default: every
+    tenant's, and the heads of `keys` first, wherever they are in the line)."""
     s = s or get_settings()
+    wake = wake if wake is not None else Wake.everything(keys)
     if control_of(conn, queue).paused:
         return []
     fair = s.dispatched(queue)
@@ -251,7 +268,9 @@ def dispatch(
         budget = min(budget, s.dispatch_window - sum(live_tenants.values()))
     if budget <= 0:
         return []
-    candidates = _candidates(conn, queue, keys, now=now, per_group=min(budget, s.dispatch_scan))
+    horizon = now + seconds(2 * s.dispatch_period_seconds)
+    per_group = min(budget, s.dispatch_scan)
+    candidates = _candidates(conn, queue, wake, scan=fair or wake.scan, now=now, horizon=horizon, per_group=per_group)
     if not candidates:
         return []
     flow_keys = sorted({j.flow_key for j in candidates if j.flow_key is not None})
@@ -259,7 +278,7 @@ def dispatch(
     rate_keys = {j.rate_key for j in candidates if j.rate_key is not None}
     gate = _Gate(
         now=now,
-        horizon=now + seconds(2 * s.dispatch_period_seconds),
+        horizon=horizon,
         key_live=_live_by_key(conn, flow_keys),
         rate_outstanding=_outstanding_by_rate(conn, rate_keys),
         tokens=_next_tokens(conn, rate_keys),
@@ -269,13 +288,21 @@ def dispatch(
     return [job for job in started if job is not None]
 
 
-def _candidates(conn: Connection, queue: str, keys: Collection[str], *, now: dt.datetime, per_group: int) -> list[Job]:
-    """The heads of the line: each given key's first held jobs, then each tenant's (tenants
-    found by a skip scan, so a tenant with a million held jobs costs one probe like any other)."""
+def _candidates(
+    conn: Connection, queue: str, wake: Wake, *, scan: bool, now: dt.datetime, horizon: dt.datetime, per_group: int
+) -> list[Job]:
+    """The heads of the lines `wake` names: each key's first held jobs, each rate bucket's first
+    one, and with `scan` each tenant's (tenants found by a skip scan, so a tenant with a million
+    held jobs costs one probe like any other)."""
     seen: dict[uuid.UUID, Job] = {}
-    for key in sorted(keys):
+    for key in sorted(wake.keys):
         for job in _heads(conn, [jobs.c.flow_key == key, jobs.c.queue == queue], now, per_group):
             seen.setdefault(job.id, job)
+    for rate_key in sorted(wake.rate_keys):  # parked until its token: sent ahead, with that ETA
+        for job in _heads(conn, [jobs.c.rate_key == rate_key, jobs.c.queue == queue], horizon, 1):
+            seen.setdefault(job.id, job)
+    if not scan:
+        return sorted(seen.values(), key=_line_order)
     tenants = [str(t) for t in conn.execute(_TENANTS_WITH_HELD, {"queue": queue, "limit": MAX_TENANTS}).scalars()]
     for tenant in tenants:
         for job in _heads(conn, [jobs.c.queue == queue, jobs.c.tenant == tenant], now, per_group):
@@ -342,16 +369,22 @@ def _start(conn: Connection, job: Job, eta: dt.datetime | None, *, actor: str, n
     )
 
 
-def slots_freed(rows: Iterable[Job | None]) -> dict[str, set[str]]:
-    """Queue -> keys to dispatch after a write left these rows: every dispatched job that is no
-    longer running or out (it ended, or is held again) freed its slot and its tenant's share."""
-    todo: dict[str, set[str]] = defaultdict(set)
+def slots_freed(rows: Iterable[Job | None]) -> dict[str, Wake]:
+    """Queue -> what to dispatch after a write left these rows: a dispatched job that is no
+    longer out (it ended, or is held again) freed its key's slot (and its tenant's share of a
+    dispatched queue); a held one (new, or again) may start itself: its key's line, its rate's,
+    or (neither) every line of its queue."""
+    todo: dict[str, Wake] = defaultdict(Wake)
     for row in rows:
         if row is None or not (row.dispatch or row.state == HELD) or row.state in LIVE:
             continue
-        keys = todo[row.queue]
+        wake = todo[row.queue]
         if row.flow_key is not None:
-            keys.add(row.flow_key)
+            wake.keys.add(row.flow_key)
+        if row.state == HELD and row.rate_key is not None:
+            wake.rate_keys.add(row.rate_key)
+        if row.state == HELD and row.flow_key is None and row.rate_key is None:
+            wake.scan = True
     return dict(todo)
 
 

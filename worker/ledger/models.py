@@ -120,6 +120,11 @@ jobs = sa.Table(
         sqlite_where=sa.text("state = 'held' AND flow_key IS NOT NULL"),
     ),
     sa.Index(
+        "ix_jobs_held_rate_key_rank", "rate_key", "dispatch_rank",
+        postgresql_where=sa.text("state = 'held' AND rate_key IS NOT NULL"),
+        sqlite_where=sa.text("state = 'held' AND rate_key IS NOT NULL"),
+    ),
+    sa.Index(
         "ix_jobs_live_flow_key", "flow_key", "state",
         postgresql_where=sa.text("state IN ('queued', 'running') AND flow_key IS NOT NULL"),
         sqlite_where=sa.text("state IN ('queued', 'running') AND flow_key IS NOT NULL"),

@@ -79,7 +79,8 @@ def list_jobs(
     return [Job.of(row) for row in conn.execute(stmt)]
 
 
-CANCELLABLE = ("waiting", "queued", "running")  # waiting: a workflow's step not released yet
+# waiting: a workflow's step not released yet; held: a job the dispatcher has not started yet
+CANCELLABLE = ("waiting", "held", "queued", "running")
 
 
 def cancellable(

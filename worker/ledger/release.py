@@ -147,7 +147,7 @@ def _cancel_dependents(
     cancelled: list[Job] = []
     for name in transitive_dependents(steps, ended):
         step = steps[name]
-        for frm in (JobState.WAITING, JobState.QUEUED):
+        for frm in (JobState.WAITING, JobState.HELD, JobState.QUEUED):
             job = transitions.transition(
                 conn,
                 step.job_id,

@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from worker.broker.celery_app import app
-from worker.broker.publish import commit_then_publish
+from worker.broker.publish import commit_then_publish, dispatch_queues
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db, dispatch, queries, release, transitions
@@ -76,6 +76,7 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     sent_at = 0.0
 
     rate = spec.flow.rate_interval_s if spec.flow is not None else None
+    bucket: tuple[str, str] | None = None  # (queue, rate key) whose next job may be sent now
 
     def do_claim() -> Job | None:
         # One statement, committed asynchronously: a claim lost in a PostgreSQL crash only makes
@@ -84,8 +85,10 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
         nonlocal sent_at
         sent_at = fencing.clock()  # before the statement: the lease it sets ends no earlier
         if rate is not None:  # the token and the claim in one transaction
+            nonlocal bucket
             with db.begin() as conn:
-                return _claim_with_token(conn, job_id, delivery_id, worker, pid, s.lease_seconds)
+                claimed, bucket = _claim_with_token(conn, job_id, delivery_id, worker, pid, s.lease_seconds)
+            return claimed
         return db.write(
             lambda conn: transitions.claim(
                 conn, job_id, delivery_id, worker=worker, pid=pid, now=utcnow(), lease_s=s.lease_seconds
@@ -103,6 +106,8 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     except LedgerUnavailableError:
         # Same task id, so the same delivery_id: the claim still works once the ledger is back.
         raise task.retry(countdown=s.heartbeat_seconds, max_retries=None) from None
+    if bucket is not None:  # the bucket's token was taken (or is due later): send its next job, with that ETA
+        dispatch_queues({bucket[0]: dispatch.Wake(rate_keys={bucket[1]})})
     if job is None:
         if parked is not None:
             log.info("delivery %s of job %s parked held (%s)", delivery_id, job_id, parked.state)
@@ -133,22 +138,25 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
 
 def _claim_with_token(
     conn: Connection, job_id: uuid.UUID, delivery_id: uuid.UUID, worker: str, pid: int, lease_s: float
-) -> Job | None:
+) -> tuple[Job | None, tuple[str, str] | None]:
     """Claim a job of a rate-limited type: first its bucket's token (GCRA on a locked row: two
     starts of one bucket are at least its interval apart, on any host), then the claim. No token
     due: the job is parked `held` until it is (delayed, not failed), and the dispatcher sends it
-    then. A token taken for a claim that then loses its race is spent: fewer starts, never more."""
+    then. A token taken for a claim that then loses its race is spent: fewer starts, never more.
+    Returns the claimed job and the (queue, rate key) whose next job the dispatcher may send."""
     now = utcnow()
     actor = f"{worker}:{pid}"
     job = queries.get_job(conn, job_id)
-    if job is not None and job.state == JobState.QUEUED and job.delivery_id == delivery_id and job.rate_key:
-        due = dispatch.take_token(conn, job.rate_key, job.rate_interval_s or 0.0, now)
-        if due is not None:
-            log.info("job %s over its rate: parked held until %s", job_id, due.isoformat())
-            dispatch.park(conn, job_id, delivery_id, reason="rate_limited", actor=actor, now=now, not_before=due,
-                          detail=f"{job.rate_key}: next start at {due.isoformat()}")  # fmt: skip
-            return None
-    return transitions.claim(conn, job_id, delivery_id, worker=worker, pid=pid, now=now, lease_s=lease_s)
+    if job is None or job.state != JobState.QUEUED or job.delivery_id != delivery_id or not job.rate_key:
+        return transitions.claim(conn, job_id, delivery_id, worker=worker, pid=pid, now=now, lease_s=lease_s), None
+    bucket = (job.queue, job.rate_key)
+    due = dispatch.take_token(conn, job.rate_key, job.rate_interval_s or 0.0, now)
+    if due is not None:
+        log.info("job %s over its rate: parked held until %s", job_id, due.isoformat())
+        dispatch.park(conn, job_id, delivery_id, reason="rate_limited", actor=actor, now=now, not_before=due,
+                      detail=f"{job.rate_key}: next start at {due.isoformat()}")  # fmt: skip
+        return None, bucket
+    return transitions.claim(conn, job_id, delivery_id, worker=worker, pid=pid, now=now, lease_s=lease_s), bucket
 
 
 def _park_if_paused(job_id: uuid.UUID, delivery_id: uuid.UUID, worker: str, pid: int) -> Job | None:

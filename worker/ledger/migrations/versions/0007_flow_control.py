@@ -28,6 +28,7 @@ oldest_compatible_code = "0006"
 PARTIAL = {
     "ix_jobs_held_queue_tenant_rank": (["queue", "tenant", "dispatch_rank"], "state = 'held'"),
     "ix_jobs_held_flow_key_rank": (["flow_key", "dispatch_rank"], "state = 'held' AND flow_key IS NOT NULL"),
+    "ix_jobs_held_rate_key_rank": (["rate_key", "dispatch_rank"], "state = 'held' AND rate_key IS NOT NULL"),
     "ix_jobs_live_flow_key": (["flow_key", "state"], "state IN ('queued', 'running') AND flow_key IS NOT NULL"),
     "ix_jobs_live_dispatch_queue_tenant": (["queue", "tenant", "state"], "state IN ('queued', 'running') AND dispatch"),
     "ix_jobs_live_rate_key": (["rate_key", "state"], "state = 'queued' AND rate_key IS NOT NULL"),
