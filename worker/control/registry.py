@@ -92,7 +92,8 @@ LOOPS: tuple[Loop, ...] = (
         "workflow_repair_period_seconds",
         MappingProxyType({"released": "released", "cancelled": "cancelled"}),
     ),
-    Loop("dispatch_held", dispatch_held, "dispatch_period_seconds", MappingProxyType({"dispatched": "dispatched"})),
+    # no recoveries: what it dispatches is routine (a back-off or a token came due, a resume)
+    Loop("dispatch_held", dispatch_held, "dispatch_period_seconds"),
     Loop("apply_backpressure", apply_backpressure, "backpressure_period_seconds"),
     Loop("autoscale", autoscale, "autoscale_period_seconds"),
     Loop("fire_schedules", fire_schedules, "schedule_period_seconds"),

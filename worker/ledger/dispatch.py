@@ -207,7 +207,7 @@ def _next_tokens(conn: Connection, keys: Collection[str]) -> dict[str, dt.dateti
 def _live_by_tenant(conn: Connection, queue: str) -> Counter[str]:
     rows = conn.execute(
         sa.select(jobs.c.tenant, sa.func.count())
-        .where(jobs.c.queue == queue, jobs.c.dispatch.is_(True), jobs.c.state.in_(LIVE))
+        .where(jobs.c.queue == queue, jobs.c.dispatch, jobs.c.state.in_(LIVE))
         .group_by(jobs.c.tenant)
     )
     return Counter({str(t): int(n) for t, n in rows})
