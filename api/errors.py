@@ -25,6 +25,7 @@ from worker.errors import (
     PayloadTooLargeError,
     PermanentError,
     QueueFullError,
+    QueuePausedError,
     RequestTooLargeError,
     ScheduleConflictError,
     ScheduleNotFoundError,
@@ -55,6 +56,7 @@ STATUS: dict[type[MedicError], int] = {
     UnknownQueueError: 422,
     InvalidArgsError: 422,
     QueueFullError: 429,
+    QueuePausedError: 429,  # details: queue, paused_at
     TenantQuotaError: 429,
     LedgerUnavailableError: 503,
     CommitUnconfirmedError: 503,  # details: outcome ("not_written" / "unknown") and job_ids

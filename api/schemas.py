@@ -184,3 +184,26 @@ class BulkCancelPublic(BaseModel):
     job_ids: list[uuid.UUID] = Field(description="Every job this call cancelled or asked to stop.")
     more: bool = Field(description="More jobs match than one call acts on: call again.")
     limit: int = Field(description="The most jobs one call acts on (MEDIC_MAX_BULK_CANCEL).")
+
+
+class QueuePause(BaseModel):
+    """POST /queues/{queue}/pause: what admission does while the queue is paused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    admission: Literal["accept", "refuse"] = Field(
+        "accept",
+        description='"accept": jobs are still accepted and wait `held`; "refuse": 429 queue_paused, nothing written.',
+    )
+
+
+class QueueControlPublic(BaseModel):
+    """A queue's pause state after a pause or resume."""
+
+    queue: str
+    paused: bool
+    admission: Literal["accept", "refuse"] | None = Field(description="While paused; null when not paused.")
+    paused_at: dt.datetime | None = None
+    paused_by: str | None = Field(None, description="The actor that paused it (api:<key id>, cli:<user>).")
+    changed: bool = Field(description="This call changed the state (false: it was already so; nothing written).")
+    dispatched: int = Field(0, description="Resume only: held jobs dispatched at once (the loop sends the rest).")

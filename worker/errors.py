@@ -93,6 +93,12 @@ class QueueFullError(RetryableError):
     code = "queue_full"
 
 
+class QueuePausedError(RetryableError):
+    """The queue is paused with admission "refuse"; `retry_after` says when to ask again."""
+
+    code = "queue_paused"
+
+
 class TenantQuotaError(RetryableError):
     code = "tenant_quota"
 

@@ -5,6 +5,8 @@ check has passed:
 
 1. validate each request (worker/accept/validate.py): type, args, size, queue, the caller's
    queues (an API key may be limited to some; the library may use every declared queue);
+   then no queue of theirs may be paused with admission "refuse" (worker/accept/paused.py:
+   QueuePausedError -> 429, for every caller: the operator asked for no new work);
 2. the tenant's quota and its share of each queue (worker/accept/quota.py), then room in each queue (admission,
    worker/accept/admission.py: a reservation below the watermark, else QueueFullError -> 429);
 3. commit in one transaction (worker/accept/commit.py), through this process's group committer
@@ -29,6 +31,7 @@ from worker import logs
 from worker.accept.admission import Reservation, admit_jobs
 from worker.accept.commit import Accepted, commit, publish_new
 from worker.accept.group_commit import get_committer
+from worker.accept.paused import check_not_refused
 from worker.accept.quota import check_tenant_quota
 from worker.accept.validate import JobRequest, new_jobs
 from worker.ledger.records import NewJob
@@ -58,6 +61,7 @@ def accept(requests: Sequence[JobRequest], caller: Caller, *, group: bool = Fals
     Raises:
         UnknownJobTypeError, InvalidArgsError, PayloadTooLargeError, UnknownQueueError,
         ForbiddenError: a request is wrong (nothing written).
+        QueuePausedError: a queue is paused and refuses new jobs (nothing written; retry later).
         TenantQuotaError, QueueFullError: refused for load (nothing written; retry later).
         IdempotencyConflictError: a key was used for a different job (nothing written).
         LedgerUnavailableError: the ledger cannot keep them now (nothing written).
@@ -67,6 +71,7 @@ def accept(requests: Sequence[JobRequest], caller: Caller, *, group: bool = Fals
     if not requests:
         return []
     news = new_jobs(requests, tenant=caller.tenant, allowed_queues=caller.allowed_queues)
+    check_not_refused(news)
     reservations: list[Reservation] = []
     if caller.admission:
         check_tenant_quota(caller.tenant, news)

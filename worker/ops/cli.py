@@ -145,6 +145,74 @@ def schedules_sync() -> None:
     click.echo(json.dumps(sync(utcnow())))
 
 
+@main.group()
+def queues() -> None:
+    """Queues: pause and resume (docs/operations.md, "Pausing a queue")."""
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _queue_change(change: Any) -> None:
+    """Print a pause or resume's outcome; exit EXIT_CONFIG on an unknown queue."""
+    from worker.accept import paused
+
+    control = paused.public(change.control)
+    click.echo(json.dumps({**control, "paused_at": control["paused_at"] and control["paused_at"].isoformat(),
+                           "changed": change.changed, "dispatched": change.dispatched}))  # fmt: skip
+
+
+@queues.command("pause")
+@click.argument("queue")
+@click.option("--refuse", is_flag=True, help="Refuse new jobs while paused (429 queue_paused); default: accept them.")
+def queues_pause(queue: str, refuse: bool) -> None:
+    """Pause QUEUE: nothing of it starts until resumed (survives restarts); jobs are still accepted."""
+    from worker.accept import paused
+    from worker.errors import UnknownQueueError
+
+    try:
+        change = paused.pause_queue(queue, actor=_cli_actor(), refuse=refuse)
+    except UnknownQueueError as exc:
+        click.echo(f"medic: {exc.message}", err=True)
+        sys.exit(EXIT_CONFIG)
+    _queue_change(change)
+
+
+@queues.command("resume")
+@click.argument("queue")
+def queues_resume(queue: str) -> None:
+    """Resume QUEUE and dispatch its held jobs now."""
+    from worker.accept import paused
+    from worker.errors import UnknownQueueError
+
+    try:
+        change = paused.resume_queue(queue, actor=_cli_actor())
+    except UnknownQueueError as exc:
+        click.echo(f"medic: {exc.message}", err=True)
+        sys.exit(EXIT_CONFIG)
+    _queue_change(change)
+
+
+@queues.command("list")
+def queues_list() -> None:
+    """List the declared queues and every paused one: queue, state, admission, paused at, paused by."""
+    from worker.accept import paused
+    from worker.runtime.queues import declared_queues
+
+    controls = paused.controls()
+    click.echo("\t".join(("queue", "state", "admission", "paused_at", "paused_by")))
+    for queue in sorted({*declared_queues(get_settings()).names, *controls}):
+        c = controls.get(queue)
+        if c is None:
+            click.echo("\t".join((queue, "active", "-", "-", "-")))
+            continue
+        when = c.paused_at.isoformat(timespec="seconds") if c.paused_at else "-"
+        click.echo("\t".join((queue, "paused", str(paused.admission_of(c)), when, c.paused_by or "-")))
+
+
 @keys.command("revoke")
 @click.argument("key_id", type=click.UUID)
 def keys_revoke(key_id: Any) -> None:
