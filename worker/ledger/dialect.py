@@ -24,6 +24,7 @@ from worker.ledger import pg_statements
 from worker.ledger.events import Event, created, returning_with_events
 from worker.ledger.models import jobs
 from worker.ledger.records import Job, NewJob
+from worker.ledger.states import JobState
 
 INCREMENT = pg_statements.INCREMENT
 ASYNC_COMMIT = "medic_async_commit"  # execution option: commit this statement's transaction asynchronously
@@ -32,6 +33,8 @@ ASYNC_COMMIT = "medic_async_commit"  # execution option: commit this statement's
 # waiting in its pool is `idle`; one a caller holds is `active` or `idle in transaction`. Every
 # medic engine names itself `medic-<pid>` (worker/ledger/db.py), so this is the pool use of
 # every process of the fleet in one query, with no cost on the path of a job.
+Pick = tuple[uuid.UUID, uuid.UUID, dt.datetime | None]  # (job, its new delivery, its ETA): a dispatcher's start
+
 _BUSY_BY_PROCESS = (
     "SELECT application_name, count(*) FROM pg_stat_activity WHERE application_name LIKE 'medic-%' "
     "AND state <> 'idle' GROUP BY application_name ORDER BY count(*) DESC LIMIT 20"
@@ -129,6 +132,11 @@ class LedgerDialect(Protocol):
         jobs with one concurrency key is one at a time, across every process and queue."""
         ...
 
+    def start_held(self, conn: Connection, picks: Sequence[Pick], *, actor: str, now: dt.datetime) -> list[Job]:
+        """held -> queued (reason `dispatched`) for each (job, new delivery, ETA), with events;
+        the jobs no longer held are left out."""
+        ...
+
 
 class SQLite:
     """The plain forms: several statements, which callers run in a transaction."""
@@ -199,6 +207,16 @@ class SQLite:
         of the transaction (the keys need no lock of their own)."""
         if keys:
             conn.execute(sa.text("UPDATE queue_controls SET queue = queue WHERE 0"))
+
+    def start_held(self, conn: Connection, picks: Sequence[Pick], *, actor: str, now: dt.datetime) -> list[Job]:
+        started = []
+        for job_id, delivery_id, eta in picks:
+            values = {"delivery_id": delivery_id, "published_at": now, "not_before": eta}
+            update = job_update(job_id, JobState.HELD.value, JobState.QUEUED.value, at=now, values=values)
+            event = Event(JobState.QUEUED.value, "dispatched", actor=actor, at=now, frm=JobState.HELD.value)
+            if (job := self.change(conn, update, event)) is not None:
+                started.append(job)
+        return started
 
 
 class PostgreSQL:
@@ -274,6 +292,9 @@ class PostgreSQL:
         two keys' dispatches."""
         if keys:
             conn.execute(_LOCK_KEYS, {"keys": sorted(keys)})
+
+    def start_held(self, conn: Connection, picks: Sequence[Pick], *, actor: str, now: dt.datetime) -> list[Job]:
+        return pg_statements.start_held(conn, picks, actor=actor, now=now) if picks else []
 
 
 _DIALECTS: dict[str, LedgerDialect] = {"postgresql": PostgreSQL(), "sqlite": SQLite()}

@@ -284,8 +284,8 @@ def dispatch(
         tokens=_next_tokens(conn, rate_keys),
     )
     picked = _pick_fair(candidates, gate, live_tenants, budget, s) if fair else _pick_in_line(candidates, gate, budget)
-    started = (_start(conn, job, eta, actor=actor, now=now) for job, eta in picked)
-    return [job for job in started if job is not None]
+    picks = [(job.id, transitions.new_delivery_id(), eta) for job, eta in picked]
+    return dialect.of(conn).start_held(conn, picks, actor=actor, now=now)
 
 
 def _candidates(
@@ -353,20 +353,6 @@ def _pick_fair(
         if position[tenant] < len(line):
             heapq.heappush(heap, (out[tenant] / s.tenant_weight(tenant), _line_order(line[position[tenant]]), tenant))
     return picked
-
-
-def _start(conn: Connection, job: Job, eta: dt.datetime | None, *, actor: str, now: dt.datetime) -> Job | None:
-    """held -> queued with a fresh delivery (its ETA the rate's token, if later than now)."""
-    return transitions.transition(
-        conn,
-        job.id,
-        JobState.HELD,
-        JobState.QUEUED,
-        actor=actor,
-        reason=DISPATCHED,
-        now=now,
-        values={"delivery_id": transitions.new_delivery_id(), "published_at": now, "not_before": eta},
-    )
 
 
 def slots_freed(rows: Iterable[Job | None]) -> dict[str, Wake]:

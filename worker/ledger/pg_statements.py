@@ -22,6 +22,7 @@ from worker.ledger.events import Event, returning_with_events
 from worker.ledger.models import UTCDateTime, jobs, queue_controls
 from worker.ledger.prepared import execute_prepared
 from worker.ledger.records import Job, NewJob
+from worker.ledger.states import JobState
 
 INCREMENT = object()  # a fenced-transition value meaning "the column plus one"
 
@@ -125,3 +126,31 @@ def fenced(
     params = {"p_id": job_id, "p_delivery": delivery_id, "p_now": event.at, "p_actor": event.actor}
     params.update({f"p_{k}": v for k, v in plain.items()})
     return Job.maybe(execute_prepared(conn, stmt, params).first())
+
+
+@functools.lru_cache(maxsize=1)
+def _dispatch_statement() -> sa.Select[Any]:
+    """held -> queued for many jobs, each with its own fresh delivery and ETA, and their events:
+    ONE statement (the dispatcher's start of what it picked)."""
+    moved = (
+        sa.text(
+            "UPDATE jobs SET state = 'queued', updated_at = :p_now, published_at = :p_now, "
+            "delivery_id = d.delivery_id, not_before = d.eta "
+            "FROM jsonb_to_recordset(CAST(:picks AS jsonb)) AS d(id uuid, delivery_id uuid, eta timestamptz) "
+            "WHERE jobs.id = d.id AND jobs.state = 'held' RETURNING jobs.*"
+        )
+        .columns(*jobs.c)
+        .cte("moved")
+    )
+    event = events.Event(JobState.QUEUED.value, "dispatched", actor=_ACTOR, at=_NOW, frm=JobState.HELD.value)
+    return returning_with_events(moved, event)
+
+
+def start_held(
+    conn: Connection, picks: Sequence[tuple[uuid.UUID, uuid.UUID, dt.datetime | None]], *, actor: str, now: dt.datetime
+) -> list[Job]:
+    """(job, new delivery, ETA) triples moved held -> queued in one statement; a job no longer
+    held (cancelled, or started by a racing dispatcher) is left out."""
+    payload = [{"id": j, "delivery_id": d, "eta": eta} for j, d, eta in picks]
+    params = {"picks": json.dumps(payload, default=_json_default), "p_now": now, "p_actor": actor}
+    return [Job.of(row) for row in execute_prepared(conn, _dispatch_statement(), params)]
