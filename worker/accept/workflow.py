@@ -23,6 +23,7 @@ from worker.accept.admission import Reservation, admit_jobs
 from worker.accept.commit import Accepted, publish_new
 from worker.accept.dag import MAX_STEPS, StepRequest, check_dag
 from worker.accept.flow import Caller
+from worker.accept.paused import check_not_refused
 from worker.accept.quota import check_tenant_quota
 from worker.accept.validate import new_job
 from worker.clock import utcnow
@@ -81,6 +82,7 @@ def accept_workflow(req: WorkflowRequest, caller: Caller) -> AcceptedWorkflow:
     new = new_workflow(req, caller)
     roots = [s.job for s in new.steps if not s.after]
     reservations: list[Reservation] = []
+    check_not_refused([s.job for s in new.steps])  # a pause is the operator's, not load: for every caller
     if caller.admission:
         check_tenant_quota(caller.tenant, [s.job for s in new.steps])
         reservations = admit_jobs(roots)

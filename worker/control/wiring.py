@@ -91,5 +91,7 @@ class ControlLoader(WorkerLoader):
     beat's start, the runtime's handlers and the control plane's, and nothing on import."""
 
     def on_worker_init(self) -> None:
-        super().on_worker_init()
+        # the control plane's first: a control worker's start (the schedules' sync) is done
+        # before the runtime registers it as a consumer, which `medic up` waits for
         connect(CONTROL_HANDLERS)
+        super().on_worker_init()

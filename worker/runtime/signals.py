@@ -43,9 +43,10 @@ HANDLERS = (
     (signals.worker_process_init, cancel_wakeup.on_worker_process_init),
     (signals.beat_init, liveness.on_beat_init),
     (signals.worker_process_shutdown, scrape.on_child_exit),
-    (signals.worker_ready, consumer.on_worker_ready),
     (signals.worker_ready, timer_compaction.on_worker_ready),
     (signals.worker_ready, progress.on_worker_ready),
+    # last: a registered consumer is what `medic up` waits for before its banner
+    (signals.worker_ready, consumer.on_worker_ready),
     (signals.task_received, progress.on_task_received),
     (signals.worker_shutdown, consumer.on_worker_shutdown),
     (signals.worker_shutdown, fencing.on_worker_shutdown),
