@@ -80,16 +80,24 @@ def publish(
 
 
 def commit_then_publish(
-    write: Callable[[Connection], Iterable[Job | None]], *, before_publish: Callable[[], object] | None = None
+    write: Callable[[Connection], Iterable[Job | None]],
+    *,
+    before_publish: Callable[[], object] | None = None,
+    follow: bool = True,
 ) -> list[Job | None]:
     """The outbox in one call: run `write` (transitions) in one transaction, commit, then send a
-    delivery for every job it left `queued`. Returns what `write` returned (None: a race lost).
-    `before_publish` runs between the commit and the publish (recover_stuck revokes there)."""
+    delivery for every job it left `queued`, and (`follow`) dispatch what the others freed.
+    Returns what `write` returned (None: a race lost). `before_publish` runs between the commit
+    and the publish (recover_stuck revokes there). A worker passes `follow=False` and leaves
+    the dispatch to its wakeup thread (worker/broker/wakeups.py)."""
     with db.begin() as conn:
         after = list(write(conn))
     if before_publish is not None:
         before_publish()
-    publish_and_follow(after)
+    if follow:
+        publish_and_follow(after)
+    else:
+        publish([row for row in after if row is not None and row.state == JobState.QUEUED])
     return after
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import heapq
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Sequence
@@ -48,6 +49,8 @@ LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 DISPATCHED = "dispatched"
 MAX_TENANTS = 1000  # tenants one dispatch of a queue looks at
 MAX_KEYS = 1000  # keys one run of the loop looks at
+MAX_AHEAD = 100  # most jobs of one rate bucket sent ahead of their tokens (each with its ETA)
+MAX_AHEAD = 100  # most jobs of one rate bucket sent ahead of their tokens (each with its ETA)
 
 
 @dataclasses.dataclass
@@ -100,6 +103,19 @@ def paused_queues(conn: Connection) -> dict[str, QueueControl]:
     return {row[0]: QueueControl(*row) for row in rows}
 
 
+PAUSED_CACHE_S = 1.0
+_paused_view: dict[str, Any] = {"until": 0.0, "queues": frozenset()}
+
+
+def _is_paused(conn: Connection, queue: str) -> bool:
+    """This process's view of the paused queues, at most PAUSED_CACHE_S old (a pause is fenced
+    in the claim too, so a dispatch that misses a pause by a second only sends jobs that are
+    parked `held` again when they arrive; `set_paused` updates its own process's view at once)."""
+    if time.monotonic() >= _paused_view["until"]:
+        _paused_view.update(queues=frozenset(paused_queues(conn)), until=time.monotonic() + PAUSED_CACHE_S)
+    return queue in _paused_view["queues"]
+
+
 def set_paused(
     conn: Connection, queue: str, *, paused: bool, actor: str, now: dt.datetime, refuse: bool = False
 ) -> QueueControl:
@@ -113,6 +129,7 @@ def set_paused(
         "updated_at": now,
     }
     conn.execute(dialect.of(conn).insert_on_conflict(queue_controls, {"queue": queue, **values}, ["queue"], values))
+    _paused_view["until"] = 0.0  # this process reads the pause afresh at its next dispatch
     return control_of(conn, queue)
 
 
@@ -174,6 +191,27 @@ def _heads(conn: Connection, where: Sequence[sa.ColumnElement[bool]], now: dt.da
     return [Job.of(row) for row in conn.execute(stmt)]
 
 
+def _heads_by(
+    conn: Connection, column: sa.Column[Any], values: Collection[str], queue: str, due_by: dt.datetime, n: int
+) -> list[Job]:
+    """The first `n` held jobs of each of `values` of `column` (keys, or rate buckets) in `queue`,
+    in ONE statement (row_number over the column's held index), however many keys."""
+    if not values:
+        return []
+    ranked = (
+        sa.select(
+            jobs,
+            sa.func.row_number()
+            .over(partition_by=column, order_by=(jobs.c.dispatch_rank, jobs.c.created_at, jobs.c.id))
+            .label("place"),
+        )
+        .where(jobs.c.state == HELD, column.in_(sorted(values)), jobs.c.queue == queue, _due(due_by))
+        .subquery()
+    )
+    rows = conn.execute(sa.select(*(ranked.c[c.name] for c in jobs.c)).where(ranked.c.place <= n))
+    return [Job.of(row) for row in rows]
+
+
 def _live_by_key(conn: Connection, keys: Collection[str]) -> Counter[str]:
     if not keys:
         return Counter()
@@ -225,17 +263,23 @@ class _Gate:
 
     def admit(self, job: Job) -> dt.datetime | bool | None:
         """False: it may not start now. Else its ETA (None: at once), with its slot and token
-        counted as taken."""
+        counted as taken. A rate bucket's jobs are sent ahead of their tokens, each with the ETA
+        of its own token (the bucket's next, then one interval apart), up to the horizon: the
+        claim takes the token, so an ETA is a good guess, never a grant."""
         if job.flow_key is not None and self.key_live[job.flow_key] >= (job.flow_limit or 1):
             return False
         eta: dt.datetime | None = None
         if job.rate_key is not None:
-            if self.rate_outstanding[job.rate_key] > 0:
+            ahead = self.rate_outstanding[job.rate_key]
+            if ahead >= MAX_AHEAD:
                 return False
-            tat = self.tokens.get(job.rate_key)
-            if tat is not None and tat > self.horizon:
+            first = max(t for t in (self.tokens.get(job.rate_key), self.now) if t is not None)
+            slot = first + seconds(ahead * (job.rate_interval_s or 0.0))
+            if job.not_before is not None and job.not_before > slot:
+                slot = job.not_before
+            if slot > self.horizon and ahead > 0:
                 return False
-            eta = tat if tat is not None and tat > self.now else None
+            eta = slot if slot > self.now else None
             self.rate_outstanding[job.rate_key] += 1
         if job.flow_key is not None:
             self.key_live[job.flow_key] += 1
@@ -258,14 +302,17 @@ def dispatch(
     tenant's, and the heads of `keys` first, wherever they are in the line)."""
     s = s or get_settings()
     wake = wake if wake is not None else Wake.everything(keys)
-    if control_of(conn, queue).paused:
+    if _is_paused(conn, queue):
         return []
     fair = s.dispatched(queue)
     budget = budget if budget is not None else s.control_batch_size
     live_tenants: Counter[str] = Counter()
     if fair:
         live_tenants = _live_by_tenant(conn, queue)
-        budget = min(budget, s.dispatch_window - sum(live_tenants.values()))
+        room = s.dispatch_window - sum(live_tenants.values())
+        if not wake.scan and not wake.keys and not wake.rate_keys and room < max(1, s.dispatch_window // 4):
+            return []  # a job's end: the window is refilled a quarter at a time, not a job at a time
+        budget = min(budget, room)
     if budget <= 0:
         return []
     horizon = now + seconds(2 * s.dispatch_period_seconds)
@@ -295,12 +342,11 @@ def _candidates(
     one, and with `scan` each tenant's (tenants found by a skip scan, so a tenant with a million
     held jobs costs one probe like any other)."""
     seen: dict[uuid.UUID, Job] = {}
-    for key in sorted(wake.keys):
-        for job in _heads(conn, [jobs.c.flow_key == key, jobs.c.queue == queue], now, per_group):
-            seen.setdefault(job.id, job)
-    for rate_key in sorted(wake.rate_keys):  # parked until its token: sent ahead, with that ETA
-        for job in _heads(conn, [jobs.c.rate_key == rate_key, jobs.c.queue == queue], horizon, 1):
-            seen.setdefault(job.id, job)
+    for job in _heads_by(conn, jobs.c.flow_key, wake.keys, queue, now, per_group):
+        seen.setdefault(job.id, job)
+    # a bucket's jobs parked until its token are sent ahead, with their ETAs
+    for job in _heads_by(conn, jobs.c.rate_key, wake.rate_keys, queue, horizon, MAX_AHEAD):
+        seen.setdefault(job.id, job)
     if not scan:
         return sorted(seen.values(), key=_line_order)
     tenants = [str(t) for t in conn.execute(_TENANTS_WITH_HELD, {"queue": queue, "limit": MAX_TENANTS}).scalars()]
@@ -375,26 +421,28 @@ def slots_freed(rows: Iterable[Job | None]) -> dict[str, Wake]:
 
 
 def take_token(conn: Connection, key: str, interval_s: float, now: dt.datetime) -> dt.datetime | None:
-    """Take the bucket's token for a start at `now` (GCRA: granted when its next token is due,
-    which then moves to now + interval). None: granted; else when the next token is due."""
-    nxt = now + seconds(interval_s)
-    granted = conn.execute(
+    """Take the bucket's token for a start at `now`, on its locked row (GCRA with a tolerance of
+    half an interval: granted when its theoretical arrival time `tat` is at most half an
+    interval ahead, which then moves to max(tat, now) + interval). Two starts of a bucket are
+    never closer than half an interval, and any window of w seconds holds at most
+    floor(w x rate + 1/2) + 1 of them: for w = 1 and a whole rate, rate + 1, the bound of no
+    tolerance at all. The tolerance absorbs an ETA's jitter. None: granted; else when the next
+    token is due."""
+    tolerance = seconds(interval_s / 2)
+    conn.execute(
+        dialect.of(conn).insert_on_conflict(rate_buckets, {"key": key, "tat": now, "interval_s": interval_s}, ["key"])
+    )
+    tat: dt.datetime = conn.execute(
+        sa.select(rate_buckets.c.tat).where(rate_buckets.c.key == key).with_for_update()
+    ).scalar_one()
+    if tat - tolerance > now:
+        return tat - tolerance
+    conn.execute(
         sa.update(rate_buckets)
-        .where(rate_buckets.c.key == key, rate_buckets.c.tat <= now)
-        .values(tat=nxt, interval_s=interval_s)
-        .returning(rate_buckets.c.key)
-    ).first()
-    if granted is not None:
-        return None
-    made = conn.execute(
-        dialect.of(conn)
-        .insert_on_conflict(rate_buckets, {"key": key, "tat": nxt, "interval_s": interval_s}, ["key"])
-        .returning(rate_buckets.c.key)
-    ).first()
-    if made is not None:
-        return None
-    tat = conn.execute(sa.select(rate_buckets.c.tat).where(rate_buckets.c.key == key)).scalar_one()
-    return tat if tat > now else now + seconds(interval_s)
+        .where(rate_buckets.c.key == key)
+        .values(tat=max(tat, now) + seconds(interval_s), interval_s=interval_s)
+    )
+    return None
 
 
 def park(

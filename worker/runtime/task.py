@@ -18,8 +18,9 @@ from celery import Task
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
+from worker.broker import wakeups
 from worker.broker.celery_app import app
-from worker.broker.publish import commit_then_publish, dispatch_queues
+from worker.broker.publish import commit_then_publish
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
 from worker.ledger import db, dispatch, queries, release, transitions
@@ -106,8 +107,8 @@ def execute(spec: JobSpec, task: Task, job_id: uuid.UUID, delivery_id: uuid.UUID
     except LedgerUnavailableError:
         # Same task id, so the same delivery_id: the claim still works once the ledger is back.
         raise task.retry(countdown=s.heartbeat_seconds, max_retries=None) from None
-    if bucket is not None:  # the bucket's token was taken (or is due later): send its next job, with that ETA
-        dispatch_queues({bucket[0]: dispatch.Wake(rate_keys={bucket[1]})})
+    if bucket is not None:  # the bucket's token was taken (or is due later): its next jobs may be sent
+        wakeups.defer({bucket[0]: dispatch.Wake(rate_keys={bucket[1]})})
     if job is None:
         if parked is not None:
             log.info("delivery %s of job %s parked held (%s)", delivery_id, job_id, parked.state)
@@ -198,19 +199,23 @@ def record_outcome(job: Job, outcome: Outcome, *, actor: str) -> Job | None:
     s = get_settings()
 
     def write(o: Outcome) -> Job | None:
-        if o.kind is OutcomeKind.SUCCEEDED and job.workflow_id is None and not job.dispatch:
+        if o.kind is OutcomeKind.SUCCEEDED and job.workflow_id is None:
             # one statement, synchronous: nothing to publish after it
-            return with_ledger_retry(
+            done = with_ledger_retry(
                 lambda: db.write(lambda conn: _finalize(conn, job, o, actor=actor)),
                 budget_s=s.finalize_retry_seconds,
                 what="finalize",
             )
-        after, *_ = with_ledger_retry(
-            lambda: commit_then_publish(lambda conn: _finalize_and_follow(conn, job, o, actor=actor)),
+            if job.dispatch:  # its slot is free: the next held job, from this process's wakeup thread
+                wakeups.defer(dispatch.slots_freed([done]))
+            return done
+        written = with_ledger_retry(
+            lambda: commit_then_publish(lambda conn: _finalize_and_follow(conn, job, o, actor=actor), follow=False),
             budget_s=s.finalize_retry_seconds,
             what="finalize",
         )
-        return after
+        wakeups.defer(dispatch.slots_freed(written))
+        return written[0]
 
     try:
         return write(outcome)
