@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from api.deps import AdminKey
 from worker.accept import admission
-from worker.broker import inspect, redis_keys
+from worker.broker import redis_keys
 from worker.broker.counters import known_queues
 from worker.broker.redis_client import get_redis
 from worker.control.rates import current_rates
@@ -27,7 +27,7 @@ def queue_report(queue: str) -> dict[str, Any]:
         counts = queries.live_counts(conn, queue)
     return {
         "queue": queue,
-        "depth": inspect.depth(queue),
+        "depth": admission.depth(queue),  # the broker's messages and the held jobs
         **counts,
         # the loop's view; "unknown" when it has not published lately (the API then decides alone)
         "admission": published.get("state", "unknown"),

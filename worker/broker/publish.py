@@ -20,7 +20,7 @@ from kombu.exceptions import KombuError
 from sqlalchemy.engine import Connection
 
 from worker.broker.celery_app import app
-from worker.broker.counters import add_arrivals
+from worker.broker.counters import add_arrivals, add_held
 from worker.broker.messages import delivery_message
 from worker.broker.redis_client import get_redis
 from worker.clock import utcnow
@@ -45,7 +45,8 @@ def publish(
     same round trip (best effort: they go, or are lost, with the messages). `then_remove`:
     (sorted set, member) pairs removed in the last round trip, after every message (the
     admission reservations these jobs held: the queue's length counts them from then on). A
-    `held` row is counted as an arrival and not sent: the dispatcher sends it when it may start.
+    `held` row is counted as an arrival (and in its queue's held counter, which admission
+    reads) and not sent: the dispatcher sends it when it may start.
 
     The messages are built in worker/broker/messages.py, as Celery would send them. A broker
     error refuses the whole call: every row is marked unpublished and reconcile re-sends it. A
@@ -64,6 +65,7 @@ def publish(
                         pipe.lpush(*delivery_message(row))
                 if arrivals:
                     add_arrivals(pipe, Counter(row.queue for row in chunk))
+                    add_held(pipe, Counter(row.queue for row in chunk if row.state == JobState.HELD))
                 if start + PUBLISH_BATCH >= len(rows):
                     for key, member in then_remove:
                         pipe.zrem(key, member)
