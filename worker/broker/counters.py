@@ -35,10 +35,11 @@ def add_arrivals(pipe: Pipeline[str], per_queue: Mapping[str, int]) -> None:
 
 
 def add_held(pipe: Pipeline[str], per_queue: Mapping[str, int]) -> None:
-    """Queue the held counters' increments on `pipe` (jobs written `held`: the dispatcher, not
-    the broker, has them), in the publish round trip like the arrivals. The apply_backpressure
-    loop replaces each counter with the ledger's count every period, so what this misses or
-    counts twice (a held job dispatched since) lasts one period at most."""
+    """Queue the held counters' changes on `pipe`, in the publish round trip like the arrivals:
+    + jobs written `held` (the dispatcher, not the broker, has them), - held jobs the dispatcher
+    started (now in the broker's lists). The apply_backpressure loop replaces each counter with
+    the ledger's count every period, so what this misses (a job parked or retried to `held`, a
+    held job cancelled) or a race with that reset lasts one period at most."""
     for queue, n in per_queue.items():
         if n:
             pipe.incrby(redis_keys.held_count(queue), n)
@@ -51,8 +52,9 @@ def set_held(per_queue: Mapping[str, int]) -> None:
 
 
 def read_held(queue: str) -> int:
-    """Jobs of `queue` held in the ledger, as last counted (0 when never)."""
-    return int(get_redis().get(redis_keys.held_count(queue)) or 0)
+    """Jobs of `queue` held in the ledger, as last counted (0 when never; a count that drifted
+    below zero between two resets is 0)."""
+    return max(0, int(get_redis().get(redis_keys.held_count(queue)) or 0))
 
 
 def record_drained(per_queue: Mapping[str, int]) -> None:

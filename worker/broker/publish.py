@@ -38,7 +38,11 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, redis.exceptions.Redis
 
 
 def publish(
-    rows: Sequence[Any], *, arrivals: bool = False, then_remove: Sequence[tuple[str, str]] = ()
+    rows: Sequence[Any],
+    *,
+    arrivals: bool = False,
+    dispatched: bool = False,
+    then_remove: Sequence[tuple[str, str]] = (),
 ) -> list[uuid.UUID]:
     """Send a delivery for each row, one Redis pipeline per PUBLISH_BATCH; returns the job ids
     refused. `arrivals`: the rows are new work, counted in the queues' arrival counters in the
@@ -46,7 +50,9 @@ def publish(
     (sorted set, member) pairs removed in the last round trip, after every message (the
     admission reservations these jobs held: the queue's length counts them from then on). A
     `held` row is counted as an arrival (and in its queue's held counter, which admission
-    reads) and not sent: the dispatcher sends it when it may start.
+    reads) and not sent: the dispatcher sends it when it may start. `dispatched`: the rows are
+    held jobs the dispatcher just started, taken off their queues' held counters in the same round
+    trip (the broker's length counts them from then on).
 
     The messages are built in worker/broker/messages.py, as Celery would send them. A broker
     error refuses the whole call: every row is marked unpublished and reconcile re-sends it. A
@@ -66,6 +72,8 @@ def publish(
                 if arrivals:
                     add_arrivals(pipe, Counter(row.queue for row in chunk))
                     add_held(pipe, Counter(row.queue for row in chunk if row.state == JobState.HELD))
+                if dispatched:
+                    add_held(pipe, {q: -n for q, n in Counter(row.queue for row in chunk).items()})
                 if start + PUBLISH_BATCH >= len(rows):
                     for key, member in then_remove:
                         pipe.zrem(key, member)
@@ -118,7 +126,7 @@ def dispatch_queues(todo: dict[str, set[str]], *, budget: int | None = None) -> 
         except LedgerUnavailableError as exc:
             log.warning("could not dispatch queue %s (%s); the dispatch_held loop will", queue, exc)
             continue
-        publish(sent)
+        publish(sent, dispatched=True)
         started += sent
     return started
 

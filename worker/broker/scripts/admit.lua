@@ -20,7 +20,8 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
 end
 -- held jobs count like messages: a dispatched queue's backlog waits in the ledger, and without
 -- them its depth would stay at the dispatch window however far the backlog grew
-local depth = pending + tonumber(redis.call('GET', KEYS[3]) or '0')
+-- (it may drift below zero between two of apply_backpressure's resets: counted as none)
+local depth = pending + math.max(0, tonumber(redis.call('GET', KEYS[3]) or '0'))
 for i = 4, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
 local state = redis.call('HGET', KEYS[1], 'state') or ''
 local rate = redis.call('HGET', KEYS[1], 'drain_rate') or '0'
