@@ -80,18 +80,21 @@ def test_a_dispatched_queue_whose_held_backlog_passes_the_watermark_sheds(
 def test_the_share_refuses_the_tenant_flooding_a_dispatched_queue_first(
     procs: Processes, make_key: KeyFactory
 ) -> None:
-    """Seen failing with the quota counting only `queued` jobs: tenant A's held backlog was not
-    counted, so A took all 20 places and B got 429 queue_full."""
+    """Seen failing with the quota counting only `queued` jobs: a second API process, counting
+    from the ledger, saw 4 of tenant A's jobs (the window; the rest held) and accepted A's 11th."""
     queue = f"quota-held-{uuid.uuid4().hex[:6]}"
     _, url = procs.api("api-held-share", **_dispatched_env(queue, 0.5))  # a tenant's share: 10
+    # a second process: its count of a tenant's jobs comes from the ledger, not from what it admitted
+    _, url_2 = procs.api("api-held-share-2", **_dispatched_env(queue, 0.5))
     tenant_a, key_a = make_key()
-    tenant_b, key_b = make_key()
-    with _client(url, key_a) as a, _client(url, key_b) as b:
+    _, key_b = make_key()
+    with _client(url, key_a) as a, _client(url_2, key_a) as a_2, _client(url_2, key_b) as b:
         statuses = [a.post("/jobs", json=_job(queue)).status_code for _ in range(HIGH)]
         assert statuses == [202] * 10 + [429] * 10, statuses
-        refused = a.post("/jobs", json=_job(queue))
+        assert _states(queue, tenant_a) == {"queued": WINDOW, "held": 10 - WINDOW}, "the flood waits held"
+        refused = a_2.post("/jobs", json=_job(queue))
+        assert refused.status_code == 429, refused.text
         assert refused.json()["error"] == "tenant_quota" and refused.json()["share"] == 10, refused.text
-        assert _states(queue, tenant_a).get("held", 0) > 0, "the flood waits held, and is counted"
         assert b.post("/jobs", json=_job(queue)).status_code == 202, "another tenant is still accepted"
 
 
