@@ -295,13 +295,13 @@ def time_out(
 def cancel(
     conn: Connection, job_id: uuid.UUID, tenant: str, *, actor: str, now: dt.datetime
 ) -> tuple[JobState, Job] | None:
-    """Cancel a job of `tenant`: a queued one, or a workflow's step still waiting, at once
+    """Cancel a job of `tenant`: a queued or held one, or a workflow's step still waiting, at once
     (`cancelled`); a running one is asked to stop (`cancel_requested_at` set, an event running ->
     running `cancel_requested`): its worker learns it at its next heartbeat and stops it within
     the grace. Returns the state it was in and the row; a second request of a running job returns
     the row unchanged (no second event). None: no such job of `tenant`, or it is not waiting,
-    queued or running."""
-    for frm in (JobState.QUEUED, JobState.WAITING):
+    held, queued or running."""
+    for frm in (JobState.QUEUED, JobState.WAITING, JobState.HELD):
         row = transition(
             conn, job_id, frm, JobState.CANCELLED, actor=actor, reason="cancelled", now=now,
             where=[jobs.c.tenant == tenant], values={"finished_at": now, "lease_expires_at": None},
