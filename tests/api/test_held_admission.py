@@ -135,3 +135,17 @@ def test_a_tenants_own_timeout_and_attempts_caps(
         assert over.json()["limit"] == cap
         assert c.post("/jobs", json=_job(queue, **{field: cap})).status_code == 202
         assert other.post("/jobs", json=_job(queue, **{field: cap + 1})).status_code == 202, "others: global cap"
+
+
+def test_a_held_job_can_be_cancelled(procs: Processes, make_key: KeyFactory) -> None:
+    """Seen failing without `held` in transitions.cancel: 409 "a held job cannot be cancelled"."""
+    queue = f"gate-cancel-{uuid.uuid4().hex[:6]}"
+    _, url = procs.api("api-held-cancel", **_dispatched_env(queue, 1.0))
+    _, key = make_key()
+    with _client(url, key) as client:
+        ids = [client.post("/jobs", json=_job(queue)).json()["id"] for _ in range(WINDOW + 1)]
+        held = client.get(f"/jobs/{ids[-1]}").json()
+        assert held["state"] == "held", held
+        done = client.post(f"/jobs/{ids[-1]}/cancel")
+        assert done.status_code == 200 and done.json()["state"] == "cancelled", done.text
+        assert _states(queue) == {"queued": WINDOW, "cancelled": 1}
