@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.exceptions
 from kombu.exceptions import KombuError
+from redis.client import Pipeline
 from sqlalchemy.engine import Connection
 
 from worker.broker.celery_app import app
@@ -69,11 +70,7 @@ def publish(
                 for row in chunk:
                     if row.state != JobState.HELD:  # a held job is the dispatcher's to send
                         pipe.lpush(*delivery_message(row))
-                if arrivals:
-                    add_arrivals(pipe, Counter(row.queue for row in chunk))
-                    add_held(pipe, Counter(row.queue for row in chunk if row.state == JobState.HELD))
-                if dispatched:
-                    add_held(pipe, {q: -n for q, n in Counter(row.queue for row in chunk).items()})
+                _count(pipe, chunk, arrivals=arrivals, dispatched=dispatched)
                 if start + PUBLISH_BATCH >= len(rows):
                     for key, member in then_remove:
                         pipe.zrem(key, member)
@@ -87,6 +84,16 @@ def publish(
     except LedgerUnavailableError:
         log.warning("could not mark %d jobs unpublished; reconcile will find them as lost", len(rows))
     return [r.id for r in rows]
+
+
+def _count(pipe: Pipeline[str], rows: Sequence[Any], *, arrivals: bool, dispatched: bool) -> None:
+    """The queues' counters of a publish, in its pipeline: new work counted as arrivals (and the
+    held ones in their queue's held counter); held jobs just dispatched taken off it."""
+    if arrivals:
+        add_arrivals(pipe, Counter(row.queue for row in rows))
+        add_held(pipe, Counter(row.queue for row in rows if row.state == JobState.HELD))
+    if dispatched:
+        add_held(pipe, {queue: -n for queue, n in Counter(row.queue for row in rows).items()})
 
 
 def commit_then_publish(
