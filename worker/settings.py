@@ -23,6 +23,7 @@ PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me")
 MIN_SECRET_LENGTH = 16
 EXAMPLE_JOBS = "worker.examples"
 
+
 class TenantLimits(BaseModel):
     """One tenant's own caps (MEDIC_TENANT_LIMITS); a cap left out is the global one."""
 

@@ -77,9 +77,7 @@ def test_a_dispatched_queue_whose_held_backlog_passes_the_watermark_sheds(
         assert client.post("/jobs", json=_job(queue)).status_code == 429
 
 
-def test_the_share_refuses_the_tenant_flooding_a_dispatched_queue_first(
-    procs: Processes, make_key: KeyFactory
-) -> None:
+def test_the_share_refuses_the_tenant_flooding_a_dispatched_queue_first(procs: Processes, make_key: KeyFactory) -> None:
     """Seen failing with the quota counting only `queued` jobs: a second API process, counting
     from the ledger, saw 4 of tenant A's jobs (the window; the rest held) and accepted A's 11th."""
     queue = f"quota-held-{uuid.uuid4().hex[:6]}"
