@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from tests.conftest import KeyFactory
 from worker.broker import redis_keys
 from worker.broker.redis_client import get_redis
+from worker.control import snapshot
 from worker.control.backpressure import apply_backpressure
 from worker.ledger import db
 from worker.ledger.models import jobs
@@ -68,6 +69,9 @@ def test_a_dispatched_queue_whose_held_backlog_passes_the_watermark_sheds(
         assert _states(queue) == {"queued": WINDOW, "held": HIGH - WINDOW}, "nothing written"
         report = {q["queue"]: q for q in client.get("/queues").json()["queues"]}
         assert report[queue]["depth"] == HIGH, "GET /queues counts the held jobs"
+        assert snapshot.take(dt.datetime.now(dt.UTC), {})["queues"][queue]["depth"] == HIGH, (
+            "so does the health snapshot"
+        )
 
         # the loop's count is the ledger's: a held counter lost (or drifted) is set right again
         get_redis().delete(redis_keys.held_count(queue))
