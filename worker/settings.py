@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/medic"
@@ -22,6 +22,17 @@ PLACEHOLDER_SECRETS = {"changeme", "change-me", "password", "secret", "medic-dev
 PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me")
 MIN_SECRET_LENGTH = 16
 EXAMPLE_JOBS = "worker.examples"
+
+
+class TenantLimits(BaseModel):
+    """One tenant's own caps (MEDIC_TENANT_LIMITS); a cap left out is the global one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queued: int | None = Field(None, gt=0)
+    max_timeout_seconds: float | None = Field(None, gt=0)
+    max_attempts: int | None = Field(None, ge=1)
+
 
 # `MEDIC_PROFILE=fast`: short leases and periods so tests and demos see recovery in seconds.
 # Only defaults change; a variable set explicitly always wins.
@@ -178,6 +189,12 @@ class Settings(BaseSettings):
     )
     critical_priority: int = Field(8, ge=0, le=9, description="Jobs at or above it are admitted while shedding.")
     tenant_queued_quota: int = Field(100_000, gt=0, description="Most queued jobs one tenant may have.")
+    tenant_limits: dict[str, TenantLimits] = Field(
+        default_factory=dict,
+        description='Per-tenant caps, JSON: {"tenant": {"queued": 500, "max_timeout_seconds": 60, '
+        '"max_attempts": 3}}; each key optional, falling back to MEDIC_TENANT_QUEUED_QUOTA, '
+        "MEDIC_MAX_JOB_TIMEOUT_SECONDS, MEDIC_MAX_JOB_ATTEMPTS.",
+    )
     tenant_queue_share: float = Field(
         0.2,
         gt=0,
@@ -411,6 +428,27 @@ class Settings(BaseSettings):
     def dispatched(self, queue: str) -> bool:
         """Whether the dispatcher starts every job of `queue` (MEDIC_DISPATCH_QUEUES)."""
         return queue in self.dispatch_queues or "*" in self.dispatch_queues
+
+    def tenant_queued_cap(self, tenant: str) -> tuple[int, str]:
+        """(most waiting (queued or held) jobs `tenant` may have, the setting it comes from)."""
+        own = self.tenant_limits.get(tenant)
+        if own is not None and own.queued is not None:
+            return own.queued, "MEDIC_TENANT_LIMITS"
+        return self.tenant_queued_quota, "MEDIC_TENANT_QUEUED_QUOTA"
+
+    def tenant_max_timeout(self, tenant: str) -> tuple[float, str]:
+        """(longest timeout `tenant` may ask for, the setting it comes from)."""
+        own = self.tenant_limits.get(tenant)
+        if own is not None and own.max_timeout_seconds is not None:
+            return own.max_timeout_seconds, "MEDIC_TENANT_LIMITS"
+        return self.max_job_timeout_seconds, "MEDIC_MAX_JOB_TIMEOUT_SECONDS"
+
+    def tenant_max_attempts(self, tenant: str) -> tuple[int, str]:
+        """(most attempts `tenant` may ask for, the setting it comes from)."""
+        own = self.tenant_limits.get(tenant)
+        if own is not None and own.max_attempts is not None:
+            return own.max_attempts, "MEDIC_TENANT_LIMITS"
+        return self.max_job_attempts, "MEDIC_MAX_JOB_ATTEMPTS"
 
     def tenant_weight(self, tenant: str) -> float:
         return max(self.tenant_weights.get(tenant, 1.0), 0.001)

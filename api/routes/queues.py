@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import AdminKey
 from api.schemas import QueueControlPublic, QueuePause
 from worker.accept import admission, paused
-from worker.broker import inspect, redis_keys
+from worker.broker import redis_keys
 from worker.broker.counters import known_queues
 from worker.broker.redis_client import get_redis
 from worker.control.rates import current_rates
@@ -32,7 +32,7 @@ def queue_report(queue: str, control: QueueControl | None = None) -> dict[str, A
     control = control or QueueControl(queue)
     return {
         "queue": queue,
-        "depth": inspect.depth(queue),
+        "depth": admission.depth(queue),  # the broker's messages and the held jobs
         **counts,
         # the loop's view; "unknown" when it has not published lately (the API then decides alone)
         "admission": published.get("state", "unknown"),

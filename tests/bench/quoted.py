@@ -190,6 +190,7 @@ ALLOWED: list[Allowed] = [
     Allowed("guarantees.md", "lease - heartbeat = 3 s per extension", "settings' defaults"),
     Allowed("guarantees.md", "`MEDIC_LEASE_MARGIN_SECONDS` (0.5 s)", "a setting's default"),
     Allowed("configuration.md", "| >= 0.1 |", "a setting's lower bound"),
+    Allowed("configuration.md", '{"tenant": 2.0}', "an example weight in a setting's description"),
     Allowed("nemesis.md", "(heartbeat 1 s, presence 2.5 s, margin\n  0.5 s,", "settings' defaults"),
     Allowed(B, "polled every 0.1 s", "the bench's polling period"),
     Allowed(B, "cores busy over 0.5 s", "the bench's load check"),

@@ -3,7 +3,8 @@ apply_backpressure loop (worker/control/backpressure.py) and enforced when a job
 which also measures for itself.
 
 The accept path's own check is one atomic Lua call: queue depth (the LLENs of the queue and its
-priority sub-queues) plus jobs admitted but not yet published, against the watermark. So even
+priority sub-queues, plus its jobs waiting `held` in the ledger for the dispatcher) plus jobs
+admitted but not yet published, against the watermark. So even
 submissions arriving far faster than the loop's period cannot push a queue past its limit, and
 a stale loop state never lets work through blindly.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import redis
 
-from worker.broker import redis_keys
+from worker.broker import counters, inspect, redis_keys
 from worker.broker.redis_client import get_redis
 from worker.broker.scripts import run_script
 from worker.errors import QueueFullError
@@ -43,6 +44,13 @@ class Watermarks:
     def hard(self) -> int:
         """The most a queue may hold, critical jobs included: high + max(10 %, 20 jobs)."""
         return self.high + max(math.ceil(self.high * 0.1), 20)
+
+
+def depth(queue: str) -> int:
+    """What a queue holds against its watermark (the gate adds its live reservations): the
+    broker's messages (every priority) plus its jobs held in the ledger, as last counted. The one
+    depth apply_backpressure, `GET /queues` and the health snapshot report."""
+    return inspect.depth(queue) + counters.read_held(queue)
 
 
 def watermarks(queue: str, s: Settings | None = None) -> Watermarks:
@@ -118,7 +126,12 @@ def admit(queue: str, n: int, priority: int, *, ttl_ms: int = PENDING_TTL_MS) ->
     critical = priority >= s.critical_priority
     limit = wm.hard if critical else wm.high
     member = f"{uuid.uuid4().hex}:{n}"
-    keys = [redis_keys.admission(queue), redis_keys.admission_reservations(queue), *redis_keys.queue_lists(queue)]
+    keys = [
+        redis_keys.admission(queue),
+        redis_keys.admission_reservations(queue),
+        redis_keys.held_count(queue),
+        *redis_keys.queue_lists(queue),
+    ]
     try:
         ok, depth, state, rate = run_script("admit", keys, [limit, n, int(critical), ttl_ms, member])
     except redis.RedisError as exc:

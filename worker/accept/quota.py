@@ -1,5 +1,6 @@
-"""The tenant's limits on queued jobs, checked when jobs are accepted: its quota over every queue
-(`MEDIC_TENANT_QUEUED_QUOTA`), and its share of each queue (`MEDIC_TENANT_QUEUE_SHARE` of the
+"""The tenant's limits on waiting jobs (queued, or held for the dispatcher), checked when jobs are
+accepted: its quota over every queue (its own in `MEDIC_TENANT_LIMITS`, else
+`MEDIC_TENANT_QUEUED_QUOTA`), and its share of each queue (`MEDIC_TENANT_QUEUE_SHARE` of the
 queue's high watermark), so that one tenant can never fill a queue and get every other tenant
 429s: while it is refused, the queue keeps room below its watermark for the others."""
 
@@ -16,13 +17,13 @@ from worker.ledger import db, queries
 from worker.ledger.records import NewJob
 from worker.settings import Settings, get_settings
 
-# (tenant, queue or None for every queue) -> (queued jobs, valid until)
+# (tenant, queue or None for every queue) -> (waiting jobs, valid until)
 _quota_cache: dict[tuple[str, str | None], tuple[int, float]] = {}
 QUOTA_CACHE_S = 1.0
 
 
 def _queued_count(tenant: str, queue: str | None, up_to: int) -> int:
-    """The tenant's queued jobs (in `queue`, or in all), counted up to `up_to`, cached for a
+    """The tenant's waiting jobs, queued or held (in `queue`, or in all), counted up to `up_to`, cached for a
     second per process: the count costs in proportion to the backlog, and a quota is a guard
     rail, not a fence."""
     hit = _quota_cache.get((tenant, queue))
@@ -54,16 +55,16 @@ def check_tenant_quota(tenant: str, news: Sequence[NewJob]) -> None:
     """Count `news` against the tenant's quota and its share of each of their queues.
 
     Raises:
-        TenantQuotaError: the tenant's queued jobs plus the new ones would pass its quota, or its
+        TenantQuotaError: the tenant's waiting jobs plus the new ones would pass its quota, or its
             share of one of their queues (`queue` and `share` in the details).
     """
     s = get_settings()
     retry_after = min(30, s.retry_after_max_seconds)
-    quota = s.tenant_queued_quota
+    quota, source = s.tenant_queued_cap(tenant)
     queued = _queued_count(tenant, None, quota + 1)
     if queued + len(news) > quota:
         raise TenantQuotaError(
-            f"tenant {tenant!r} has {queued} queued jobs; its quota is {quota}",
+            f"tenant {tenant!r} has {queued} queued or held jobs; its quota is {quota} ({source})",
             queued=queued,
             quota=quota,
             retry_after=retry_after,
@@ -76,7 +77,7 @@ def check_tenant_quota(tenant: str, news: Sequence[NewJob]) -> None:
         in_queue = _queued_count(tenant, queue, share + 1)
         if in_queue + n > share:
             raise TenantQuotaError(
-                f"tenant {tenant!r} has {in_queue} queued jobs in queue {queue!r}; its share of that queue "
+                f"tenant {tenant!r} has {in_queue} queued or held jobs in queue {queue!r}; its share of that queue "
                 f"is {share} (MEDIC_TENANT_QUEUE_SHARE {s.tenant_queue_share:g} of its high watermark)",
                 queue=queue,
                 queued=in_queue,

@@ -64,7 +64,7 @@ def new_job(
         )
     if not 0 <= req.priority <= 9:
         raise InvalidArgsError("priority must be 0..9")
-    _check_asked(req, s)
+    _check_asked(req, tenant, s)
     timeout = req.timeout if req.timeout is not None else (spec.timeout_s or s.default_timeout_seconds)
     attempts = req.max_attempts if req.max_attempts is not None else (spec.max_attempts or s.default_max_attempts)
     return NewJob(
@@ -112,10 +112,10 @@ def flow_of(
     )
 
 
-def _check_asked(req: JobRequest, s: Settings) -> None:
+def _check_asked(req: JobRequest, tenant: str, s: Settings) -> None:
     """What a caller may ask for: a timeout (a slot held that long) and attempts (that many runs)
-    within the settings' caps. A job type's own defaults are the code's, not the caller's, and
-    are not capped.
+    within its tenant's caps (MEDIC_TENANT_LIMITS), else the settings' global ones. A job type's
+    own defaults are the code's, not the caller's, and are not capped.
 
     Raises:
         InvalidArgsError
@@ -123,20 +123,22 @@ def _check_asked(req: JobRequest, s: Settings) -> None:
     if req.timeout is not None:
         if not req.timeout > 0:
             raise InvalidArgsError("timeout must be positive")
-        if req.timeout > s.max_job_timeout_seconds:
+        longest, source = s.tenant_max_timeout(tenant)
+        if req.timeout > longest:
             raise InvalidArgsError(
-                f"timeout {req.timeout:g} s is over the longest a job may ask for, "
-                f"{s.max_job_timeout_seconds:g} s (MEDIC_MAX_JOB_TIMEOUT_SECONDS)",
-                limit=s.max_job_timeout_seconds,
+                f"timeout {req.timeout:g} s is over the longest a job of tenant {tenant!r} may ask for, "
+                f"{longest:g} s ({source})",
+                limit=longest,
             )
     if req.max_attempts is not None:
         if req.max_attempts < 1:
             raise InvalidArgsError("max_attempts must be at least 1")
-        if req.max_attempts > s.max_job_attempts:
+        most, source = s.tenant_max_attempts(tenant)
+        if req.max_attempts > most:
             raise InvalidArgsError(
-                f"max_attempts {req.max_attempts} is over the most a job may ask for, "
-                f"{s.max_job_attempts} (MEDIC_MAX_JOB_ATTEMPTS)",
-                limit=s.max_job_attempts,
+                f"max_attempts {req.max_attempts} is over the most a job of tenant {tenant!r} may ask for, "
+                f"{most} ({source})",
+                limit=most,
             )
 
 

@@ -34,6 +34,29 @@ def add_arrivals(pipe: Pipeline[str], per_queue: Mapping[str, int]) -> None:
         pipe.incrby(redis_keys.queue_counter(queue, ARRIVED), n)
 
 
+def add_held(pipe: Pipeline[str], per_queue: Mapping[str, int]) -> None:
+    """Queue the held counters' changes on `pipe`, in the publish round trip like the arrivals:
+    + jobs written `held` (the dispatcher, not the broker, has them), - held jobs the dispatcher
+    started (now in the broker's lists). The apply_backpressure loop replaces each counter with
+    the ledger's count every period, so what this misses (a job parked or retried to `held`, a
+    held job cancelled) or a race with that reset lasts one period at most."""
+    for queue, n in per_queue.items():
+        if n:
+            pipe.incrby(redis_keys.held_count(queue), n)
+
+
+def set_held(per_queue: Mapping[str, int]) -> None:
+    """Set the held counters to the ledger's counts (apply_backpressure)."""
+    if per_queue:
+        get_redis().mset({redis_keys.held_count(queue): n for queue, n in per_queue.items()})
+
+
+def read_held(queue: str) -> int:
+    """Jobs of `queue` held in the ledger, as last counted (0 when never; a count that drifted
+    below zero between two resets is 0)."""
+    return max(0, int(get_redis().get(redis_keys.held_count(queue)) or 0))
+
+
 def record_drained(per_queue: Mapping[str, int]) -> None:
     """Jobs claimed per queue since the last call (workers flush it with each heartbeat)."""
     if not per_queue:
@@ -79,7 +102,11 @@ def forget_idle(now: float, idle_s: float) -> list[str]:
     forgotten = []
     for queue in r.zrangebyscore(redis_keys.known_queues(), "-inf", f"({now - idle_s}"):
         lists = redis_keys.queue_lists(queue)
-        also = [redis_keys.queue_counter(queue, ARRIVED), redis_keys.queue_counter(queue, DRAINED)]
+        also = [
+            redis_keys.queue_counter(queue, ARRIVED),
+            redis_keys.queue_counter(queue, DRAINED),
+            redis_keys.held_count(queue),
+        ]
         keys = [redis_keys.known_queues(), *lists, *also, redis_keys.rates(queue)]
         if int(run_script("forget_queue", keys, [queue, now - idle_s, len(lists)])):
             forgotten.append(queue)

@@ -17,10 +17,11 @@ from typing import Any
 
 import redis.exceptions
 from kombu.exceptions import KombuError
+from redis.client import Pipeline
 from sqlalchemy.engine import Connection
 
 from worker.broker.celery_app import app
-from worker.broker.counters import add_arrivals
+from worker.broker.counters import add_arrivals, add_held
 from worker.broker.messages import delivery_message
 from worker.broker.redis_client import get_redis
 from worker.clock import utcnow
@@ -38,14 +39,21 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, redis.exceptions.Redis
 
 
 def publish(
-    rows: Sequence[Any], *, arrivals: bool = False, then_remove: Sequence[tuple[str, str]] = ()
+    rows: Sequence[Any],
+    *,
+    arrivals: bool = False,
+    dispatched: bool = False,
+    then_remove: Sequence[tuple[str, str]] = (),
 ) -> list[uuid.UUID]:
     """Send a delivery for each row, one Redis pipeline per PUBLISH_BATCH; returns the job ids
     refused. `arrivals`: the rows are new work, counted in the queues' arrival counters in the
     same round trip (best effort: they go, or are lost, with the messages). `then_remove`:
     (sorted set, member) pairs removed in the last round trip, after every message (the
     admission reservations these jobs held: the queue's length counts them from then on). A
-    `held` row is counted as an arrival and not sent: the dispatcher sends it when it may start.
+    `held` row is counted as an arrival (and in its queue's held counter, which admission
+    reads) and not sent: the dispatcher sends it when it may start. `dispatched`: the rows are
+    held jobs the dispatcher just started, taken off their queues' held counters in the same round
+    trip (the broker's length counts them from then on).
 
     The messages are built in worker/broker/messages.py, as Celery would send them. A broker
     error refuses the whole call: every row is marked unpublished and reconcile re-sends it. A
@@ -62,8 +70,7 @@ def publish(
                 for row in chunk:
                     if row.state != JobState.HELD:  # a held job is the dispatcher's to send
                         pipe.lpush(*delivery_message(row))
-                if arrivals:
-                    add_arrivals(pipe, Counter(row.queue for row in chunk))
+                _count(pipe, chunk, arrivals=arrivals, dispatched=dispatched)
                 if start + PUBLISH_BATCH >= len(rows):
                     for key, member in then_remove:
                         pipe.zrem(key, member)
@@ -77,6 +84,16 @@ def publish(
     except LedgerUnavailableError:
         log.warning("could not mark %d jobs unpublished; reconcile will find them as lost", len(rows))
     return [r.id for r in rows]
+
+
+def _count(pipe: Pipeline[str], rows: Sequence[Any], *, arrivals: bool, dispatched: bool) -> None:
+    """The queues' counters of a publish, in its pipeline: new work counted as arrivals (and the
+    held ones in their queue's held counter); held jobs just dispatched taken off it."""
+    if arrivals:
+        add_arrivals(pipe, Counter(row.queue for row in rows))
+        add_held(pipe, Counter(row.queue for row in rows if row.state == JobState.HELD))
+    if dispatched:
+        add_held(pipe, {queue: -n for queue, n in Counter(row.queue for row in rows).items()})
 
 
 def commit_then_publish(
@@ -126,7 +143,7 @@ def dispatch_queues(todo: Mapping[str, dispatch.Wake | Collection[str]], *, budg
         except LedgerUnavailableError as exc:
             log.warning("could not dispatch queue %s (%s); the dispatch_held loop will", queue, exc)
             continue
-        publish(sent)
+        publish(sent, dispatched=True)
         started += sent
     return started
 

@@ -71,6 +71,13 @@ def admission_reservations(queue: str) -> str:
     return f"{_p()}admission:{queue}:reservations"
 
 
+def held_count(queue: str) -> str:
+    """Jobs of `queue` waiting `held` in the ledger (not in the broker), counted against its
+    watermark: apply_backpressure sets it from the ledger each period, the accept path adds the
+    held jobs it writes in between (worker/broker/counters.py)."""
+    return f"{_p()}queue:{queue}:held"
+
+
 def rates(queue: str) -> str:
     """Hash of smoothed arrival and drain rates of a queue, and the counters they came from."""
     return f"{_p()}rates:{queue}"

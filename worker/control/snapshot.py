@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict, cast
 
 from worker.accept import admission
-from worker.broker import inspect, presence, redis_keys
+from worker.broker import presence, redis_keys
 from worker.broker.counters import known_queues
 from worker.broker.presence import live_consumers
 from worker.broker.redis_client import get_redis
@@ -114,7 +114,7 @@ def _queue(queue: str, queued: int, oldest: dt.datetime | None, now: dt.datetime
     rates = r.hgetall(redis_keys.rates(queue))
     scale = r.hgetall(redis_keys.scale(queue))
     return {
-        "depth": inspect.depth(queue),
+        "depth": admission.depth(queue),
         "queued": queued,
         "high_watermark": wm.high,
         "low_watermark": wm.low,

@@ -141,12 +141,25 @@ def live_counts_by_queue(conn: Connection) -> list[tuple[str, str, int]]:
 
 
 def tenant_queued(conn: Connection, tenant: str, *, up_to: int, queue: str | None = None) -> int:
-    """A tenant's queued jobs (in `queue` only, if given), counted up to `up_to` (a quota check
-    needs no exact figure past it). Either way an index range over the tenant's queued jobs."""
-    limited = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value)
-    if queue is not None:
-        limited = limited.where(jobs.c.queue == queue)
-    return int(conn.scalar(sa.select(sa.func.count()).select_from(limited.limit(up_to).subquery())) or 0)
+    """A tenant's jobs waiting to run (in `queue` only, if given): queued plus held (a job the
+    dispatcher has not started yet waits all the same), each counted up to `up_to` (a quota check
+    needs no exact figure past it). Two index ranges over the tenant's waiting jobs, in one
+    statement."""
+
+    def bounded(state: JobState) -> sa.ScalarSelect[Any]:
+        limited = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.state == state.value)
+        if queue is not None:
+            limited = limited.where(jobs.c.queue == queue)
+        return sa.select(sa.func.count()).select_from(limited.limit(up_to).subquery()).scalar_subquery()
+
+    return min(up_to, int(conn.scalar(sa.select(bounded(JobState.QUEUED) + bounded(JobState.HELD))) or 0))
+
+
+def held_in_queue(conn: Connection, queue: str, *, up_to: int) -> int:
+    """A queue's jobs held for the dispatcher, counted up to `up_to`: an index-only range of the
+    held partial index (ix_jobs_held_queue_tenant_rank), however large the ledger."""
+    limited = sa.select(jobs.c.queue).where(jobs.c.queue == queue, jobs.c.state == JobState.HELD.value).limit(up_to)
+    return int(conn.scalar(sa.select(sa.func.count()).select_from(limited.subquery())) or 0)
 
 
 def expired_leases(conn: Connection, now: dt.datetime, limit: int) -> list[Job]:

@@ -300,7 +300,7 @@ def cancel(
     running `cancel_requested`): its worker learns it at its next heartbeat and stops it within
     the grace. Returns the state it was in and the row; a second request of a running job returns
     the row unchanged (no second event). None: no such job of `tenant`, or it is not waiting,
-    queued or running."""
+    held, queued or running."""
     for frm in (JobState.QUEUED, JobState.HELD, JobState.WAITING):
         row = transition(
             conn, job_id, frm, JobState.CANCELLED, actor=actor, reason="cancelled", now=now,
