@@ -40,7 +40,7 @@ clean:
 docs: $(STAMP)  ## regenerate docs/configuration.md
 	$(PY) -m worker.ops.config_doc
 
-bench: $(STAMP)  ## one bench -> docs/bench/<it>.json: scale by default (~10 min), BENCH=throughput (~3 min); not in `make test`
+bench: $(STAMP)  ## one bench -> docs/bench/<it>.json: scale by default (~10 min), BENCH=throughput (~3 min), BENCH=flow (~6 min); not in `make test`
 	$(PY) -m bench.$(or $(BENCH),scale) > docs/bench/$(or $(BENCH),scale).json.new
 	mv docs/bench/$(or $(BENCH),scale).json.new docs/bench/$(or $(BENCH),scale).json
 

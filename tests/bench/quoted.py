@@ -308,3 +308,45 @@ ALLOWED += [
     Allowed("api.md", "at most 20,000 later events", "a cap in the code"),
     Allowed("api.md", "the 100,000 ids below", "a window in the code"),
 ]
+
+FL = "flow.json"
+FF, FO, FA = "fairness", "overhead", "accuracy"
+QUOTES += [
+    Quote(L, "[bench/flow.json](bench/flow.json) (`code.head` 0813bb7", FL, "code.head"),
+    Quote(L, "1-min load 0.08", FL, f"{FF}.load_before_each_round.*.loadavg_1m|min"),
+    Quote(L, "1-min load 0.08 to 3.53", FL, f"{FF}.load_before_each_round.*.loadavg_1m|max"),
+    Quote(L, "runs: 1-min load 0.08 to 3.53 before the fairness rounds, 4.68", FL, f"{FO}.{ROUNDS}|min"),
+    Quote(L, "4.68 to 5.47", FL, f"{FO}.{ROUNDS}|max"),
+    Quote(L, "`bench-fifo` | 66.9", FL, f"{FF}.idle_fifo.b_wait_p50_ms.median"),
+    Quote(L, "66.9 ms / 89.7", FL, f"{FF}.idle_fifo.b_wait_p95_ms.median"),
+    Quote(L, "`bench-fair` | 117.3", FL, f"{FF}.idle_fair.b_wait_p50_ms.median"),
+    Quote(L, "117.3 ms / 162.5", FL, f"{FF}.idle_fair.b_wait_p95_ms.median"),
+    Quote(L, "FIFO (`bench-fifo`) | 4524.0", FL, f"{FF}.fifo.b_wait_p50_ms.median"),
+    Quote(L, "4524.0 ms / 4539.1", FL, f"{FF}.fifo.b_wait_p95_ms.median"),
+    Quote(L, "4539.1 ms | 388.5", FL, f"{FF}.fifo.a_jobs_per_s.median"),
+    Quote(L, "(`bench-fair`) | 184.6", FL, f"{FF}.fair.b_wait_p50_ms.median"),
+    Quote(L, "184.6 ms / 302.3", FL, f"{FF}.fair.b_wait_p95_ms.median"),
+    Quote(L, "302.3 ms | 93.0", FL, f"{FF}.fair.a_jobs_per_s.median"),
+    Quote(L, "b's p95 behind a is 1.86", FL, f"{FF}.fair_b_p95_over_idle_fair"),
+    Quote(L, "backlog (50.6", FL, f"{FF}.fifo_b_p95_over_idle_fifo"),
+    Quote(L, "the ratio is 3.37", FL, f"{FF}.fair_b_p95_over_idle_fifo"),
+    Quote(L, "a's rate: 0.239", FL, f"{FF}.a_rate_fair_over_fifo"),
+    Quote(L, "fast path | 251.4", FL, f"{FO}.a_fast_path.jobs_per_s.median"),
+    Quote(L, "its own key) | 87.0", FL, f"{FO}.b_keyed_limit_100.jobs_per_s.median"),
+    Quote(L, "| 87.0 | 0.346", FL, f"{FO}.ratio_to_a_median.b_keyed_limit_100"),
+    Quote(L, "`100000/s` | 55.4", FL, f"{FO}.c_rate_100000_per_s.jobs_per_s.median"),
+    Quote(L, "| 55.4 | 0.22", FL, f"{FO}.ratio_to_a_median.c_rate_100000_per_s"),
+    Quote(L, "dispatched queue | 104.8", FL, f"{FO}.d_dispatched_queue.jobs_per_s.median"),
+    Quote(L, "| 104.8 | 0.417", FL, f"{FO}.ratio_to_a_median.d_dispatched_queue"),
+    Quote(L, "never more than 46", FL, f"{FA}.rate_50_per_s.max_starts_in_any_1s_window"),
+    Quote(L, "only 29.33", FL, f"{FA}.rate_50_per_s.mean_starts_per_s"),
+    Quote(L, "the 3,000 took 102.3", FL, f"{FA}.rate_50_per_s.first_to_last_start_s"),
+    Quote(L, "at most 3", FL, f"{FA}.keyed_limit_3.peak_concurrent_per_key.k1"),
+    Quote(L, "(key limit 3, 0.1", FL, "settings.args.keyed_sleep"),
+    Quote(L, "4 across", FL, f"{FA}.keyed_limit_3.peak_concurrent_all_keys"),
+]
+ALLOWED += [
+    Allowed(L, "Tenant `a` submits 2,000 jobs", "the bench's parameter (--a-jobs)"),
+    Allowed(L, "1,000 no-op jobs submitted", "the bench's parameter (--e2e-jobs)"),
+    Allowed(L, '`flowbench.rate50` (`rate_limit="50/s"`), 3,000 jobs', "the bench's parameter (50/s x 60 s)"),
+]
