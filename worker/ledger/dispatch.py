@@ -37,7 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from worker.clock import seconds
+from worker.clock import seconds, utcnow
 from worker.ledger import dialect, transitions
 from worker.ledger.models import jobs, queue_controls, rate_buckets
 from worker.ledger.records import Job
@@ -49,6 +49,7 @@ LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 DISPATCHED = "dispatched"
 MAX_TENANTS = 1000  # tenants one dispatch of a queue looks at
 MAX_KEYS = 1000  # keys one run of the loop looks at
+FEW_KEYS = 4  # up to this many keys are read one LIMIT query each, more in one statement
 MAX_AHEAD = 100  # most jobs of one rate bucket sent ahead of their tokens (each with its ETA)
 MAX_AHEAD = 100  # most jobs of one rate bucket sent ahead of their tokens (each with its ETA)
 
@@ -194,10 +195,17 @@ def _heads(conn: Connection, where: Sequence[sa.ColumnElement[bool]], now: dt.da
 def _heads_by(
     conn: Connection, column: sa.Column[Any], values: Collection[str], queue: str, due_by: dt.datetime, n: int
 ) -> list[Job]:
-    """The first `n` held jobs of each of `values` of `column` (keys, or rate buckets) in `queue`,
-    in ONE statement (row_number over the column's held index), however many keys."""
+    """The first `n` held jobs of each of `values` of `column` (keys, or rate buckets) in `queue`:
+    a few keys (a job's end, a claim) one LIMIT read each down the column's held index, which
+    stops at `n` however deep the key's line; many (an accept of a batch) in ONE statement
+    (row_number over the same index)."""
     if not values:
         return []
+    if len(values) <= FEW_KEYS:
+        found: list[Job] = []
+        for value in sorted(values):
+            found += _heads(conn, [column == value, jobs.c.queue == queue], due_by, n)
+        return found
     ranked = (
         sa.select(
             jobs,
@@ -420,21 +428,25 @@ def slots_freed(rows: Iterable[Job | None]) -> dict[str, Wake]:
     return dict(todo)
 
 
-def take_token(conn: Connection, key: str, interval_s: float, now: dt.datetime) -> dt.datetime | None:
+def take_token(conn: Connection, key: str, interval_s: float, now: dt.datetime | None = None) -> dt.datetime | None:
     """Take the bucket's token for a start at `now`, on its locked row (GCRA with a tolerance of
     half an interval: granted when its theoretical arrival time `tat` is at most half an
     interval ahead, which then moves to max(tat, now) + interval). Two starts of a bucket are
     never closer than half an interval, and any window of w seconds holds at most
     floor(w x rate + 1/2) + 1 of them: for w = 1 and a whole rate, rate + 1, the bound of no
     tolerance at all. The tolerance absorbs an ETA's jitter. None: granted; else when the next
-    token is due."""
+    token is due. `now` None: the clock is read once the row is locked (a claim's time read
+    before a wait for the lock would look early to the token its predecessor just moved)."""
     tolerance = seconds(interval_s / 2)
     conn.execute(
-        dialect.of(conn).insert_on_conflict(rate_buckets, {"key": key, "tat": now, "interval_s": interval_s}, ["key"])
+        dialect.of(conn).insert_on_conflict(
+            rate_buckets, {"key": key, "tat": now or utcnow(), "interval_s": interval_s}, ["key"]
+        )
     )
     tat: dt.datetime = conn.execute(
         sa.select(rate_buckets.c.tat).where(rate_buckets.c.key == key).with_for_update()
     ).scalar_one()
+    now = now or utcnow()
     if tat - tolerance > now:
         return tat - tolerance
     conn.execute(

@@ -151,7 +151,8 @@ def _claim_with_token(
     if job is None or job.state != JobState.QUEUED or job.delivery_id != delivery_id or not job.rate_key:
         return transitions.claim(conn, job_id, delivery_id, worker=worker, pid=pid, now=now, lease_s=lease_s), None
     bucket = (job.queue, job.rate_key)
-    due = dispatch.take_token(conn, job.rate_key, job.rate_interval_s or 0.0, now)
+    due = dispatch.take_token(conn, job.rate_key, job.rate_interval_s or 0.0)  # its clock read under the lock
+    now = utcnow()
     if due is not None:
         log.info("job %s over its rate: parked held until %s", job_id, due.isoformat())
         dispatch.park(conn, job_id, delivery_id, reason="rate_limited", actor=actor, now=now, not_before=due,
