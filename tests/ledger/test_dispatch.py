@@ -252,3 +252,38 @@ def test_park_puts_a_delivery_back_to_held_in_its_place(engine: sa.Engine) -> No
     assert parked.dispatch_rank == job.dispatch_rank, "it keeps its place in line"
     assert _dispatch(engine, queue, t0) == [], "not before its not_before"
     assert [j.id for j in _dispatch(engine, queue, later)] == [job.id]
+
+
+def test_a_claim_over_the_rate_parks_the_job_held_until_its_token_not_failed(engine: sa.Engine) -> None:
+    """The worker's claim of a rate-limited job whose bucket has no token due (a delivery that
+    came early): the job is parked `held` until the token, its attempt not spent, and is sent
+    again from there."""
+    from worker.runtime.task import _claim_with_token
+
+    queue, t0, bucket = _queue(), utcnow(), uuid.uuid4().hex
+    [made] = _held(engine, "tests.rated", [{"bucket": bucket}], queue=queue, t0=t0)
+    [sent] = _dispatch(engine, queue, t0)
+    assert made.rate_key is not None
+    with engine.begin() as conn:  # another start took the token just now
+        assert dispatch.take_token(conn, made.rate_key, 0.2, utcnow()) is None
+        tat = conn.execute(sa.text("SELECT tat FROM rate_buckets WHERE key = :k"), {"k": made.rate_key}).scalar_one()
+    with engine.begin() as conn:
+        assert _claim_with_token(conn, sent.id, sent.delivery_id, "w@test", 1, 30.0) is None
+    with engine.connect() as conn:
+        row = queries.get_job(conn, sent.id)
+        last = queries.get_events(conn, sent.id)[-1]
+    assert row is not None
+    assert (row.state, row.attempts, row.error) == ("held", 0, None), "delayed, not failed"
+    assert row.not_before is not None and row.not_before.timestamp() == pytest.approx(_ts(tat))
+    assert (last.from_state, last.to_state, last.reason) == ("queued", "held", "rate_limited")
+    [again] = _dispatch(engine, queue, row.not_before)
+    assert again.id == sent.id and again.delivery_id != sent.delivery_id
+
+
+def _ts(value: Any) -> float:
+    """A timestamp column read by raw SQL (SQLite gives text)."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return float(value.timestamp())
