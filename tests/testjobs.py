@@ -206,3 +206,15 @@ def wf_step(
         _kill_at_next_publish()
     _history(history, name, "end")
     return {"step": name, "saw": sorted(results or {}), "results": results or {}}
+
+
+@job("tests.keyed3", concurrency_key="account", concurrency_limit=3)
+def keyed3(account: str) -> str:
+    """At most 3 jobs of one account at once (tests/ledger/test_dispatch.py)."""
+    return account
+
+
+@job("tests.rated", rate_limit="5/s", rate_limit_key="bucket")
+def rated(bucket: str) -> str:
+    """5 starts a second per `bucket`: a test's own bucket, not shared with another test's."""
+    return bucket
