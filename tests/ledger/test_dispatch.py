@@ -201,40 +201,62 @@ def test_accepted_held_jobs_wait_for_the_dispatcher(pg_engine: sa.Engine) -> Non
     assert [j.id for j in _dispatch(pg_engine, queue, utcnow())] == ids[:1]
 
 
-def test_rate_one_job_outstanding_per_bucket_its_eta_the_buckets_token(engine: sa.Engine) -> None:
+def test_rate_jobs_are_sent_ahead_each_with_its_tokens_eta_up_to_the_horizon(engine: sa.Engine) -> None:
+    """A bucket's held jobs go out ahead of their tokens, one interval apart from the bucket's
+    next token, as far as the horizon (2 x the dispatch period) and no further; the claim takes
+    the token, and the next dispatch counts from there."""
     queue, t0, bucket = _queue(), utcnow(), uuid.uuid4().hex
-    made = _held(engine, "tests.rated", [{"bucket": bucket}] * 4, queue=queue, t0=t0)
+    s = _settings(dispatch_period_seconds=0.5)  # horizon 1 s: tokens at +0, +0.2, ... +1.0
+    made = _held(engine, "tests.rated", [{"bucket": bucket}] * 10, queue=queue, t0=t0)
     key = made[0].rate_key
     assert key is not None
-    [first] = _dispatch(engine, queue, t0)
-    assert first.id == made[0].id and first.not_before is None, "an empty bucket: at once"
-    assert _dispatch(engine, queue, t0) == [], "one outstanding per bucket"
-    with engine.begin() as conn:  # the claim takes the token: the bucket's next is due at t0 + 0.2 s
+    sent = _dispatch(engine, queue, t0, s)
+    assert [j.id for j in sent] == [j.id for j in made[:6]], "in line order, as far as the horizon"
+    etas = [j.not_before for j in sent]
+    assert etas[0] is None, "an empty bucket: the first at once"
+    assert etas[1:] == [t0 + seconds(0.2 * i) for i in range(1, 6)], "each its own token's time"
+    assert _dispatch(engine, queue, t0, s) == [], "the horizon is full"
+    with engine.begin() as conn:  # the first claim takes the token: the bucket's next is due at t0 + 0.2 s
         assert dispatch.take_token(conn, key, 0.2, t0) is None
-        assert transitions.claim(conn, first.id, first.delivery_id, worker="w", pid=1, now=t0, lease_s=30)
-    [second] = _dispatch(engine, queue, t0)
-    assert second.id == made[1].id
-    assert second.not_before == t0 + seconds(0.2), "published with the token's time as its ETA"
+        assert transitions.claim(conn, sent[0].id, sent[0].delivery_id, worker="w", pid=1, now=t0, lease_s=30)
+    [seventh] = _dispatch(engine, queue, t0 + seconds(0.2), s)
+    assert seventh.id == made[6].id
+    assert seventh.not_before == t0 + seconds(0.2 + 5 * 0.2), "after the five still out, one interval apart"
     with engine.begin() as conn:  # a bucket whose next token is beyond the horizon sends nothing
-        assert transitions.claim(conn, second.id, second.delivery_id, worker="w", pid=1, now=t0, lease_s=30)
         conn.execute(sa.text("UPDATE rate_buckets SET tat = :tat WHERE key = :k"), {"tat": t0 + seconds(60), "k": key})
-    assert _dispatch(engine, queue, t0) == []
+        conn.execute(sa.update(jobs).where(jobs.c.rate_key == key, jobs.c.state == "queued").values(state="running"))
+    assert _dispatch(engine, queue, t0 + seconds(0.2), s) == []
 
 
-def test_take_token_spaces_starts_by_the_interval(engine: sa.Engine) -> None:
+def test_take_token_keeps_any_window_to_the_rate_plus_one(engine: sa.Engine) -> None:
+    """GCRA with half an interval of tolerance: asked every 50 ms for 8 s at 5/s, the grants are
+    never closer than half an interval, and any 1 s window (of the asks' times) holds at most 6."""
     key, t0, interval = uuid.uuid4().hex, utcnow(), 0.2
     granted: list[dt.datetime] = []
     now = t0
     with engine.begin() as conn:
-        for _ in range(40):  # asks every 50 ms: one in four is granted
+        for _ in range(160):
             due = dispatch.take_token(conn, key, interval, now)
             if due is None:
                 granted.append(now)
             else:
-                assert due > now
+                assert due > now, "a refusal names a later time"
             now += seconds(0.05)
-    assert len(granted) == 10
-    assert all(b - a >= seconds(interval) for a, b in itertools.pairwise(granted))
+    assert all(b - a >= seconds(interval / 2) for a, b in itertools.pairwise(granted))
+    most = max(sum(1 for g in granted if start <= g < start + seconds(1)) for start in granted)
+    assert most <= 6
+    assert len(granted) >= 8 * 5 - 1, "the rate is kept, not undercut"
+
+
+def test_take_token_tolerates_a_start_late_by_less_than_half_an_interval(engine: sa.Engine) -> None:
+    """A start that came 0.08 s late (its ETA's jitter) does not push the next one's token: the
+    next, on its own time, is granted (no tolerance would park it)."""
+    key, t0 = uuid.uuid4().hex, utcnow()
+    with engine.begin() as conn:
+        assert dispatch.take_token(conn, key, 0.2, t0) is None
+        assert dispatch.take_token(conn, key, 0.2, t0 + seconds(0.28)) is None  # 0.08 s late
+        assert dispatch.take_token(conn, key, 0.2, t0 + seconds(0.4)) is None  # on its own time
+        assert dispatch.take_token(conn, key, 0.2, t0 + seconds(0.45)) is not None  # early: refused
 
 
 def test_park_puts_a_delivery_back_to_held_in_its_place(engine: sa.Engine) -> None:
@@ -268,13 +290,15 @@ def test_a_claim_over_the_rate_parks_the_job_held_until_its_token_not_failed(eng
         assert dispatch.take_token(conn, made.rate_key, 0.2, utcnow()) is None
         tat = conn.execute(sa.text("SELECT tat FROM rate_buckets WHERE key = :k"), {"k": made.rate_key}).scalar_one()
     with engine.begin() as conn:
-        assert _claim_with_token(conn, sent.id, sent.delivery_id, "w@test", 1, 30.0) is None
+        claimed, bucket = _claim_with_token(conn, sent.id, sent.delivery_id, "w@test", 1, 30.0)
+    assert claimed is None and bucket == (queue, made.rate_key), "parked; its bucket's next may be sent"
     with engine.connect() as conn:
         row = queries.get_job(conn, sent.id)
         last = queries.get_events(conn, sent.id)[-1]
     assert row is not None
     assert (row.state, row.attempts, row.error) == ("held", 0, None), "delayed, not failed"
-    assert row.not_before is not None and row.not_before.timestamp() == pytest.approx(_ts(tat))
+    # held until the token is due, less the tolerance (half the interval)
+    assert row.not_before is not None and row.not_before.timestamp() == pytest.approx(_ts(tat) - 0.1)
     assert (last.from_state, last.to_state, last.reason) == ("queued", "held", "rate_limited")
     [again] = _dispatch(engine, queue, row.not_before)
     assert again.id == sent.id and again.delivery_id != sent.delivery_id

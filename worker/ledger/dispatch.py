@@ -285,7 +285,7 @@ class _Gate:
             slot = first + seconds(ahead * (job.rate_interval_s or 0.0))
             if job.not_before is not None and job.not_before > slot:
                 slot = job.not_before
-            if slot > self.horizon and ahead > 0:
+            if slot > self.horizon:
                 return False
             eta = slot if slot > self.now else None
             self.rate_outstanding[job.rate_key] += 1
