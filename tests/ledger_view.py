@@ -10,8 +10,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from tests.testjobs import job_executions
 from worker.ledger import db, queries
+from worker.ledger.models import control_decisions
 from worker.ledger.records import Job
 
 
@@ -25,6 +28,17 @@ def job(job_id: uuid.UUID) -> Job:
 def reasons(job_id: uuid.UUID) -> list[str]:
     with db.connect() as conn:
         return [e.reason for e in queries.get_events(conn, job_id)]
+
+
+def pause_decisions(queue: str) -> list[str]:
+    """The queue's audited pause and resume decisions, in order (the scaling loop audits its own too)."""
+    with db.connect() as conn:
+        rows = conn.execute(
+            sa.select(control_decisions.c.kind)
+            .where(control_decisions.c.queue == queue, control_decisions.c.kind.in_(["pause", "resume"]))
+            .order_by(control_decisions.c.id)
+        )
+        return list(rows.scalars())
 
 
 @dataclass(frozen=True)

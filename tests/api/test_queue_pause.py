@@ -18,10 +18,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests import ledger_view
 from tests.conftest import KeyFactory
 from tests.testjobs import executions
 from worker.ledger import db
-from worker.ledger.models import control_decisions, job_events, jobs, queue_controls
+from worker.ledger.models import job_events, jobs, queue_controls
 from worker.testing.processes import Proc, Processes, wait_for
 
 N = 8
@@ -59,17 +60,6 @@ def _claims(ids: list[uuid.UUID]) -> Counter[uuid.UUID]:
 def _in_queue(queue: str) -> int:
     with db.connect() as conn:
         return int(conn.scalar(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.queue == queue)) or 0)
-
-
-def _decisions(queue: str) -> list[str]:
-    """The queue's pause and resume decisions, in order (the scaling loop audits its own too)."""
-    with db.connect() as conn:
-        rows = conn.execute(
-            sa.select(control_decisions.c.kind)
-            .where(control_decisions.c.queue == queue, control_decisions.c.kind.in_(["pause", "resume"]))
-            .order_by(control_decisions.c.id)
-        )
-        return list(rows.scalars())
 
 
 def _controls(queue: str) -> int:
@@ -170,7 +160,10 @@ def test_a_paused_queue_starts_nothing_through_a_restart_of_every_process_and_re
             resumed = _resume(c, queue)
             assert resumed["paused"] is False and resumed["changed"] is True
     _each_once(ids, tags)
-    assert _decisions(fast) == ["pause", "resume"] and _decisions(disp) == ["pause", "resume"]
+    assert ledger_view.pause_decisions(fast) == ["pause", "resume"] and ledger_view.pause_decisions(disp) == [
+        "pause",
+        "resume",
+    ]
 
 
 @pytest.mark.slow
@@ -221,7 +214,7 @@ def test_admission_refuse_answers_429_queue_paused_and_writes_nothing(stack: str
         _pause(c, queue, "refuse")
         _resume(c, queue)
         assert c.post("/jobs", json={**echo, "queue": queue}).status_code == 202
-    assert _decisions(queue) == ["pause", "pause", "pause", "resume"]
+    assert ledger_view.pause_decisions(queue) == ["pause", "pause", "pause", "resume"]
 
 
 def test_pause_and_resume_are_idempotent(stack: str, admin: str) -> None:
@@ -233,7 +226,7 @@ def test_pause_and_resume_are_idempotent(stack: str, admin: str) -> None:
         resumed, again = _resume(c, queue), _resume(c, queue)
         assert resumed["changed"] is True and again["changed"] is False
         assert again == {**resumed, "changed": False} and again["admission"] is None
-    assert _decisions(queue) == ["pause", "resume"]
+    assert ledger_view.pause_decisions(queue) == ["pause", "resume"]
 
 
 @pytest.fixture
@@ -248,7 +241,7 @@ def test_a_key_without_admin_is_403_and_nothing_is_written(stack: str, reader: s
         response = c.post(f"/queues/{queue}/{action}")
         assert response.status_code == 403, response.text
         assert response.json()["error"] == "forbidden"
-    assert _controls(queue) == 0 and _decisions(queue) == []
+    assert _controls(queue) == 0 and ledger_view.pause_decisions(queue) == []
 
 
 @pytest.mark.parametrize("queue", ["undeclared-queue", "medic.control", "_kombu.binding.default"])
@@ -258,7 +251,7 @@ def test_an_unknown_queue_is_422_and_nothing_is_written(stack: str, admin: str, 
         response = c.post(f"/queues/{queue}/{action}")
         assert response.status_code == 422, response.text
         assert response.json()["error"] == "unknown_queue"
-    assert _controls(queue) == 0 and _decisions(queue) == []
+    assert _controls(queue) == 0 and ledger_view.pause_decisions(queue) == []
 
 
 def test_a_bad_admission_is_422(stack: str, admin: str) -> None:

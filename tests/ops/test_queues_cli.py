@@ -11,10 +11,10 @@ import uuid
 import httpx
 import sqlalchemy as sa
 
-from tests import ROOT
+from tests import ROOT, ledger_view
 from tests.conftest import KeyFactory
 from worker.ledger import db
-from worker.ledger.models import control_decisions, queue_controls
+from worker.ledger.models import queue_controls
 
 MEDIC = [sys.executable, "-m", "worker.ops.cli", "--log-level", "WARNING"]
 
@@ -29,16 +29,6 @@ def _listed(env: dict[str, str]) -> dict[str, list[str]]:
     header, *rows = [line.split("\t") for line in done.stdout.strip().splitlines()]
     assert header == ["queue", "state", "admission", "paused_at", "paused_by"]
     return {row[0]: row[1:] for row in rows}
-
-
-def _kinds(queue: str) -> list[str]:
-    with db.connect() as conn:
-        rows = conn.execute(
-            sa.select(control_decisions.c.kind)
-            .where(control_decisions.c.queue == queue, control_decisions.c.kind.in_(["pause", "resume"]))
-            .order_by(control_decisions.c.id)
-        )
-        return list(rows.scalars())
 
 
 def test_pause_list_resume(medic_env: dict[str, str], stack: str, make_key: KeyFactory) -> None:
@@ -59,7 +49,7 @@ def test_pause_list_resume(medic_env: dict[str, str], stack: str, make_key: KeyF
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["paused"] is False
     assert queue not in _listed(medic_env)  # not declared by name, no longer paused
-    assert _kinds(queue) == ["pause", "resume"]
+    assert ledger_view.pause_decisions(queue) == ["pause", "resume"]
 
 
 def test_an_unknown_queue_exits_2_and_writes_nothing(medic_env: dict[str, str]) -> None:

@@ -20,9 +20,7 @@ def dispatch_held(now: dt.datetime) -> dict[str, int]:
     with db.connect() as conn:
         queues = dispatch.queues_with_held(conn)
         keys = dispatch.keys_with_held(conn)
-    todo: dict[str, set[str]] = defaultdict(set)
-    for queue in queues:
-        todo[queue]
+    todo: dict[str, set[str]] = defaultdict(set, {queue: set() for queue in queues})
     for key, queue in keys:
         todo[queue].add(key)
     started = dispatch_queues(dict(todo), budget=s.control_batch_size)

@@ -78,29 +78,18 @@ class QueueControl:
     paused_by: str | None = None
 
 
+def _controls() -> sa.Select[Any]:
+    """`queue_controls` read as QueueControl's fields, in its order."""
+    return sa.select(*(queue_controls.c[f.name] for f in dataclasses.fields(QueueControl)))
+
+
 def control_of(conn: Connection, queue: str) -> QueueControl:
-    row = conn.execute(
-        sa.select(
-            queue_controls.c.queue,
-            queue_controls.c.paused,
-            queue_controls.c.refuse_while_paused,
-            queue_controls.c.paused_at,
-            queue_controls.c.paused_by,
-        ).where(queue_controls.c.queue == queue)
-    ).first()
+    row = conn.execute(_controls().where(queue_controls.c.queue == queue)).first()
     return QueueControl(queue) if row is None else QueueControl(*row)
 
 
 def paused_queues(conn: Connection) -> dict[str, QueueControl]:
-    rows = conn.execute(
-        sa.select(
-            queue_controls.c.queue,
-            queue_controls.c.paused,
-            queue_controls.c.refuse_while_paused,
-            queue_controls.c.paused_at,
-            queue_controls.c.paused_by,
-        ).where(queue_controls.c.paused.is_(True))
-    )
+    rows = conn.execute(_controls().where(queue_controls.c.paused.is_(True)))
     return {row[0]: QueueControl(*row) for row in rows}
 
 

@@ -41,6 +41,12 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
 
 JSONType: Any = sa.JSON().with_variant(JSONB(), "postgresql")
 
+
+def _partial(name: str, where: str, *columns: str) -> sa.Index:
+    """An index over the rows matching `where` only, the same on PostgreSQL and SQLite."""
+    return sa.Index(name, *columns, postgresql_where=sa.text(where), sqlite_where=sa.text(where))
+
+
 jobs = sa.Table(
     "jobs",
     metadata,
@@ -109,37 +115,17 @@ jobs = sa.Table(
     sa.Index("ix_jobs_state_published_at_created_at", "state", "published_at", "created_at"),
     sa.Index("ix_jobs_finished", "finished_at"),
     # the dispatcher: held jobs of a queue in rank order, per tenant (fair share) and per key (a
-    # freed slot); the slots a key holds (its dispatched and running jobs); a queue's window
-    sa.Index(
-        "ix_jobs_held_queue_tenant_rank", "queue", "tenant", "dispatch_rank",
-        postgresql_where=sa.text("state = 'held'"), sqlite_where=sa.text("state = 'held'"),
+    # freed slot) or rate bucket; the slots a key holds (its dispatched and running jobs); a
+    # queue's window; a bucket's jobs sent ahead
+    _partial("ix_jobs_held_queue_tenant_rank", "state = 'held'", "queue", "tenant", "dispatch_rank"),
+    _partial("ix_jobs_held_flow_key_rank", "state = 'held' AND flow_key IS NOT NULL", "flow_key", "dispatch_rank"),
+    _partial("ix_jobs_held_rate_key_rank", "state = 'held' AND rate_key IS NOT NULL", "rate_key", "dispatch_rank"),
+    _partial("ix_jobs_live_flow_key", "state IN ('queued', 'running') AND flow_key IS NOT NULL", "flow_key", "state"),
+    _partial(
+        "ix_jobs_live_dispatch_queue_tenant", "state IN ('queued', 'running') AND dispatch", "queue", "tenant", "state"
     ),
-    sa.Index(
-        "ix_jobs_held_flow_key_rank", "flow_key", "dispatch_rank",
-        postgresql_where=sa.text("state = 'held' AND flow_key IS NOT NULL"),
-        sqlite_where=sa.text("state = 'held' AND flow_key IS NOT NULL"),
-    ),
-    sa.Index(
-        "ix_jobs_held_rate_key_rank", "rate_key", "dispatch_rank",
-        postgresql_where=sa.text("state = 'held' AND rate_key IS NOT NULL"),
-        sqlite_where=sa.text("state = 'held' AND rate_key IS NOT NULL"),
-    ),
-    sa.Index(
-        "ix_jobs_live_flow_key", "flow_key", "state",
-        postgresql_where=sa.text("state IN ('queued', 'running') AND flow_key IS NOT NULL"),
-        sqlite_where=sa.text("state IN ('queued', 'running') AND flow_key IS NOT NULL"),
-    ),
-    sa.Index(
-        "ix_jobs_live_dispatch_queue_tenant", "queue", "tenant", "state",
-        postgresql_where=sa.text("state IN ('queued', 'running') AND dispatch"),
-        sqlite_where=sa.text("state IN ('queued', 'running') AND dispatch"),
-    ),
-    sa.Index(
-        "ix_jobs_live_rate_key", "rate_key", "state",
-        postgresql_where=sa.text("state = 'queued' AND rate_key IS NOT NULL"),
-        sqlite_where=sa.text("state = 'queued' AND rate_key IS NOT NULL"),
-    ),
-)  # fmt: skip
+    _partial("ix_jobs_live_rate_key", "state = 'queued' AND rate_key IS NOT NULL", "rate_key", "state"),
+)
 
 job_events = sa.Table(
     "job_events",
