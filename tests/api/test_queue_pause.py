@@ -160,10 +160,8 @@ def test_a_paused_queue_starts_nothing_through_a_restart_of_every_process_and_re
             resumed = _resume(c, queue)
             assert resumed["paused"] is False and resumed["changed"] is True
     _each_once(ids, tags)
-    assert ledger_view.pause_decisions(fast) == ["pause", "resume"] and ledger_view.pause_decisions(disp) == [
-        "pause",
-        "resume",
-    ]
+    assert ledger_view.pause_decisions(fast) == ["pause", "resume"]
+    assert ledger_view.pause_decisions(disp) == ["pause", "resume"]
 
 
 @pytest.mark.slow
