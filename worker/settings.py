@@ -81,6 +81,19 @@ class Settings(BaseSettings):
         description="Redis: broker and medic's own keys; `sentinel://host:port;sentinel://host2:port` "
         "(a password for the master in the first: `sentinel://:pw@host:port/0`) follows a Sentinel-managed master.",
     )
+    broker_url: str = Field(
+        "",
+        description="The broker that carries the task messages: empty (MEDIC_REDIS_URL's Redis) or "
+        "`amqp://user:password@host:5672/vhost` (RabbitMQ; Redis stays the store of counters, presence and admission).",
+    )
+    rabbitmq_queue_type: Literal["quorum", "classic"] = Field(
+        "quorum",
+        description="RabbitMQ queue type medic and its workers declare: `quorum` (replicated; no priorities before "
+        "RabbitMQ 4) or `classic` (with x-max-priority 9, so job priorities apply).",
+    )
+    broker_confirm_timeout_seconds: float = Field(
+        5.0, gt=0, description="RabbitMQ: longest wait for the publisher confirms of one publish; past it, refused."
+    )
     redis_sentinel_master: str = Field(
         "", description="Name of the master the Sentinels watch (required with a sentinel:// MEDIC_REDIS_URL)."
     )
@@ -543,6 +556,25 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        if value and broker_kind(value) is None:
+            raise ValueError(
+                f"MEDIC_BROKER_URL {redact_password(value)!r} names no broker medic runs on: "
+                "use amqp://user:password@host:5672/vhost (RabbitMQ), or leave it empty for MEDIC_REDIS_URL's Redis"
+            )
+        return value
+
+    @property
+    def broker(self) -> str:
+        """The broker URL Celery and the publisher use: MEDIC_BROKER_URL, else MEDIC_REDIS_URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def on_rabbitmq(self) -> bool:
+        return broker_kind(self.broker) == AMQP
+
     @field_validator("flower_password")
     @classmethod
     def _refuse_placeholder(cls, value: str) -> str:
@@ -609,6 +641,16 @@ def weak(secret: str) -> str | None:
 def url_password(url: str) -> str:
     """The password in a URL (`scheme://user:password@host/...`), or ''."""
     return urlsplit(url).password or ""
+
+
+AMQP = "amqp"
+REDIS = "redis"
+_BROKER_SCHEMES = {"amqp": AMQP, "amqps": AMQP, "pyamqp": AMQP, "redis": REDIS, "rediss": REDIS, "sentinel": REDIS}
+
+
+def broker_kind(url: str) -> str | None:
+    """`amqp` (RabbitMQ) or `redis` by the URL's scheme; None for a broker medic does not run on."""
+    return _BROKER_SCHEMES.get(url.split("://", 1)[0].lower()) if "://" in url else None
 
 
 def is_sentinel_url(url: str) -> bool:

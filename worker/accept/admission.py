@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from worker.broker import counters, inspect, redis_keys
 from worker.broker.redis_client import get_redis
 from worker.broker.scripts import run_script
@@ -126,17 +124,17 @@ def admit(queue: str, n: int, priority: int, *, ttl_ms: int = PENDING_TTL_MS) ->
     critical = priority >= s.critical_priority
     limit = wm.hard if critical else wm.high
     member = f"{uuid.uuid4().hex}:{n}"
-    keys = [
-        redis_keys.admission(queue),
-        redis_keys.admission_reservations(queue),
-        redis_keys.held_count(queue),
-        *redis_keys.queue_lists(queue),
-    ]
+    keys = [redis_keys.admission(queue), redis_keys.admission_reservations(queue), redis_keys.held_count(queue)]
     try:
-        ok, depth, state, rate = run_script("admit", keys, [limit, n, int(critical), ttl_ms, member])
-    except redis.RedisError as exc:
+        if s.on_rabbitmq:  # its depth is not in Redis: read before the script, the reservations stay exact
+            broker_depth = inspect.depth(queue)
+        else:
+            broker_depth = 0
+            keys += redis_keys.queue_lists(queue)
+        ok, depth, state, rate = run_script("admit", keys, [limit, n, int(critical), ttl_ms, member, broker_depth])
+    except inspect.READ_ERRORS as exc:
         # Fail open: with Redis down the queue cannot grow, and the outbox keeps what we accept.
-        log.warning("admission check for %s skipped, Redis unavailable: %s", queue, exc)
+        log.warning("admission check for %s skipped, Redis or the broker unavailable: %s", queue, exc)
         return Reservation(queue, 0)
     if not int(ok):
         depth = int(depth)

@@ -40,17 +40,9 @@ class QuietControlTasks:
 
 def celery_config(s: Settings) -> dict[str, Any]:
     """Celery settings that the ledger's guarantees rely on."""
-    transport: dict[str, Any] = {
-        # The ledger's leases find lost jobs in seconds; kombu's own redelivery of unacked
-        # messages would only duplicate long-running jobs (the claim drops such copies).
-        "visibility_timeout": 12 * 3600,
-    }
-    if s.broker_key_prefix:
-        transport["global_keyprefix"] = s.broker_key_prefix
-    transport.update(sentinel_options(s))
     return {
-        "broker_url": s.redis_url,
-        "broker_transport_options": transport,
+        "broker_url": s.broker,
+        **(rabbitmq_config(s) if s.on_rabbitmq else redis_config(s)),
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "broker_connection_timeout": 2.0,
@@ -85,6 +77,42 @@ def celery_config(s: Settings) -> dict[str, Any]:
     }
 
 
+def redis_config(s: Settings) -> dict[str, Any]:
+    """kombu's Redis transport as medic needs it."""
+    transport: dict[str, Any] = {
+        # The ledger's leases find lost jobs in seconds; kombu's own redelivery of unacked
+        # messages would only duplicate long-running jobs (the claim drops such copies).
+        "visibility_timeout": 12 * 3600,
+    }
+    if s.broker_key_prefix:
+        transport["global_keyprefix"] = s.broker_key_prefix
+    transport.update(sentinel_options(s))
+    return {"broker_transport_options": transport, **AMQP_DEFAULTS}
+
+
+AMQP_DEFAULTS: dict[str, Any] = {  # Celery's own, restored when the broker changes back to Redis
+    "task_default_queue_type": "classic",
+    "task_create_missing_queue_type": "classic",
+    "task_queue_max_priority": None,
+    "broker_native_delayed_delivery_queue_type": "quorum",
+}
+
+
+def rabbitmq_config(s: Settings) -> dict[str, Any]:
+    """RabbitMQ: every queue durable and of the configured type, declared alike by the workers
+    and by medic's publisher (worker/broker/rabbitmq.py; a mismatch closes the channel), and
+    Celery's own publishes (the control tasks) confirmed too."""
+    quorum = s.rabbitmq_queue_type == "quorum"
+    return {
+        "broker_transport_options": {"confirm_publish": True},
+        "task_default_queue_type": s.rabbitmq_queue_type,
+        "task_create_missing_queue_type": s.rabbitmq_queue_type,
+        # quorum queues refuse x-max-priority before RabbitMQ 4; classic ones order by it
+        "task_queue_max_priority": None if quorum else 9,
+        "broker_native_delayed_delivery_queue_type": s.rabbitmq_queue_type,
+    }
+
+
 def sentinel_options(s: Settings) -> dict[str, Any]:
     """kombu's sentinel transport (a `sentinel://` broker URL) asks the Sentinels for this master;
     the URL's own password is the master's, `sentinel_kwargs` are the Sentinel connections' own
@@ -112,4 +140,6 @@ def reconfigure() -> None:
         # (keyed by connection, they would hand out the closed one), so the next publish opens
         # new connections to the (possibly new) broker URL.
         app._after_fork()
+        for made_from_settings in ("queues", "default_queue"):
+            app.amqp.__dict__.pop(made_from_settings, None)
         kombu.pools.reset()  # type: ignore[no-untyped-call]

@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping
 
 from redis.client import Pipeline
 
-from worker.broker import redis_keys
+from worker.broker import inspect, redis_keys
 from worker.broker.redis_client import get_redis
 from worker.broker.scripts import run_script
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,11 @@ def forget_idle(now: float, idle_s: float) -> list[str]:
         r.zadd(redis_keys.known_queues(), moved, nx=True)
         r.delete(redis_keys.legacy_known_queues())
     forgotten = []
+    on_rabbitmq = get_settings().on_rabbitmq
     for queue in r.zrangebyscore(redis_keys.known_queues(), "-inf", f"({now - idle_s}"):
-        lists = redis_keys.queue_lists(queue)
+        if on_rabbitmq and inspect.depth(queue) > 0:  # its messages are not in Redis: asked first
+            continue
+        lists = [] if on_rabbitmq else redis_keys.queue_lists(queue)
         also = [
             redis_keys.queue_counter(queue, ARRIVED),
             redis_keys.queue_counter(queue, DRAINED),

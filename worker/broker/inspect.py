@@ -1,25 +1,62 @@
-"""What the broker holds, read straight from Redis with kombu's key layout (see `redis_keys`)."""
+"""What the broker holds: read straight from Redis with kombu's key layout (see `redis_keys`), or
+on RabbitMQ what a passive declare tells (worker/broker/rabbitmq.py). RabbitMQ cannot be browsed
+without taking messages off their queues, so there a lost message is found only once its queue
+has no message ready (`lost`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
-from worker.broker import redis_keys
+import amqp.exceptions
+import redis
+from kombu.exceptions import KombuError
+
+from worker.broker import rabbitmq, redis_keys
 from worker.broker.redis_client import get_redis
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+# Every way a read of the broker (or of Redis beside it) can fail.
+READ_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, amqp.exceptions.AMQPError, KombuError, OSError)
 SCAN_CHUNK = 1000  # messages per LRANGE / HSCAN round trip while looking for delivery ids
 
 
 def depth(queue: str) -> int:
-    """Messages waiting in `queue` (all priorities): four LLENs in one round trip."""
+    """Messages waiting in `queue` (all priorities): four LLENs in one round trip, or on RabbitMQ
+    its ready messages (not those delivered to a worker and unacked, which Redis does not count
+    either)."""
+    if get_settings().on_rabbitmq:
+        return rabbitmq.ready(queue)[0]
     pipe = get_redis().pipeline(transaction=False)
     for key in redis_keys.queue_lists(queue):
         pipe.llen(key)
     return int(sum(pipe.execute()))
+
+
+def lost(wanted: Mapping[str, Collection[str]], scan_limit: int) -> set[str] | None:
+    """Of the delivery ids wanted in each queue, those the broker holds nowhere; None when it
+    cannot tell (a scan past `scan_limit` on Redis).
+
+    On RabbitMQ a queue is not browsable: a queue with no message ready has every wanted id of
+    it lost (each was published before the caller's cutoff, and a message a worker took it
+    claims within moments); a queue with messages ready decides none of its ids until it drains.
+    """
+    if get_settings().on_rabbitmq:
+        missing: set[str] = set()
+        for queue, ids in sorted(wanted.items()):
+            ready = rabbitmq.ready(queue)[0]
+            if ready:
+                log.info("reconcile: %s holds %d messages; on RabbitMQ its lost ones are found once it drains",
+                         queue, ready)  # fmt: skip
+            else:
+                missing.update(ids)
+        return missing
+    every = {d for ids in wanted.values() for d in ids}
+    present = delivery_ids(wanted.keys(), scan_limit, every)
+    return None if present is None else every - present
 
 
 def run_id() -> str:

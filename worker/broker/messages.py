@@ -1,8 +1,9 @@
-"""The task message of one delivery, built here and pushed straight onto its Redis list.
+"""The task message of one delivery, built here and sent straight to the broker.
 
 What `app.send_task` would put on the broker, byte for byte in layout (tests/broker/
 test_messages.py compares the two): Celery's own `as_task_v2` makes the headers and body, and
-this module adds kombu's Redis envelope and picks the list kombu's `_put` would pick. Skipped:
+this module adds kombu's Redis envelope and picks the list kombu's `_put` would pick (on
+RabbitMQ, worker/broker/rabbitmq.py wraps the same delivery in an AMQP message). Skipped:
 send_task's routing, option merging and `maybe_declare` (a Queue copy and bind per message),
 kombu's producer and channel, and `saferepr` of the arguments: per message, that work cost many
 times the message itself (docs/benchmarks.md).
@@ -16,8 +17,10 @@ queue with a non-default exchange) must be made here too; the comparison test fa
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from celery.utils.nodenames import anon_nodename
@@ -35,9 +38,21 @@ def kombu_priority(priority: int) -> int:
     return 9 - max(0, min(9, priority))
 
 
-def delivery_message(row: Any) -> tuple[str, str]:
-    """(Redis list, JSON message) of a delivery of `row`: the message names the job and carries
-    its fencing token (`delivery_id`, also the Celery task id)."""
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a job, as Celery's `as_task_v2` makes it, before a broker's envelope."""
+
+    queue: str
+    priority: int  # medic's: 0..9, higher is more urgent
+    headers: dict[str, Any]
+    properties: dict[str, Any]  # Celery's: correlation_id, reply_to
+    body: bytes  # JSON
+    eta: dt.datetime | None
+
+
+def delivery(row: Any) -> Delivery:
+    """The delivery of `row`: the message names the job and carries its fencing token
+    (`delivery_id`, also the Celery task id)."""
     s = get_settings()
     job_id, task_id = str(row.id), str(row.delivery_id)
     args = [job_id, task_id]
@@ -57,20 +72,31 @@ def delivery_message(row: Any) -> tuple[str, str]:
     )
     headers = dict(message.headers)
     headers[TENANT_HEADER] = row.tenant  # for the worker's log lines about the job (runtime/joblog.py)
-    prio = kombu_priority(row.priority)
     body = json.dumps(message.body).encode()
+    return Delivery(row.queue, row.priority, headers, dict(message.properties), body, eta)
+
+
+def redis_message(d: Delivery) -> tuple[str, str]:
+    """(Redis list, JSON message) of a delivery: kombu's Redis envelope, on the list its `_put`
+    would pick for the priority."""
+    prio = kombu_priority(d.priority)
     envelope = {
-        "body": base64.b64encode(body).decode(),
+        "body": base64.b64encode(d.body).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": headers,
+        "headers": d.headers,
         "properties": {
-            **message.properties,
+            **d.properties,
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": row.queue},
+            "delivery_info": {"exchange": "", "routing_key": d.queue},
             "priority": prio,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
         },
     }
-    return redis_keys.queue_list_for(row.queue, prio), json.dumps(envelope)
+    return redis_keys.queue_list_for(d.queue, prio), json.dumps(envelope)
+
+
+def delivery_message(row: Any) -> tuple[str, str]:
+    """(Redis list, JSON message) of a delivery of `row`."""
+    return redis_message(delivery(row))

@@ -15,14 +15,16 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+import amqp.exceptions
 import redis.exceptions
 from kombu.exceptions import KombuError
 from redis.client import Pipeline
 from sqlalchemy.engine import Connection
 
+from worker.broker import rabbitmq
 from worker.broker.celery_app import app
 from worker.broker.counters import add_arrivals, add_held
-from worker.broker.messages import delivery_message
+from worker.broker.messages import delivery, redis_message
 from worker.broker.redis_client import get_redis
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
@@ -35,7 +37,13 @@ log = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 1000  # messages per Redis pipeline
 # Every way a send can fail once the row is committed.
-BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, redis.exceptions.RedisError, OSError)
+BROKER_ERRORS: tuple[type[Exception], ...] = (
+    KombuError,
+    redis.exceptions.RedisError,
+    amqp.exceptions.AMQPError,
+    rabbitmq.PublishRefusedError,
+    OSError,
+)
 
 
 def publish(
@@ -45,9 +53,10 @@ def publish(
     dispatched: bool = False,
     then_remove: Sequence[tuple[str, str]] = (),
 ) -> list[uuid.UUID]:
-    """Send a delivery for each row, one Redis pipeline per PUBLISH_BATCH; returns the job ids
-    refused. `arrivals`: the rows are new work, counted in the queues' arrival counters in the
-    same round trip (best effort: they go, or are lost, with the messages). `then_remove`:
+    """Send a delivery for each row, one Redis pipeline per PUBLISH_BATCH (on RabbitMQ: one
+    confirmed batch, then the counters' pipeline); returns the job ids refused. `arrivals`: the
+    rows are new work, counted in the queues' arrival counters in the same round trip (best
+    effort: they go, or are lost, with the messages). `then_remove`:
     (sorted set, member) pairs removed in the last round trip, after every message (the
     admission reservations these jobs held: the queue's length counts them from then on). A
     `held` row is counted as an arrival (and in its queue's held counter, which admission
@@ -64,12 +73,16 @@ def publish(
         return []
     try:
         client = get_redis()
+        on_rabbitmq = get_settings().on_rabbitmq
         for start in range(0, len(rows), PUBLISH_BATCH):
             chunk = rows[start : start + PUBLISH_BATCH]
+            sending = [row for row in chunk if row.state != JobState.HELD]  # a held job is the dispatcher's to send
             with client.pipeline(transaction=False) as pipe:
-                for row in chunk:
-                    if row.state != JobState.HELD:  # a held job is the dispatcher's to send
-                        pipe.lpush(*delivery_message(row))
+                if on_rabbitmq:  # confirmed before the counters move
+                    rabbitmq.send([delivery(row) for row in sending])
+                else:
+                    for row in sending:
+                        pipe.lpush(*redis_message(delivery(row)))
                 _count(pipe, chunk, arrivals=arrivals, dispatched=dispatched)
                 if start + PUBLISH_BATCH >= len(rows):
                     for key, member in then_remove:

@@ -35,7 +35,12 @@ def _republish(rows: list[Job], reason: str, now: dt.datetime) -> int:
 def after_broker_restart(now: dt.datetime, limit: int) -> int:
     """The Redis run_id differs from the one the ledger remembers: the broker restarted, and
     every message published before now may be lost. Re-send those jobs, `limit` per run, until
-    none is left. The very first run only records the run_id (a fresh start is no restart)."""
+    none is left. The very first run only records the run_id (a fresh start is no restart).
+
+    Not on RabbitMQ: its queues are durable and its messages persistent, so what it confirmed
+    survives a restart; re-sending every queued job would only double its queues."""
+    if get_settings().on_rabbitmq:
+        return 0
     current = inspect.run_id()
     seen = control_state.get(control_state.BROKER_RUN_ID)
     if seen != current:
@@ -68,12 +73,14 @@ def lost_messages(now: dt.datetime, limit: int) -> int:
         rows = queries.queued_since_before(conn, cutoff, limit)
     if not rows:
         return 0
-    wanted = {str(r.delivery_id) for r in rows}
-    present = inspect.delivery_ids({r.queue for r in rows}, s.reconcile_scan_limit, wanted)
-    if present is None:
+    wanted: dict[str, set[str]] = {}
+    for r in rows:
+        wanted.setdefault(r.queue, set()).add(str(r.delivery_id))
+    lost = inspect.lost(wanted, s.reconcile_scan_limit)
+    if lost is None:
         log.info("reconcile: queues too long to scan for lost messages; skipped")
         return 0
-    missing = [r for r in rows if str(r.delivery_id) not in present]
+    missing = [r for r in rows if str(r.delivery_id) in lost]
     if not missing:
         return 0
     followed: list[Job] = []

@@ -2,9 +2,10 @@
 -- KEYS[1] the admission hash (published by apply_backpressure), KEYS[2] the queue's reservations
 -- (sorted set: member "<id>:<n>" -> expiry in ms, Redis clock), KEYS[3] the queue's held counter
 -- (jobs waiting `held` in the ledger, not in the broker), KEYS[4..] the queue's lists (the queue
--- and its priority sub-queues).
+-- and its priority sub-queues; none on RabbitMQ).
 -- ARGV[1] limit, ARGV[2] n, ARGV[3] critical (0/1), ARGV[4] reservation TTL (ms), ARGV[5] the
--- reservation's member ("<id>:<n>").
+-- reservation's member ("<id>:<n>"), ARGV[6] the broker's depth read by the caller (RabbitMQ; 0
+-- when the lists are in KEYS).
 -- Returns {admitted (0/1), depth including held jobs and live reservations, loop state, drain rate}.
 --
 -- Each reservation expires on its own: a process killed before its release leaks room only
@@ -22,6 +23,7 @@ end
 -- them its depth would stay at the dispatch window however far the backlog grew
 -- (it may drift below zero between two of apply_backpressure's resets: counted as none)
 local depth = pending + math.max(0, tonumber(redis.call('GET', KEYS[3]) or '0'))
+depth = depth + tonumber(ARGV[6] or '0')
 for i = 4, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
 local state = redis.call('HGET', KEYS[1], 'state') or ''
 local rate = redis.call('HGET', KEYS[1], 'drain_rate') or '0'
