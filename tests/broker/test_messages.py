@@ -84,3 +84,17 @@ def test_priorities_land_on_kombus_lists(medic_env: dict[str, str]) -> None:
         "q", "q", "q\x06\x163", "q\x06\x163", "q\x06\x166", "q\x06\x166", "q\x06\x169",
     ]  # fmt: skip
     assert set(redis_keys.queue_lists("q")) == {redis_keys.queue_list_for("q", p) for p in range(10)}
+
+
+def test_queue_of_strips_the_delay_levels_bits() -> None:
+    """A message delayed in RabbitMQ's levels arrives routed by its countdown's bits then its
+    queue: the worker's log lines and lost-child lines must name the queue, not that key."""
+    from kombu.transport.native_delayed_delivery import calculate_routing_key
+
+    from worker.broker.messages import queue_of
+
+    assert queue_of({"routing_key": calculate_routing_key(5, "q.with.dots")}) == "q.with.dots"
+    assert queue_of({"routing_key": "default"}) == "default"
+    assert queue_of({"routing_key": "0.1.default"}) == "0.1.default", "only a whole 28-bit prefix is a delay"
+    assert queue_of({}) is None
+    assert queue_of(None) is None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,15 @@ from worker.clock import utcnow
 from worker.settings import get_settings
 
 TENANT_HEADER = "medic_tenant"
+# A delivery delayed in RabbitMQ's delay levels arrives with its countdown's 28 bits in front of
+# its queue's name in the routing key (worker/broker/rabbitmq.py).
+_DELAY_BITS = re.compile(r"^(?:[01]\.){28}")
+
+
+def queue_of(delivery_info: dict[str, Any] | None) -> str | None:
+    """The queue a message was sent to, from the delivery info Celery hands the worker."""
+    key = (delivery_info or {}).get("routing_key")
+    return _DELAY_BITS.sub("", key, count=1) if isinstance(key, str) else None
 
 
 def kombu_priority(priority: int) -> int:

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from worker import logs
-from worker.broker.messages import TENANT_HEADER
+from worker.broker.messages import TENANT_HEADER, queue_of
 from worker.settings import get_settings
 
 
@@ -33,11 +33,9 @@ def on_task_prerun(task: Any = None, args: Any = None, **_: Any) -> None:
         return
     if request is None or not args or len(args) != 2:
         return
-    info = request.delivery_info or {}
     tenant = getattr(request, TENANT_HEADER, None)  # a message header becomes an attribute of the request
-    logs.set_job(
-        job_id=args[0], delivery_id=args[1], tenant=tenant, queue=info.get("routing_key"), worker=request.hostname
-    )
+    queue = queue_of(request.delivery_info)
+    logs.set_job(job_id=args[0], delivery_id=args[1], tenant=tenant, queue=queue, worker=request.hostname)
 
 
 def on_task_postrun(**_: Any) -> None:

@@ -26,7 +26,7 @@ from celery.worker.request import Request
 from sqlalchemy.engine import Connection
 
 from worker import logs
-from worker.broker.messages import TENANT_HEADER
+from worker.broker.messages import TENANT_HEADER, queue_of
 from worker.broker.publish import commit_then_publish
 from worker.clock import utcnow
 from worker.errors import LedgerUnavailableError
@@ -128,13 +128,12 @@ def _fields(request: Request, reason: OutcomeKind, row: Job | None = None) -> di
     """The job's fields for a line of the main process, which runs no job (so the child's
     task_prerun context is not set here): from the row, else from the message."""
     ids = _job_ids(request.args)
-    info = request.delivery_info or {}
     return logs.job_extra(
         row,
         job_id=ids and ids[0],
         delivery_id=ids and ids[1],
         tenant=getattr(request, TENANT_HEADER, None) if row is None else row.tenant,
-        queue=info.get("routing_key") if row is None else row.queue,
+        queue=queue_of(request.delivery_info) if row is None else row.queue,
         worker=request.hostname,
         reason=reason.value,
     )
