@@ -45,6 +45,10 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 KombuConnection: Any = kombu_connection.Connection  # untyped: every call on it is Any
 
 
+# A connection that failed, as against a broker that refused: worth one more try on a new one.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError, amqp.exceptions.ConnectionError)
+
+
 class PublishRefusedError(Exception):
     """RabbitMQ nacked a message, returned it (no queue took it), or did not confirm in time."""
 
@@ -172,9 +176,10 @@ class _Pool:
         self.idle: list[_Publisher] = []
 
     @contextmanager
-    def publisher(self) -> Iterator[_Publisher]:
+    def publisher(self, *, fresh: bool = False) -> Iterator[_Publisher]:
+        """An idle publisher (or, `fresh` or none idle, a new connection) for this thread alone."""
         with self.lock:
-            pub = self.idle.pop() if self.idle else None
+            pub = self.idle.pop() if self.idle and not fresh else None
         if pub is None:
             pub = _Publisher(self.url)
         try:
@@ -200,10 +205,26 @@ def pool() -> _Pool:
 
 
 def send(deliveries: Sequence[Delivery]) -> None:
-    """Publish and wait for the broker's confirms (see the module docstring)."""
-    if deliveries:
-        with pool().publisher() as pub:
-            pub.send(deliveries, get_settings().broker_confirm_timeout_seconds)
+    """Publish and wait for the broker's confirms (see the module docstring).
+
+    A connection that was idle in the pool may have died meanwhile (RabbitMQ restarted, a proxy
+    cut it): on a connection error the idle ones are closed and the batch goes once more on a
+    new connection. A copy the dead one may have delivered is harmless: same delivery id, and
+    the claim runs a delivery once."""
+    if not deliveries:
+        return
+    timeout = get_settings().broker_confirm_timeout_seconds
+    the_pool = pool()
+    try:
+        with the_pool.publisher() as pub:
+            pub.send(deliveries, timeout)
+    except CONNECTION_ERRORS as exc:
+        if isinstance(exc, TimeoutError):  # a broker that does not answer gets no second wait
+            raise
+        log.info("RabbitMQ connection lost while publishing (%s); publishing once more on a new one", exc)
+        the_pool.close()
+        with the_pool.publisher(fresh=True) as pub:
+            pub.send(deliveries, timeout)
 
 
 def ready(queue: str) -> tuple[int, int]:
