@@ -86,7 +86,8 @@ def client_count(bouncer: PrivatePgBouncer, database: str) -> Callable[[], int]:
 
 @contextlib.contextmanager
 def ledger(url: str, database: str, prefix: str) -> Iterator[None]:
-    """This process pointed at the side's ledger (to make an API key and read the jobs)."""
+    """This process pointed at the side's ledger as the stack reaches it (to make an API key and
+    poll the jobs: behind PgBouncer its connection is pooled with the stack's)."""
     from worker.ledger.db import dispose_engine
     from worker.ledger.migrate import upgrade
     from worker.settings import reset_settings
@@ -141,7 +142,7 @@ def side(name: str, args: Any, bouncer: PrivatePgBouncer | None) -> dict[str, An
     run = uuid.uuid4().hex[:6]
     database, prefix = f"medic_pgb_bench_{name}_{run}", f"pgb:bench{run}:"
     direct = str(sa.engine.make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False))
-    url = bouncer.url(database, PG_ADMIN_URL) if bouncer else direct
+    url = bouncer.url(database, PG_ADMIN_URL) if bouncer else direct  # migrated through it too
     env = {
         **os.environ,
         "MEDIC_DATABASE_URL": url,
@@ -153,9 +154,10 @@ def side(name: str, args: Any, bouncer: PrivatePgBouncer | None) -> dict[str, An
     counts = {"servers": server_count(admin, database)}
     if bouncer:
         counts["medic_clients"] = client_count(bouncer, database)
+    os.environ["MEDIC_DB_PREPARED_STATEMENTS"] = env["MEDIC_DB_PREPARED_STATEMENTS"]
     procs = Processes(env, Path(os.environ.get("TMPDIR", "/tmp")))
     report: dict[str, Any] = {"load_before": load_check()}
-    with ledger(direct, database, prefix):
+    with ledger(url, database, prefix):
         s = get_settings()
         pool = str(budget.worker_pool_size(s))
         try:
