@@ -350,3 +350,20 @@ ALLOWED += [
     Allowed(L, "1,000 no-op jobs submitted", "the bench's parameter (--e2e-jobs)"),
     Allowed(L, '`flowbench.rate50` (`rate_limit="50/s"`), 3,000 jobs', "the bench's parameter (50/s x 60 s)"),
 ]
+
+D, PGC = "deploy.md", "pg_connections.json"
+QUOTES += [
+    Quote(D, "[bench/pg_connections.json](bench/pg_connections.json), `code.head` 1a6b64c", PGC, "code.head"),
+    Quote(D, "the connection budget counts 92", PGC, "sides.direct.budget_counted"),
+    Quote(D, "straight to PostgreSQL | 5", PGC, "sides.direct.idle.servers.peak"),
+    Quote(D, "straight to PostgreSQL | 5 | peak 36", PGC, "sides.direct.loaded.servers.peak"),
+    Quote(D, "(`default_pool_size` 10) | 2", PGC, "sides.pgbouncer.idle.servers.peak"),
+    Quote(D, "(`default_pool_size` 10) | 2 | peak 10", PGC, "sides.pgbouncer.loaded.servers.peak"),
+    Quote(D, "medic's client connections: peak 35", PGC, "sides.pgbouncer.loaded.medic_clients.peak"),
+    Quote(D, "(1-min load 11.5", PGC, "sides.direct.load_before.loadavg_1m"),
+]
+ALLOWED += [
+    Allowed(D, "sampled every 50 ms", "the bench's sampling interval (bench/pg_connections.py Sampler)"),
+    Allowed(D, "| 1,000 jobs over HTTP |", "the bench's parameter (--jobs)"),
+    Allowed(D, "(`default_pool_size` 10)", "the bench's parameter (--pool-size)"),
+]
