@@ -59,8 +59,9 @@ def route(d: Delivery, now: Any) -> tuple[str, str]:
     the first delay level for a delivery due a second or more from now (rounded up: never early;
     the message's ETA header keeps the exact time)."""
     if d.eta is not None:
-        countdown = math.ceil((d.eta - now).total_seconds())
-        if countdown >= 1:
+        remaining = (d.eta - now).total_seconds()
+        if remaining >= 1:  # sooner: the worker holds it for less than a second (never the levels' whole one)
+            countdown = math.ceil(remaining)
             first_level = delayed.level_name(DELAY_WORDS - 1)
             return first_level, delayed.calculate_routing_key(min(countdown, MAX_DELAY_SECONDS), d.queue)
     return "", d.queue
@@ -84,7 +85,9 @@ class _Publisher:
 
     def __init__(self, url: str) -> None:
         self.conn = KombuConnection(url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
-        self.conn.connect()
+        # One attempt: connect() retries once after 2 s, which every accept would wait out (twice:
+        # admission's depth, then the publish) while the broker is down.
+        self.conn.ensure_connection(max_retries=0)
         self.channel: Any = self.conn.channel()
         self.channel.confirm_select()
         self.channel.events["basic_ack"].add(lambda tag, multiple: self._settle(tag, multiple, ok=True))
