@@ -204,7 +204,9 @@ def running_long_job(worker: str) -> bool:
 
 
 @pytest.mark.timeout(300)
-def test_a_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(cprocs: Processes, tmp_path: Path) -> None:
+def test_a_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(
+    broker: Broker, cprocs: Processes, tmp_path: Path
+) -> None:
     """Given 3 workers (grace 1 s) and jobs submitted at 10/s, each of them its last attempt,
     When each worker in turn gets SIGTERM, exits, and is replaced,
     Then every job ran to its end line and succeeded once in the ledger, and no two executions
