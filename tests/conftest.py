@@ -141,9 +141,9 @@ def switched_env(overrides: dict[str, str]) -> Iterator[None]:
         reconfigure()
 
 
-@pytest.fixture(scope="module")
-def private_ledger(medic_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """A database and key prefixes of this module's own, for tests whose loops scan every job."""
+@contextlib.contextmanager
+def own_ledger(medic_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A database and key prefixes of their own until the end (this process switched to them)."""
     suffix = uuid.uuid4().hex[:6]
     db_name = f"medic_test_{RUN_ID}_{suffix}"
     env = {
@@ -159,6 +159,13 @@ def private_ledger(medic_env: dict[str, str]) -> Iterator[dict[str, str]]:
     pg_admin_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     delete_keys(REDIS_URL, env["MEDIC_KEY_PREFIX"])
     delete_keys(REDIS_URL, env["MEDIC_BROKER_KEY_PREFIX"])
+
+
+@pytest.fixture(scope="module")
+def private_ledger(medic_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A database and key prefixes of this module's own, for tests whose loops scan every job."""
+    with own_ledger(medic_env) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

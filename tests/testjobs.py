@@ -112,6 +112,16 @@ def fail_then_succeed(tag: str, failures: int) -> str:
     return f"succeeded on attempt {n}"
 
 
+@job("tests.fail_first")
+def fail_first(tag: str) -> str:
+    """Fail the first attempt, then succeed. No back-off of its own: the retry waits the accepting
+    process's MEDIC_DEFAULT_BACKOFF_SECONDS, so a test picks it (tests/brokers/test_run.py)."""
+    n = get_redis().incr(_log_key(tag) + ":count")
+    if n == 1:
+        raise ValueError("the first attempt fails")
+    return f"succeeded on attempt {n}"
+
+
 @job("tests.typed")
 def typed(count: int, ratio: float = 1.0, labels: list[str] | None = None) -> int:
     return count

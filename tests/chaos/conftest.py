@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.brokers.selected import KINDS, Broker, use_broker
 from tests.ledger_view import job
 from worker.accept import enqueue
 from worker.ledger.records import Job
@@ -24,9 +25,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.chaos)
 
 
+@pytest.fixture(params=KINDS)
+def broker(request: pytest.FixtureRequest, private_ledger: dict[str, str]) -> Iterator[Broker]:
+    """A test that asks for it runs on Redis and on RabbitMQ (a vhost of the test's own: a
+    queue's messages cannot outlive it into the next test); `cprocs` starts its processes there."""
+    with use_broker(request.param, private_ledger) as b:
+        yield b
+
+
 @pytest.fixture
-def cprocs(private_ledger: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(private_ledger, tmp_path)
+def cprocs(request: pytest.FixtureRequest, private_ledger: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
+    """Real processes on this module's ledger (and on the test's `broker`, if it asks for one)."""
+    env = private_ledger
+    if "broker" in request.fixturenames:
+        env = request.getfixturevalue("broker").env
+    p = Processes(env, tmp_path)
     yield p
     p.stop_all()
 

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 import tests.chaos.shutdown_jobs  # registers shutdown.* for submit()
 import tests.nemesis.jobs  # noqa: F401 - registers nemesis.tick for submit()
+from tests.brokers.selected import Broker
 from tests.chaos.conftest import TERMINAL, submit, wait_job
 from tests.ledger_view import assert_no_overlap, job
 from tests.nemesis import checker
@@ -74,7 +75,7 @@ def alive(pid: int) -> bool:
 
 
 def test_a_job_longer_than_the_grace_is_handed_back_at_once_and_its_process_killed(
-    cprocs: Processes, tmp_path: Path
+    broker: Broker, cprocs: Processes, tmp_path: Path
 ) -> None:
     """Given a 30 s job on worker A (grace 2 s, lease 10 s), its last attempt, a second worker B
     and the control loops,
@@ -117,7 +118,9 @@ def test_a_job_longer_than_the_grace_is_handed_back_at_once_and_its_process_kill
     assert_no_overlap([job_id])
 
 
-def test_a_job_shorter_than_the_grace_finishes_during_the_warm_shutdown(cprocs: Processes, tmp_path: Path) -> None:
+def test_a_job_shorter_than_the_grace_finishes_during_the_warm_shutdown(
+    broker: Broker, cprocs: Processes, tmp_path: Path
+) -> None:
     """Given a 2 s job running on worker A (grace 15 s), When A gets SIGTERM,
     Then the job finishes there, once, and A exits."""
     a = cprocs.worker("sd-short-a", queues="chaos-sd2", concurrency=1, **worker_env("a", 15))
@@ -201,7 +204,9 @@ def running_long_job(worker: str) -> bool:
 
 
 @pytest.mark.timeout(300)
-def test_a_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(cprocs: Processes, tmp_path: Path) -> None:
+def test_a_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(
+    broker: Broker, cprocs: Processes, tmp_path: Path
+) -> None:
     """Given 3 workers (grace 1 s) and jobs submitted at 10/s, each of them its last attempt,
     When each worker in turn gets SIGTERM, exits, and is replaced,
     Then every job ran to its end line and succeeded once in the ledger, and no two executions

@@ -1,4 +1,6 @@
-"""Workers die, jobs hang: every job still ends, and never runs twice at once."""
+"""Workers die, jobs hang: every job still ends, and never runs twice at once. The tests that take
+`broker` run on Redis and on RabbitMQ (the 60 s one stays on Redis: its subject is the lease, and
+a minute per broker is too dear)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import signal
 import time
 import uuid
 
+from tests.brokers.selected import Broker
 from tests.chaos.conftest import TERMINAL, submit, wait_job
 from tests.conftest import switched_env
 from tests.ledger_view import assert_no_overlap, job, reasons
@@ -24,7 +27,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_sigkill_of_a_whole_worker_reruns_its_job_elsewhere(cprocs: Processes) -> None:
+def test_sigkill_of_a_whole_worker_reruns_its_job_elsewhere(broker: Broker, cprocs: Processes) -> None:
     """Given a job running on worker A, a second worker B and the control loops,
     When A's whole process group is SIGKILLed,
     Then the job is re-run on B and succeeds: attempts 2, a worker_lost event, no overlap."""
@@ -49,7 +52,7 @@ def test_sigkill_of_a_whole_worker_reruns_its_job_elsewhere(cprocs: Processes) -
     assert_no_overlap([job_id])
 
 
-def test_sigkill_of_only_the_prefork_child_reruns_the_job(cprocs: Processes) -> None:
+def test_sigkill_of_only_the_prefork_child_reruns_the_job(broker: Broker, cprocs: Processes) -> None:
     """Given a job running in a prefork child, When only that child is SIGKILLed,
     Then the worker reports the loss at once and the job is re-run and succeeds."""
     w = cprocs.worker("chaos-child", queues="chaos2", concurrency=1)
@@ -71,7 +74,7 @@ def test_sigkill_of_only_the_prefork_child_reruns_the_job(cprocs: Processes) -> 
     assert_no_overlap([job_id])
 
 
-def test_a_job_that_always_kills_its_process_is_dead_after_max_attempts(cprocs: Processes) -> None:
+def test_a_job_that_always_kills_its_process_is_dead_after_max_attempts(broker: Broker, cprocs: Processes) -> None:
     """Given examples.crash with max_attempts 3, When it runs, Then it is dead after exactly 3 attempts."""
     cprocs.worker("chaos-crash", queues="chaos3", concurrency=1)
     cprocs.control_plane()
@@ -107,7 +110,9 @@ def test_a_hanging_job_is_killed_retried_and_finally_dead(cprocs: Processes) -> 
     assert_no_overlap([job_id])
 
 
-def test_a_hung_job_celery_would_not_kill_for_a_minute_is_killed_by_enforce_timeouts(cprocs: Processes) -> None:
+def test_a_hung_job_celery_would_not_kill_for_a_minute_is_killed_by_enforce_timeouts(
+    broker: Broker, cprocs: Processes
+) -> None:
     """Given a job that swallows its soft limit, published with a hard limit 60 s past its 2 s
     timeout (the enqueuing process's grace), and the control loop on a 1 s grace,
     When it overruns, Then only enforce_timeouts can act: it kills the process (revoke) and

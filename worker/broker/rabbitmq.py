@@ -88,7 +88,9 @@ class _Publisher:
 
     def __init__(self, url: str) -> None:
         self.conn = KombuConnection(url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
-        self.conn.connect()
+        # One attempt: connect() retries once after 2 s, which every accept would wait out (twice:
+        # admission's depth, then the publish) while the broker is down.
+        self.conn.ensure_connection(max_retries=0)
         self.channel: Any = self.conn.channel()
         self.channel.confirm_select()
         self.channel.events["basic_ack"].add(lambda tag, multiple: self._settle(tag, multiple, ok=True))
