@@ -31,19 +31,22 @@ def test_sigkill_of_a_whole_worker_reruns_its_job_elsewhere(broker: Broker, cpro
     """Given a job running on worker A, a second worker B and the control loops,
     When A's whole process group is SIGKILLed,
     Then the job is re-run on B and succeeds: attempts 2, a worker_lost event, no overlap."""
+    # Both workers are up before the job: one started after it may take longer to start (a loaded
+    # machine) than the job takes to end, and the kill would then find nothing to kill.
     a = cprocs.worker("chaos-a", queues="chaos1", concurrency=1)
+    b = cprocs.worker("chaos-b", queues="chaos1", concurrency=1)
     cprocs.control_plane()
     tag = uuid.uuid4().hex
     job_id = submit("tests.record", {"tag": tag, "seconds": 3}, queue="chaos1", max_attempts=3)
-    wait_for(lambda: executions(tag), 30, 0.05, "first execution started")
-    cprocs.worker("chaos-b", queues="chaos1", concurrency=1)
+    first = wait_for(lambda: executions(tag), 30, 0.05, "first execution started")[0]
+    victim, survivor = (a, b) if int(first["pid"]) in a.children() else (b, a)
     killed_at = time.time()
-    a.kill_group(signal.SIGKILL)
+    victim.kill_group(signal.SIGKILL)
 
     done = wait_job(job_id, TERMINAL, timeout=60)
     assert done.state == "succeeded"
     assert done.attempts == 2
-    assert done.worker is not None and done.worker.startswith("chaos-b@")
+    assert done.worker is not None and done.worker.startswith(f"{survivor.name}@")
     assert "worker_lost" in reasons(job_id)
     runs = executions(tag)
     assert len(runs) == 2
