@@ -9,7 +9,7 @@ brokers both sides run prefork with prefetch 1, acks_late, no task events. Each 
 RabbitMQ vhosts, `<vhost-prefix><run>m` (medic) and `<vhost-prefix><run>p` (plain), with
 `rabbitmqctl` (as root), and deletes them at the end. Prints one JSON object.
 
-    .venv/bin/python -m bench.brokers > docs/bench/brokers.json      # ~6 min
+    .venv/bin/python -m bench.brokers > docs/bench/brokers.json      # ~4 min
     .venv/bin/python -m bench.brokers --quick > /tmp/brokers.json    # ~1 min: a smoke test
 """
 
@@ -50,7 +50,7 @@ class Sizes:
     recovery_cap_s: float  # the longest wait for one recovery side
 
 
-FULL = Sizes(3, 2000, 2, 5, 8.0, 60.0)
+FULL = Sizes(3, 2000, 1, 5, 8.0, 60.0)
 QUICK = Sizes(1, 200, 1, 2, 6.0, 30.0)
 
 
