@@ -6,7 +6,9 @@ validation against a signature).
     celery -A bench.plain:celery worker ...                           # bench.common.start_plain_worker
     uvicorn bench.plain:api --host 127.0.0.1 --port 8001 --no-access-log
 
-Keys under BENCH_PLAIN_PREFIX on BENCH_REDIS_URL (bench.common.MedicRun sets both).
+Keys under BENCH_PLAIN_PREFIX on BENCH_REDIS_URL (bench.common.MedicRun sets both). The task
+messages go to BENCH_BROKER_URL when it is set (RabbitMQ: bench/brokers.py), configured as medic
+configures RabbitMQ (`config`); the tasks' records stay in Redis.
 """
 
 from __future__ import annotations
@@ -22,16 +24,34 @@ from pydantic import BaseModel, Field
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("BENCH_PLAIN_PREFIX", "bench-plain:")
+BROKER_URL = os.environ.get("BENCH_BROKER_URL") or REDIS_URL
 
-celery = Celery("plain", broker=REDIS_URL)
-celery.conf.update(
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    broker_transport_options={"global_keyprefix": PREFIX},  # isolation only; visibility_timeout stays 3600 s
-    worker_hijack_root_logger=False,
-)
+
+def config(broker_url: str) -> dict[str, Any]:
+    """acks_late, reject_on_worker_lost, prefetch 1, no results; on RabbitMQ the queue type and
+    publisher confirms medic uses there (worker/broker/celery_app.py `rabbitmq_config`), so the two
+    sides differ only in medic itself."""
+    shared: dict[str, Any] = {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "worker_hijack_root_logger": False,
+    }
+    if broker_url.startswith("amqp"):
+        queue_type = os.environ.get("MEDIC_RABBITMQ_QUEUE_TYPE", "quorum")
+        return {
+            **shared,
+            "broker_transport_options": {"confirm_publish": True},
+            "task_default_queue_type": queue_type,
+            "task_create_missing_queue_type": queue_type,
+        }
+    # isolation only; visibility_timeout stays 3600 s
+    return {**shared, "broker_transport_options": {"global_keyprefix": PREFIX}}
+
+
+celery = Celery("plain", broker=BROKER_URL)
+celery.conf.update(config(BROKER_URL))
 records = redis.Redis.from_url(REDIS_URL, decode_responses=True)
 
 

@@ -69,11 +69,14 @@ def bench_medic(medic: MedicRun, n: int, job_seconds: float, cap: float) -> dict
     }  # fmt: skip
 
 
-def bench_plain(medic: MedicRun, n: int, job_seconds: float, cap: float) -> dict[str, Any]:
+def bench_plain(medic: MedicRun, n: int, job_seconds: float, cap: float, sender: Any = None) -> dict[str, Any]:
+    """`sender`: the Celery app that publishes the tasks (bench/brokers.py: one on RabbitMQ);
+    plain.py's own by default."""
     plain, prefix = medic.plain(), medic.plain_prefix
+    plain.records.delete(f"{prefix}started", f"{prefix}finished")  # a previous round's
     a = start_plain_worker(medic.procs, "plain-a", QUEUE, n)
     for _ in range(n):
-        plain.plain_sleep.apply_async((job_seconds, uuid.uuid4().hex), queue=QUEUE)
+        (sender or plain.celery).send_task("plain.sleep", (job_seconds, uuid.uuid4().hex), queue=QUEUE)
     wait_for(lambda: plain.records.hlen(f"{prefix}started") == n, 60, 0.05, "all tasks started on A")
     start_plain_worker(medic.procs, "plain-b", QUEUE, n)
     killed = kill_and_wait(a, lambda: plain.records.hlen(f"{prefix}finished") >= n, cap)

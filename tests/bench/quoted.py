@@ -367,3 +367,67 @@ ALLOWED += [
     Allowed(D, "| 1,000 jobs over HTTP |", "the bench's parameter (--jobs)"),
     Allowed(D, "(`default_pool_size` 10)", "the bench's parameter (--pool-size)"),
 ]
+
+# benchmarks.md and brokers.md: bench/brokers.py, Redis and RabbitMQ in one run
+QUOTES += [
+    Quote("benchmarks.md", "`code.head` 27b229b, started", "brokers.json", "code.head"),
+    Quote("benchmarks.md", "started 2026-12-06T02:03:34+00:00", "brokers.json", "timestamp"),
+    Quote("benchmarks.md", "`elapsed_s` 197.4", "brokers.json", "elapsed_s"),
+    Quote("benchmarks.md", "1-min load 0.40", "brokers.json", "end_to_end.load_before_each_round.*.loadavg_1m|min"),
+    Quote(
+        "benchmarks.md", "1-min load 0.40 to 1.38", "brokers.json", "end_to_end.load_before_each_round.*.loadavg_1m|max"
+    ),
+    Quote(
+        "benchmarks.md", "end-to-end rounds, 1.49", "brokers.json", "recovery.load_before_each_round.*.loadavg_1m|min"
+    ),
+    Quote(
+        "benchmarks.md",
+        "end-to-end rounds, 1.49 to\n1.49",
+        "brokers.json",
+        "recovery.load_before_each_round.*.loadavg_1m|max",
+    ),
+    Quote("benchmarks.md", "| on Redis | 291.2", "brokers.json", "end_to_end.redis.medic.median"),
+    Quote("benchmarks.md", "| on Redis | 291.2 | 785.4", "brokers.json", "end_to_end.redis.plain.median"),
+    Quote(
+        "benchmarks.md",
+        "| on Redis | 291.2 | 785.4 | 0.371",
+        "brokers.json",
+        "end_to_end.redis.ratio_medic_vs_plain.median",
+    ),
+    Quote("benchmarks.md", "| on Redis | 13.01", "brokers.json", "recovery.redis.medic_kill_to_succeeded_median_s"),
+    Quote("benchmarks.md", "| on Redis | 13.01 s | 0", "brokers.json", "recovery.redis.plain_celery.*.recovered|max"),
+    Quote("benchmarks.md", "| on RabbitMQ | 284.7", "brokers.json", "end_to_end.rabbitmq.medic.median"),
+    Quote("benchmarks.md", "| on RabbitMQ | 284.7 | 580.1", "brokers.json", "end_to_end.rabbitmq.plain.median"),
+    Quote(
+        "benchmarks.md",
+        "| on RabbitMQ | 284.7 | 580.1 | 0.491",
+        "brokers.json",
+        "end_to_end.rabbitmq.ratio_medic_vs_plain.median",
+    ),
+    Quote(
+        "benchmarks.md", "| on RabbitMQ | 12.44", "brokers.json", "recovery.rabbitmq.medic_kill_to_succeeded_median_s"
+    ),
+    Quote(
+        "benchmarks.md",
+        "| on RabbitMQ | 12.44 s | 8.02",
+        "brokers.json",
+        "recovery.rabbitmq.plain_celery_kill_to_succeeded_median_s",
+    ),
+    Quote(
+        "benchmarks.md", "medic on RabbitMQ ran at 0.978", "brokers.json", "end_to_end.rabbitmq_vs_redis_medic_median"
+    ),
+    Quote("benchmarks.md", "Celery at 0.739", "brokers.json", "end_to_end.rabbitmq_vs_redis_plain_median"),
+    Quote("benchmarks.md", "median 4.95", "brokers.json", "recovery.redis.medic.0.kill_to_rerun_start_s.median"),
+    Quote("benchmarks.md", "on Redis, 4.42", "brokers.json", "recovery.rabbitmq.medic.0.kill_to_rerun_start_s.median"),
+    Quote("brokers.md", "(`code.head` 27b229b)", "brokers.json", "code.head"),
+    Quote("brokers.md", "end to end medic ran\n284.7", "brokers.json", "end_to_end.rabbitmq.medic.median"),
+    Quote("brokers.md", "jobs/s on RabbitMQ and 291.2", "brokers.json", "end_to_end.redis.medic.median"),
+    Quote("brokers.md", "same broker, 0.491", "brokers.json", "end_to_end.rabbitmq.ratio_medic_vs_plain.median"),
+    Quote("brokers.md", "on RabbitMQ and 0.371", "brokers.json", "end_to_end.redis.ratio_medic_vs_plain.median"),
+    Quote("brokers.md", "succeeded: medic 12.44", "brokers.json", "recovery.rabbitmq.medic_kill_to_succeeded_median_s"),
+    Quote("brokers.md", "s on RabbitMQ, 13.01", "brokers.json", "recovery.redis.medic_kill_to_succeeded_median_s"),
+    Quote(
+        "brokers.md", "plain Celery 8.02", "brokers.json", "recovery.rabbitmq.plain_celery_kill_to_succeeded_median_s"
+    ),
+    Quote("brokers.md", "messages), 0", "brokers.json", "recovery.redis.plain_celery.*.recovered|max"),
+]

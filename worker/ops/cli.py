@@ -317,7 +317,13 @@ def flower(port: int, address: str) -> None:
 @click.option("--workers", default=1, show_default=True, help="Application worker processes.")
 @click.option("--concurrency", default=2, show_default=True, help="Prefork children per worker.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
-def up(api_port: int, flower_port: int, workers: int, concurrency: int, no_flower: bool) -> None:
+@click.option(
+    "--broker",
+    default=None,
+    help="The broker of the task messages: amqp://user:password@host:5672/vhost (RabbitMQ). "
+    "Default: MEDIC_BROKER_URL, else MEDIC_REDIS_URL's Redis.",
+)
+def up(api_port: int, flower_port: int, workers: int, concurrency: int, no_flower: bool, broker: str | None) -> None:
     """Run the whole stack on this host as supervised child processes."""
     from worker.ops import budget
     from worker.ops.stack import run_stack
@@ -327,7 +333,7 @@ def up(api_port: int, flower_port: int, workers: int, concurrency: int, no_flowe
     url = os.environ.get("MEDIC_DATABASE_URL", DEFAULT_DATABASE_URL)
     _check_budget(budget.stack_shares(s, workers=workers, concurrency=concurrency), url)
     sys.exit(run_stack(api_port=api_port, flower_port=flower_port, workers=workers,
-                       concurrency=concurrency, flower=not no_flower))  # fmt: skip
+                       concurrency=concurrency, flower=not no_flower, broker=broker))  # fmt: skip
 
 
 @main.command()

@@ -12,21 +12,34 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import amqp.exceptions
 import httpx
 import redis
 import sqlalchemy as sa
+from kombu import connection as kombu_connection
+from kombu.exceptions import KombuError
 
 from worker.ops import budget, processes
 from worker.ops.process_scaler import ProcessScalerPool
 from worker.ops.supervisor import Child, Supervisor
-from worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings, get_settings, reset_settings
+from worker.settings import (
+    AMQP,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    Settings,
+    broker_kind,
+    get_settings,
+    reset_settings,
+)
 
 log = logging.getLogger("medic.up")
 
 EXIT_OK = 0
 EXIT_API_DID_NOT_START = 5
+BROKER_CONNECT_TIMEOUT_S = 3.0
 
 
 def free_port() -> int:
@@ -112,6 +125,36 @@ def choose_redis() -> tuple[str, PrivateRedis | None]:
     return private.url, private
 
 
+def choose_broker(broker: str | None) -> str:
+    """The broker the stack runs on: `--broker` (put in MEDIC_BROKER_URL for every child), else
+    MEDIC_BROKER_URL, else "" (MEDIC_REDIS_URL's Redis). RabbitMQ is asked once before anything
+    starts: a wrong URL is one clear line, not five children retrying in a loop.
+
+    Raises:
+        SystemExit: a URL medic cannot run on, or a RabbitMQ that does not answer or refuses us.
+    """
+    if broker is not None:
+        os.environ["MEDIC_BROKER_URL"] = broker
+    url = os.environ.get("MEDIC_BROKER_URL", "")
+    if url and broker_kind(url) is None:
+        raise SystemExit(
+            f"medic: the broker {redacted(url)} is neither RabbitMQ (amqp://user:password@host:5672/vhost) "
+            "nor Redis; leave it empty to run on MEDIC_REDIS_URL's Redis"
+        )
+    if broker_kind(url) == AMQP:
+        try:
+            conn: Any = kombu_connection.Connection(url, connect_timeout=BROKER_CONNECT_TIMEOUT_S)  # type: ignore[no-untyped-call]
+            with conn:
+                conn.connect()
+        except (OSError, amqp.exceptions.AMQPError, KombuError) as exc:
+            raise SystemExit(
+                f"medic: RabbitMQ at {redacted(url)} did not let us in ({type(exc).__name__}: {exc}). "
+                "Start it (rabbitmq-server -detached), create the vhost and its permissions "
+                "(rabbitmqctl add_vhost / set_permissions), or pick another broker."
+            ) from None
+    return url
+
+
 def _wait_for_api(url: str, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -188,12 +231,21 @@ def _banner(s: Settings, *, api_url: str, flower_port: int | None, dev_key: str)
         lines.append(f"  Flower   http://127.0.0.1:{flower_port}  (user {s.flower_user}, MEDIC_FLOWER_PASSWORD)")
     lines += [
         f"  ledger   {redacted(s.database_url)}",
-        f"  broker   {redacted(s.redis_url)}",
+        *_broker_lines(s),
         f"  dev API key (tenant 'dev', scopes submit,read,admin; kept in {s.dev_key_file}):",
         dev_key,
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
+
+
+def _broker_lines(s: Settings) -> list[str]:
+    """Where the task messages go, and the Redis medic keeps its own state in when that differs."""
+    kind = f"  (RabbitMQ, {s.rabbitmq_queue_type} queues)" if s.on_rabbitmq else ""
+    lines = [f"  broker   {redacted(s.broker)}{kind}"]
+    if s.broker != s.redis_url:
+        lines.append(f"  redis    {redacted(s.redis_url)}  (counters, presence, admission)")
+    return lines
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -238,7 +290,10 @@ def _prepare_ledger(database_url: str, key_file: str) -> str:
     return key
 
 
-def run_stack(*, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool) -> int:
+def run_stack(
+    *, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool, broker: str | None = None
+) -> int:
+    choose_broker(broker)
     database_url = choose_database()
     redis_url, private_redis = choose_redis()
     os.environ["MEDIC_DATABASE_URL"] = database_url
