@@ -140,6 +140,6 @@ def reconfigure() -> None:
         # (keyed by connection, they would hand out the closed one), so the next publish opens
         # new connections to the (possibly new) broker URL.
         app._after_fork()
-        for made_from_settings in ("queues", "default_queue"):
+        for made_from_settings in ("queues", "default_queue", "router"):
             app.amqp.__dict__.pop(made_from_settings, None)
         kombu.pools.reset()  # type: ignore[no-untyped-call]
