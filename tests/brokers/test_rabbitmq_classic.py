@@ -9,9 +9,7 @@ from pathlib import Path
 
 from tests.brokers import amqp_view
 from tests.brokers.selected import Broker
-from tests.ledger_view import job
 from worker.accept import JobRequest, enqueue, enqueue_many
-from worker.testing.processes import Processes, wait_for
 
 QUEUE_TYPE = "classic"
 
@@ -27,14 +25,7 @@ def test_classic_queues_carry_priorities_and_a_worker_starts_on_them(rabbit: Bro
     declared = amqp_view.queues(rabbit.vhost)[queue]
     assert (declared["type"], declared["durable"]) == (QUEUE_TYPE, True), declared
     assert declared["arguments"] == {"x-max-priority": 9}, declared  # classic is the default type
-    procs = Processes(rabbit.env, tmp_path)
-    try:
-        w = procs.worker("classic", queues=queue, concurrency=1)
-        wait_for(lambda: job(job_id).state == "succeeded" or "PRECONDITION_FAILED" in w.log(), 30, 0.05, "the job")
-        assert "PRECONDITION_FAILED" not in w.log(), w.log()[-3000:]
-        assert job(job_id).state == "succeeded"
-    finally:
-        procs.stop_all()
+    amqp_view.assert_a_worker_runs_it(rabbit.env, tmp_path, queue, job_id, "classic")
 
 
 def test_priorities_order_a_classic_queue(rabbit: Broker) -> None:

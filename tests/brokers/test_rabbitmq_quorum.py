@@ -22,7 +22,7 @@ from worker.broker.celery_app import app
 from worker.clock import utcnow
 from worker.control import reconcile
 from worker.settings import get_settings
-from worker.testing.processes import Processes, wait_for
+from worker.testing.processes import wait_for
 
 QUEUE_TYPE = "quorum"
 X_DEATH = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
@@ -93,14 +93,7 @@ def test_queues_are_declared_durable_quorum_and_a_worker_starts_on_them(rabbit: 
     assert (declared[queue]["type"], declared[queue]["durable"]) == (QUEUE_TYPE, True), declared[queue]
     assert declared[queue]["arguments"] == {"x-queue-type": QUEUE_TYPE}, declared[queue]
     assert declared[delayed.level_name(0)]["type"] == QUEUE_TYPE
-    procs = Processes(rabbit.env, tmp_path)
-    try:
-        w = procs.worker("decl", queues=queue, concurrency=1)
-        wait_for(lambda: job(job_id).state == "succeeded" or "PRECONDITION_FAILED" in w.log(), 30, 0.05, "the job")
-        assert "PRECONDITION_FAILED" not in w.log(), w.log()[-3000:]
-        assert job(job_id).state == "succeeded"
-    finally:
-        procs.stop_all()
+    amqp_view.assert_a_worker_runs_it(rabbit.env, tmp_path, queue, job_id, "decl")
 
 
 def test_a_publish_no_queue_takes_is_refused_and_resent(rabbit: Broker) -> None:
