@@ -11,9 +11,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
+from worker.clock import utcnow
 from worker.errors import ForbiddenError, MedicError, UnauthorizedError
-from worker.ledger import apikeys, db
+from worker.ledger import apikeys, db, sessions
 from worker.ledger.apikeys import ApiKey, Scope
+from worker.ledger.sessions import Session
 from worker.settings import get_settings
 
 
@@ -115,3 +117,30 @@ def require(scope: Scope) -> Callable[[ApiKey], Awaitable[ApiKey]]:
 SubmitKey = Annotated[ApiKey, Depends(require(Scope.SUBMIT))]
 ReadKey = Annotated[ApiKey, Depends(require(Scope.READ))]
 AdminKey = Annotated[ApiKey, Depends(require(Scope.ADMIN))]
+
+
+def tenant_for(key: ApiKey, asked: str | None) -> str:
+    """The tenant a request reads or acts on: the key's own, or, for an admin key only, the one
+    it names (`tenant=`). The one rule for the API and the console alike.
+
+    Raises:
+        ForbiddenError: a key without the admin scope naming another tenant.
+    """
+    if not asked or asked == key.tenant:
+        return key.tenant
+    if Scope.ADMIN not in key.scopes:
+        raise ForbiddenError("only an admin key may name another tenant")
+    return asked
+
+
+SESSION_COOKIE = "medic_session"
+"""The console's session cookie (api/console/session.py); the job stream accepts it too, so the
+console's job page follows its job without the key ever reaching the page's script."""
+
+
+def find_session(token: str) -> Session | None:
+    """The live console session a cookie names (a blocking read: call it in a thread)."""
+    if not token:
+        return None
+    with db.connect() as conn:
+        return sessions.find_session(conn, token, now=utcnow())

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from api import errors, metrics, slow, swagger
+from api import console, errors, metrics, slow, swagger
 from api.limits import AuthBeforeBody, BodySizeLimit, InflightLimit, NulInQueryRefusal
 from api.routes import alerts, health, jobs, queues, schedules, stream, workflows
 from api.schemas import ErrorPublic
@@ -61,6 +61,7 @@ def create_app() -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(health.router)
     app.include_router(alerts.router)
+    console.install(app)  # after errors.install: it wraps those handlers for its pages
 
     app.add_middleware(AuthBeforeBody)  # the key from the headers before any body (inside _observe: counted)
 

@@ -154,6 +154,14 @@ class CancelFilter(BaseModel):
     queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
     schedule_id: uuid.UUID | None = Field(None, description="Jobs fired by this schedule.")
     workflow_id: uuid.UUID | None = Field(None, description="Steps of this workflow that are queued or running.")
+    created_after: dt.datetime | None = Field(None, description="Jobs created at or after this time.")
+    created_before: dt.datetime | None = Field(None, description="Jobs created before this time.")
+    args_contains: str | None = Field(
+        None, min_length=1, max_length=200, pattern=NO_NUL, description="Text the job's args contain (any case)."
+    )
+    tenant: str | None = Field(
+        None, min_length=1, max_length=100, description="Another tenant's jobs (admin keys only)."
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> CancelFilter:
@@ -183,6 +191,35 @@ class BulkCancelPublic(BaseModel):
     requested: int = Field(description="Running jobs asked to stop (each ends `cancelled` within the grace).")
     job_ids: list[uuid.UUID] = Field(description="Every job this call cancelled or asked to stop.")
     more: bool = Field(description="More jobs match than one call acts on: call again.")
+    limit: int = Field(description="The most jobs one call acts on (MEDIC_MAX_BULK_CANCEL).")
+
+
+class RetryFilter(BaseModel):
+    """Which of the caller's dead jobs `POST /jobs/retry` runs again: every field given must
+    match; none given: every dead job (a request acts on at most MEDIC_MAX_BULK_CANCEL)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"type": "examples.flaky"}]})
+
+    type: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    schedule_id: uuid.UUID | None = Field(None, description="Jobs fired by this schedule.")
+    workflow_id: uuid.UUID | None = Field(None, description="Steps of this workflow.")
+    created_after: dt.datetime | None = Field(None, description="Jobs created at or after this time.")
+    created_before: dt.datetime | None = Field(None, description="Jobs created before this time.")
+    args_contains: str | None = Field(
+        None, min_length=1, max_length=200, pattern=NO_NUL, description="Text the job's args contain (any case)."
+    )
+    tenant: str | None = Field(
+        None, min_length=1, max_length=100, description="Another tenant's jobs (admin keys only)."
+    )
+
+
+class BulkRetryPublic(BaseModel):
+    """What one bulk retry did; each job it requeued has its own event `manual_retry`."""
+
+    retried: int = Field(description="Dead jobs queued again, with a fresh set of attempts.")
+    job_ids: list[uuid.UUID] = Field(description="Every job this call requeued.")
+    more: bool = Field(description="More dead jobs match than one call acts on: call again.")
     limit: int = Field(description="The most jobs one call acts on (MEDIC_MAX_BULK_CANCEL).")
 
 

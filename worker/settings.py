@@ -329,6 +329,20 @@ class Settings(BaseSettings):
         "", description="Bearer token every /metrics (API, worker, control) requires; empty: /metrics is open."
     )
 
+    # the console (/console): sessions signed in with an API key
+    console_session_seconds: float = Field(
+        8 * 3600.0,
+        gt=0,
+        description="A console session ends this long after its sign-in (and at once if its key is revoked).",
+    )
+    console_secure_cookie: bool = Field(
+        False,
+        description="Mark the console's session cookie Secure (browsers then send it over HTTPS only): on behind TLS.",
+    )
+    flower_url: str = Field(
+        "", description="Where operators reach Flower (e.g. http://flower.example:5555); the console links to it."
+    )
+
     # live updates (WS /jobs/stream)
     ws_ping_seconds: float = Field(20.0, gt=0, description="Protocol ping interval of a job stream (uvicorn flag).")
     ws_ping_timeout_seconds: float = Field(20.0, gt=0, description="Stream peer silent this long after a ping: closed.")

@@ -6,18 +6,20 @@ import base64
 import datetime as dt
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from api import metrics
-from api.deps import AdminKey, ReadKey, SubmitKey
+from api import bulk, metrics
+from api.deps import AdminKey, ReadKey, SubmitKey, tenant_for
 from api.schemas import (
     LIST_FIELDS,
     BatchCreate,
     BatchItem,
     BatchPublic,
     BulkCancelPublic,
+    BulkRetryPublic,
     CancelFilter,
     EventPublic,
     EventsPublic,
@@ -25,6 +27,7 @@ from api.schemas import (
     JobPublic,
     JobsPublic,
     JobSummary,
+    RetryFilter,
 )
 from worker import logs
 from worker.accept import Accepted, Caller, JobRequest, accept
@@ -33,6 +36,7 @@ from worker.clock import utcnow
 from worker.errors import InvalidArgsError, InvalidTransitionError, JobNotFoundError
 from worker.ledger import db, queries, release, transitions
 from worker.ledger.apikeys import ApiKey
+from worker.ledger.queries import JobFilter
 from worker.ledger.records import Job
 from worker.ledger.states import JobState
 from worker.settings import get_settings
@@ -142,6 +146,13 @@ def _list_fields(fields: str | None, limit: int) -> frozenset[str]:
     return asked
 
 
+ARGS_CONTAINS = Query(
+    max_length=200,
+    description="Only jobs whose args contain this text, any case (checked on the rows the "
+    "other filters reach: narrow it with a time range on a large ledger).",
+)
+
+
 @router.get("", response_model=JobsPublic, response_model_exclude_unset=True)
 def list_jobs(
     key: ReadKey,
@@ -150,6 +161,10 @@ def list_jobs(
     queue: str | None = None,
     workflow_id: Annotated[uuid.UUID | None, Query(description="Only the steps of this workflow.")] = None,
     schedule_id: Annotated[uuid.UUID | None, Query(description="Only the jobs this schedule fired.")] = None,
+    created_after: Annotated[dt.datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    created_before: Annotated[dt.datetime | None, Query(description="Created before (ISO 8601).")] = None,
+    args_contains: Annotated[str | None, ARGS_CONTAINS] = None,
+    tenant: Annotated[str | None, Query(max_length=100, description="Another tenant's jobs (admin keys only).")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
     fields: Annotated[
@@ -158,25 +173,37 @@ def list_jobs(
 ) -> Response:
     """The caller's jobs, newest first, keyset-paginated; `args` and `result` only with `fields=`."""
     wanted = _list_fields(fields, limit)
-    before = _decode_cursor(cursor) if cursor else None
-    with db.connect() as conn:
-        rows = queries.list_jobs(
-            conn,
-            key.tenant,
-            state=state.value if state else None,
-            type_=type,
-            queue=queue,
-            schedule_id=schedule_id,
-            limit=limit,
-            before=before,
-            payloads=wanted,
-            workflow_id=workflow_id,
-        )
-    next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
-    page = JobsPublic(jobs=[JobSummary.listed(r, wanted) for r in rows], next_cursor=next_cursor)
+    match = JobFilter(
+        tenant_for(key, tenant), state.value if state else None, type, queue, schedule_id, workflow_id,
+        aware(created_after), aware(created_before), args_contains or None,
+    )  # fmt: skip
+    page = jobs_page(match, limit=limit, cursor=cursor, payloads=wanted)
+    body = JobsPublic(jobs=[JobSummary.listed(r, wanted) for r in page.jobs], next_cursor=page.next_cursor)
     # Serialized here, once: FastAPI's response_model path would dump, re-validate and encode
     # the page again (three copies of every args object asked for).
-    return Response(page.model_dump_json(exclude_unset=True), media_type="application/json")
+    return Response(body.model_dump_json(exclude_unset=True), media_type="application/json")
+
+
+def aware(stamp: dt.datetime | None) -> dt.datetime | None:
+    """A time filter in UTC: one given without a zone is read as UTC (the ledger refuses naive times)."""
+    if stamp is None or stamp.tzinfo is not None:
+        return stamp
+    return stamp.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def jobs_page(match: JobFilter, *, limit: int, cursor: str | None, payloads: frozenset[str]) -> JobsPage:
+    """One keyset page of the jobs `match` covers: the API's list and the console's jobs page."""
+    before = _decode_cursor(cursor) if cursor else None
+    with db.connect() as conn:
+        rows = queries.page(conn, match, limit=limit, before=before, payloads=payloads)
+    next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+    return JobsPage(rows, next_cursor)
 
 
 def _owned(job_id: uuid.UUID, tenant: str) -> Job:
@@ -243,38 +270,31 @@ def _announce(rows: list[Job]) -> None:
 def cancel_jobs(body: CancelFilter, key: SubmitKey) -> BulkCancelPublic:
     """Cancel every job of the caller that matches the filter (queued: at once; running: asked to
     stop), at most MEDIC_MAX_BULK_CANCEL per call, oldest first, in one transaction; `more` says
-    whether others match (call again). Each job gets its own event, its actor the API key."""
-    limit = get_settings().max_bulk_cancel
-    asked: list[Job] = []
-    cancelled: list[uuid.UUID] = []
-    cancelled_rows: list[Job] = []
-    followed: list[Job] = []
-    with db.begin() as conn:
-        ids = queries.cancellable(
-            conn, key.tenant, limit=limit + 1, state=body.state, type_=body.type, queue=body.queue,
-            schedule_id=body.schedule_id, workflow_id=body.workflow_id,
-        )  # fmt: skip
-        now = utcnow()
-        for job_id in ids[:limit]:
-            done, changed = release.cancel(conn, job_id, key.tenant, actor=f"api:{key.id}", now=now)
-            followed += changed
-            if done is None:  # it finished meanwhile (or a workflow's follow-up cancelled it)
-                continue
-            if done[0] == JobState.RUNNING:
-                asked.append(done[1])
-            else:
-                cancelled.append(done[1].id)
-                cancelled_rows.append(done[1])
-    publish_and_follow(followed + cancelled_rows)
-    _announce(asked)
-    log.info("bulk cancel by %s: %d cancelled, %d asked to stop", key.id, len(cancelled), len(asked))
+    whether others match (call again). Each job gets its own event, its actor the API key; the
+    call is recorded in the action log."""
+    match = _bulk_filter(body, key, state=None)
+    done = bulk.cancel_matching(match, actor=f"api:{key.id}", limit=get_settings().max_bulk_cancel, state=body.state)
     return BulkCancelPublic(
-        cancelled=len(cancelled),
-        requested=len(asked),
-        job_ids=[*cancelled, *(r.id for r in asked)],
-        more=len(ids) > limit,
-        limit=limit,
+        cancelled=done.changed, requested=done.requested, job_ids=done.job_ids, more=done.more, limit=done.limit
     )
+
+
+@router.post("/retry", response_model=BulkRetryPublic, status_code=202)
+def retry_jobs(body: RetryFilter, key: AdminKey) -> BulkRetryPublic:
+    """Run again every dead job of the caller that matches the filter, with a fresh set of
+    attempts: at most MEDIC_MAX_BULK_CANCEL per call, oldest first, in one transaction; `more`
+    says whether others match. Each job gets its event `manual_retry`; the call is recorded in
+    the action log. Admin only, as the retry of one job."""
+    match = _bulk_filter(body, key, state=JobState.DEAD.value)
+    done = bulk.retry_matching(match, actor=f"api:{key.id}", limit=get_settings().max_bulk_cancel)
+    return BulkRetryPublic(retried=done.changed, job_ids=done.job_ids, more=done.more, limit=done.limit)
+
+
+def _bulk_filter(body: CancelFilter | RetryFilter, key: ApiKey, *, state: str | None) -> JobFilter:
+    return JobFilter(
+        tenant_for(key, body.tenant), state, body.type, body.queue, body.schedule_id, body.workflow_id,
+        aware(body.created_after), aware(body.created_before), body.args_contains,
+    )  # fmt: skip
 
 
 @router.post("/{job_id:uuid}/retry", response_model=JobPublic, status_code=202)

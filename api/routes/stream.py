@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import random
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from prometheus_client import Gauge
 
-from api.deps import find_key
+from api.deps import SESSION_COOKIE, find_key, find_session
 from api.stream_hub import STREAM_CLOSED, ClientQueue, LimitError, Resync, Subscriber, Update, get_hub
 from api.stream_keys import get_watch
 from api.stream_replay import replay
@@ -86,13 +87,30 @@ async def _key_message(ws: WebSocket) -> str:
     return raw
 
 
+async def _console_key(ws: WebSocket, cookie: str) -> ApiKey | None:
+    """The key of the console session the cookie names, for a socket opened by a page of this
+    origin only: a page of another site cannot ride a signed-in browser's cookie (the cookie is
+    SameSite=Strict as well; this holds for browsers that ignore it)."""
+    origin = ws.headers.get("origin", "")
+    if urllib.parse.urlsplit(origin).netloc != ws.headers.get("host", ""):
+        raise StreamCloseError(4403, "a console session streams to pages of its own origin only")
+    session = await asyncio.to_thread(find_session, cookie)
+    return session.key if session is not None else None
+
+
 async def _authenticate(ws: WebSocket) -> tuple[ApiKey, asyncio.Event]:
     """The Bearer header, or (browsers cannot set headers) the key as the first message. Returns
     the key and the event its revocation sets (api/stream_keys.py)."""
     with _unauthenticated.slot():  # before anything is read
         header = ws.headers.get("authorization", "")
-        raw = header[7:].strip() if header.lower().startswith("bearer ") else await _key_message(ws)
-        key = await asyncio.to_thread(find_key, raw) if raw else None
+        cookie = ws.cookies.get(SESSION_COOKIE, "")
+        if header.lower().startswith("bearer "):
+            key = await asyncio.to_thread(find_key, header[7:].strip())
+        elif cookie:
+            key = await _console_key(ws, cookie)
+        else:
+            raw = await _key_message(ws)
+            key = await asyncio.to_thread(find_key, raw) if raw else None
     if key is None:
         raise StreamCloseError(4401, "invalid or revoked API key")
     if not key.allows(Scope.READ):

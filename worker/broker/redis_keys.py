@@ -99,6 +99,11 @@ def consumer_stalls() -> str:
     return f"{_p()}stalls:consumers"
 
 
+def ops_history() -> str:
+    """A list of compact snapshots, newest first, an hour long: the console's chart of queue depth."""
+    return f"{_p()}ops:history"
+
+
 def ops_snapshot() -> str:
     """JSON of the cluster-wide gauges the health_and_alerts loop computed last (the API serves it)."""
     return f"{_p()}ops:snapshot"

@@ -222,10 +222,34 @@ def take(now: dt.datetime, loop_periods: Mapping[str, float]) -> Snapshot:
     return snap
 
 
+HISTORY_SECONDS = 3600.0
+HISTORY_MAX = 720  # at most one sample every 5 s over the hour, whatever the loop's period
+
+
 def publish(snap: Snapshot) -> None:
+    """The latest snapshot (for the API and the gauges), and a compact sample of it on an
+    hour-long list (for the console's chart of queue depth and workers)."""
     s = get_settings()
     ttl = max(10, int(6 * s.health_period_seconds))  # gone when the loop stops: no stale gauges
-    get_redis().set(redis_keys.ops_snapshot(), json.dumps(snap), ex=ttl)
+    sample = {
+        "at": round(snap["at"], 1),
+        "workers": snap["workers_live"],
+        "queued": {q: g["queued"] for q, g in snap["queues"].items()},
+    }
+    keep = max(2, min(HISTORY_MAX, int(HISTORY_SECONDS / max(s.health_period_seconds, 0.1))))
+    with get_redis().pipeline(transaction=False) as pipe:
+        pipe.set(redis_keys.ops_snapshot(), json.dumps(snap), ex=ttl)
+        pipe.lpush(redis_keys.ops_history(), json.dumps(sample, separators=(",", ":")))
+        pipe.ltrim(redis_keys.ops_history(), 0, keep - 1)
+        pipe.expire(redis_keys.ops_history(), int(HISTORY_SECONDS))
+        pipe.execute()
+
+
+def history(since: float) -> list[dict[str, Any]]:
+    """The samples taken since `since` (epoch seconds), oldest first."""
+    raw = get_redis().lrange(redis_keys.ops_history(), 0, HISTORY_MAX - 1)
+    samples = [json.loads(r) for r in raw]
+    return [x for x in reversed(samples) if x["at"] >= since]
 
 
 def read() -> Snapshot | None:

@@ -158,6 +158,36 @@ api_keys = sa.Table(
     sa.Column("queues", sa.Text, nullable=True),
 )
 
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    # the SHA-256 of the cookie's random token: a stolen table signs no one in
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.Uuid, sa.ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),  # every state-changing form carries it
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_console_sessions_expires_at", "expires_at"),
+    sa.Index("ix_console_sessions_key_id", "key_id"),
+)
+
+console_actions = sa.Table(
+    "console_actions",
+    metadata,
+    # the action log: one row per operator action (console or bulk API), worker/ledger/actions.py
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("target", JSONType, nullable=False),  # the filter, the job, the queue, the key...
+    sa.Column("matched", sa.Integer, nullable=False),
+    sa.Column("changed", sa.Integer, nullable=False),
+    sa.Column("more", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("detail", JSONType, nullable=True),
+    sa.Index("ix_console_actions_tenant_id", "tenant", "id"),
+)
+
 control_decisions = sa.Table(
     "control_decisions",
     metadata,

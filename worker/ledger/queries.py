@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,6 +42,45 @@ def find_by_idempotency_key(conn: Connection, tenant: str, key: str) -> Job | No
     )
 
 
+@dataclass(frozen=True)
+class JobFilter:
+    """Which of a tenant's jobs a list, a count or a bulk action covers: every field given must
+    match. The same filter backs `GET /jobs`, the console's jobs page and its bulk buttons, so
+    "Retry all matching" acts on exactly the jobs the page listed."""
+
+    tenant: str
+    state: str | None = None
+    type: str | None = None
+    queue: str | None = None
+    schedule_id: uuid.UUID | None = None
+    workflow_id: uuid.UUID | None = None
+    created_after: dt.datetime | None = None  # inclusive
+    created_before: dt.datetime | None = None  # exclusive
+    args_contains: str | None = None  # a substring of the args' JSON text, any case
+
+    def clauses(self) -> list[sa.ColumnElement[bool]]:
+        """The WHERE of this filter. Each equality rides one of the (tenant, field, created_at,
+        id) indexes; the time range bounds that index's range; the text is checked on the rows
+        the index walk reaches (a LIMIT stops it; a rare text over a wide range scans: narrow
+        the range, and the console's statement timeout bounds the cost)."""
+        where: list[sa.ColumnElement[bool]] = [jobs.c.tenant == self.tenant]
+        equal = {"state": self.state, "type": self.type, "queue": self.queue,
+                 "schedule_id": self.schedule_id, "workflow_id": self.workflow_id}  # fmt: skip
+        where += [jobs.c[column] == value for column, value in equal.items() if value is not None]
+        if self.created_after is not None:
+            where.append(jobs.c.created_at >= self.created_after)
+        if self.created_before is not None:
+            where.append(jobs.c.created_at < self.created_before)
+        if self.args_contains:
+            escaped = self.args_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(sa.cast(jobs.c.args, sa.Text).ilike(f"%{escaped}%", escape="\\"))
+        return where
+
+    def given(self) -> dict[str, str]:
+        """The fields set, as text: what the action log records and the console links carry."""
+        return {name: str(value) for name, value in vars(self).items() if value not in (None, "")}
+
+
 def list_jobs(
     conn: Connection,
     tenant: str,
@@ -53,23 +93,32 @@ def list_jobs(
     before: tuple[dt.datetime, uuid.UUID] | None = None,
     payloads: Collection[str] = ("args", "result"),
     workflow_id: uuid.UUID | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+    args_contains: str | None = None,
 ) -> list[Job]:
-    """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen.
+    """A tenant's jobs, newest first; `before` is the keyset cursor (created_at, id) of the last row seen."""
+    match = JobFilter(
+        tenant, state, type_, queue, schedule_id, workflow_id, created_after, created_before, args_contains
+    )
+    return page(conn, match, limit=limit, before=before, payloads=payloads)
+
+
+def page(
+    conn: Connection,
+    match: JobFilter,
+    *,
+    limit: int = 50,
+    before: tuple[dt.datetime, uuid.UUID] | None = None,
+    payloads: Collection[str] = ("args", "result"),
+) -> list[Job]:
+    """The jobs `match` covers, newest first, keyset-paginated (`before`: the (created_at, id)
+    of the last row seen).
 
     Of `args` and `result`, only those named in `payloads` are read; the others come back None
     without leaving the database (each may be tens of KB, and a page holds hundreds of rows)."""
     columns = [c if c.name in payloads or c.name not in ("args", "result") else sa.null().label(c.name) for c in jobs.c]
-    stmt = sa.select(*columns).where(jobs.c.tenant == tenant)
-    if state:
-        stmt = stmt.where(jobs.c.state == state)
-    if type_:
-        stmt = stmt.where(jobs.c.type == type_)
-    if queue:
-        stmt = stmt.where(jobs.c.queue == queue)
-    if workflow_id is not None:  # index (tenant, workflow_id, created_at, id)
-        stmt = stmt.where(jobs.c.workflow_id == workflow_id)
-    if schedule_id is not None:
-        stmt = stmt.where(jobs.c.schedule_id == schedule_id)
+    stmt = sa.select(*columns).where(*match.clauses())
     if before is not None:
         cursor = sa.tuple_(
             sa.literal(before[0], type_=jobs.c.created_at.type), sa.literal(before[1], type_=jobs.c.id.type)
@@ -79,8 +128,30 @@ def list_jobs(
     return [Job.of(row) for row in conn.execute(stmt)]
 
 
+def count_matching(conn: Connection, match: JobFilter, *, up_to: int, states: Sequence[str] | None = None) -> int:
+    """How many jobs `match` covers (only those in `states`, if given), counted up to `up_to`:
+    a bulk button says "more than N" rather than count a million rows to say how many."""
+    where = match.clauses()
+    if states is not None:
+        where.append(jobs.c.state.in_(list(states)))
+    inner = sa.select(sa.literal(1)).select_from(jobs).where(*where).limit(up_to).subquery()
+    return int(conn.scalar(sa.select(sa.func.count()).select_from(inner)) or 0)
+
+
 # waiting: a workflow's step not released yet; held: a job the dispatcher has not started yet
 CANCELLABLE = ("waiting", "held", "queued", "running")
+RETRYABLE = ("dead",)
+
+
+def matching_ids(conn: Connection, match: JobFilter, *, states: Sequence[str], limit: int) -> list[uuid.UUID]:
+    """Ids of the jobs `match` covers in `states`, oldest first, at most `limit`: what one bulk
+    request acts on. A running job already asked to stop is left out (asking again changes nothing)."""
+    stmt = sa.select(jobs.c.id).where(
+        *match.clauses(),
+        jobs.c.state.in_(list(states)),
+        sa.or_(jobs.c.state != "running", jobs.c.cancel_requested_at.is_(None)),
+    )
+    return list(conn.scalars(stmt.order_by(jobs.c.created_at, jobs.c.id).limit(limit)))
 
 
 def cancellable(
@@ -96,17 +167,8 @@ def cancellable(
 ) -> list[uuid.UUID]:
     """Ids of a tenant's jobs a bulk cancel acts on, oldest first, at most `limit`: queued ones,
     and running ones not asked to stop yet (a job asked already is not counted again)."""
-    states = [state] if state else list(CANCELLABLE)
-    stmt = sa.select(jobs.c.id).where(
-        jobs.c.tenant == tenant,
-        jobs.c.state.in_(states),
-        sa.or_(jobs.c.state != "running", jobs.c.cancel_requested_at.is_(None)),
-    )
-    matches = {"type": type_, "queue": queue, "schedule_id": schedule_id, "workflow_id": workflow_id}
-    for column, value in matches.items():
-        if value is not None:
-            stmt = stmt.where(jobs.c[column] == value)
-    return list(conn.scalars(stmt.order_by(jobs.c.created_at, jobs.c.id).limit(limit)))
+    match = JobFilter(tenant, None, type_, queue, schedule_id, workflow_id)
+    return matching_ids(conn, match, states=[state] if state else CANCELLABLE, limit=limit)
 
 
 def count_events(conn: Connection, job_ids: Sequence[uuid.UUID], reason: str) -> dict[uuid.UUID, int]:
@@ -354,3 +416,36 @@ def dead_since(conn: Connection, since: dt.datetime) -> int:
         conn.scalar(sa.select(sa.func.count()).where(jobs.c.finished_at >= since, jobs.c.state == JobState.DEAD.value))
         or 0
     )
+
+
+def finished_per_minute(conn: Connection, since: dt.datetime, tenant: str | None) -> list[tuple[int, str, int]]:
+    """(minute as epoch seconds // 60, state, jobs) of the jobs that finished since `since`: the
+    console's throughput and failure chart, an index range on `finished_at`."""
+    minute: sa.ColumnElement[Any]
+    if conn.dialect.name == "postgresql":
+        minute = sa.func.floor(sa.extract("epoch", jobs.c.finished_at) / 60)
+    else:  # SQLite keeps the text of the UTC time
+        minute = sa.cast(sa.func.strftime("%s", jobs.c.finished_at), sa.Integer) / 60
+    stmt = sa.select(minute.label("minute"), jobs.c.state, sa.func.count()).where(jobs.c.finished_at >= since)
+    if tenant is not None:
+        stmt = stmt.where(jobs.c.tenant == tenant)
+    rows = conn.execute(stmt.group_by(sa.literal_column("minute"), jobs.c.state))
+    return [(int(m), str(state), int(n)) for m, state, n in rows]
+
+
+def job_of_delivery(conn: Connection, delivery_id: uuid.UUID, tenant: str) -> uuid.UUID | None:
+    """The tenant's job whose current or past delivery is `delivery_id` (Flower's task id). No
+    index serves it (the hot path pays for none): a rare lookup from the console, bounded by the
+    ledger's statement timeout."""
+    current = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.delivery_id == delivery_id)
+    found: uuid.UUID | None = conn.scalar(current.limit(1))
+    if found is not None:
+        return found
+    past = (
+        sa.select(job_events.c.job_id)
+        .join(jobs, jobs.c.id == job_events.c.job_id)
+        .where(job_events.c.delivery_id == delivery_id, jobs.c.tenant == tenant)
+        .limit(1)
+    )
+    earlier: uuid.UUID | None = conn.scalar(past)
+    return earlier

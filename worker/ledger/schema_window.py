@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from worker.ledger import dialect
 from worker.ledger.models import control_state
 
-OLDEST_SCHEMA = "0007"
+OLDEST_SCHEMA = "0008"
 STATE_KEY = "schema_window"
 DECLARATION = "oldest_compatible_code"
 

@@ -247,3 +247,14 @@ def prune_finished_before(conn: Connection, cutoff: dt.datetime, limit: int) -> 
         return 0
     conn.execute(sa.delete(workflow_steps).where(workflow_steps.c.workflow_id.in_(ids)))
     return int(conn.execute(sa.delete(workflows).where(workflows.c.id.in_(ids))).rowcount or 0)
+
+
+def list_recent(conn: Connection, tenant: str, *, limit: int) -> list[Workflow]:
+    """A tenant's workflows, newest first (index (tenant, created_at, id))."""
+    stmt = (
+        sa.select(workflows)
+        .where(workflows.c.tenant == tenant)
+        .order_by(workflows.c.created_at.desc(), workflows.c.id.desc())
+        .limit(limit)
+    )
+    return [Workflow.of(row) for row in conn.execute(stmt)]
