@@ -4,12 +4,24 @@ for every error (its `error` code is stable; see docs/api.md)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL refuses NUL in text: a 422 here, not a 500 at the insert
+
+
+def _iso_time_only(value: Any) -> Any:
+    """A time filter is ISO 8601 text, as documented: pydantic would also read a number (or a
+    numeric string) as Unix seconds, which the schema does not promise."""
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and re.fullmatch(r"[\d.eE+-]+", value)):
+        raise ValueError("a time in ISO 8601, such as 2026-12-06T04:00:00Z")
+    return value
+
+
+IsoTime = Annotated[dt.datetime, BeforeValidator(_iso_time_only)]
 
 
 class JobCreate(BaseModel):
@@ -154,8 +166,8 @@ class CancelFilter(BaseModel):
     queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
     schedule_id: uuid.UUID | None = Field(None, description="Jobs fired by this schedule.")
     workflow_id: uuid.UUID | None = Field(None, description="Steps of this workflow that are queued or running.")
-    created_after: dt.datetime | None = Field(None, description="Jobs created at or after this time.")
-    created_before: dt.datetime | None = Field(None, description="Jobs created before this time.")
+    created_after: IsoTime | None = Field(None, description="Jobs created at or after this time.")
+    created_before: IsoTime | None = Field(None, description="Jobs created before this time.")
     args_contains: str | None = Field(
         None, min_length=1, max_length=200, pattern=NO_NUL, description="Text the job's args contain (any case)."
     )
@@ -204,8 +216,8 @@ class RetryFilter(BaseModel):
     queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
     schedule_id: uuid.UUID | None = Field(None, description="Jobs fired by this schedule.")
     workflow_id: uuid.UUID | None = Field(None, description="Steps of this workflow.")
-    created_after: dt.datetime | None = Field(None, description="Jobs created at or after this time.")
-    created_before: dt.datetime | None = Field(None, description="Jobs created before this time.")
+    created_after: IsoTime | None = Field(None, description="Jobs created at or after this time.")
+    created_before: IsoTime | None = Field(None, description="Jobs created before this time.")
     args_contains: str | None = Field(
         None, min_length=1, max_length=200, pattern=NO_NUL, description="Text the job's args contain (any case)."
     )

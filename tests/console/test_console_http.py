@@ -4,8 +4,10 @@ worker): sessions, CSRF, scopes, tenants, the bulk retry and cancel, the action 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -164,7 +166,7 @@ def test_retry_all_matching_counts_confirms_and_logs(stack: str, make_key: objec
     assert r.status_code == 303 and "done=retry%3A3%3A0" in r.headers["location"]
     # the three ran again (and failed again: examples.fail), the fourth was left alone
     for job in dead:
-        wait_for(lambda job=job: _reasons(job).count("manual_retry") == 1, 30, 0.2, "manual_retry event")
+        wait_for(_retried_once(job), 30, 0.2, "manual_retry event")
     assert "manual_retry" not in _reasons(other)
     with db.connect() as conn:
         actors = set(
@@ -289,3 +291,32 @@ def test_every_page_renders_for_an_admin(stack: str, make_key: object, sign_in: 
         assert r.status_code == 200, (path, r.text[:500])
         for text in wanted:
             assert text in r.text, (path, text)
+
+
+def _retried_once(job_id: str) -> Callable[[], bool]:
+    return lambda: _reasons(job_id).count("manual_retry") == 1
+
+
+def test_the_job_stream_takes_the_session_cookie_from_its_own_origin_only(
+    stack: str, make_key: object, sign_in: SignIn
+) -> None:
+    """The job page follows its job over WS /jobs/stream signed in by the cookie (its script
+    never holds the key); a page of another origin cannot ride that cookie."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    _, key = make_key()  # type: ignore[operator]
+    queue = f"q-console-{uuid.uuid4().hex[:6]}"
+    job = submit(stack, key, "examples.echo", {"message": "streamed"}, queue=queue)
+    cookie = f"medic_session={sign_in(key).cookies['medic_session']}"
+    url = stack.replace("http://", "ws://") + f"/jobs/stream?job_id={job}"
+    with connect(url, additional_headers={"Cookie": cookie, "Origin": stack}, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "subscribed"
+        httpx.post(f"{stack}/jobs/{job}/cancel", headers={"Authorization": f"Bearer {key}"}, timeout=15)
+        moved = json.loads(ws.recv(timeout=10))
+        assert moved["job_id"] == job and moved["to_state"] == "cancelled"
+    for origin, code in (("http://evil.example", 4403), (stack, 4401)):
+        headers = {"Cookie": cookie if code == 4403 else "medic_session=forged", "Origin": origin}
+        with connect(url, additional_headers=headers, open_timeout=10) as ws, pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code, origin
