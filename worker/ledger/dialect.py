@@ -111,6 +111,10 @@ class LedgerDialect(Protocol):
         """A job started more than `limit_s` seconds before `now`."""
         ...
 
+    def epoch_minute(self, stamp: sa.ColumnElement[dt.datetime]) -> sa.ColumnElement[Any]:
+        """The minute a time falls in, as whole minutes since 1970 (the console's chart buckets)."""
+        ...
+
     def snapshot_horizon(self, conn: Connection) -> tuple[int, int]:
         """(xmin, xmax) of this transaction's snapshot, or (0, 0) where there is none."""
         ...
@@ -180,6 +184,9 @@ class SQLite:
             conn, job_update(job_id, event.frm, event.to, at=event.at, values=general, where=fence), event
         )
 
+    def epoch_minute(self, stamp: sa.ColumnElement[dt.datetime]) -> sa.ColumnElement[Any]:
+        return sa.cast(sa.func.strftime("%s", stamp), sa.Integer) / 60  # the text of a UTC time
+
     def ran_longer_than(self, limit_s: sa.ColumnElement[float], now: dt.datetime) -> sa.ColumnElement[bool]:
         # no interval type: a difference of Julian days
         started = jobs.c.started_at
@@ -246,6 +253,9 @@ class PostgreSQL:
         unless_paused: bool = False,
     ) -> Job | None:
         return pg_statements.fenced(conn, job_id, delivery_id, event, values, unless_paused=unless_paused)
+
+    def epoch_minute(self, stamp: sa.ColumnElement[dt.datetime]) -> sa.ColumnElement[Any]:
+        return sa.func.floor(sa.extract("epoch", stamp) / 60)
 
     def ran_longer_than(self, limit_s: sa.ColumnElement[float], now: dt.datetime) -> sa.ColumnElement[bool]:
         one_second = sa.literal_column("interval '1 second'", type_=sa.Interval)

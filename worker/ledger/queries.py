@@ -421,11 +421,7 @@ def dead_since(conn: Connection, since: dt.datetime) -> int:
 def finished_per_minute(conn: Connection, since: dt.datetime, tenant: str | None) -> list[tuple[int, str, int]]:
     """(minute as epoch seconds // 60, state, jobs) of the jobs that finished since `since`: the
     console's throughput and failure chart, an index range on `finished_at`."""
-    minute: sa.ColumnElement[Any]
-    if conn.dialect.name == "postgresql":
-        minute = sa.func.floor(sa.extract("epoch", jobs.c.finished_at) / 60)
-    else:  # SQLite keeps the text of the UTC time
-        minute = sa.cast(sa.func.strftime("%s", jobs.c.finished_at), sa.Integer) / 60
+    minute = dialect.of(conn).epoch_minute(jobs.c.finished_at)
     stmt = sa.select(minute.label("minute"), jobs.c.state, sa.func.count()).where(jobs.c.finished_at >= since)
     if tenant is not None:
         stmt = stmt.where(jobs.c.tenant == tenant)
