@@ -171,7 +171,9 @@ def _children(
     s: Settings, *, api_port: int, flower_port: int, workers: int, concurrency: int, flower: bool
 ) -> list[Child]:
     pool = budget.worker_env(s)  # small pools for worker processes: the connection budget
-    children = [Child("api", processes.api_cmd("127.0.0.1", api_port))]
+    # the web console links to Flower: to the one started here, unless MEDIC_FLOWER_URL names another
+    flower_link = {"MEDIC_FLOWER_URL": f"http://127.0.0.1:{flower_port}"} if flower and not s.flower_url else {}
+    children = [Child("api", processes.api_cmd("127.0.0.1", api_port), env=flower_link)]
     children += [
         Child(f"worker-{i}", processes.worker_cmd(s.default_queue, concurrency, f"worker-{i}"), env=pool)
         for i in range(1, workers + 1)
@@ -227,6 +229,7 @@ def redacted(url: str) -> str:
 
 def _banner(s: Settings, *, api_url: str, flower_port: int | None, dev_key: str) -> str:
     lines = ["", "medic is up", f"  API      {api_url}", f"  docs     {api_url}/docs"]
+    lines.append(f"  console  {api_url}/console  (sign in with the key below)")
     if flower_port is not None:
         lines.append(f"  Flower   http://127.0.0.1:{flower_port}  (user {s.flower_user}, MEDIC_FLOWER_PASSWORD)")
     lines += [
