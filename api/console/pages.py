@@ -22,7 +22,7 @@ from api.routes import workflows as workflow_routes
 from worker.accept import paused
 from worker.broker.counters import known_queues
 from worker.control import alerts
-from worker.errors import ForbiddenError, JobNotFoundError
+from worker.errors import ForbiddenError, InvalidArgsError, JobNotFoundError
 from worker.ledger import actions, apikeys, db, queries
 from worker.ledger import workflows as workflow_ledger
 from worker.ledger.apikeys import ApiKey, Scope
@@ -143,6 +143,18 @@ def delivery(delivery_id: uuid.UUID, session: Viewer) -> Response:
     if job_id is None:
         raise JobNotFoundError(f"no job of this tenant was delivered as {delivery_id}")
     return RedirectResponse(f"/console/jobs/{job_id}", status_code=303)
+
+
+@router.get("/find")
+def find(session: Viewer, id: str = "") -> Response:
+    """The box in the jobs page: a job id, or a delivery id (a Celery task id, as Flower shows it)."""
+    try:
+        wanted = uuid.UUID(id.strip())
+    except ValueError:
+        raise InvalidArgsError("paste a job id or a delivery id (a UUID)") from None
+    with db.connect() as conn:
+        known = queries.get_job(conn, wanted, session.key.tenant) is not None
+    return RedirectResponse(f"/console/{'jobs' if known else 'deliveries'}/{wanted}", status_code=303)
 
 
 @router.get("/queues", response_class=HTMLResponse)

@@ -320,3 +320,25 @@ def test_the_job_stream_takes_the_session_cookie_from_its_own_origin_only(
         with connect(url, additional_headers=headers, open_timeout=10) as ws, pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == code, origin
+
+
+def test_a_flower_task_id_leads_to_its_job_for_its_tenant_only(stack: str, make_key: object, sign_in: SignIn) -> None:
+    _, key = make_key()  # type: ignore[operator]
+    _, stranger = make_key()  # type: ignore[operator]
+    job = submit(stack, key, "examples.fail", {"message": "twice"}, max_attempts=2)
+    wait_for(lambda: state_of(stack, key, job) == "dead", 60, 0.2, "dead after 2 attempts")
+    with db.connect() as conn:
+        deliveries = list(
+            conn.scalars(sa.select(job_events.c.delivery_id).where(job_events.c.job_id == uuid.UUID(job)).distinct())
+        )
+    assert len(deliveries) == 2  # each attempt had its own delivery
+    c = sign_in(key)
+    for delivery in deliveries:  # the current delivery and every earlier one
+        for path in (f"/console/deliveries/{delivery}", f"/console/find?id={delivery}"):
+            r = c.get(path, follow_redirects=True)
+            assert r.status_code == 200 and str(r.url).endswith(f"/console/jobs/{job}"), path
+    r = c.get(f"/console/find?id={job}")
+    assert r.status_code == 303 and r.headers["location"] == f"/console/jobs/{job}"
+    assert c.get("/console/find?id=not-an-id").status_code == 422
+    other = sign_in(stranger)
+    assert other.get(f"/console/deliveries/{deliveries[0]}").status_code == 404
