@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from api.console import filters, overview
-from api.console.render import page
+from api.console.render import HEADERS, page
 from api.console.session import Viewer, current_session
 from api.deps import tenant_for
 from api.routes import jobs as job_routes
@@ -132,7 +132,7 @@ def job_field(job_id: uuid.UUID, field: str, session: Viewer, tenant: str | None
         raise JobNotFoundError(f"no field {field!r}")
     job = _job(job_id, acting_as(session, tenant))
     body = json.dumps(getattr(job, field), indent=2, sort_keys=True, default=str, ensure_ascii=False)
-    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+    return Response(body, media_type="application/json", headers=HEADERS)
 
 
 @router.get("/deliveries/{delivery_id:uuid}")

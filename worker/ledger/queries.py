@@ -133,7 +133,7 @@ def count_matching(conn: Connection, match: JobFilter, *, up_to: int, states: Se
     a bulk button says "more than N" rather than count a million rows to say how many."""
     where = match.clauses()
     if states is not None:
-        where.append(jobs.c.state.in_(list(states)))
+        where += _actionable(states)
     inner = sa.select(sa.literal(1)).select_from(jobs).where(*where).limit(up_to).subquery()
     return int(conn.scalar(sa.select(sa.func.count()).select_from(inner)) or 0)
 
@@ -146,12 +146,17 @@ RETRYABLE = ("dead",)
 def matching_ids(conn: Connection, match: JobFilter, *, states: Sequence[str], limit: int) -> list[uuid.UUID]:
     """Ids of the jobs `match` covers in `states`, oldest first, at most `limit`: what one bulk
     request acts on. A running job already asked to stop is left out (asking again changes nothing)."""
-    stmt = sa.select(jobs.c.id).where(
-        *match.clauses(),
+    stmt = sa.select(jobs.c.id).where(*match.clauses(), *_actionable(states))
+    return list(conn.scalars(stmt.order_by(jobs.c.created_at, jobs.c.id).limit(limit)))
+
+
+def _actionable(states: Sequence[str]) -> list[sa.ColumnElement[bool]]:
+    """Jobs in `states` a bulk action would change: a running job already asked to stop is not
+    (asking again changes nothing), so a count and the action agree."""
+    return [
         jobs.c.state.in_(list(states)),
         sa.or_(jobs.c.state != "running", jobs.c.cancel_requested_at.is_(None)),
-    )
-    return list(conn.scalars(stmt.order_by(jobs.c.created_at, jobs.c.id).limit(limit)))
+    ]
 
 
 def cancellable(
