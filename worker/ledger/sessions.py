@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from worker.ledger.apikeys import ApiKey, parse_queues, parse_scopes
 from worker.ledger.models import api_keys, console_sessions
 
 TOKEN_BYTES = 32
+_TOKEN_SHAPE = re.compile(rf"[A-Za-z0-9_-]{{{(TOKEN_BYTES * 4 + 2) // 3}}}")  # token_urlsafe's alphabet and length
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def open_session(conn: Connection, key: ApiKey, *, now: dt.datetime, lifetime_s:
 
 def find_session(conn: Connection, token: str, *, now: dt.datetime) -> Session | None:
     """The live session a cookie names: not expired, its key not revoked; else None."""
-    if not token or len(token) > 100:
+    if _TOKEN_SHAPE.fullmatch(token) is None:  # not one we made: no ledger read for it
         return None
     row = conn.execute(
         sa.select(console_sessions.c.csrf, console_sessions.c.expires_at, api_keys)
