@@ -431,3 +431,58 @@ QUOTES += [
     ),
     Quote("brokers.md", "messages), 0", "brokers.json", "recovery.redis.plain_celery.*.recovered|max"),
 ]
+
+# benchmarks.md, Console: bench/console.py, the jobs page at a million jobs (issue 23)
+CJ = "console.json"
+CONSOLE_ROWS = {  # the table's first two cells, up to its p50 and p95
+    "newest": "| newest (read) | `/console/jobs` |",
+    "state_dead": "| state_dead (read) | `?state=dead` |",
+    "state_queued": "| state_queued (read) | `?state=queued` |",
+    "type": "| type (read) | `?type=examples.fail` |",
+    "queue": "| queue (read) | `?queue=bench-scale-1` |",
+    "created_1h": "| created_1h (read) | `?created_after=..&created_before=..`, 1 hour 20 days back |",
+    "page_2": '| page_2 (read) | `?cursor=..` of the "Older jobs" link |',
+    "args_contains_1d": "| args_contains_1d (read) | "
+    "`?args_contains=cust-42&created_after=..&created_before=..`, 1 day |",
+    "admin_other_tenant": "| admin_other_tenant (admin) | `?tenant=tenant-3` |",
+    "job_page": "| job_page (read) | `/console/jobs/{id}` of a dead job |",
+    "confirm_retry_dead": "| confirm_retry_dead (admin) | `/console/jobs/confirm?action=retry&state=dead` |",
+    "api_jobs_limit_50": "| api_jobs_limit_50 (Bearer) | `GET /jobs?limit=50`, the JSON API |",
+}
+CONSOLE_FIGURES = {  # p50, p95 as the table prints them
+    "newest": ("17.9", "69.5"),
+    "state_dead": ("13.0", "57.0"),
+    "state_queued": ("13.7", "52.0"),
+    "type": ("10.1", "25.9"),
+    "queue": ("10.3", "22.5"),
+    "created_1h": ("11.5", "28.6"),
+    "page_2": ("9.9", "23.0"),
+    "args_contains_1d": ("39.6", "66.3"),
+    "admin_other_tenant": ("10.5", "27.8"),
+    "job_page": ("10.1", "24.3"),
+    "confirm_retry_dead": ("11.3", "24.7"),
+    "api_jobs_limit_50": ("5.9", "17.2"),
+}
+QUOTES += [
+    Quote(B, "[bench/console.json](bench/console.json), `code.head` 0d01f4c", CJ, "code.head"),
+    Quote(B, "started 2026-12-06T03:33:30+00:00", CJ, "timestamp"),
+    Quote(B, "took `elapsed_s` 350.6", CJ, "elapsed_s"),
+    Quote(B, "with 1,000,000", CJ, "ledger.jobs"),
+    Quote(B, "(20,000 of them dead", CJ, "ledger.jobs_dead"),
+    Quote(B, "dead) and 3,045,000", CJ, "ledger.events"),
+    Quote(B, "1-min load 5.28", CJ, "load_before_each_round.*.loadavg_1m|min"),
+    Quote(B, "1-min load 5.28 to 5.7", CJ, "load_before_each_round.*.loadavg_1m|max"),
+    Quote(B, "busy cores 1.98", CJ, "load_before_each_round.*.busy_cores|min"),
+    Quote(B, "busy cores 1.98 to 2.01", CJ, "load_before_each_round.*.busy_cores|max"),
+    Quote(B, "`verdict.worst_p95_ms`, 69.5", CJ, "verdict.worst_p95_ms"),
+    Quote(B, "(9 rows on the page", CJ, "variants.args_contains_1d.answer.rows"),
+    Quote(B, "removed the rest of the day, 16.785", CJ, "plans.args_contains_1d.0.execution_ms"),
+    Quote(B, "capped at 10,001", CJ, "settings.confirm_count_up_to"),
+    Quote(B, '(it says "10,000 dead jobs match"', CJ, "variants.confirm_retry_dead.answer.says"),
+    Quote(B, "2.637", CJ, "plans.confirm_retry_dead.0.execution_ms"),
+]
+for _name, (_p50, _p95) in CONSOLE_FIGURES.items():
+    QUOTES += [
+        Quote(B, f"{CONSOLE_ROWS[_name]} {_p50}", CJ, f"variants.{_name}.p50_ms"),
+        Quote(B, f"{CONSOLE_ROWS[_name]} {_p50} | {_p95}", CJ, f"variants.{_name}.p95_ms"),
+    ]

@@ -194,6 +194,59 @@ def test_the_read_is_an_index_range_with_a_limit(ledger: sa.Engine, name: str) -
     print(f"\n{name}: {index}, {rows_read(nodes)} rows over {len(nodes)} nodes")
 
 
+# The console's time filters (issue 23): a range of created_at, alone, with a state, or with the
+# args text, must bound the index walk itself (both ends in the scan's Index Cond), not filter what
+# a walk over the tenant's whole history reaches. The args text is then checked on the range's rows
+# only: a text no job has reads the 4 hours' ~270 rows of tenant-0, not its 50k.
+DAY = dt.timedelta(days=1)
+RANGED: dict[str, tuple[Callable[[Connection], object], str]] = {
+    "list_jobs_created_range": (
+        lambda c: queries.list_jobs(
+            c, "tenant-0", created_after=NOW - 10 * DAY, created_before=NOW - 10 * DAY + seconds(3600), limit=LIMIT
+        ),
+        "ix_jobs_tenant_created",
+    ),
+    "list_jobs_state_range": (
+        lambda c: queries.list_jobs(
+            c, "tenant-0", state="dead", created_after=NOW - 20 * DAY, created_before=NOW - 19 * DAY, limit=LIMIT
+        ),
+        "ix_jobs_tenant_state_created_at_id",
+    ),
+    "list_jobs_args_contains_range": (
+        lambda c: queries.list_jobs(
+            c,
+            "tenant-0",
+            args_contains="no job says this",
+            created_after=NOW - 10 * DAY,
+            created_before=NOW - 10 * DAY + seconds(4 * 3600),
+            limit=LIMIT,
+        ),
+        "ix_jobs_tenant_created",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANGED))
+def test_a_time_range_bounds_the_index_walk(ledger: sa.Engine, name: str) -> None:
+    """Fails if either end of the range is left out or applied as a filter after the walk (the
+    Index Cond lacks it), if another index serves it, or if the walk reads past the range (the
+    args text over a range whose end is dropped walks the rest of tenant-0's history)."""
+    call, index = RANGED[name]
+    with ledger.connect() as conn, conn.begin():
+        nodes = explain(conn, call)
+    assert_bounded(nodes, index)
+    (scan,) = [n for n in nodes if n.get("Index Name") == index]
+    cond = scan.get("Index Cond", "")
+    assert "created_at >=" in cond and "created_at <" in cond, (cond, nodes)
+    if name == "list_jobs_args_contains_range":  # the text is checked on the range's rows, by the
+        (heap,) = [n for n in nodes if n.get("Relation Name") == "jobs"]  # index or the bitmap heap scan
+        assert "~~*" in heap.get("Filter", ""), heap
+        assert heap["Actual Rows"] == 0 and heap["Rows Removed by Filter"] > LIMIT, heap
+    else:
+        assert 0 < scan["Actual Rows"] < LIMIT, scan  # the window holds fewer rows than a page
+    print(f"\n{name}: {index}, {rows_read(nodes)} rows over {len(nodes)} nodes")
+
+
 def test_a_missing_quota_index_is_seen_in_the_rows_read(ledger: sa.Engine) -> None:
     """The count covers bitmap scans: without the quota index the planner answers tenant_queued
     with a Bitmap Index Scan of every queued job, which names no table, then a Bitmap Heap Scan
