@@ -228,3 +228,12 @@ def keyed3(account: str) -> str:
 def rated(bucket: str) -> str:
     """5 starts a second per `bucket`: a test's own bucket, not shared with another test's."""
     return bucket
+
+
+@job("tests.fails_while")
+def fails_while(marker: str) -> str:
+    """Fail while the file `marker` exists, succeed once it is gone (tests/console/test_console_browser.py
+    deletes it before a retry)."""
+    if Path(marker).exists():
+        raise RuntimeError(f"{marker} still exists")
+    return "the marker is gone"

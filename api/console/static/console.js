@@ -14,6 +14,16 @@ document.addEventListener("keydown", (event) => {
   if (field) { event.preventDefault(); field.focus(); }
 });
 
+document.addEventListener("formdata", (event) => {
+  // a filter's address names only the filters given (bookmarkable): no empty fields, and no
+  // tenant when it is the key's own
+  if (!event.target.matches("form.filters")) return;
+  const own = event.target.querySelector("[data-own-tenant]");
+  for (const [name, value] of [...event.formData.entries()]) {
+    if (value === "" || (own && name === "tenant" && value === own.dataset.ownTenant)) event.formData.delete(name);
+  }
+});
+
 function followJob(region) {
   const jobId = region.dataset.liveJob;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
