@@ -30,17 +30,18 @@ class Chart:
     height: int = 80
 
 
-def _polyline(values: list[float], width: int, height: int) -> tuple[str, float]:
+def _polyline(values: list[float], xs: list[float], width: int, height: int) -> tuple[str, float]:
+    """The points of a line over the hour: `xs` place each value between 0 (an hour ago) and 1 (now)."""
     peak = max(values, default=0.0)
-    if len(values) < 2:
-        values = [*values, *values] if values else [0.0, 0.0]
-    step = width / (len(values) - 1)
     scale = (height - 4) / peak if peak > 0 else 0.0
-    return " ".join(f"{i * step:.1f},{height - 2 - v * scale:.1f}" for i, v in enumerate(values)), peak
+    return " ".join(f"{x * width:.1f},{height - 2 - v * scale:.1f}" for x, v in zip(xs, values, strict=True)), peak
 
 
-def chart(title: str, unit: str, values: list[float]) -> Chart:
-    points, peak = _polyline(values, 600, 80)
+def chart(title: str, unit: str, values: list[float], xs: list[float] | None = None) -> Chart:
+    """One series; `xs` (0..1 along the hour) default to evenly spaced values (minutes)."""
+    if xs is None:
+        xs = [i / max(1, len(values) - 1) for i in range(len(values))]
+    points, peak = _polyline(values, xs, 600, 80)
     return Chart(title=title, unit=unit, latest=values[-1] if values else 0.0, peak=peak, points=points)
 
 
@@ -68,10 +69,12 @@ def finished_charts(tenant: str | None) -> list[Chart]:
 
 def depth_chart() -> Chart | None:
     """Jobs queued (all queues) over the last hour, from the health loop's samples; None before any."""
-    samples = snapshot.history(time.time() - 3600)
+    now = time.time()
+    samples = snapshot.history(now - 3600)
     if not samples:
         return None
-    return chart("Queued jobs, all queues", "jobs", [float(sum(s["queued"].values())) for s in samples])
+    xs = [max(0.0, 1 - (now - s["at"]) / 3600) for s in samples]  # placed by time: a gap shows as one
+    return chart("Queued jobs, all queues", "jobs", [float(sum(s["queued"].values())) for s in samples], xs)
 
 
 def cluster() -> dict[str, Any]:

@@ -69,3 +69,18 @@ def test_the_depth_chart_reads_the_health_loops_samples_oldest_first(monkeypatch
     heights = [float(p.split(",")[1]) for p in chart.points.split()]
     assert heights[1] > heights[0] > heights[2]  # 5, 3, 10 jobs: y grows downwards in SVG
     r.delete(redis_keys.ops_history())
+
+
+@pytest.mark.usefixtures("medic_env")
+def test_depth_samples_are_placed_by_their_time_on_the_hour() -> None:
+    r = get_redis()
+    r.delete(redis_keys.ops_history())
+    now = time.time()
+    for age in (1800, 900):  # half an hour and a quarter of an hour ago
+        snapshot.publish({"at": now - age, "workers_live": 1, "queues": {"a": {"queued": 1}}})  # type: ignore[typeddict-item]
+    chart = overview.depth_chart()
+    assert chart is not None
+    # Bug caught: samples spread evenly over the width whatever their age (two samples drawn as the whole hour).
+    xs = [float(p.split(",")[0]) for p in chart.points.split()]
+    assert xs == pytest.approx([chart.width * 0.5, chart.width * 0.75], abs=2)
+    r.delete(redis_keys.ops_history())
