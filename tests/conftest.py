@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,3 +253,31 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+_prebuild: list[subprocess.Popen[bytes]] = []
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """When the image tests are selected and can run, start the image's build now, in the
+    background, while the other tests run: a cold build (debootstrap, then pip in the image) takes
+    minutes, most of them waiting on downloads. tests/deploy/test_image_build.py then waits for
+    it on the builder's lock (worker/testing/image.py) and finds every layer cached."""
+    from worker.testing import image
+
+    if not any(item.get_closest_marker("image") for item in items) or image.available():
+        return
+    log = open(Path(tempfile.gettempdir()) / f"medic-image-prebuild-{RUN_ID}.log", "wb")  # noqa: SIM115
+    _prebuild.append(
+        subprocess.Popen([sys.executable, "-m", "worker.testing.image"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for build in _prebuild:  # a run that ends early (-x, a crash) does not leave a build behind
+        if build.poll() is None:
+            build.terminate()
+            try:
+                build.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                build.kill()

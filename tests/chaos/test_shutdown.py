@@ -77,14 +77,14 @@ def alive(pid: int) -> bool:
 def test_a_job_longer_than_the_grace_is_handed_back_at_once_and_its_process_killed(
     broker: Broker, cprocs: Processes, tmp_path: Path
 ) -> None:
-    """Given a 30 s job on worker A (grace 2 s, lease 10 s), its last attempt, a second worker B
+    """Given a 20 s job on worker A (grace 2 s, lease 10 s), its last attempt, a second worker B
     and the control loops,
     When A gets SIGTERM,
     Then A kills the job's process and hands the job back before its lease could have expired,
     B runs it to success, and the first execution wrote nothing after the hand-back."""
     a = cprocs.worker("sd-long-a", queues="chaos-sd1", concurrency=1, **worker_env("a", 2))
     cprocs.control_plane(MEDIC_LEASE_SECONDS=str(LEASE_S))
-    job_id = submit("nemesis.tick", {"seconds": 30, "log_dir": str(tmp_path)}, queue="chaos-sd1", max_attempts=1)
+    job_id = submit("nemesis.tick", {"seconds": 20, "log_dir": str(tmp_path)}, queue="chaos-sd1", max_attempts=1)
     first = wait_for(lambda: history(tmp_path), 30, 0.05, "the first execution started")[0]
     cprocs.worker("sd-long-b", queues="chaos-sd1", concurrency=1, **worker_env("b", 2))
     running = job(job_id)

@@ -140,15 +140,15 @@ def test_a_hung_job_celery_would_not_kill_for_a_minute_is_killed_by_enforce_time
 
 
 def test_a_live_job_far_longer_than_its_lease_is_never_rerun(cprocs: Processes) -> None:
-    """Given a 10 s lease and the control loops, When a job runs for 60 s,
+    """Given a 5 s lease and the control loops, When a job runs for 30 s (six leases),
     Then its heartbeat keeps the lease: one execution, attempts 1 (a short visibility timeout
     in plain Celery would have re-delivered it)."""
-    env = {"MEDIC_LEASE_SECONDS": "10", "MEDIC_HEARTBEAT_SECONDS": "2", "MEDIC_PRESENCE_TTL_SECONDS": "6"}
+    env = {"MEDIC_LEASE_SECONDS": "5", "MEDIC_HEARTBEAT_SECONDS": "1", "MEDIC_PRESENCE_TTL_SECONDS": "4"}
     cprocs.worker("chaos-long", queues="chaos11", concurrency=2, **env)
     cprocs.control_plane(**env)
     tag = uuid.uuid4().hex
-    job_id = submit("tests.record", {"tag": tag, "seconds": 60}, queue="chaos11", timeout=120)
-    done = wait_job(job_id, TERMINAL, timeout=110)
+    job_id = submit("tests.record", {"tag": tag, "seconds": 30}, queue="chaos11", timeout=90)
+    done = wait_job(job_id, TERMINAL, timeout=80)
     assert done.state == "succeeded"
     assert done.attempts == 1
     runs = executions(tag)

@@ -12,6 +12,7 @@ cgroupfs (no systemd), no default ulimits, runc (crun refuses the hybrid cgroups
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import re
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,11 +138,19 @@ def build(tag: str = IMAGE, dockerfile: Path = DOCKERFILE, context: Path = ROOT)
     return after
 
 
-def ensure(tag: str = IMAGE) -> str:
-    """The base if missing, then the build; one at a time on this host (two test runs would both
-    debootstrap, and each build moves the tag the other reads)."""
+@contextlib.contextmanager
+def one_builder() -> Iterator[None]:
+    """One builder at a time on this host: two would both debootstrap, and each build moves the
+    tag the other reads. A test waiting here for a build started ahead of it (tests/conftest.py
+    starts one as the session begins) then finds every layer cached."""
     with open(Path(tempfile.gettempdir()) / "medic-image.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def ensure(tag: str = IMAGE) -> str:
+    """The base if missing, then the build."""
+    with one_builder():
         make_base()
         return build(tag)
 
@@ -158,13 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason := available():
         print(reason, file=sys.stderr)
         return 2
-    t0 = time.monotonic()
-    made = make_base()
-    print(f"base {BASE}: {'made' if made else 'exists'} in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-    if ns.base_only:
-        return 0
-    t1 = time.monotonic()
-    image_id = build(ns.tag)
+    with one_builder():
+        t0 = time.monotonic()
+        made = make_base()
+        print(f"base {BASE}: {'made' if made else 'exists'} in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        if ns.base_only:
+            return 0
+        t1 = time.monotonic()
+        image_id = build(ns.tag)
     took = time.monotonic() - t1
     print(f"{ns.tag} {image_id[:12]}: built in {took:.1f} s, {size_mb(ns.tag):.0f} MB", file=sys.stderr)
     return 0
