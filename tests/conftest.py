@@ -267,10 +267,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     if not any(item.get_closest_marker("image") for item in items) or image.available():
         return
-    log = open(Path(tempfile.gettempdir()) / f"medic-image-prebuild-{RUN_ID}.log", "wb")  # noqa: SIM115
-    _prebuild.append(
-        subprocess.Popen([sys.executable, "-m", "worker.testing.image"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    )
+    # the file is closed here once the child has its own copy of it
+    with open(Path(tempfile.gettempdir()) / f"medic-image-prebuild-{RUN_ID}.log", "wb") as log:
+        command = [sys.executable, "-m", "worker.testing.image"]
+        _prebuild.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
