@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,10 @@ class Nemesis:
         self.done: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        # A fault that ends a worker host's processes and starts them again holds its host: two
+        # at once (a rolling restart stopping the worker a kill_host just started, before it was
+        # ready) made the harness, not medic, fail the run (seen in CI, seed 1778301712).
+        self._host_busy = {host: threading.Lock() for host in WORKERS}
 
     # ----------------------------------------------------------------------------- running
 
@@ -219,15 +224,25 @@ class Nemesis:
         """SIGKILL every process of the host, then, after `seconds`, start its proxy and worker
         again, as a supervisor would."""
         assert self.c.net is not None
-        self._note_if_dead(p.host)
-        self._wait_busy(p.host)
-        rec["start"] = time.time()
-        rec["pids"] = _signal(self.c.net.pids(p.host), signal.SIGKILL)
-        time.sleep(p.seconds)
-        rec["restarted_at"] = time.time()
-        self.c.start_proxy(p.host)
-        self.c.start_worker(p.host)
-        rec["ready_at"] = time.time()
+        with self._host(p.host, rec):
+            self._note_if_dead(p.host)
+            self._wait_busy(p.host)
+            rec["start"] = time.time()
+            rec["pids"] = _signal(self.c.net.pids(p.host), signal.SIGKILL)
+            time.sleep(p.seconds)
+            rec["restarted_at"] = time.time()
+            self.c.start_proxy(p.host)
+            self.c.start_worker(p.host)
+            rec["ready_at"] = time.time()
+
+    @contextlib.contextmanager
+    def _host(self, host: str, rec: dict[str, Any]) -> Iterator[None]:
+        """Hold `host` against the other faults that restart its processes; the wait is recorded."""
+        asked = time.time()
+        with self._host_busy[host]:
+            if (waited := time.time() - asked) > 0.05:
+                rec.setdefault("waited_for_host_s", {})[host] = round(waited, 2)
+            yield
 
     def restart_redis(self, p: Planned, rec: dict[str, Any]) -> None:
         assert self.c.redis is not None
@@ -248,20 +263,21 @@ class Nemesis:
         it again and wait until it is ready, then the next."""
         steps = []
         for host in WORKERS:
-            self._note_if_dead(host)
-            proc = self.c.procs[host]
-            rec["pids"].append(proc.pid)
-            sent = time.time()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=60)
-                forced = False
-            except subprocess.TimeoutExpired:
-                proc.kill_group(signal.SIGKILL)
-                proc.popen.wait(timeout=10)
-                forced = True
-            exited = time.time()
-            self.c.start_worker(host)
-            steps.append({"host": host, "sigterm": sent, "exited": exited, "ready": time.time(), "forced": forced})
+            with self._host(host, rec):
+                self._note_if_dead(host)
+                proc = self.c.procs[host]
+                rec["pids"].append(proc.pid)
+                sent = time.time()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.popen.wait(timeout=60)
+                    forced = False
+                except subprocess.TimeoutExpired:
+                    proc.kill_group(signal.SIGKILL)
+                    proc.popen.wait(timeout=10)
+                    forced = True
+                exited = time.time()
+                self.c.start_worker(host)
+                steps.append({"host": host, "sigterm": sent, "exited": exited, "ready": time.time(), "forced": forced})
         rec["steps"] = steps
