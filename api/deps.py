@@ -105,11 +105,20 @@ async def current_key(request: Request, authorization: Annotated[str | None, Hea
     return await authenticate(authorization)
 
 
+def allowed(key: ApiKey, scope: Scope) -> ApiKey:
+    """`key`, if it has `scope` (admin has every scope): the one check of the API and the console.
+
+    Raises:
+        ForbiddenError: it does not.
+    """
+    if not key.allows(scope):
+        raise ForbiddenError(f"this key lacks the '{scope.value}' scope")
+    return key
+
+
 def require(scope: Scope) -> Callable[[ApiKey], Awaitable[ApiKey]]:
     async def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
-        if not key.allows(scope):
-            raise ForbiddenError(f"this key lacks the '{scope.value}' scope")
-        return key
+        return allowed(key, scope)
 
     return check
 

@@ -149,7 +149,26 @@ class EventsPublic(BaseModel):
     events: list[EventPublic]
 
 
-class CancelFilter(BaseModel):
+class BulkFilter(BaseModel):
+    """The fields both bulk routes take: every field given must match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    schedule_id: uuid.UUID | None = Field(None, description="Jobs fired by this schedule.")
+    workflow_id: uuid.UUID | None = Field(None, description="Steps of this workflow.")
+    created_after: IsoTime | None = Field(None, description="Jobs created at or after this time.")
+    created_before: IsoTime | None = Field(None, description="Jobs created before this time.")
+    args_contains: str | None = Field(
+        None, min_length=1, max_length=200, pattern=NO_NUL, description="Text the job's args contain (any case)."
+    )
+    tenant: str | None = Field(
+        None, min_length=1, max_length=100, description="Another tenant's jobs (admin keys only)."
+    )
+
+
+class CancelFilter(BulkFilter):
     """Which of the caller's jobs `POST /jobs/cancel` cancels: every field given must match, and
     at least one is given (an empty filter would cancel everything)."""
 
@@ -161,18 +180,6 @@ class CancelFilter(BaseModel):
     state: Literal["held", "queued", "running"] | None = Field(
         None,
         description="Only held or queued (cancelled at once) or only running (asked to stop) jobs; all if absent.",
-    )
-    type: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
-    queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
-    schedule_id: uuid.UUID | None = Field(None, description="Jobs fired by this schedule.")
-    workflow_id: uuid.UUID | None = Field(None, description="Steps of this workflow that are queued or running.")
-    created_after: IsoTime | None = Field(None, description="Jobs created at or after this time.")
-    created_before: IsoTime | None = Field(None, description="Jobs created before this time.")
-    args_contains: str | None = Field(
-        None, min_length=1, max_length=200, pattern=NO_NUL, description="Text the job's args contain (any case)."
-    )
-    tenant: str | None = Field(
-        None, min_length=1, max_length=100, description="Another tenant's jobs (admin keys only)."
     )
 
     @model_validator(mode="after")
@@ -206,24 +213,11 @@ class BulkCancelPublic(BaseModel):
     limit: int = Field(description="The most jobs one call acts on (MEDIC_MAX_BULK_CANCEL).")
 
 
-class RetryFilter(BaseModel):
+class RetryFilter(BulkFilter):
     """Which of the caller's dead jobs `POST /jobs/retry` runs again: every field given must
     match; none given: every dead job (a request acts on at most MEDIC_MAX_BULK_CANCEL)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"type": "examples.flaky"}]})
-
-    type: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
-    queue: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
-    schedule_id: uuid.UUID | None = Field(None, description="Jobs fired by this schedule.")
-    workflow_id: uuid.UUID | None = Field(None, description="Steps of this workflow.")
-    created_after: IsoTime | None = Field(None, description="Jobs created at or after this time.")
-    created_before: IsoTime | None = Field(None, description="Jobs created before this time.")
-    args_contains: str | None = Field(
-        None, min_length=1, max_length=200, pattern=NO_NUL, description="Text the job's args contain (any case)."
-    )
-    tenant: str | None = Field(
-        None, min_length=1, max_length=100, description="Another tenant's jobs (admin keys only)."
-    )
 
 
 class BulkRetryPublic(BaseModel):

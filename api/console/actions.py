@@ -25,7 +25,7 @@ from api.console.session import (
     same_origin,
     set_cookie,
 )
-from api.deps import CACHE, find_key
+from api.deps import CACHE, allowed, find_key
 from api.routes import jobs as job_routes
 from api.routes import schedules as schedule_routes
 from api.schedule_schemas import SchedulePatch
@@ -42,11 +42,6 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 def _actor(key: ApiKey) -> str:
     return f"console:{key.id}"
-
-
-def _need(key: ApiKey, scope: Scope) -> None:
-    if not key.allows(scope):
-        raise ForbiddenError(f"this key lacks the '{scope.value}' scope")
 
 
 def _log(key: ApiKey, action: str, target: dict[str, Any], *, tenant: str | None = None, changed: int = 1) -> None:
@@ -114,11 +109,11 @@ async def bulk_action(request: Request, session: Viewer) -> Response:
     match = filters.job_filter(form, session.key)
     limit = get_settings().max_bulk_cancel
     if action == "retry":
-        _need(session.key, Scope.ADMIN)
+        allowed(session.key, Scope.ADMIN)
         match = dataclasses.replace(match, state="dead")
         done = await run_in_threadpool(bulk.retry_matching, match, actor=_actor(session.key), limit=limit)
     elif action == "cancel":
-        _need(session.key, Scope.SUBMIT)
+        allowed(session.key, Scope.SUBMIT)
         if match.state and match.state not in queries.CANCELLABLE:
             raise InvalidArgsError(f"{match.state} jobs cannot be cancelled")
         state, match = match.state, dataclasses.replace(match, state=None)
@@ -138,10 +133,10 @@ async def job_action(job_id: uuid.UUID, verb: str, request: Request, session: Vi
     form = await _form(request, session)
     key = acting_as(session, form.get("tenant") or None)
     if verb == "retry":
-        _need(key, Scope.ADMIN)
+        allowed(key, Scope.ADMIN)
         await run_in_threadpool(job_routes.retry_job, job_id, key)
     elif verb == "cancel":
-        _need(key, Scope.SUBMIT)
+        allowed(key, Scope.SUBMIT)
         await run_in_threadpool(job_routes.cancel_job, job_id, key, Response())
     else:
         raise InvalidArgsError("a job can be retried or cancelled")
@@ -155,7 +150,7 @@ async def job_action(job_id: uuid.UUID, verb: str, request: Request, session: Vi
 async def queue_action(queue: str, verb: str, request: Request, session: Viewer) -> Response:
     """Pause (durable; admission per the form's choice) or resume a queue. Admin only."""
     form = await _form(request, session)
-    _need(session.key, Scope.ADMIN)
+    allowed(session.key, Scope.ADMIN)
     if verb == "pause":
         refuse = form.get("admission") == paused.REFUSE
         done = await run_in_threadpool(paused.pause_queue, queue, actor=_actor(session.key), refuse=refuse)
@@ -171,7 +166,7 @@ async def queue_action(queue: str, verb: str, request: Request, session: Viewer)
 async def schedule_action(schedule_id: uuid.UUID, verb: str, request: Request, session: Viewer) -> Response:
     """Pause, resume or trigger a schedule (submit scope, as its API routes)."""
     await _form(request, session)
-    _need(session.key, Scope.SUBMIT)
+    allowed(session.key, Scope.SUBMIT)
     if verb in ("pause", "resume"):
         patch = SchedulePatch(paused=verb == "pause")
         await run_in_threadpool(schedule_routes.patch_schedule, schedule_id, patch, session.key)
@@ -187,7 +182,7 @@ async def schedule_action(schedule_id: uuid.UUID, verb: str, request: Request, s
 async def create_key(request: Request, session: Viewer) -> Response:
     """A new key, shown once on the page this answers with (never stored, only its hash). Admin only."""
     form = await _form(request, session)
-    _need(session.key, Scope.ADMIN)
+    allowed(session.key, Scope.ADMIN)
     scopes = apikeys.parse_scopes(",".join(s.value for s in Scope if form.get(f"scope_{s.value}")))
     tenant = form.get("tenant") or session.key.tenant
     queues = apikeys.parse_queues(form.get("queues"))
@@ -212,7 +207,7 @@ async def create_key(request: Request, session: Viewer) -> Response:
 async def revoke_key(key_id: uuid.UUID, request: Request, session: Viewer) -> Response:
     """Revoke a key: the API refuses it within its cache period; its console sessions end at once."""
     await _form(request, session)
-    _need(session.key, Scope.ADMIN)
+    allowed(session.key, Scope.ADMIN)
 
     def revoke() -> bool:
         with db.begin() as conn:

@@ -14,15 +14,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from api.console import filters, overview
 from api.console.render import HEADERS, page
 from api.console.session import Viewer, current_session
-from api.deps import tenant_for
+from api.deps import allowed, tenant_for
 from api.routes import jobs as job_routes
 from api.routes import queues as queue_routes
 from api.routes import schedules as schedule_routes
 from api.routes import workflows as workflow_routes
-from worker.accept import paused
 from worker.broker.counters import known_queues
 from worker.control import alerts
-from worker.errors import ForbiddenError, InvalidArgsError, JobNotFoundError
+from worker.errors import InvalidArgsError, JobNotFoundError
 from worker.ledger import actions, apikeys, db, queries
 from worker.ledger import workflows as workflow_ledger
 from worker.ledger.apikeys import ApiKey, Scope
@@ -66,9 +65,7 @@ def overview_page(session: Viewer) -> Response:
         "cluster": overview.cluster() if admin else None,
     }
     if admin:
-        controls = paused.controls()
-        names = sorted({*known_queues(), *controls})
-        context["queues"] = [queue_routes.queue_report(q, controls.get(q)) for q in names]
+        context["queues"] = queue_routes.list_queues(key)["queues"]
         context["alerts"] = [a for a in alerts.active() if a["firing"]]
     return page("overview.html", session, **context)
 
@@ -159,7 +156,7 @@ def find(session: Viewer, id: str = "") -> Response:
 
 @router.get("/queues", response_class=HTMLResponse)
 def queues_page(session: Viewer) -> Response:
-    listed = queue_routes.list_queues(_admin(session))["queues"]
+    listed = queue_routes.list_queues(allowed(session.key, Scope.ADMIN))["queues"]
     return page("queues.html", session, queues=listed)
 
 
@@ -183,7 +180,7 @@ def workflow_page(workflow_id: uuid.UUID, session: Viewer) -> Response:
 
 @router.get("/keys", response_class=HTMLResponse)
 def keys_page(session: Viewer) -> Response:
-    _admin(session)
+    allowed(session.key, Scope.ADMIN)
     with db.connect() as conn:
         listed = apikeys.list_keys(conn)
     return page("keys.html", session, keys=listed, created=None, scopes=[s.value for s in Scope])
@@ -197,14 +194,3 @@ def actions_page(session: Viewer, before: int | None = None) -> Response:
         listed = actions.recent(conn, tenant=None if admin else session.key.tenant, limit=PAGE_SIZE, before=before)
     older = listed[-1].id if len(listed) == PAGE_SIZE else None
     return page("actions.html", session, actions=listed, older=older)
-
-
-def _admin(session: Session) -> ApiKey:
-    """The session's key, if it is an admin's (as the API's admin routes require).
-
-    Raises:
-        ForbiddenError: a key without the admin scope.
-    """
-    if not session.key.allows(Scope.ADMIN):
-        raise ForbiddenError("this page needs a key with the 'admin' scope")
-    return session.key
